@@ -1,0 +1,92 @@
+"""The device's gRPC client to the edge server (through the link emulator)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from protocol import grpc_service_pb2 as pb
+from protocol import grpc_service_pb2_grpc as pb_grpc
+from protocol.codec import PackedTokens, datatype_of, from_bytes, param_value, set_param, to_bytes
+
+
+@dataclass
+class ServerReply:
+    logits: np.ndarray  # (1, classes)
+    parameters: dict[str, Any]
+    request_bytes: int  # serialised ModelInferRequest
+    payload_bytes: int  # raw tensor bytes in it
+    round_trip_ms: float
+
+
+def build_request(
+    model: str,
+    version: str,
+    request_id: str,
+    packed: PackedTokens,
+    indices: np.ndarray,
+    parameters: dict[str, Any],
+) -> pb.ModelInferRequest:
+    """A ``ModelInferRequest`` with the tokens (and scale, indices) as raw little-endian bytes."""
+    req = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    tensors = [("tokens", packed.tokens)]
+    if packed.scale is not None:
+        tensors.append(("token_scale", packed.scale))
+    tensors.append(("indices", indices.astype(np.int64)))
+    for name, arr in tensors:
+        req.inputs.add(name=name, datatype=datatype_of(arr), shape=list(arr.shape))
+        req.raw_input_contents.append(to_bytes(arr))
+    for k, v in parameters.items():
+        set_param(req.parameters, k, v)
+    return req
+
+
+class ServerClient:
+    def __init__(self, address: str, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def ready(self, timeout: float = 1.0) -> bool:
+        try:
+            return (await self.stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout)).ready
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def infer(self, request: pb.ModelInferRequest, timeout_s: float) -> ServerReply:
+        """Sends one request; raises ``grpc.aio.AioRpcError`` on failure or deadline."""
+        t0 = time.perf_counter()
+        resp = await self.stub.ModelInfer(request, timeout=timeout_s)
+        rtt = (time.perf_counter() - t0) * 1000.0
+        if len(resp.outputs) != 1 or len(resp.raw_output_contents) != 1:
+            raise ValueError("server answered without exactly one raw 'logits' output")
+        out = resp.outputs[0]
+        logits = from_bytes(
+            resp.raw_output_contents[0],
+            out.datatype,
+            out.shape,
+            name=out.name,
+            expect_datatype="FP32",
+        )
+        return ServerReply(
+            logits,
+            {k: param_value(v) for k, v in resp.parameters.items()},
+            request.ByteSize(),
+            sum(len(r) for r in request.raw_input_contents),
+            rtt,
+        )

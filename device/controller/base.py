@@ -1,0 +1,46 @@
+"""The controller seam: per request, decide budget, rate, split and whether to offload."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """What the device knows of the link right now (from the emulator's state feedback)."""
+
+    bandwidth_bps: float | None = None
+    rtt_ms: float | None = None
+    snr_db: float | None = None
+    queued_bytes: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    budget: float  # alpha in (0, 1]
+    rate: float = 1.0  # JSCC rate r in (0, 1]; 1.0 = no JSCC coding
+    split: int | None = None  # None = the pipeline's own split
+    offload: bool = True  # False = answer locally
+    reason: str = ""
+
+
+class Controller(abc.ABC):
+    """Chooses what each request costs; implementations keep their own long-term state."""
+
+    name: str = "base"
+
+    @abc.abstractmethod
+    def decide(self, request: dict[str, Any], channel: ChannelState) -> Decision:
+        """``request`` holds the validated per-request parameters (may be empty)."""
+
+    def observe(self, decision: Decision, outcome: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Called after each request with what it cost (bytes, latency, ...)."""
+
+    def state(self) -> dict[str, Any]:
+        """Controller state to report in responses and metrics."""
+        return {}

@@ -1,0 +1,139 @@
+"""The device's HTTP front: OIP ``/v2/...`` (JSON and binary tensors) and ``POST /v1/classify``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+
+from device.service import Answer, DeviceService
+from protocol.codec import TensorError
+from protocol.http_codec import HEADER_LENGTH, build_infer_response, parse_infer_body, wants_binary
+from semlink import http_errors
+from semlink.http_errors import ClientError
+
+
+def answer_parameters(a: Answer) -> dict[str, Any]:
+    """The cost report, flattened into OIP response parameters (scalars only)."""
+    out: dict[str, Any] = {
+        k: v for k, v in a.as_dict().items() if isinstance(v, (str, int, float, bool)) or v is None
+    }
+    out.pop("label", None)
+    out["kept_indices"] = ",".join(map(str, a.kept_indices))
+    for group in ("channel", "controller", "timing_ms"):
+        for k, v in getattr(a, group).items():
+            out[f"{group}.{k}" if group != "timing_ms" else k] = v
+    return out
+
+
+def create_app(service: DeviceService) -> FastAPI:
+    settings = service.settings
+    app = FastAPI(title="semlink device", version="0.1.0")
+    http_errors.install(app, settings.max_body_bytes)
+    name = service.model.name
+
+    def check_model(model_name: str, version: str = "") -> None:
+        if model_name != name or (version and version != service.model.version):
+            raise ClientError(
+                404,
+                f"this device serves model {name!r} version {service.model.version!r}, not {model_name!r} {version!r}",
+            )
+
+    @app.get("/v2/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict:
+        return {
+            "ready": True
+        }  # the head is loaded before the app starts; offload failures degrade, never block
+
+    @app.get("/v2")
+    async def metadata() -> dict:
+        return {
+            "name": "semlink-device",
+            "version": "0.1.0",
+            "extensions": ["binary_tensor_data", "semlink"],
+        }
+
+    @app.get("/v2/models/{model_name}")
+    async def model_metadata(model_name: str) -> dict:
+        check_model(model_name)
+        c, h, w = service.model.image_shape
+        return {
+            "name": name,
+            "versions": [service.model.version],
+            "platform": "semlink_split",
+            "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, c, h, w]}],
+            "outputs": [
+                {"name": "label", "datatype": "INT64", "shape": [1]},
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [1, service.model.num_classes],
+                },
+            ],
+        }
+
+    @app.get("/v2/models/{model_name}/ready")
+    async def model_ready(model_name: str) -> dict:
+        check_model(model_name)
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{model_name}/infer")
+    @app.post("/v2/models/{model_name}/versions/{version}/infer")
+    async def infer(model_name: str, request: Request, version: str = "") -> Response:
+        check_model(model_name, version)
+        body = await http_errors.read_body(request, settings.max_body_bytes)
+        doc, tensors = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
+        if "image" not in tensors:
+            c, h, w = service.model.image_shape
+            raise TensorError(
+                f"this model needs an input named 'image' (FP32 [1, {c}, {h}, {w}]); got {sorted(tensors)}"
+            )
+        dtype, image = tensors["image"]
+        if dtype != "FP32":
+            raise TensorError(f"input 'image' must be FP32, got {dtype}")
+        params = dict(doc.get("parameters") or {})
+        if doc.get("id"):
+            params.setdefault("request_id", str(doc["id"]))
+        answer = await service.classify(image, params)
+        outputs = {
+            "label": np.array([answer.label], np.int64),
+            "probabilities": np.array([answer.probabilities], np.float32),
+        }
+        content, headers = build_infer_response(
+            name,
+            service.model.version,
+            answer.request_id,
+            outputs,
+            answer_parameters(answer),
+            wants_binary(doc),
+        )
+        return Response(content, headers=headers)
+
+    @app.post("/v1/classify")
+    async def classify(
+        image: Annotated[UploadFile, File(description="PNG or JPEG")],
+        budget: Annotated[float | None, Form()] = None,
+        deadline_ms: Annotated[float | None, Form()] = None,
+    ) -> dict:
+        data = await image.read(settings.max_body_bytes + 1)
+        if len(data) > settings.max_body_bytes:
+            raise ClientError(413, f"image exceeds the limit of {settings.max_body_bytes} bytes")
+        arr = service.pipeline.decode_image(data, settings.max_image_pixels)
+        return (
+            await service.classify(arr, {"budget": budget, "deadline_ms": deadline_ms})
+        ).as_dict()
+
+    @app.get("/v1/stats")
+    async def stats() -> dict:
+        return {
+            **service.counts,
+            "channel": service.monitor.current.as_dict(),
+            "controller": service.controller.state(),
+        }
+
+    return app

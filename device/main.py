@@ -1,0 +1,44 @@
+"""``semlink device``: the device runtime behind its HTTP front."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from device.http_app import create_app
+from device.service import DeviceService
+from device.settings import DeviceSettings
+from semlink.runner import serve_until_signal, uvicorn_server
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: DeviceSettings) -> None:
+    service = DeviceService(settings)
+    http = uvicorn_server(create_app(service), settings.host, settings.http_port)
+    task: asyncio.Task | None = None
+
+    async def start() -> None:
+        nonlocal task
+        await service.start()
+        task = asyncio.ensure_future(http.serve())
+        log.info(
+            "device ready: HTTP on %s:%d, model %s v%s, server %s",
+            settings.host,
+            settings.http_port,
+            service.model.name,
+            service.model.version,
+            settings.server,
+        )
+
+    async def stop() -> None:
+        http.should_exit = True  # uvicorn finishes in-flight requests before returning
+        if task is not None:
+            await task
+        await service.close()
+
+    await serve_until_signal(start, stop)
+
+
+def main(settings: DeviceSettings) -> None:
+    asyncio.run(serve(settings))

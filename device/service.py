@@ -1,0 +1,177 @@
+"""One inference on the device: decide, run the head, send the kept tokens, or answer locally.
+
+Every request gets exactly one answer. When the server or the link fails, or the deadline would
+pass, the device answers from its local best (here: the tail it also holds) and marks the answer
+``degraded`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from device.channel_state import ChannelMonitor
+from device.client import ServerClient, build_request
+from device.controller import Controller, Decision, make_controller
+from device.pipeline import DevicePipeline
+from device.settings import DeviceSettings
+from protocol import params as P
+from protocol.codec import pack_tokens
+from server.repository import resolve, scan
+
+log = logging.getLogger(__name__)
+
+SAFETY_MS = 5.0  # keep this much of the deadline for the local fallback itself
+
+
+@dataclass
+class Answer:
+    """What the client gets: the prediction and what it cost."""
+
+    request_id: str
+    label: int
+    probabilities: list[float]
+    exit: str  # "server" | "device"
+    degraded: bool
+    degraded_reason: str | None
+    budget: float
+    rate: float
+    split: int
+    tokens_sent: int
+    kept_indices: list[int]
+    payload_bytes: int
+    request_bytes: int
+    channel: dict[str, Any]
+    controller: dict[str, Any]
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DeviceService:
+    def __init__(self, settings: DeviceSettings) -> None:
+        self.settings = settings
+        self.model = resolve(
+            scan(settings.model_repository), settings.model_name, settings.model_version
+        )
+        self.pipeline = DevicePipeline(self.model)
+        self.controller: Controller = make_controller(settings.controller, budget=settings.budget)
+        self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
+        self.client = ServerClient(settings.server)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="head")
+        self.counts = {"requests": 0, "offloaded": 0, "degraded": 0}
+
+    async def start(self) -> None:
+        self.monitor.start()
+
+    async def close(self) -> None:
+        await self.monitor.stop()
+        await self.client.close()
+        self.executor.shutdown(wait=False)
+
+    def request_params(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Validates the semlink parameters a client may set; unknown keys are ignored."""
+        out: dict[str, Any] = {}
+        for key in (P.BUDGET, P.RATE, P.DEADLINE_MS):
+            if raw.get(key) is not None:
+                out[key] = P.check(key, raw[key])
+        if raw.get(P.REQUEST_ID) is not None:
+            out[P.REQUEST_ID] = str(raw[P.REQUEST_ID])[:128]
+        return out
+
+    async def classify(self, image: np.ndarray, raw_params: dict[str, Any]) -> Answer:
+        t0 = time.perf_counter()
+        params = self.request_params(raw_params)
+        image = self.pipeline.check_image(image)
+        request_id = params.get(P.REQUEST_ID) or uuid.uuid4().hex
+        deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
+        channel = self.monitor.current
+        decision: Decision = self.controller.decide(params, channel)
+        loop = asyncio.get_running_loop()
+        tokens, indices = await loop.run_in_executor(
+            self.executor, self.pipeline.run_head, image, decision.budget
+        )
+        t_head = time.perf_counter()
+        timing = {"device_head_ms": (t_head - t0) * 1000.0}
+        packed = pack_tokens(tokens, self.settings.token_format)
+        request = build_request(
+            self.model.name,
+            self.model.version,
+            request_id,
+            packed,
+            indices,
+            {P.BUDGET: decision.budget, P.REQUEST_ID: request_id},
+        )
+        reason: str | None = "controller chose local" if not decision.offload else None
+        logits = None
+        payload_bytes = sum(len(r) for r in request.raw_input_contents)
+        request_bytes = request.ByteSize()
+        if decision.offload:
+            remaining_s = (deadline_ms - timing["device_head_ms"] - SAFETY_MS) / 1000.0
+            if remaining_s <= 0:
+                reason = f"deadline of {deadline_ms:g} ms leaves no time to offload"
+            else:
+                try:
+                    reply = await self.client.infer(request, remaining_s)
+                    logits = reply.logits
+                    server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
+                        reply.parameters.get("server_compute_ms", 0.0)
+                    )
+                    timing.update(
+                        server_ms=server_ms, network_ms=max(reply.round_trip_ms - server_ms, 0.0)
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    reason = f"server {exc.code().name}: {exc.details()}"
+                    log.warning(
+                        "request %s: offload failed (%s); answering locally", request_id, reason
+                    )
+                except ValueError as exc:
+                    reason = f"bad server answer: {exc}"
+        degraded = logits is None and decision.offload
+        if logits is None:
+            t_local = time.perf_counter()
+            logits = await loop.run_in_executor(self.executor, self.pipeline.run_tail, tokens)
+            timing["device_tail_ms"] = (time.perf_counter() - t_local) * 1000.0
+        timing["total_ms"] = (time.perf_counter() - t0) * 1000.0
+        probs = _softmax(logits[0])
+        self.counts["requests"] += 1
+        self.counts["offloaded"] += int(not degraded and decision.offload)
+        self.counts["degraded"] += int(degraded)
+        offloaded = decision.offload and not degraded
+        outcome = {
+            "payload_bytes": payload_bytes if offloaded else 0,
+            "latency_ms": timing["total_ms"],
+        }
+        self.controller.observe(decision, outcome)
+        return Answer(
+            request_id=request_id,
+            label=int(probs.argmax()),
+            probabilities=[float(p) for p in probs],
+            exit="server" if offloaded else "device",
+            degraded=degraded,
+            degraded_reason=reason if degraded else None,
+            budget=decision.budget,
+            rate=decision.rate,
+            split=int(self.model.manifest["splits"][0]),
+            tokens_sent=int(indices.shape[1]) if offloaded else 0,
+            kept_indices=[int(i) for i in indices[0]],
+            payload_bytes=payload_bytes if offloaded else 0,
+            request_bytes=request_bytes if offloaded else 0,
+            channel=channel.as_dict(),
+            controller={"name": self.controller.name, **self.controller.state()},
+            timing_ms=timing,
+        )
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()

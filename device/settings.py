@@ -1,0 +1,53 @@
+"""Runtime configuration of a device: flags or ``SEMLINK_DEVICE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol.codec import TOKEN_FORMATS
+from server.settings import DEFAULT_REPOSITORY
+
+
+class DeviceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEMLINK_DEVICE_", protected_namespaces=())
+
+    server: str = Field(
+        "127.0.0.1:8001", description="server (or link emulator) gRPC address HOST:PORT"
+    )
+    link_state_url: str | None = Field(
+        None, description="link emulator state endpoint, e.g. http://127.0.0.1:9002/state"
+    )
+    model_repository: Path = Field(DEFAULT_REPOSITORY)
+    model_name: str = Field("digits-vit")
+    model_version: str = Field("", description="empty = highest")
+    host: str = Field("127.0.0.1")
+    http_port: int = Field(8080, ge=0, le=65535)
+    budget: float = Field(0.25, gt=0.0, le=1.0, description="default token budget alpha")
+    token_format: str = Field("fp16", description="fp16 | int8 | fp32")
+    deadline_ms: float = Field(
+        2000.0, gt=0.0, le=600_000.0, description="default end-to-end deadline"
+    )
+    controller: str = Field(
+        "fixed", description="fixed (more controllers plug in behind device.controller)"
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    state_poll_ms: float = Field(200.0, gt=0.0)
+
+    @field_validator("token_format")
+    @classmethod
+    def _fmt(cls, v: str) -> str:
+        if v not in TOKEN_FORMATS:
+            raise ValueError(f"token_format must be one of {TOKEN_FORMATS}, got {v!r}")
+        return v
+
+    @field_validator("server")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"server must be HOST:PORT, got {v!r}")
+        return v

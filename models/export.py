@@ -1,0 +1,199 @@
+"""ONNX export of the split pipeline: a device *head* and a server *tail*, plus the manifest.
+
+Head graph: ``image (B, C, H, W) float32, alpha (B,) float32`` -> ``tokens (B, k, d) float32``
+(the kept patch tokens, highest key first) and ``indices (B, k) int64`` (their positions in the
+patch grid, row-major), with ``k = max(1, ceil(max(alpha) * N))``: a batch shares one token
+count, the device runs one request at a time.
+
+Tail graph: ``tokens (B, T, d) float32, token_mask (B, T) float32`` -> ``logits (B, classes)``;
+``T`` (1..N) is dynamic, and ``token_mask`` (1 = real, 0 = padding) lets the server batch requests
+that kept different numbers of tokens.
+
+The torch exporter cannot produce an output whose length depends on an input's *value*, so the
+head is exported with all tokens sorted by key, and the budget-dependent slice is appended as
+plain ONNX nodes (``Ceil``, ``Cast``, ``Slice``) by :func:`_append_budget_slice`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from models import checkpoint
+from models.vit import SelectorViT
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "zoo"
+DEFAULT_MODEL = "digits-vit"
+
+
+class _SortedHead(nn.Module):
+    def __init__(self, model: SelectorViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, image: torch.Tensor, alpha: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.forward_device(image, alpha)
+        order = out.key.argsort(dim=1, descending=True)  # (B, N)
+        return out.tokens[:, 1:].gather(
+            1, order[..., None].expand(-1, -1, out.tokens.shape[-1])
+        ), order
+
+
+class _Tail(nn.Module):
+    def __init__(self, model: SelectorViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_tail(tokens, token_mask)
+
+
+def _export(
+    module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict
+) -> None:
+    module.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=True,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=dynamic,
+            verbose=False,
+            external_data=False,
+        )
+
+
+def _append_budget_slice(path: Path, num_patches: int) -> None:
+    """Slices the sorted head's outputs to the budget's ``k``: outputs ``tokens`` and ``indices``."""
+    m = onnx.load(str(path))
+    g = m.graph
+    sorted_tokens, order = (o.name for o in g.output)
+    consts = {
+        "sl_n": np.array([num_patches], np.float32),
+        "sl_eps": np.array([1e-6], np.float32),
+        "sl_one_f": np.array([1.0], np.float32),
+        "sl_one_i": np.array([1], np.int64),  # the token axis
+        "sl_zero_i": np.array([0], np.int64),
+    }
+    g.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in consts.items())
+    g.node.extend(
+        [
+            helper.make_node("ReduceMax", ["alpha"], ["sl_amax"], keepdims=1),
+            helper.make_node("Mul", ["sl_amax", "sl_n"], ["sl_prod"]),
+            helper.make_node("Sub", ["sl_prod", "sl_eps"], ["sl_prod_eps"]),
+            helper.make_node("Ceil", ["sl_prod_eps"], ["sl_ceil"]),
+            helper.make_node("Max", ["sl_ceil", "sl_one_f"], ["sl_kf"]),
+            helper.make_node("Cast", ["sl_kf"], ["sl_k"], to=TensorProto.INT64),
+            helper.make_node("Slice", [sorted_tokens, "sl_zero_i", "sl_k", "sl_one_i"], ["tokens"]),
+            helper.make_node("Slice", [order, "sl_zero_i", "sl_k", "sl_one_i"], ["indices"]),
+        ]
+    )
+    d = g.output[0].type.tensor_type.shape.dim[2].dim_value
+    del g.output[:]
+    g.output.extend(
+        [
+            helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["B", "T", d]),
+            helper.make_tensor_value_info("indices", TensorProto.INT64, ["B", "K"]),
+        ]
+    )
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, str(path))
+
+
+def export_selector_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Exports head and tail of a trained selector checkpoint into ``out_dir`` with its manifest.
+
+    ``out_dir`` is one version folder of a model repository, e.g. ``zoo/digits-vit/1``. Also
+    writes a weights-only copy of the checkpoint (no optimizer or resume state). Returns the
+    manifest.
+    """
+    model, ckpt = checkpoint.load_selector_vit(ckpt_path)
+    cfg = model.cfg
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    B, T = torch.export.Dim("B", min=1, max=1024), torch.export.Dim("T", min=1, max=cfg.num_patches)
+    image = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
+    _export(
+        _SortedHead(model),
+        (image, torch.full((2,), 0.5)),
+        out / "head.onnx",
+        ["image", "alpha"],
+        ["sorted_tokens", "order"],
+        {"image": {0: B}, "alpha": {0: B}},
+    )
+    _append_budget_slice(out / "head.onnx", cfg.num_patches)
+    tokens = torch.randn(2, 5, cfg.embed_dim)
+    _export(
+        _Tail(model),
+        (tokens, torch.ones(2, 5)),
+        out / "tail.onnx",
+        ["tokens", "token_mask"],
+        ["logits"],
+        {"tokens": {0: B, 1: T}, "token_mask": {0: B, 1: T}},
+    )
+    for name in ("head.onnx", "tail.onnx"):
+        onnx.checker.check_model(onnx.load(str(out / name)), full_check=True)
+    checkpoint.save(
+        out / "checkpoint.pt",
+        config=ckpt["config"],
+        state_dict=model.state_dict(),
+        metrics=ckpt.get("metrics", {}),
+    )
+    manifest = build_manifest(model, out)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("exported %s -> %s", ckpt_path, out)
+    return manifest
+
+
+def build_manifest(model: SelectorViT, out: Path) -> dict[str, Any]:
+    """What the server and device need to serve the pipeline without torch."""
+    cfg = model.cfg
+    digest = hashlib.sha256()
+    for name in ("head.onnx", "tail.onnx"):
+        digest.update((out / name).read_bytes())
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": "token-selection",
+        "model_hash": digest.hexdigest()[:16],
+        "image_shape": [cfg.in_chans, cfg.image_size, cfg.image_size],
+        "num_patches": cfg.num_patches,
+        "patch_size": cfg.patch_size,
+        "embed_dim": cfg.embed_dim,
+        "num_classes": cfg.num_classes,
+        "depth": cfg.depth,
+        "splits": [cfg.split],
+        "head": {
+            "file": "head.onnx",
+            "inputs": {"image": "FP32", "alpha": "FP32"},
+            "outputs": {"tokens": "FP32", "indices": "INT64"},
+        },
+        "tail": {
+            "file": "tail.onnx",
+            "inputs": {"tokens": "FP32", "token_mask": "FP32"},
+            "outputs": {"logits": "FP32"},
+        },
+        "normalization": {"dataset": "digits-canvas"} if cfg.in_chans == 1 else {"dataset": "rgb"},
+    }
+
+
+def copy_eval(src: Path, out_dir: Path) -> None:
+    if src.is_file():
+        shutil.copy(src, out_dir / src.name)

@@ -1,0 +1,273 @@
+"""The link emulator: a TCP proxy that shapes the real byte stream in each direction.
+
+Each direction is one shared bottleneck, as in Mahimahi: bytes from every connection join one
+FIFO queue; at every delivery opportunity of the direction's :class:`~protocol.traces.Schedule`
+up to 1500 bytes leave it (an opportunity that finds the queue empty is lost); delivered bytes
+reach the far side after the one-way delay.
+
+The queue is bounded in bytes. A TCP proxy cannot drop bytes from the middle of a stream without
+corrupting it, so "drop-tail" is realised the way TCP itself experiences it: when the queue is
+full the proxy stops reading, the kernel's flow control pushes back, and the sender waits.
+
+The emulator reports its state (capacity and measured throughput over the last window, queued
+bytes, RTT estimate, SNR) on ``GET /state`` of a small HTTP endpoint: the device's channel-state
+feedback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protocol.traces import PACKET_BYTES, Schedule
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+TICK_S = 0.001
+
+
+@dataclass
+class _Conn:
+    writer: asyncio.StreamWriter
+    delay_line: collections.deque = field(
+        default_factory=collections.deque
+    )  # (release_s, bytes | None)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Direction:
+    """One direction of the link: shared FIFO, schedule, delay, byte-bounded queue."""
+
+    def __init__(
+        self,
+        name: str,
+        schedule: Schedule,
+        delay_ms: float,
+        queue_bytes: int,
+        window_s: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.schedule = schedule
+        self.delay_s = delay_ms / 1000.0
+        self.queue_bytes = queue_bytes
+        self.window_s = window_s
+        self.fifo: collections.deque[tuple[_Conn, bytes | None]] = collections.deque()
+        self.queued = 0
+        self.delivered_total = 0
+        self._delivered: collections.deque[tuple[float, int]] = collections.deque()
+        self._space = asyncio.Condition()
+        self._data = asyncio.Event()
+        self._t0 = time.monotonic()
+        self._used = 0
+
+    def now_ms(self) -> float:
+        return (time.monotonic() - self._t0) * 1000.0
+
+    async def enqueue(self, conn: _Conn, chunk: bytes | None) -> None:
+        """Queues a chunk (``None`` = end of stream), waiting while the queue is full."""
+        async with self._space:
+            await self._space.wait_for(lambda: self.queued < self.queue_bytes or chunk is None)
+            self.fifo.append((conn, chunk))
+            self.queued += len(chunk) if chunk else 0
+        self._data.set()
+
+    async def run(self) -> None:
+        """The shaper: hands out the schedule's opportunities to the FIFO, forever."""
+        while True:
+            if not self.fifo:
+                self._data.clear()
+                await self._data.wait()
+                self._used = self.schedule.opportunities_until(self.now_ms())  # idle time is lost
+            now_ms = self.now_ms()
+            total = self.schedule.opportunities_until(now_ms)
+            budget = (total - self._used) * PACKET_BYTES
+            self._used = total
+            release = time.monotonic() + self.delay_s
+            sent = 0
+            while self.fifo and (budget > 0 or self.fifo[0][1] is None):
+                conn, chunk = self.fifo[0]
+                if chunk is None:
+                    self.fifo.popleft()
+                    conn.delay_line.append((release, None))
+                    conn.wake.set()
+                    continue
+                part = chunk[:budget]
+                if len(part) < len(chunk):
+                    self.fifo[0] = (conn, chunk[len(part) :])
+                else:
+                    self.fifo.popleft()
+                budget -= len(part)
+                sent += len(part)
+                conn.delay_line.append((release, part))
+                conn.wake.set()
+            if sent:
+                self.queued -= sent
+                self.delivered_total += sent
+                self._delivered.append((time.monotonic(), sent))
+                async with self._space:
+                    self._space.notify_all()
+            await asyncio.sleep(TICK_S)
+
+    def throughput_bps(self) -> float:
+        """Bytes delivered over the last window, as bits per second."""
+        cutoff = time.monotonic() - self.window_s
+        while self._delivered and self._delivered[0][0] < cutoff:
+            self._delivered.popleft()
+        return sum(n for _, n in self._delivered) * 8 / self.window_s
+
+    def state(self) -> dict[str, float]:
+        now = self.now_ms()
+        capacity = self.schedule.capacity_bps(now, self.window_s * 1000)
+        return {
+            "capacity_bps": capacity,
+            "throughput_bps": self.throughput_bps(),
+            "queued_bytes": float(self.queued),
+            "queue_delay_ms": self.queued * 8 / max(capacity, 1.0) * 1000.0,
+            "delivered_bytes": float(self.delivered_total),
+            "average_bps": self.schedule.average_bps(),
+        }
+
+
+class SnrProcess:
+    """SNR the link reports: constant, or a stepwise ``t_ms snr_db`` trace that wraps."""
+
+    def __init__(self, snr_db: float = 20.0, trace: str | Path | None = None) -> None:
+        self.constant = snr_db
+        self.times: np.ndarray | None = None
+        if trace is not None:
+            rows = []
+            for lineno, line in enumerate(Path(trace).read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    t, v = line.split()
+                    rows.append((float(t), float(v)))
+                except ValueError:
+                    raise ValueError(
+                        f"{trace}:{lineno}: expected 't_ms snr_db', got {line!r}"
+                    ) from None
+            if not rows:
+                raise ValueError(
+                    f"{trace}: the SNR trace is empty; write one 't_ms snr_db' pair per line"
+                )
+            arr = np.asarray(rows)
+            self.times, self.values = arr[:, 0], arr[:, 1]
+
+    def at(self, t_ms: float) -> float:
+        if self.times is None:
+            return self.constant
+        period = max(float(self.times[-1]), 1.0)
+        i = int(np.searchsorted(self.times, t_ms % period, side="right")) - 1
+        return float(self.values[max(i, 0)])
+
+
+class LinkEmulator:
+    """Accepts on ``listen`` and forwards each connection to ``upstream`` through two Directions."""
+
+    def __init__(
+        self, upstream: tuple[str, int], uplink: Direction, downlink: Direction, snr: SnrProcess
+    ) -> None:
+        self.upstream = upstream
+        self.uplink = uplink
+        self.downlink = downlink
+        self.snr = snr
+        self.connections = 0
+        self.active = 0
+        self._ids = itertools.count()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, host: str, port: int) -> tuple[asyncio.AbstractServer, int]:
+        for d in (self.uplink, self.downlink):
+            self._spawn(d.run())
+        server = await asyncio.start_server(self._handle, host, port)
+        return server, server.sockets[0].getsockname()[1]
+
+    def _spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        cid = next(self._ids)
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.upstream)
+        except OSError as exc:
+            log.warning(
+                "connection %d: upstream %s:%d unreachable (%s); closing client",
+                cid,
+                *self.upstream,
+                exc,
+            )
+            client_w.close()
+            return
+        self.connections += 1
+        self.active += 1
+        to_up, to_client = _Conn(up_w), _Conn(client_w)
+        tasks = [
+            self._spawn(self._pump(client_r, self.uplink, to_up)),
+            self._spawn(_deliver(to_up)),
+            self._spawn(self._pump(up_r, self.downlink, to_client)),
+            self._spawn(_deliver(to_client)),
+        ]
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self.active -= 1
+            for w in (up_w, client_w):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, direction: Direction, conn: _Conn) -> None:
+        try:
+            while chunk := await reader.read(READ_CHUNK):
+                await direction.enqueue(conn, chunk)
+        except (ConnectionError, OSError):
+            pass
+        await direction.enqueue(conn, None)
+
+    def state(self) -> dict:
+        t = self.uplink.now_ms()
+        up, down = self.uplink.state(), self.downlink.state()
+        return {
+            "time_ms": t,
+            "uplink": up,
+            "downlink": down,
+            "bandwidth_bps": up["capacity_bps"],
+            "rtt_ms": 1000.0 * (self.uplink.delay_s + self.downlink.delay_s) + up["queue_delay_ms"],
+            "snr_db": self.snr.at(t),
+            "connections_total": self.connections,
+            "connections_active": self.active,
+        }
+
+
+async def _deliver(conn: _Conn) -> None:
+    """Writes delivered bytes once their one-way delay has passed; closes on end of stream."""
+    try:
+        while True:
+            while not conn.delay_line:
+                conn.wake.clear()
+                await conn.wake.wait()
+            release, chunk = conn.delay_line[0]
+            wait = release - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            conn.delay_line.popleft()
+            if chunk is None:
+                with contextlib.suppress(Exception):
+                    conn.writer.write_eof()
+                return
+            conn.writer.write(chunk)
+            await conn.writer.drain()
+    except (ConnectionError, OSError):
+        return

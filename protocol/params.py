@@ -1,0 +1,54 @@
+"""semlink's request parameters: names, types and valid ranges, shared by device and server.
+
+They ride in the OIP ``parameters`` map of a request (gRPC ``InferParameter`` or HTTP JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+BUDGET = "budget"  # alpha in (0, 1]: fraction of patch tokens sent
+RATE = "rate"  # r in (0, 1]: fraction of JSCC symbols kept per token
+SPLIT = "split"  # split point s: blocks 0..s-1 on the device
+SNR_DB = "snr_db"  # channel SNR the receiver simulates, dB in [-50, 100]
+DEADLINE_MS = "deadline_ms"  # end-to-end deadline the device must answer within
+REQUEST_ID = "request_id"  # also the OIP `id` field; shared across device, link and server logs
+TOKEN_FORMAT = "token_format"  # fp16 | int8 | fp32
+
+
+class ParameterError(ValueError):
+    """A request parameter out of range or of the wrong type; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    low_open: bool = False
+
+    def check(self, name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"parameter {name!r} must be a number, got {value!r}")
+        v = float(value)
+        below = v <= self.low if self.low_open else v < self.low
+        if math.isnan(v) or below or v > self.high:
+            bracket = "(" if self.low_open else "["
+            raise ParameterError(
+                f"parameter {name!r} must be in {bracket}{self.low:g}, {self.high:g}], got {value}"
+            )
+        return v
+
+
+RANGES = {
+    BUDGET: Range(0.0, 1.0, low_open=True),
+    RATE: Range(0.0, 1.0, low_open=True),
+    SNR_DB: Range(-50.0, 100.0),
+    DEADLINE_MS: Range(0.0, 600_000.0, low_open=True),
+}
+
+
+def check(name: str, value: Any) -> float:
+    """Validates one numeric parameter against its range; returns it as float."""
+    return RANGES[name].check(name, value)

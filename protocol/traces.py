@@ -1,0 +1,181 @@
+"""Link capacity schedules: Mahimahi traces, constant rates, and synthetic generators.
+
+Mahimahi format: one integer millisecond timestamp per line, non-decreasing; each line is one
+opportunity to deliver a 1500-byte packet, a repeated timestamp means several in that millisecond,
+and the trace wraps around with a period equal to its last timestamp.
+
+A :class:`Schedule` answers one question: how many delivery opportunities have occurred up to a
+time. The link emulator asks it at every tick.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+PACKET_BYTES = 1500
+BITS_PER_PACKET = PACKET_BYTES * 8
+
+
+class TraceError(ValueError):
+    """A malformed trace file; the message names the line."""
+
+
+class Schedule:
+    """Cumulative delivery opportunities as a function of time (milliseconds)."""
+
+    def opportunities_until(self, t_ms: float) -> int:
+        raise NotImplementedError
+
+    def average_bps(self) -> float:
+        raise NotImplementedError
+
+    def capacity_bps(self, t_ms: float, window_ms: float = 1000.0) -> float:
+        """Capacity over the window ending at ``t_ms`` (bits per second)."""
+        start = max(0.0, t_ms - window_ms)
+        n = self.opportunities_until(t_ms) - self.opportunities_until(start)
+        return n * BITS_PER_PACKET / max(t_ms - start, 1.0) * 1000.0
+
+
+class ConstantSchedule(Schedule):
+    def __init__(self, rate_bps: float) -> None:
+        if not rate_bps > 0 or math.isinf(rate_bps):
+            raise ValueError(f"link rate must be a positive number of bit/s, got {rate_bps}")
+        self.rate_bps = float(rate_bps)
+
+    def opportunities_until(self, t_ms: float) -> int:
+        return int(t_ms * self.rate_bps / BITS_PER_PACKET / 1000.0)
+
+    def average_bps(self) -> float:
+        return self.rate_bps
+
+
+class TraceSchedule(Schedule):
+    """A Mahimahi trace, wrapping with period = last timestamp."""
+
+    def __init__(self, timestamps_ms: np.ndarray, name: str = "trace") -> None:
+        ts = np.asarray(timestamps_ms, dtype=np.int64)
+        if ts.size == 0:
+            raise TraceError(f"{name}: the trace is empty; it needs at least one timestamp line")
+        self.name = name
+        self.period = max(int(ts[-1]), 1)
+        # cum[m] = opportunities with timestamp < m, for m in 0..period
+        self._cum = np.searchsorted(ts, np.arange(self.period + 1), side="left")
+        self.per_period = int(np.searchsorted(ts, self.period, side="left"))
+        if self.per_period == 0:  # all timestamps equal the period: count them at its end
+            self.per_period = int(ts.size)
+            self._cum[-1] = self.per_period
+
+    def opportunities_until(self, t_ms: float) -> int:
+        whole = int(t_ms) // self.period
+        rest = int(t_ms) - whole * self.period
+        return whole * self.per_period + int(self._cum[rest])
+
+    def average_bps(self) -> float:
+        return self.per_period * BITS_PER_PACKET / self.period * 1000.0
+
+
+def parse_mahimahi(text: str, name: str = "trace") -> np.ndarray:
+    """Parses trace text into timestamps; raises :class:`TraceError` with the line number."""
+    out: list[int] = []
+    prev = -1
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            value = int(line)
+        except ValueError:
+            raise TraceError(
+                f"{name}:{lineno}: {line!r} is not an integer millisecond timestamp"
+            ) from None
+        if value < 0:
+            raise TraceError(f"{name}:{lineno}: timestamp {value} is negative")
+        if value < prev:
+            raise TraceError(
+                f"{name}:{lineno}: timestamp {value} is smaller than the previous {prev}; timestamps must not decrease"
+            )
+        out.append(value)
+        prev = value
+    if not out:
+        raise TraceError(f"{name}: no timestamps found; a Mahimahi trace has one integer per line")
+    return np.asarray(out, dtype=np.int64)
+
+
+def load_trace(path: str | Path) -> TraceSchedule:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trace file {path} does not exist")
+    return TraceSchedule(parse_mahimahi(path.read_text(), str(path)), str(path))
+
+
+def parse_rate(text: str) -> float:
+    """'5mbit', '100kbit', '1.5Mbps', '2000000' -> bits per second."""
+    t = (
+        text.strip()
+        .lower()
+        .removesuffix("ps")
+        .removesuffix("/s")
+        .removesuffix("bit")
+        .removesuffix("b")
+    )
+    mult = {"k": 1e3, "m": 1e6, "g": 1e9}
+    try:
+        return float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
+    except ValueError:
+        raise ValueError(
+            f"cannot read link rate {text!r}: write e.g. 500kbit, 5mbit or 2000000 (bit/s)"
+        ) from None
+
+
+# --- synthetic traces ----------------------------------------------------------------------
+
+
+def rates_to_timestamps(rates_bps: np.ndarray, step_ms: int) -> np.ndarray:
+    """Mahimahi timestamps for a piecewise-constant rate, one value per ``step_ms`` segment."""
+    seg_ms = np.repeat(np.asarray(rates_bps, dtype=np.float64) / BITS_PER_PACKET / 1000.0, step_ms)
+    cum = np.floor(np.cumsum(seg_ms) + 1e-9).astype(np.int64)
+    counts = np.diff(np.concatenate([[0], cum]))
+    ts = np.repeat(np.arange(1, len(counts) + 1), counts)
+    if ts.size == 0 or ts[-1] != len(counts):  # end the trace at its full duration
+        ts = np.concatenate([ts, [len(counts)]])
+    return ts
+
+
+def synthetic_rates(
+    kind: str,
+    duration_s: float,
+    seed: int = 0,
+    *,
+    low_bps: float = 2e5,
+    high_bps: float = 5e6,
+    step_ms: int = 100,
+) -> np.ndarray:
+    """Per-``step_ms`` rates for ``constant`` (high), ``step`` (high/low halves),
+    ``gilbert-elliott`` (two-state Markov, mean sojourn 2 s) or ``random-walk`` (log-rate walk)."""
+    n = max(1, int(duration_s * 1000 / step_ms))
+    rng = np.random.default_rng(seed)
+    if kind == "constant":
+        return np.full(n, high_bps)
+    if kind == "step":
+        return np.where(np.arange(n) < n // 2, high_bps, low_bps).astype(np.float64)
+    if kind == "gilbert-elliott":
+        p_switch = step_ms / 2000.0
+        state = np.cumsum(rng.random(n) < p_switch) % 2
+        return np.where(state == 0, high_bps, low_bps).astype(np.float64)
+    if kind == "random-walk":
+        lo, hi = math.log(low_bps), math.log(high_bps)
+        x = np.empty(n)
+        x[0] = (lo + hi) / 2
+        for i in range(1, n):
+            x[i] = np.clip(x[i - 1] + rng.normal(0, 0.15), lo, hi)
+        return np.exp(x)
+    raise ValueError(
+        f"unknown trace kind {kind!r}: choose constant, step, gilbert-elliott or random-walk"
+    )
+
+
+def write_mahimahi(path: str | Path, timestamps: np.ndarray) -> None:
+    Path(path).write_text("\n".join(str(int(t)) for t in timestamps) + "\n")

@@ -1,0 +1,183 @@
+"""The ``semlink`` command line: train, eval, export, zoo, and the serving processes.
+
+Training and evaluation import torch lazily, so the serving subcommands run on a torch-free
+install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
+
+log = logging.getLogger("semlink")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        default="digits-canvas",
+        choices=["digits-canvas", "cifar10", "imagefolder"],
+        help="embedded digits-canvas (default), or a dataset read from --data-root",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="folder of cifar10 batches or an ImageFolder tree"
+    )
+    p.add_argument("--image-size", type=int, default=64, help="resize target for imagefolder")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _train_selector(args: argparse.Namespace) -> int:
+    from models.train_selector import TrainSelectorConfig, train_selector
+
+    cfg = TrainSelectorConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        seed=args.seed,
+        backbone_epochs=args.backbone_epochs,
+        selector_epochs=args.selector_epochs,
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        limit_train=args.limit_train,
+    )
+    metrics = train_selector(cfg, args.out, resume=args.resume)
+    print(f"checkpoint: {args.out}")
+    print(f"training time: {metrics['train_seconds']:.0f} s")
+    print("validation accuracy, tokens removed:", json.dumps(metrics["val_best"]))
+    return 0
+
+
+def _eval_selector(args: argparse.Namespace) -> int:
+    from models import checkpoint
+    from models.data import load_dataset
+    from models.eval_selector import evaluate, format_table, onnx_latency, write
+
+    model_dir = Path(args.model_dir)
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else model_dir / "checkpoint.pt"
+    model, _ = checkpoint.load_selector_vit(ckpt_path)
+    data = load_dataset(
+        args.dataset, args.split, root=args.data_root, seed=args.seed, image_size=args.image_size
+    )
+    if data.image_shape != (model.cfg.in_chans, model.cfg.image_size, model.cfg.image_size):
+        raise SystemExit(
+            f"error: the model expects images of shape {(model.cfg.in_chans, model.cfg.image_size, model.cfg.image_size)}, "
+            f"the {args.dataset} data has {data.image_shape}; pass --image-size or another checkpoint"
+        )
+    result = evaluate(model, data, seed=args.seed)
+    if not args.checkpoint and (model_dir / "head.onnx").is_file():
+        result["onnx_latency_ms_batch1"] = onnx_latency(model_dir, data.image_shape)
+    print(format_table(result))
+    if "onnx_latency_ms_batch1" in result:
+        lat = result["onnx_latency_ms_batch1"]
+        print(
+            f"ONNX Runtime, batch 1, 1 thread: device head {lat['head_ms']:.2f} ms, server tail {lat['tail_ms']:.2f} ms"
+        )
+    write(result, Path(args.json) if args.json else None, Path(args.plot) if args.plot else None)
+    return 0
+
+
+def _export_selector(args: argparse.Namespace) -> int:
+    from models.export import export_selector_pipeline
+
+    manifest = export_selector_pipeline(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
+    return 0
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    """Rebuilds the shipped default pipeline: train, export, evaluate into the model folder."""
+    out = Path(args.out)
+    ckpt = Path(args.work) / "selector.pt"
+    for argv in (
+        ["train", "selector", "--out", str(ckpt)] + (["--resume"] if args.resume else []),
+        ["export", "selector", "--checkpoint", str(ckpt), "--out", str(out)],
+        [
+            "eval",
+            "selector",
+            "--model-dir",
+            str(out),
+            "--json",
+            str(out / "eval.json"),
+            "--plot",
+            str(out / "eval.png"),
+        ],
+    ):
+        log.info("semlink %s", " ".join(argv))
+        if rc := main(argv):
+            return rc
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semlink", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
+    p = train.add_parser("selector", help="the budget-conditioned token-selection ViT")
+    _add_data_args(p)
+    p.add_argument(
+        "--out", default="runs/selector.pt", help="checkpoint path (written every epoch)"
+    )
+    p.add_argument("--backbone-epochs", type=int, default=120)
+    p.add_argument("--selector-epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap (smoke runs)")
+    p.add_argument(
+        "--limit-train", type=int, default=None, help="use only N training images (smoke runs)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.set_defaults(func=_train_selector)
+
+    ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
+    p = ev.add_parser("selector", help="accuracy vs budget against random and attention top-k")
+    _add_data_args(p)
+    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="exported pipeline folder")
+    p.add_argument(
+        "--checkpoint", default=None, help="evaluate this checkpoint instead of the model folder's"
+    )
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", default=None, help="write the figures as JSON here")
+    p.add_argument("--plot", default=None, help="write the accuracy-vs-budget plot (PNG) here")
+    p.set_defaults(func=_eval_selector)
+
+    ex = sub.add_parser("export", help="export ONNX graphs").add_subparsers(
+        dest="what", required=True
+    )
+    p = ex.add_parser("selector", help="device head and server tail of a selector checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR), help="model repository version folder")
+    p.set_defaults(func=_export_selector)
+
+    p = sub.add_parser("zoo", help="rebuild the shipped default pipeline (train, export, eval)")
+    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--work", default="runs", help="folder for the training checkpoint")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=_zoo)
+
+    from semlink import serve_cli
+
+    serve_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

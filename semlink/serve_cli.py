@@ -1,0 +1,158 @@
+"""Serving subcommands: ``server``, ``device``, ``link``, ``trace``, ``demo``. Torch-free."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _server(args: argparse.Namespace) -> int:
+    from server.main import main
+    from server.settings import ServerSettings
+
+    overrides = {
+        k: v for k, v in vars(args).items() if k in ServerSettings.model_fields and v is not None
+    }
+    main(ServerSettings(**overrides))
+    return 0
+
+
+def _device(args: argparse.Namespace) -> int:
+    from device.main import main
+    from device.settings import DeviceSettings
+
+    overrides = {
+        k: v for k, v in vars(args).items() if k in DeviceSettings.model_fields and v is not None
+    }
+    main(DeviceSettings(**overrides))
+    return 0
+
+
+def _link(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from protocol.link import SnrProcess
+    from protocol.link_main import schedule_from, serve
+
+    uplink = schedule_from(args.uplink, args.rate)
+    downlink = schedule_from(args.downlink, args.rate)
+    snr = SnrProcess(args.snr_db, args.snr_trace)
+    asyncio.run(
+        serve(
+            args.listen,
+            args.upstream,
+            uplink,
+            downlink,
+            args.delay_ms,
+            args.queue_bytes,
+            snr,
+            args.state_port,
+        )
+    )
+    return 0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from protocol.traces import parse_rate, rates_to_timestamps, synthetic_rates, write_mahimahi
+
+    rates = synthetic_rates(
+        args.kind,
+        args.duration,
+        args.seed,
+        low_bps=parse_rate(args.low),
+        high_bps=parse_rate(args.high),
+        step_ms=args.step_ms,
+    )
+    ts = rates_to_timestamps(rates, args.step_ms)
+    write_mahimahi(args.out, ts)
+    print(
+        f"wrote {args.out}: {args.kind}, {args.duration:g} s, average {rates.mean() / 1e6:.3f} Mbit/s, {len(ts)} opportunities"
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from semlink.demo import DemoConfig, run_demo
+
+    return run_demo(DemoConfig(**{k: getattr(args, k) for k in DemoConfig.__dataclass_fields__}))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="the edge server (OIP over gRPC and HTTP)")
+    p.add_argument("--model-repository", type=Path, default=None, help="default: the shipped zoo")
+    p.add_argument("--host", default=None)
+    p.add_argument("--grpc-port", type=int, default=None, help="default 8001")
+    p.add_argument("--http-port", type=int, default=None, help="default 8000")
+    p.add_argument("--max-batch-size", type=int, default=None)
+    p.add_argument("--max-queue-delay-ms", type=float, default=None)
+    p.set_defaults(func=_server)
+
+    p = sub.add_parser("device", help="the device runtime (HTTP front, head model, controller)")
+    p.add_argument(
+        "--server",
+        default=None,
+        help="gRPC HOST:PORT of the server or link (default 127.0.0.1:8001)",
+    )
+    p.add_argument(
+        "--link-state-url", default=None, help="the link emulator's /state URL (channel feedback)"
+    )
+    p.add_argument("--model-repository", type=Path, default=None)
+    p.add_argument("--model-name", default=None)
+    p.add_argument("--host", default=None)
+    p.add_argument("--http-port", type=int, default=None, help="default 8080")
+    p.add_argument("--budget", type=float, default=None, help="default token budget alpha (0, 1]")
+    p.add_argument("--token-format", default=None, choices=["fp16", "int8", "fp32"])
+    p.add_argument("--deadline-ms", type=float, default=None)
+    p.add_argument("--controller", default=None)
+    p.set_defaults(func=_device)
+
+    p = sub.add_parser("link", help="the trace-driven link emulator (a shaping TCP proxy)")
+    p.add_argument("--listen", default="127.0.0.1:9001", help="HOST:PORT devices connect to")
+    p.add_argument("--upstream", default="127.0.0.1:8001", help="HOST:PORT of the server's gRPC")
+    p.add_argument("--uplink", default=None, help="Mahimahi trace towards the server")
+    p.add_argument("--downlink", default=None, help="Mahimahi trace towards the device")
+    p.add_argument(
+        "--rate",
+        default="10mbit",
+        help="constant rate where no trace is given, e.g. 500kbit, 5mbit",
+    )
+    p.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay")
+    p.add_argument("--queue-bytes", type=int, default=1_000_000, help="queue bound per direction")
+    p.add_argument("--snr-db", type=float, default=20.0, help="SNR reported when no --snr-trace")
+    p.add_argument("--snr-trace", default=None, help="file of 't_ms snr_db' lines")
+    p.add_argument("--state-port", type=int, default=9002, help="HTTP port of GET /state")
+    p.set_defaults(func=_link)
+
+    p = sub.add_parser("trace", help="write a synthetic Mahimahi trace")
+    p.add_argument("kind", choices=["constant", "step", "gilbert-elliott", "random-walk"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds")
+    p.add_argument("--low", default="200kbit")
+    p.add_argument("--high", default="5mbit")
+    p.add_argument("--step-ms", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_trace)
+
+    p = sub.add_parser(
+        "demo", help="server, link and device on loopback; stream the test split through them"
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=269,
+        help="how many test images to send (default: the whole test split)",
+    )
+    p.add_argument(
+        "--uplink",
+        default=None,
+        help="Mahimahi trace (default: a generated random-walk 0.2-5 Mbit/s)",
+    )
+    p.add_argument("--delay-ms", type=float, default=20.0)
+    p.add_argument("--budget", type=float, default=0.25)
+    p.add_argument("--controller", default="fixed")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument(
+        "--out", default="runs/demo", help="folder for the summary JSON and timeline PNG"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)

@@ -1,0 +1,87 @@
+"""The server's OIP HTTP/REST front (``/v2/...``), sharing the inference core with gRPC."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, Response
+
+from protocol.http_codec import HEADER_LENGTH, build_infer_response, parse_infer_body, wants_binary
+from semlink import http_errors
+from semlink.http_errors import ClientError
+from server.batcher import QueueFull
+from server.core import InferenceCore, NotReady
+from server.grpc_service import EXTENSIONS, SERVER_NAME, SERVER_VERSION
+from server.repository import ModelNotFound, ModelVersion
+
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+def create_app(core: InferenceCore) -> FastAPI:
+    app = FastAPI(title="semlink edge server", version=SERVER_VERSION)
+    http_errors.install(app, core.settings.max_message_bytes)
+
+    def model(name: str, version: str = "") -> ModelVersion:
+        try:
+            return core.model(name, version)
+        except ModelNotFound as exc:
+            raise ClientError(404, str(exc)) from None
+        except NotReady as exc:
+            raise ClientError(503, str(exc), RETRY_AFTER) from None
+
+    @app.get("/v2/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        if not core.ready:
+            return http_errors.error(503, "models are loading", RETRY_AFTER)
+        return Response('{"ready": true}', media_type="application/json")
+
+    @app.get("/v2")
+    async def metadata() -> dict:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str = "") -> dict:
+        mv = model(name, version)
+        return {
+            "name": mv.name,
+            "versions": sorted(core.models[mv.name]),
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "tokens", "datatype": "FP16", "shape": [-1, -1, mv.embed_dim]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, mv.num_classes]}],
+        }
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str = "") -> dict:
+        model(name, version)
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> list[dict]:
+        return [
+            {"name": n, "version": v, "state": "READY"}
+            for n, vs in sorted(core.models.items())
+            for v in sorted(vs)
+        ]
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str = "") -> Response:
+        model(name, version)
+        body = await http_errors.read_body(request, core.settings.max_message_bytes)
+        doc, tensors = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
+        try:
+            mv, outputs, extra = await core.infer(
+                name, version, tensors, doc.get("parameters") or {}
+            )
+        except QueueFull as exc:
+            raise ClientError(503, str(exc), RETRY_AFTER) from None
+        content, headers = build_infer_response(
+            mv.name, mv.version, str(doc.get("id", "")), outputs, extra, wants_binary(doc)
+        )
+        return Response(content, headers=headers)
+
+    return app

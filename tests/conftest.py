@@ -1,0 +1,72 @@
+"""Shared fixtures. Tests need no GPU, no fixed port, no network and no download."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "zoo"
+DEFAULT_MODEL_DIR = ZOO / "digits-vit" / "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from models.vit import ViTConfig
+
+    return ViTConfig(
+        image_size=48,
+        patch_size=8,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=32,
+        depth=3,
+        num_heads=2,
+        split=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg):
+    import torch
+
+    from models.vit import SelectorViT
+
+    torch.manual_seed(0)
+    model = SelectorViT(tiny_cfg).eval()
+    # Spread the selector's scores so top-k is decided by content, not ties.
+    with torch.no_grad():
+        for sel in model.selectors:
+            sel.score.weight.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model):
+    from dataclasses import asdict
+
+    from models import checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    checkpoint.save(
+        path, config=asdict(tiny_model.cfg), state_dict=tiny_model.state_dict(), metrics={}
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory, tiny_checkpoint):
+    """A model repository holding the tiny model exported as tiny-vit version 1."""
+    from models.export import export_selector_pipeline
+
+    root = tmp_path_factory.mktemp("repo")
+    export_selector_pipeline(tiny_checkpoint, root / "tiny-vit" / "1")
+    return root

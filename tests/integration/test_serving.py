@@ -1,0 +1,219 @@
+"""device -> link -> server as real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from protocol import grpc_service_pb2 as pb
+from protocol import grpc_service_pb2_grpc as pb_grpc
+from protocol.codec import to_bytes
+from protocol.http_codec import build_infer_request
+
+
+def infer(stack, image: np.ndarray, **params) -> httpx.Response:
+    body, headers = build_infer_request({"image": image}, params)
+    return httpx.post(
+        f"{stack.device_url}/v2/models/tiny-vit/infer", content=body, headers=headers, timeout=30
+    )
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 1, 1, 48, 48)).astype(np.float32)
+
+
+def test_predictions_equal_the_in_process_pipeline(stack, tiny_model):
+    for i, image in enumerate(images(4)):
+        alpha = (0.1, 0.25, 0.5, 1.0)[i]
+        resp = infer(stack, image, budget=alpha)
+        assert resp.status_code == 200, resp.text
+        doc = resp.json()
+        probs = np.array(next(o for o in doc["outputs"] if o["name"] == "probabilities")["data"])
+        with torch.no_grad():
+            expected = torch.softmax(tiny_model(torch.from_numpy(image), alpha), -1)[0].numpy()
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+        p = doc["parameters"]
+        assert p["exit"] == "server" and not p["degraded"]
+        assert p["tokens_sent"] == int(np.ceil(alpha * 36 - 1e-6))
+
+
+def test_answer_reports_what_it_cost(stack):
+    doc = infer(stack, images(1)[0], budget=0.25).json()["parameters"]
+    for key in (
+        "payload_bytes",
+        "request_bytes",
+        "tokens_sent",
+        "budget",
+        "split",
+        "total_ms",
+        "network_ms",
+        "server_ms",
+        "device_head_ms",
+        "channel.bandwidth_bps",
+        "channel.rtt_ms",
+        "kept_indices",
+    ):
+        assert key in doc, key
+    assert doc["payload_bytes"] == 9 * 32 * 4 + 9 * 8  # fp32 tokens + int64 indices
+    assert doc["channel.bandwidth_bps"] == pytest.approx(50e6, rel=0.1)
+
+
+def test_bytes_on_the_wire_match_payload_plus_overhead(stack):
+    before = stack.link_state_json()["uplink"]["delivered_bytes"]
+    docs = [infer(stack, im, budget=1.0).json()["parameters"] for im in images(5, seed=1)]
+    after = stack.link_state_json()["uplink"]["delivered_bytes"]
+    payload = sum(d["request_bytes"] for d in docs)
+    assert (
+        payload <= after - before <= payload * 1.25 + 5 * 200
+    )  # HTTP/2 + gRPC framing and headers
+
+
+def test_oip_json_request_and_classify_upload(stack):
+    image = images(1)[0]
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": [1, 1, 48, 48],
+                "data": image.reshape(-1).tolist(),
+            }
+        ]
+    }
+    resp = httpx.post(f"{stack.device_url}/v2/models/tiny-vit/infer", json=body, timeout=30)
+    assert resp.status_code == 200 and resp.json()["outputs"][0]["name"] == "label"
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((60, 60)) * 255).astype(np.uint8)).save(
+        png, "PNG"
+    )
+    resp = httpx.post(
+        f"{stack.device_url}/v1/classify",
+        files={"image": ("x.png", png.getvalue(), "image/png")},
+        data={"budget": "0.5"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["tokens_sent"] == 18
+
+
+@pytest.mark.parametrize(
+    "case,status,fragment",
+    [
+        ("wrong_shape", 400, "must have shape [1, 1, 48, 48]"),
+        ("wrong_dtype", 400, "must be FP32"),
+        ("truncated", 400, "binary_data_size 9216 runs past the end"),
+        ("byte_count", 400, "needs 9216 bytes, got 9212"),
+        ("budget", 400, "(0, 1]"),
+        ("unknown_model", 404, "serves model"),
+        ("bad_image", 400, "not a decodable"),
+        ("too_large", 413, "exceeds the limit"),
+        ("no_inputs", 400, "inputs"),
+    ],
+)
+def test_device_rejects_bad_input_clearly(stack, case, status, fragment):
+    url = f"{stack.device_url}/v2/models/tiny-vit/infer"
+    image = images(1)[0]
+    if case == "wrong_shape":
+        body, headers = build_infer_request({"image": np.zeros((1, 1, 32, 32), np.float32)})
+    elif case == "wrong_dtype":
+        body, headers = build_infer_request({"image": image.astype(np.float64)})
+    elif case == "truncated":
+        body, headers = build_infer_request({"image": image})
+        body = body[:-4]
+    elif case == "byte_count":
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "FP32",
+                        "shape": [1, 1, 48, 48],
+                        "parameters": {"binary_data_size": 9212},
+                    }
+                ]
+            }
+        ).encode()
+        body = head + b"\x00" * 9212
+        headers = {"inference-header-content-length": str(len(head))}
+    elif case == "budget":
+        body, headers = build_infer_request({"image": image}, {"budget": 1.5})
+    elif case == "unknown_model":
+        body, headers = build_infer_request({"image": image})
+        url = f"{stack.device_url}/v2/models/nope/infer"
+    elif case == "bad_image":
+        resp = httpx.post(
+            f"{stack.device_url}/v1/classify",
+            files={"image": ("x.png", b"not an image", "image/png")},
+        )
+        assert resp.status_code == status and fragment in resp.json()["error"]
+        return
+    elif case == "too_large":
+        body, headers = b"x" * (5 * 1024 * 1024), {"content-type": "application/octet-stream"}
+    else:
+        body, headers = b'{"inputs": []}', {"content-type": "application/json"}
+    resp = httpx.post(url, content=body, headers=headers, timeout=30)
+    assert resp.status_code == status, resp.text
+    assert fragment in resp.json()["error"]
+
+
+def test_server_grpc_rejects_bad_tensors(stack):
+    with grpc.insecure_channel(f"127.0.0.1:{stack.server_grpc}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
+        assert [
+            m.name for m in stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=5).models
+        ] == ["tiny-vit"]
+
+        def call(model="tiny-vit", shape=(1, 4, 32), dtype="FP16", raw=None):
+            req = pb.ModelInferRequest(model_name=model)
+            req.inputs.add(name="tokens", datatype=dtype, shape=list(shape))
+            req.raw_input_contents.append(
+                raw if raw is not None else to_bytes(np.zeros(shape, np.float16))
+            )
+            return stub.ModelInfer(req, timeout=5)
+
+        assert call().outputs[0].shape == [1, 10]
+        for kwargs, code, fragment in [
+            ({"shape": (1, 4, 31)}, grpc.StatusCode.INVALID_ARGUMENT, "[B, T, 32]"),
+            ({"raw": b"\x00" * 10}, grpc.StatusCode.INVALID_ARGUMENT, "needs 256 bytes"),
+            (
+                {"dtype": "FP64", "raw": b"\x00" * 4 * 32 * 8},
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "FP16, FP32 or INT8",
+            ),
+            ({"model": "nope"}, grpc.StatusCode.NOT_FOUND, "unknown model"),
+        ]:
+            with pytest.raises(grpc.RpcError) as err:
+                call(**kwargs)
+            assert err.value.code() == code and fragment in err.value.details()
+
+
+def test_tight_deadline_answers_locally_and_says_so(stack):
+    doc = infer(stack, images(1)[0], deadline_ms=0.5).json()["parameters"]
+    assert doc["degraded"] and "deadline" in doc["degraded_reason"] and doc["exit"] == "device"
+
+
+def test_server_down_degrades_then_recovers(stack):
+    image = images(1)[0]
+    expected = infer(stack, image).json()["outputs"][0]["data"]
+    stack.procs["server"].stop()
+    resp = infer(stack, image)
+    assert resp.status_code == 200
+    doc = resp.json()
+    assert doc["parameters"]["degraded"] and doc["parameters"]["exit"] == "device"
+    assert doc["outputs"][0]["data"] == expected  # the local answer is the same model
+    stack.start_server()
+    for _ in range(50):
+        if not infer(stack, image).json()["parameters"]["degraded"]:
+            break
+    else:
+        pytest.fail("offloading did not resume after the server came back")
