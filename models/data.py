@@ -59,12 +59,13 @@ class Dataset:
         c, h, w = self.images.shape[1:]
         return int(c), int(h), int(w)
 
-    def epoch(self, epoch: int) -> np.ndarray:
-        """Images for a training epoch: new canvas positions and noise for digits-canvas."""
+    def epoch(self, epoch: int, augment: bool = False) -> np.ndarray:
+        """Images for a training epoch: new canvas positions and noise for digits-canvas, and with
+        ``augment`` each digit randomly rotated (+-12 degrees) and scaled (0.9-1.1) first."""
         if self.sources is None or self.split != "train":
             return self.images
         rng = np.random.default_rng((self.seed, SPLITS.index(self.split), epoch))
-        return _compose_canvas(self.sources, rng)
+        return _compose_canvas(self.sources, rng, augment)
 
     def batches(
         self, batch_size: int, *, epoch: int | None = None, shuffle: bool = False
@@ -84,11 +85,13 @@ def normalize_digits(canvas: np.ndarray) -> np.ndarray:
     return ((canvas - DIGITS_MEAN) / DIGITS_STD).astype(np.float32)
 
 
-def _compose_canvas(sources: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _compose_canvas(sources: np.ndarray, rng: np.random.Generator, augment: bool = False) -> np.ndarray:
     """Places each upscaled source digit on its own noisy canvas. Returns (N, 1, 48, 48)."""
     n = len(sources)
     size = sources.shape[1] * DIGITS_SCALE
     digits = np.kron(sources, np.ones((DIGITS_SCALE, DIGITS_SCALE), dtype=np.float32))
+    if augment:
+        digits = _random_affine(digits, rng)
     canvas = rng.normal(0.0, DIGITS_NOISE, size=(n, DIGITS_CANVAS, DIGITS_CANVAS))
     canvas = canvas.astype(np.float32)
     ys = rng.integers(0, DIGITS_CANVAS - size + 1, size=n)
@@ -96,6 +99,20 @@ def _compose_canvas(sources: np.ndarray, rng: np.random.Generator) -> np.ndarray
     for i in range(n):
         canvas[i, ys[i] : ys[i] + size, xs[i] : xs[i] + size] += digits[i]
     return normalize_digits(canvas)[:, None]
+
+
+def _random_affine(digits: np.ndarray, rng: np.random.Generator, max_deg: float = 12.0, max_scale: float = 0.1) -> np.ndarray:
+    """Rotates and scales each (S, S) digit about its centre (training augmentation only)."""
+    from scipy.ndimage import affine_transform
+
+    out = np.empty_like(digits)
+    centre = (np.array(digits.shape[1:]) - 1) / 2.0
+    for i, d in enumerate(digits):
+        a = np.deg2rad(rng.uniform(-max_deg, max_deg))
+        s = rng.uniform(1 - max_scale, 1 + max_scale)
+        m = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / s  # output -> input coordinates
+        out[i] = affine_transform(d, m, offset=centre - m @ centre, order=1, mode="constant")
+    return out
 
 
 def split_indices(

@@ -65,6 +65,8 @@ class TrainSelectorConfig:
     selector_lr: float = 3e-4
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
+    augment: bool = True
+    """digits-canvas: random rotation and scale of each training digit (see Dataset.epoch)."""
     alpha_low: float = 0.05
     alpha_high: float = 1.0
     w_kd: float = 1.0
@@ -260,7 +262,7 @@ class Trainer:
             )
             for epoch in bar:
                 self.model.train()
-                images = self.train.epoch(epoch)[:n_train]
+                images = self.train.epoch(epoch, augment=cfg.augment)[:n_train]
                 labels = self.train.labels[:n_train]
                 order = torch.randperm(n_train, generator=self.gen).numpy()
                 losses = []

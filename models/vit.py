@@ -286,9 +286,18 @@ class SelectorViT(nn.Module):
             x, _ = blk(x, token_mask)
         return self.forward_head(self.norm(x))
 
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raises ``ValueError`` naming the expected form unless images are float (B, C, H, W)."""
+        c, s = self.cfg.in_chans, self.cfg.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor (normalised), got {images.dtype}")
+
     def forward(self, images: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """End-to-end inference at one budget, tokens physically removed. Returns logits."""
         k = num_kept(alpha, self.cfg.num_patches)
+        self.check_images(images)
         a = torch.full((images.shape[0],), float(alpha), device=images.device)
         out = self.forward_device(images, a)
         kept, _ = self.select(out.tokens, out.key, k)

@@ -6,12 +6,31 @@ import asyncio
 import logging
 
 from fastapi import FastAPI
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.link import Direction, LinkEmulator, SnrProcess
 from protocol.traces import ConstantSchedule, Schedule, load_trace, parse_rate
 from semlink.runner import serve_until_signal, uvicorn_server
 
 log = logging.getLogger(__name__)
+
+
+class LinkSettings(BaseSettings):
+    """Runtime configuration of the link emulator: flags or ``SEMLINK_LINK_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SEMLINK_LINK_")
+
+    listen: str = Field("127.0.0.1:9001", description="HOST:PORT devices connect to")
+    upstream: str = Field("127.0.0.1:8001", description="HOST:PORT of the server's gRPC")
+    uplink: str | None = Field(None, description="Mahimahi trace towards the server")
+    downlink: str | None = Field(None, description="Mahimahi trace towards the device")
+    rate: str = Field("10mbit", description="constant rate where no trace is given")
+    delay_ms: float = Field(10.0, ge=0.0, le=10_000.0, description="one-way delay")
+    queue_bytes: int = Field(1_000_000, ge=1500, description="queue bound per direction")
+    snr_db: float = Field(20.0, ge=-50.0, le=100.0, description="SNR reported without an SNR trace")
+    snr_trace: str | None = Field(None, description="file of 't_ms snr_db' lines")
+    state_port: int = Field(9002, ge=0, le=65535, description="HTTP port of GET /state")
 
 
 def schedule_from(trace: str | None, rate: str | None) -> Schedule:
@@ -27,16 +46,13 @@ def split_address(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(
-    listen: str,
-    upstream: str,
-    uplink: Schedule,
-    downlink: Schedule,
-    delay_ms: float,
-    queue_bytes: int,
-    snr: SnrProcess,
-    state_port: int,
-) -> None:
+async def serve(settings: LinkSettings) -> None:
+    """Runs the proxy and its state endpoint until SIGTERM / SIGINT."""
+    listen, upstream, delay_ms = settings.listen, settings.upstream, settings.delay_ms
+    queue_bytes, state_port = settings.queue_bytes, settings.state_port
+    uplink = schedule_from(settings.uplink, settings.rate)
+    downlink = schedule_from(settings.downlink, settings.rate)
+    snr = SnrProcess(settings.snr_db, settings.snr_trace)
     link = LinkEmulator(
         split_address(upstream),
         Direction("uplink", uplink, delay_ms, queue_bytes),

@@ -7,11 +7,8 @@ Ctrl-C or any error stops every child: they are terminated (then killed) in ``fi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -22,10 +19,9 @@ import httpx
 import numpy as np
 
 from protocol.http_codec import build_infer_request
+from semlink.procs import Processes, Stack
 
 log = logging.getLogger(__name__)
-
-STARTUP_TIMEOUT_S = 90.0
 
 
 @dataclass
@@ -38,61 +34,6 @@ class DemoConfig:
     concurrency: int = 1
     out: str = "runs/demo"
     seed: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Processes:
-    """Child processes with their logs; all stopped on exit, none orphaned."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.children: dict[str, tuple[subprocess.Popen, Path]] = {}
-
-    def start(self, name: str, *argv: str) -> None:
-        path = self.log_dir / f"{name}.log"
-        fh = path.open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "semlink.cli", *argv], stdout=fh, stderr=subprocess.STDOUT
-        )
-        self.children[name] = (proc, path)
-
-    def check_alive(self) -> None:
-        for name, (proc, path) in self.children.items():
-            if proc.poll() is not None:
-                tail = path.read_text()[-2000:]
-                raise RuntimeError(
-                    f"{name} exited with code {proc.returncode}; its log ({path}) ends with:\n{tail}"
-                )
-
-    def wait_ready(self, urls: dict[str, str], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        pending = dict(urls)
-        with httpx.Client() as client:
-            while pending:
-                self.check_alive()
-                for name, url in list(pending.items()):
-                    with contextlib.suppress(httpx.HTTPError):
-                        if client.get(url, timeout=1.0).status_code == 200:
-                            pending.pop(name)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"not ready after {timeout_s:g} s: {', '.join(pending)}")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        for proc, _ in self.children.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in self.children.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -109,59 +50,24 @@ def run_demo(cfg: DemoConfig) -> int:
         write_mahimahi(
             uplink,
             rates_to_timestamps(
-                synthetic_rates("random-walk", 120, cfg.seed, low_bps=2e5, high_bps=5e6), 100
+                synthetic_rates("gilbert-elliott", 120, cfg.seed, low_bps=3e5, high_bps=4e6), 100
             ),
         )
-    ports = {k: free_port() for k in ("grpc", "http", "link", "state", "device")}
     procs = Processes(out)
+    stack = Stack(procs)
     try:
-        procs.start(
-            "server", "server", "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"])
+        stack.start_all(
+            link_args=("--uplink", uplink, "--rate", "50mbit", "--delay-ms", str(cfg.delay_ms)),
+            device_args=("--budget", str(cfg.budget), "--controller", cfg.controller),
         )
-        procs.start(
-            "link",
-            "link",
-            "--listen",
-            f"127.0.0.1:{ports['link']}",
-            "--upstream",
-            f"127.0.0.1:{ports['grpc']}",
-            "--uplink",
-            uplink,
-            "--rate",
-            "50mbit",
-            "--delay-ms",
-            str(cfg.delay_ms),
-            "--state-port",
-            str(ports["state"]),
-        )
-        procs.wait_ready(
-            {
-                "server": f"http://127.0.0.1:{ports['http']}/v2/health/ready",
-                "link": f"http://127.0.0.1:{ports['state']}/health",
-            }
-        )
-        procs.start(
-            "device",
-            "device",
-            "--server",
-            f"127.0.0.1:{ports['link']}",
-            "--http-port",
-            str(ports["device"]),
-            "--link-state-url",
-            f"http://127.0.0.1:{ports['state']}/state",
-            "--budget",
-            str(cfg.budget),
-            "--controller",
-            cfg.controller,
-        )
-        procs.wait_ready({"device": f"http://127.0.0.1:{ports['device']}/v2/health/ready"})
+        ports = stack.ports
         print(
-            f"server gRPC :{ports['grpc']}  link :{ports['link']} (trace {uplink})  device HTTP :{ports['device']}"
+            f"server gRPC :{ports['grpc']}  link :{ports['link']} (uplink {uplink})  device HTTP :{ports['device']}"
         )
 
         data = load_digits_canvas("test", cfg.seed)
         n = min(cfg.requests, len(data))
-        url = f"http://127.0.0.1:{ports['device']}/v2/models/digits-vit/infer"
+        url = stack.infer_url()
         rows: list[dict[str, Any]] = []
         t_start = time.perf_counter()
         with httpx.Client(timeout=30.0) as client:

@@ -31,24 +31,12 @@ def _device(args: argparse.Namespace) -> int:
 def _link(args: argparse.Namespace) -> int:
     import asyncio
 
-    from protocol.link import SnrProcess
-    from protocol.link_main import schedule_from, serve
+    from protocol.link_main import LinkSettings, serve
 
-    uplink = schedule_from(args.uplink, args.rate)
-    downlink = schedule_from(args.downlink, args.rate)
-    snr = SnrProcess(args.snr_db, args.snr_trace)
-    asyncio.run(
-        serve(
-            args.listen,
-            args.upstream,
-            uplink,
-            downlink,
-            args.delay_ms,
-            args.queue_bytes,
-            snr,
-            args.state_port,
-        )
-    )
+    overrides = {
+        k: v for k, v in vars(args).items() if k in LinkSettings.model_fields and v is not None
+    }
+    asyncio.run(serve(LinkSettings(**overrides)))
     return 0
 
 
@@ -77,7 +65,31 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(DemoConfig(**{k: getattr(args, k) for k in DemoConfig.__dataclass_fields__}))
 
 
+def _bench_serving(args: argparse.Namespace) -> int:
+    from semlink.bench.serving import ServingBenchConfig, main
+
+    return main(ServingBenchConfig(out=args.out, requests=args.requests), args.json)
+
+
+def _bench_link(args: argparse.Namespace) -> int:
+    from semlink.bench.link import main
+
+    return main(args.seconds, args.json)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks, each against its baselines in the same run")
+    bsub = bench.add_subparsers(dest="what", required=True)
+    p = bsub.add_parser("serving", help="overhead, wire efficiency, batching, slow-link latency")
+    p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--out", default="runs/bench-serving", help="folder for process logs")
+    p.add_argument("--requests", type=int, default=200)
+    p.set_defaults(func=_bench_serving)
+    p = bsub.add_parser("link", help="link emulator rate accuracy, 100 kbit/s to 100 Mbit/s")
+    p.add_argument("--seconds", type=float, default=10.0, help="measurement per rate")
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=_bench_link)
+
     p = sub.add_parser("server", help="the edge server (OIP over gRPC and HTTP)")
     p.add_argument("--model-repository", type=Path, default=None, help="default: the shipped zoo")
     p.add_argument("--host", default=None)
@@ -107,20 +119,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_device)
 
     p = sub.add_parser("link", help="the trace-driven link emulator (a shaping TCP proxy)")
-    p.add_argument("--listen", default="127.0.0.1:9001", help="HOST:PORT devices connect to")
-    p.add_argument("--upstream", default="127.0.0.1:8001", help="HOST:PORT of the server's gRPC")
+    p.add_argument("--listen", default=None, help="HOST:PORT devices connect to (127.0.0.1:9001)")
+    p.add_argument(
+        "--upstream", default=None, help="HOST:PORT of the server's gRPC (127.0.0.1:8001)"
+    )
     p.add_argument("--uplink", default=None, help="Mahimahi trace towards the server")
     p.add_argument("--downlink", default=None, help="Mahimahi trace towards the device")
     p.add_argument(
-        "--rate",
-        default="10mbit",
-        help="constant rate where no trace is given, e.g. 500kbit, 5mbit",
+        "--rate", default=None, help="constant rate without a trace, e.g. 500kbit (10mbit)"
     )
-    p.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay")
-    p.add_argument("--queue-bytes", type=int, default=1_000_000, help="queue bound per direction")
-    p.add_argument("--snr-db", type=float, default=20.0, help="SNR reported when no --snr-trace")
+    p.add_argument("--delay-ms", type=float, default=None, help="one-way delay (10)")
+    p.add_argument("--queue-bytes", type=int, default=None, help="queue bound per direction (1e6)")
+    p.add_argument(
+        "--snr-db", type=float, default=None, help="SNR reported without --snr-trace (20)"
+    )
     p.add_argument("--snr-trace", default=None, help="file of 't_ms snr_db' lines")
-    p.add_argument("--state-port", type=int, default=9002, help="HTTP port of GET /state")
+    p.add_argument("--state-port", type=int, default=None, help="HTTP port of GET /state (9002)")
     p.set_defaults(func=_link)
 
     p = sub.add_parser("trace", help="write a synthetic Mahimahi trace")
@@ -145,7 +159,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--uplink",
         default=None,
-        help="Mahimahi trace (default: a generated random-walk 0.2-5 Mbit/s)",
+        help="Mahimahi trace (default: a generated Gilbert-Elliott trace switching between 0.3 and 4 Mbit/s)",
     )
     p.add_argument("--delay-ms", type=float, default=20.0)
     p.add_argument("--budget", type=float, default=0.25)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "zoo"
 DEFAULT_MODEL_DIR = ZOO / "digits-vit" / "1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -64,9 +64,9 @@ def test_answer_reports_what_it_cost(stack):
 
 
 def test_bytes_on_the_wire_match_payload_plus_overhead(stack):
-    before = stack.link_state_json()["uplink"]["delivered_bytes"]
+    before = stack.link_state()["uplink"]["delivered_bytes"]
     docs = [infer(stack, im, budget=1.0).json()["parameters"] for im in images(5, seed=1)]
-    after = stack.link_state_json()["uplink"]["delivered_bytes"]
+    after = stack.link_state()["uplink"]["delivered_bytes"]
     payload = sum(d["request_bytes"] for d in docs)
     assert (
         payload <= after - before <= payload * 1.25 + 5 * 200
@@ -166,7 +166,7 @@ def test_device_rejects_bad_input_clearly(stack, case, status, fragment):
 
 
 def test_server_grpc_rejects_bad_tensors(stack):
-    with grpc.insecure_channel(f"127.0.0.1:{stack.server_grpc}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports['grpc']}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         assert stub.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
         assert [
@@ -205,7 +205,7 @@ def test_tight_deadline_answers_locally_and_says_so(stack):
 def test_server_down_degrades_then_recovers(stack):
     image = images(1)[0]
     expected = infer(stack, image).json()["outputs"][0]["data"]
-    stack.procs["server"].stop()
+    stack.procs.stop("server")
     resp = infer(stack, image)
     assert resp.status_code == 200
     doc = resp.json()
@@ -217,3 +217,19 @@ def test_server_down_degrades_then_recovers(stack):
             break
     else:
         pytest.fail("offloading did not resume after the server came back")
+
+
+def test_server_http_speaks_oip(stack):
+    url = stack.server_url
+    assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{url}/v2/models/tiny-vit").json()["inputs"][0]["shape"] == [-1, -1, 32]
+    tokens = np.random.default_rng(0).normal(size=(1, 5, 32)).astype(np.float16)
+    body, headers = build_infer_request({"tokens": tokens}, binary_output=True)
+    resp = httpx.post(f"{url}/v2/models/tiny-vit/infer", content=body, headers=headers)
+    assert resp.status_code == 200 and "inference-header-content-length" in resp.headers
+    bad, headers = build_infer_request({"tokens": tokens[:, :, :30]})
+    resp = httpx.post(f"{url}/v2/models/tiny-vit/infer", content=bad, headers=headers)
+    assert resp.status_code == 400 and "[B, T, 32]" in resp.json()["error"]
+    assert (
+        httpx.post(f"{url}/v2/models/nope/infer", content=body, headers=headers).status_code == 404
+    )

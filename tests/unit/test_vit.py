@@ -159,3 +159,10 @@ def test_timm_state_dict_resizes_pos_embed_and_rejects_other_widths():
 def test_conv_stem_gives_the_same_token_grid():
     m = SelectorViT(ViTConfig(stem="conv"))
     assert m.patch_embed(torch.randn(1, 1, 48, 48)).shape == (1, 36, 96)
+
+
+def test_bad_images_name_the_expected_form(tiny_model):
+    with pytest.raises(ValueError, match=r"shape \(B, 1, 48, 48\)"):
+        tiny_model(torch.zeros(1, 3, 48, 48), 0.5)
+    with pytest.raises(ValueError, match="float tensor"):
+        tiny_model(torch.zeros(1, 1, 48, 48, dtype=torch.uint8), 0.5)

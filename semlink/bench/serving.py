@@ -1,0 +1,253 @@
+"""``semlink bench serving``: the serving system against its baselines, measured in one run.
+
+1. *Overhead*: device -> server -> device round trip at batch 1 (real processes, no link) against
+   calling the same head and tail ONNX Runtime sessions in one process.
+2. *Wire efficiency*: bytes the link emulator carried towards the server / raw payload bytes.
+3. *Batching*: 16 concurrent gRPC clients against the server with dynamic batching (max batch
+   16) and without (max batch 1): requests per second, p99 latency.
+4. *Through a 1 Mbit/s link with 20 ms RTT* (10 ms each way): semlink at alpha = 0.25 (fp16
+   tokens) against sending all tokens in fp32: p50 end-to-end latency and test accuracy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+from tqdm import tqdm
+
+from models.data import load_digits_canvas
+from protocol import grpc_service_pb2_grpc as pb_grpc
+from protocol.codec import pack_tokens
+from protocol.http_codec import build_infer_request
+from semlink.procs import Processes, Stack
+from server.repository import resolve, run_tail, scan
+from server.settings import DEFAULT_REPOSITORY
+
+
+@dataclass
+class ServingBenchConfig:
+    out: str = "runs/bench-serving"
+    requests: int = 200  # per latency measurement
+    batch_clients: int = 16
+    batch_requests: int = 100  # per client
+    link_rate: str = "1mbit"
+    link_delay_ms: float = 10.0  # one way: 20 ms RTT
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def in_process_ms(images: np.ndarray, alpha: float) -> list[float]:
+    """Head + tail in one process, batch 1, per image (ms)."""
+    mv = resolve(scan(DEFAULT_REPOSITORY), "digits-vit")
+    head, tail = mv.session("head"), mv.session("tail")
+    out = []
+    for x in images:
+        t0 = time.perf_counter()
+        tokens, _ = head.run(None, {"image": x[None], "alpha": np.array([alpha], np.float32)})
+        run_tail(tail, tokens, np.ones(tokens.shape[:2], np.float32))
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def stream(
+    stack: Stack, images: np.ndarray, labels: np.ndarray, params: dict[str, Any], desc: str
+) -> list[dict]:
+    """Sends each image through the device; returns the answer parameters plus client latency and correctness."""
+    rows = []
+    with httpx.Client(timeout=60) as client:
+        for x, y in tqdm(
+            list(zip(images, labels, strict=True)), desc=desc, unit="req", leave=False
+        ):
+            body, headers = build_infer_request({"image": x[None]}, params)
+            t0 = time.perf_counter()
+            r = client.post(stack.infer_url(), content=body, headers=headers)
+            ms = (time.perf_counter() - t0) * 1000
+            r.raise_for_status()
+            doc = r.json()
+            label = next(o for o in doc["outputs"] if o["name"] == "label")["data"][0]
+            rows.append({**doc["parameters"], "client_ms": ms, "correct": int(label) == int(y)})
+    return rows
+
+
+async def _batch_load(
+    port: int, tokens: list[np.ndarray], clients: int, per_client: int
+) -> tuple[float, list[float]]:
+    from device.client import build_request
+
+    lat: list[float] = []
+
+    async def one(cid: int) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            for i in range(per_client):
+                t = tokens[(cid + i) % len(tokens)]
+                req = build_request(
+                    "digits-vit",
+                    "",
+                    f"{cid}-{i}",
+                    pack_tokens(t),
+                    np.zeros((1, t.shape[1]), np.int64),
+                    {},
+                )
+                t0 = time.perf_counter()
+                await stub.ModelInfer(req, timeout=30)
+                lat.append((time.perf_counter() - t0) * 1000)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in range(clients)))
+    return clients * per_client / (time.perf_counter() - t0), lat
+
+
+def run(cfg: ServingBenchConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    test = load_digits_canvas("test")
+    n = min(cfg.requests, len(test))
+    images, labels = test.images[:n], test.labels[:n]
+    results: dict[str, Any] = {}
+
+    # 1. overhead, no link
+    base = in_process_ms(images, 0.25)
+    procs = Processes(out / "overhead")
+    stack = Stack(procs)
+    try:
+        stack.start_server()
+        stack.start_device(through_link=False)
+        stream(stack, images[:20], labels[:20], {"budget": 0.25}, "warm-up")
+        rows = stream(stack, images, labels, {"budget": 0.25}, "overhead")
+    finally:
+        procs.stop()
+    results["overhead"] = {
+        "in_process_p50_ms": _pct(base, 50),
+        "device_round_trip_p50_ms": _pct([r["total_ms"] for r in rows], 50),
+        "client_http_p50_ms": _pct([r["client_ms"] for r in rows], 50),
+    }
+    results["overhead_ms_p50"] = (
+        results["overhead"]["device_round_trip_p50_ms"] - results["overhead"]["in_process_p50_ms"]
+    )
+
+    # 2. wire efficiency through a fast link
+    procs = Processes(out / "wire")
+    stack = Stack(procs)
+    try:
+        stack.start_all(link_args=("--rate", "1gbit", "--delay-ms", "0"))
+        stream(stack, images[:5], labels[:5], {"budget": 1.0}, "warm-up")
+        before = stack.link_state()["uplink"]["delivered_bytes"]
+        rows = stream(stack, images[:50], labels[:50], {"budget": 1.0}, "wire")
+        time.sleep(0.2)
+        carried = stack.link_state()["uplink"]["delivered_bytes"] - before
+    finally:
+        procs.stop()
+    payload = sum(r["payload_bytes"] for r in rows)
+    results["wire"] = {
+        "payload_bytes_per_request": payload / len(rows),
+        "wire_bytes_per_request": carried / len(rows),
+    }
+    results["wire_ratio"] = carried / payload
+
+    # 3. dynamic batching against none, 16 concurrent clients straight to the server's gRPC
+    mv = resolve(scan(DEFAULT_REPOSITORY), "digits-vit")
+    head = mv.session("head")
+    tokens = [
+        head.run(None, {"image": x[None], "alpha": np.array([0.25], np.float32)})[0]
+        for x in images[:32]
+    ]
+    batching = {}
+    for label, max_batch in (("batched", "16"), ("unbatched", "1")):
+        procs = Processes(out / f"batch-{label}")
+        stack = Stack(procs)
+        try:
+            stack.start_server("--max-batch-size", max_batch, "--max-queue-delay-ms", "2")
+            asyncio.run(_batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, 5))  # warm-up
+            rps, lat = asyncio.run(
+                _batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, cfg.batch_requests)
+            )
+        finally:
+            procs.stop()
+        batching[label] = {"requests_per_s": rps, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+    results["batching"] = batching
+    results["batching_speedup"] = (
+        batching["batched"]["requests_per_s"] / batching["unbatched"]["requests_per_s"]
+    )
+
+    # 4. through a slow link: semlink alpha=0.25 fp16 against all tokens fp32, whole test split
+    link = {}
+    for label, budget, fmt in (("semlink", 0.25, "fp16"), ("all-tokens-fp32", 1.0, "fp32")):
+        procs = Processes(out / f"link-{label}")
+        stack = Stack(procs)
+        try:
+            stack.start_all(
+                link_args=("--rate", cfg.link_rate, "--delay-ms", str(cfg.link_delay_ms)),
+                device_args=("--token-format", fmt, "--deadline-ms", "30000"),
+            )
+            stream(stack, images[:5], labels[:5], {"budget": budget}, "warm-up")
+            rows = stream(stack, test.images, test.labels, {"budget": budget}, label)
+        finally:
+            procs.stop()
+        link[label] = {
+            "p50_ms": _pct([r["client_ms"] for r in rows], 50),
+            "p95_ms": _pct([r["client_ms"] for r in rows], 95),
+            "accuracy": float(np.mean([r["correct"] for r in rows])),
+            "bytes_per_request": float(np.mean([r["request_bytes"] for r in rows])),
+            "degraded": int(sum(bool(r["degraded"]) for r in rows)),
+        }
+    results["link"] = link
+    results["link_latency_ratio"] = link["semlink"]["p50_ms"] / link["all-tokens-fp32"]["p50_ms"]
+    results["accuracy_loss_points"] = 100 * (
+        link["all-tokens-fp32"]["accuracy"] - link["semlink"]["accuracy"]
+    )
+    results["config"] = cfg.__dict__
+    return results
+
+
+def format_report(r: dict[str, Any]) -> str:
+    o, w, b, lk = r["overhead"], r["wire"], r["batching"], r["link"]
+    lines = [
+        "semlink bench serving (digits-vit, this machine)",
+        "",
+        "1. round trip at batch 1, no link           p50 ms",
+        f"   head + tail in one process (baseline)   {o['in_process_p50_ms']:8.2f}",
+        f"   device -> server -> device (gRPC)       {o['device_round_trip_p50_ms']:8.2f}   overhead {r['overhead_ms_p50']:.2f} ms (target <= 1.5)",
+        f"   client HTTP -> device -> server         {o['client_http_p50_ms']:8.2f}",
+        "",
+        f"2. wire: {w['wire_bytes_per_request']:.0f} B on the link per {w['payload_bytes_per_request']:.0f} B payload"
+        f"   ratio {r['wire_ratio']:.3f} (target <= 1.05)",
+        "",
+        "3. 16 concurrent clients                    req/s     p50 ms    p99 ms",
+    ]
+    for k in ("unbatched", "batched"):
+        lines.append(
+            f"   {k:<40} {b[k]['requests_per_s']:7.0f}   {b[k]['p50_ms']:7.2f}   {b[k]['p99_ms']:7.2f}"
+        )
+    lines += [
+        f"   speedup {r['batching_speedup']:.2f}x (target >= 2)",
+        "",
+        f"4. {r['config']['link_rate']} link, {2 * r['config']['link_delay_ms']:g} ms RTT       p50 ms    p95 ms   accuracy   bytes/req",
+    ]
+    for k in ("all-tokens-fp32", "semlink"):
+        v = lk[k]
+        lines.append(
+            f"   {k:<32} {v['p50_ms']:8.1f}  {v['p95_ms']:8.1f}   {100 * v['accuracy']:6.1f} %  {v['bytes_per_request']:9.0f}"
+        )
+    lines.append(
+        f"   latency ratio {r['link_latency_ratio']:.3f} (target <= 0.333), accuracy loss {r['accuracy_loss_points']:.1f} points (target <= 1)"
+    )
+    return "\n".join(lines)
+
+
+def main(cfg: ServingBenchConfig, json_path: str | None) -> int:
+    results = run(cfg)
+    print(format_report(results))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+    return 0

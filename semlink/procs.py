@@ -1,0 +1,156 @@
+"""Child processes for the demo, the benchmarks and the integration tests: a server, link
+emulator and device on free loopback ports, each with a log file, all stopped on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Processes:
+    """Named ``semlink`` child processes; :meth:`stop` terminates (then kills) them, none orphaned."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *argv: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("w")
+        self.children[name] = subprocess.Popen(
+            [sys.executable, "-m", "semlink.cli", *argv], stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        return (self.log_dir / f"{name}.log").read_text()[-chars:]
+
+    def check_alive(self) -> None:
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with code {proc.returncode}; its log ends with:\n{self.log_tail(name)}"
+                )
+
+    def wait_http(self, name: str, url: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Waits until ``url`` answers 200, failing fast (with the log) if the process dies."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(
+            f"{name} not ready at {url} after {timeout_s:g} s; its log ends with:\n{self.log_tail(name)}"
+        )
+
+    def stop(self, name: str | None = None) -> None:
+        names = [name] if name else list(self.children)
+        for n in names:
+            if self.children[n].poll() is None:
+                self.children[n].terminate()
+        for n in names:
+            try:
+                self.children[n].wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.children[n].kill()
+                self.children[n].wait()
+
+
+@dataclass
+class Stack:
+    """Server, link and device wired together; ports are picked free at launch."""
+
+    procs: Processes
+    repository: Path | None = None
+    model: str = "digits-vit"
+    ports: dict[str, int] = field(
+        default_factory=lambda: {
+            k: free_port() for k in ("grpc", "http", "link", "state", "device")
+        }
+    )
+
+    @property
+    def device_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['device']}"
+
+    @property
+    def server_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    @property
+    def state_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['state']}/state"
+
+    def infer_url(self) -> str:
+        return f"{self.device_url}/v2/models/{self.model}/infer"
+
+    def link_state(self) -> dict:
+        return httpx.get(self.state_url, timeout=2.0).json()
+
+    def start_server(self, *extra: str) -> None:
+        repo = ["--model-repository", str(self.repository)] if self.repository else []
+        self.procs.start(
+            "server",
+            "server",
+            *repo,
+            "--grpc-port",
+            str(self.ports["grpc"]),
+            "--http-port",
+            str(self.ports["http"]),
+            *extra,
+        )
+        self.procs.wait_http("server", f"{self.server_url}/v2/health/ready")
+
+    def start_link(self, *extra: str) -> None:
+        self.procs.start(
+            "link",
+            "link",
+            "--listen",
+            f"127.0.0.1:{self.ports['link']}",
+            "--upstream",
+            f"127.0.0.1:{self.ports['grpc']}",
+            "--state-port",
+            str(self.ports["state"]),
+            *extra,
+        )
+        self.procs.wait_http("link", self.state_url)
+
+    def start_device(self, *extra: str, through_link: bool = True) -> None:
+        repo = ["--model-repository", str(self.repository)] if self.repository else []
+        target = self.ports["link"] if through_link else self.ports["grpc"]
+        state = ["--link-state-url", self.state_url] if through_link else []
+        self.procs.start(
+            "device",
+            "device",
+            "--server",
+            f"127.0.0.1:{target}",
+            "--http-port",
+            str(self.ports["device"]),
+            "--model-name",
+            self.model,
+            *repo,
+            *state,
+            *extra,
+        )
+        self.procs.wait_http("device", f"{self.device_url}/v2/health/ready")
+
+    def start_all(self, link_args: tuple[str, ...] = (), device_args: tuple[str, ...] = ()) -> None:
+        self.start_server()
+        self.start_link(*link_args)
+        self.start_device(*device_args)

@@ -1,0 +1,21 @@
+"""The README's main job, end to end on a few images with the shipped model."""
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "semlink.cli", "demo", "--requests", "8", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "accuracy" in proc.stdout and "p50" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["requests"] == 8 and summary["offloaded"] + summary["degraded"] == 8
+    assert summary["mean_bytes_per_request"] > 0
+    assert (out / "timeline.png").stat().st_size > 1000

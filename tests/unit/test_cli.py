@@ -1,0 +1,166 @@
+"""Every entry point runs: training smoke runs of a few steps on tiny data, eval, export, trace."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models import checkpoint
+from semlink.cli import main
+
+
+def test_train_selector_smoke_and_resume(tmp_path, capsys):
+    out = tmp_path / "s.pt"
+    argv = [
+        "train",
+        "selector",
+        "--out",
+        str(out),
+        "--backbone-epochs",
+        "1",
+        "--selector-epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--limit-train",
+        "64",
+        "--batch-size",
+        "16",
+    ]
+    assert main(argv) == 0
+    ckpt = checkpoint.load(out)
+    assert set(ckpt) >= {"config", "state_dict", "metrics"}
+    assert ckpt["resume"]["phase"] == "selector" and ckpt["resume"]["epoch"] == 1
+    assert (
+        main(
+            [
+                *argv[:-6],
+                "--selector-epochs",
+                "2",
+                "--max-steps",
+                "2",
+                "--limit-train",
+                "64",
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    assert checkpoint.load(out)["resume"]["epoch"] == 2
+    assert "validation accuracy" in capsys.readouterr().out
+
+
+def test_eval_selector_writes_table_json_and_plot(tiny_checkpoint, tmp_path, capsys):
+    js, png = tmp_path / "e.json", tmp_path / "e.png"
+    assert (
+        main(
+            [
+                "eval",
+                "selector",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--json",
+                str(js),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(js.read_text())
+    assert result["dataset"] == "digits-canvas" and result["n_test"] == 269
+    for method in ("selector", "random", "attention"):
+        assert set(result["accuracy"][method]) == {
+            "0.05",
+            "0.1",
+            "0.15",
+            "0.25",
+            "0.5",
+            "0.75",
+            "1",
+        }
+        assert all(0.0 <= v <= 1.0 for v in result["accuracy"][method].values())
+    assert png.stat().st_size > 1000
+    assert "selector" in capsys.readouterr().out
+
+
+def test_export_cli(tiny_checkpoint, tmp_path):
+    assert (
+        main(
+            [
+                "export",
+                "selector",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--out",
+                str(tmp_path / "m" / "1"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        json.loads((tmp_path / "m" / "1" / "manifest.json").read_text())["kind"]
+        == "token-selection"
+    )
+
+
+def test_checkpoint_of_another_architecture_is_refused(tiny_checkpoint, tmp_path):
+    ckpt = torch.load(tiny_checkpoint, weights_only=False)
+    ckpt["config"]["embed_dim"] = 64
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    with pytest.raises(ValueError, match="does not hold a SelectorViT of the architecture"):
+        checkpoint.load_selector_vit(bad)
+    assert main(["eval", "selector", "--checkpoint", str(bad)]) == 2
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", "selector", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "semlink train selector" in capsys.readouterr().err
+
+
+def test_trace_cli_writes_a_valid_trace(tmp_path, capsys):
+    out = tmp_path / "t.up"
+    assert (
+        main(
+            [
+                "trace",
+                "step",
+                "--out",
+                str(out),
+                "--duration",
+                "4",
+                "--low",
+                "1mbit",
+                "--high",
+                "3mbit",
+            ]
+        )
+        == 0
+    )
+    from protocol.traces import load_trace
+
+    assert load_trace(out).average_bps() == pytest.approx(2e6, rel=0.02)
+    assert "average 2.000 Mbit/s" in capsys.readouterr().out
+
+
+def test_shipped_pipeline_serves_and_matches_its_checkpoint():
+    """The model zoo's ONNX graphs agree with its checkpoint."""
+    import onnxruntime as ort
+
+    from semlink.cli import DEFAULT_MODEL_DIR
+
+    model, _ = checkpoint.load_selector_vit(DEFAULT_MODEL_DIR / "checkpoint.pt")
+    head = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "head.onnx"))
+    tail = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "tail.onnx"))
+    from models.data import load_digits_canvas
+
+    x = load_digits_canvas("test").images[:8]
+    tokens, _ = head.run(None, {"image": x, "alpha": np.full(8, 0.25, np.float32)})
+    logits = tail.run(
+        None, {"tokens": tokens, "token_mask": np.ones(tokens.shape[:2], np.float32)}
+    )[0]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x), 0.25).numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)

@@ -1,0 +1,72 @@
+"""Traces and the link emulator (in-process asyncio, real sockets on loopback)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from protocol.traces import (
+    ConstantSchedule,
+    TraceError,
+    TraceSchedule,
+    parse_mahimahi,
+    parse_rate,
+    rates_to_timestamps,
+    synthetic_rates,
+)
+from semlink.bench.link import measure
+
+
+def test_parse_mahimahi_reports_the_bad_line():
+    assert list(parse_mahimahi("0\n5\n5\n9\n")) == [0, 5, 5, 9]
+    with pytest.raises(TraceError, match=r"t:3: timestamp 4 is smaller than the previous 5"):
+        parse_mahimahi("1\n5\n4\n", "t")
+    with pytest.raises(TraceError, match=r"t:2: '1.5' is not an integer"):
+        parse_mahimahi("1\n1.5\n", "t")
+    with pytest.raises(TraceError, match="no timestamps"):
+        parse_mahimahi("\n\n", "t")
+
+
+def test_trace_schedule_wraps():
+    s = TraceSchedule(
+        np.array([1, 1, 2, 10])
+    )  # period 10 ms, 4 opportunities per period (3 before t=10)
+    assert s.opportunities_until(0) == 0
+    assert s.opportunities_until(2) == 2
+    assert s.opportunities_until(10) == 3
+    assert s.opportunities_until(12) == 5
+    assert s.average_bps() == pytest.approx(3 * 12000 / 0.010)
+
+
+@pytest.mark.parametrize("kind", ["constant", "step", "gilbert-elliott", "random-walk"])
+def test_synthetic_traces_hit_their_rate(kind):
+    rates = synthetic_rates(kind, 20, seed=1, low_bps=1e6, high_bps=4e6)
+    sched = TraceSchedule(rates_to_timestamps(rates, 100))
+    assert sched.average_bps() == pytest.approx(rates.mean(), rel=0.02)
+    assert rates.min() >= 1e6 * 0.99 and rates.max() <= 4e6 * 1.01
+
+
+def test_parse_rate():
+    assert (
+        parse_rate("5mbit") == 5e6 and parse_rate("100kbit") == 1e5 and parse_rate("2000") == 2000
+    )
+    with pytest.raises(ValueError, match="500kbit"):
+        parse_rate("fast")
+
+
+@pytest.mark.parametrize("rate", [2e5, 2e6, 2e7])
+def test_link_shapes_to_the_rate(rate):
+    m = asyncio.run(measure(ConstantSchedule(rate), 2.0))
+    assert m["measured_bps"] == pytest.approx(rate, rel=0.08)
+    assert m["state_capacity_bps"] == pytest.approx(rate, rel=0.05)
+
+
+def test_link_follows_a_trace():
+    sched = TraceSchedule(rates_to_timestamps(synthetic_rates("constant", 5, high_bps=3e6), 100))
+    m = asyncio.run(measure(sched, 2.0))
+    assert m["measured_bps"] == pytest.approx(3e6, rel=0.08)
+
+
+def test_link_adds_the_one_way_delay():
+    m = asyncio.run(measure(ConstantSchedule(1e7), 0.5, delay_ms=80.0))
+    assert 75.0 <= m["first_byte_ms"] <= 200.0
