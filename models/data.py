@@ -85,7 +85,9 @@ def normalize_digits(canvas: np.ndarray) -> np.ndarray:
     return ((canvas - DIGITS_MEAN) / DIGITS_STD).astype(np.float32)
 
 
-def _compose_canvas(sources: np.ndarray, rng: np.random.Generator, augment: bool = False) -> np.ndarray:
+def _compose_canvas(
+    sources: np.ndarray, rng: np.random.Generator, augment: bool = False
+) -> np.ndarray:
     """Places each upscaled source digit on its own noisy canvas. Returns (N, 1, 48, 48)."""
     n = len(sources)
     size = sources.shape[1] * DIGITS_SCALE
@@ -101,7 +103,9 @@ def _compose_canvas(sources: np.ndarray, rng: np.random.Generator, augment: bool
     return normalize_digits(canvas)[:, None]
 
 
-def _random_affine(digits: np.ndarray, rng: np.random.Generator, max_deg: float = 12.0, max_scale: float = 0.1) -> np.ndarray:
+def _random_affine(
+    digits: np.ndarray, rng: np.random.Generator, max_deg: float = 12.0, max_scale: float = 0.1
+) -> np.ndarray:
     """Rotates and scales each (S, S) digit about its centre (training augmentation only)."""
     from scipy.ndimage import affine_transform
 
@@ -110,7 +114,9 @@ def _random_affine(digits: np.ndarray, rng: np.random.Generator, max_deg: float 
     for i, d in enumerate(digits):
         a = np.deg2rad(rng.uniform(-max_deg, max_deg))
         s = rng.uniform(1 - max_scale, 1 + max_scale)
-        m = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / s  # output -> input coordinates
+        m = (
+            np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / s
+        )  # output -> input coordinates
         out[i] = affine_transform(d, m, offset=centre - m @ centre, order=1, mode="constant")
     return out
 

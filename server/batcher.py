@@ -1,7 +1,10 @@
 """Dynamic batching: requests from many devices share one ONNX Runtime call.
 
-A batch closes when it holds ``max_batch_size`` requests or when its first request has waited
-``max_queue_delay_ms``. Requests that kept different numbers of tokens are padded to the longest
+Greedy by default: when the model is idle a request runs at once, together with whatever is
+already waiting (up to ``max_batch_size``); requests that arrive while a batch runs form the
+next one. So a lone request pays no batching delay, and under load batches grow by themselves.
+``max_queue_delay_ms > 0`` additionally holds a batch open that long for more requests (Triton's
+knob), trading latency for larger batches. Requests that kept different numbers of tokens are padded to the longest
 and masked (``token_mask`` = 0 on padding), which the tail graph excludes from attention, so each
 answer equals the unbatched one. The queue is bounded: past ``max_queue`` waiting requests,
 :class:`QueueFull` is raised at once (load shedding) instead of growing memory.
@@ -48,7 +51,7 @@ class DynamicBatcher:
         executor: ThreadPoolExecutor,
         *,
         max_batch_size: int = 16,
-        max_queue_delay_ms: float = 2.0,
+        max_queue_delay_ms: float = 0.0,
         max_queue: int = 1024,
     ) -> None:
         if max_batch_size < 1:
@@ -86,16 +89,15 @@ class DynamicBatcher:
             batch = [first]
             deadline = first.enqueued + self.max_delay
             while len(batch) < self.max_batch_size:
+                if not self.queue.empty():  # whatever is already waiting joins at once
+                    batch.append(self.queue.get_nowait())
+                    continue
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0 and self.queue.empty():
+                if remaining <= 0:
                     break
                 try:
-                    batch.append(
-                        await asyncio.wait_for(self.queue.get(), timeout=max(remaining, 0))
-                        if remaining > 0
-                        else self.queue.get_nowait()
-                    )
-                except (TimeoutError, asyncio.QueueEmpty):
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
                     break
             batch = [it for it in batch if not it.future.cancelled()]
             if not batch:

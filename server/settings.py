@@ -20,7 +20,12 @@ class ServerSettings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535)
     http_port: int = Field(8000, ge=0, le=65535)
     max_batch_size: int = Field(16, ge=1, le=1024)
-    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    max_queue_delay_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="extra wait for a fuller batch; 0 = greedy (see server/batcher.py)",
+    )
     max_queue: int = Field(
         1024, ge=1, description="waiting requests per model before shedding load"
     )

@@ -166,7 +166,7 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
         procs = Processes(out / f"batch-{label}")
         stack = Stack(procs)
         try:
-            stack.start_server("--max-batch-size", max_batch, "--max-queue-delay-ms", "2")
+            stack.start_server("--max-batch-size", max_batch)
             asyncio.run(_batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, 5))  # warm-up
             rps, lat = asyncio.run(
                 _batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, cfg.batch_requests)

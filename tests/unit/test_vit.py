@@ -103,8 +103,9 @@ def _timm_deit_state_dict(d=192, depth=12, patch=16, img=224, classes=1000):
     return sd
 
 
-def test_timm_deit_tiny_state_dict_loads():
-    cfg = ViTConfig(
+def _deit_tiny_config(**overrides) -> ViTConfig:
+    """DeiT-Tiny's architecture with timm's linear patchify."""
+    kw = dict(
         image_size=224,
         patch_size=16,
         in_chans=3,
@@ -115,6 +116,11 @@ def test_timm_deit_tiny_state_dict_loads():
         split=4,
         stem="patch",
     )
+    return ViTConfig(**{**kw, **overrides})
+
+
+def test_timm_deit_tiny_state_dict_loads():
+    cfg = _deit_tiny_config()
     model = SelectorViT(cfg)
     sd = _timm_deit_state_dict()
     missing = load_timm_state_dict(model, sd)
@@ -123,37 +129,12 @@ def test_timm_deit_tiny_state_dict_loads():
 
 
 def test_timm_state_dict_resizes_pos_embed_and_rejects_other_widths():
-    cfg = ViTConfig(
-        image_size=96,
-        patch_size=16,
-        in_chans=3,
-        num_classes=1000,
-        embed_dim=192,
-        depth=12,
-        num_heads=3,
-        split=4,
-        stem="patch",
-    )
+    cfg = _deit_tiny_config(image_size=96)
     model = SelectorViT(cfg)
     load_timm_state_dict(model, _timm_deit_state_dict())
     assert model.pos_embed.shape == (1, 37, 192)
     with pytest.raises(ValueError, match="shape mismatch"):
-        load_timm_state_dict(
-            SelectorViT(
-                ViTConfig(
-                    embed_dim=96,
-                    stem="patch",
-                    in_chans=3,
-                    num_classes=1000,
-                    image_size=224,
-                    patch_size=16,
-                    depth=12,
-                    num_heads=3,
-                    split=4,
-                )
-            ),
-            _timm_deit_state_dict(),
-        )
+        load_timm_state_dict(SelectorViT(_deit_tiny_config(embed_dim=96)), _timm_deit_state_dict())
 
 
 def test_conv_stem_gives_the_same_token_grid():
