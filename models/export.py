@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from models import checkpoint
+from models.jscc import JSCC
 from models.vit import SelectorViT
 
 log = logging.getLogger(__name__)
@@ -40,31 +40,47 @@ DEFAULT_MODEL = "digits-vit"
 
 
 class _SortedHead(nn.Module):
-    def __init__(self, model: SelectorViT) -> None:
+    """Device head, patches sorted by key; with a coder, each patch becomes its JSCC symbols
+    ``[re | im]`` (B, N, 2 d_c), unnormalised: the device truncates to the rate and normalises."""
+
+    def __init__(self, model: SelectorViT, coder: JSCC | None = None) -> None:
         super().__init__()
         self.model = model
+        self.coder = coder
 
     def forward(
         self, image: torch.Tensor, alpha: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model.forward_device(image, alpha)
         order = out.key.argsort(dim=1, descending=True)  # (B, N)
-        return out.tokens[:, 1:].gather(
-            1, order[..., None].expand(-1, -1, out.tokens.shape[-1])
-        ), order
+        x = out.tokens[:, 1:].gather(1, order[..., None].expand(-1, -1, out.tokens.shape[-1]))
+        if self.coder is not None:
+            x = torch.cat(self.coder.encoder(x), dim=-1)
+        return x, order
 
 
 class _Tail(nn.Module):
-    def __init__(self, model: SelectorViT) -> None:
+    """Server tail; with a coder it takes received, zero-filled symbols ``[re | im]`` (B, T, 2 d_c)."""
+
+    def __init__(self, model: SelectorViT, coder: JSCC | None = None) -> None:
         super().__init__()
         self.model = model
+        self.coder = coder
 
-    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_tail(tokens, token_mask)
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        if self.coder is not None:
+            re, im = x.chunk(2, dim=-1)
+            x = self.coder.decoder(re, im)
+        return self.model.forward_tail(x, token_mask)
 
 
 def _export(
-    module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: tuple,
 ) -> None:
     module.eval()
     with torch.no_grad():
@@ -81,7 +97,7 @@ def _export(
         )
 
 
-def _append_budget_slice(path: Path, num_patches: int) -> None:
+def _append_budget_slice(path: Path, num_patches: int, first_output: str = "tokens") -> None:
     """Slices the sorted head's outputs to the budget's ``k``: outputs ``tokens`` and ``indices``."""
     m = onnx.load(str(path))
     g = m.graph
@@ -102,7 +118,9 @@ def _append_budget_slice(path: Path, num_patches: int) -> None:
             helper.make_node("Ceil", ["sl_prod_eps"], ["sl_ceil"]),
             helper.make_node("Max", ["sl_ceil", "sl_one_f"], ["sl_kf"]),
             helper.make_node("Cast", ["sl_kf"], ["sl_k"], to=TensorProto.INT64),
-            helper.make_node("Slice", [sorted_tokens, "sl_zero_i", "sl_k", "sl_one_i"], ["tokens"]),
+            helper.make_node(
+                "Slice", [sorted_tokens, "sl_zero_i", "sl_k", "sl_one_i"], [first_output]
+            ),
             helper.make_node("Slice", [order, "sl_zero_i", "sl_k", "sl_one_i"], ["indices"]),
         ]
     )
@@ -110,7 +128,7 @@ def _append_budget_slice(path: Path, num_patches: int) -> None:
     del g.output[:]
     g.output.extend(
         [
-            helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["B", "T", d]),
+            helper.make_tensor_value_info(first_output, TensorProto.FLOAT, ["B", "T", d]),
             helper.make_tensor_value_info("indices", TensorProto.INT64, ["B", "K"]),
         ]
     )
@@ -126,52 +144,72 @@ def export_selector_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict
     manifest.
     """
     model, ckpt = checkpoint.load_selector_vit(ckpt_path)
-    cfg = model.cfg
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    B, T = torch.export.Dim("B", min=1, max=1024), torch.export.Dim("T", min=1, max=cfg.num_patches)
-    image = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
-    _export(
-        _SortedHead(model),
-        (image, torch.full((2,), 0.5)),
-        out / "head.onnx",
-        ["image", "alpha"],
-        ["sorted_tokens", "order"],
-        {"image": {0: B}, "alpha": {0: B}},
-    )
-    _append_budget_slice(out / "head.onnx", cfg.num_patches)
-    tokens = torch.randn(2, 5, cfg.embed_dim)
-    _export(
-        _Tail(model),
-        (tokens, torch.ones(2, 5)),
-        out / "tail.onnx",
-        ["tokens", "token_mask"],
-        ["logits"],
-        {"tokens": {0: B, 1: T}, "token_mask": {0: B, 1: T}},
-    )
-    for name in ("head.onnx", "tail.onnx"):
-        onnx.checker.check_model(onnx.load(str(out / name)), full_check=True)
+    out = _export_pipeline(model, None, Path(out_dir))
     checkpoint.save(
         out / "checkpoint.pt",
         config=ckpt["config"],
         state_dict=model.state_dict(),
         metrics=ckpt.get("metrics", {}),
     )
-    manifest = build_manifest(model, out)
+    return _write_manifest(model, None, out)
+
+
+def export_jscc_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """The same for a JSCC checkpoint: the encoder joins the head, the decoder the tail."""
+    from models import semcom
+
+    model, ckpt = semcom.load(ckpt_path)
+    out = _export_pipeline(model.vit, model.coder, Path(out_dir))
+    semcom.save(out / "checkpoint.pt", model, ckpt.get("metrics", {}))
+    return _write_manifest(model.vit, model.coder, out)
+
+
+def _export_pipeline(model: SelectorViT, coder: JSCC | None, out: Path) -> Path:
+    cfg = model.cfg
+    out.mkdir(parents=True, exist_ok=True)
+    payload = "symbols" if coder is not None else "tokens"
+    width = 2 * coder.cfg.symbols if coder is not None else cfg.embed_dim
+    B, T = torch.export.Dim("B", min=1, max=1024), torch.export.Dim("T", min=1, max=cfg.num_patches)
+    image = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
+    _export(
+        _SortedHead(model, coder),
+        (image, torch.full((2,), 0.5)),
+        out / "head.onnx",
+        ["image", "alpha"],
+        ["sorted", "order"],
+        ({0: B}, {0: B}),  # image, alpha
+    )
+    _append_budget_slice(out / "head.onnx", cfg.num_patches, payload)
+    _export(
+        _Tail(model, coder),
+        (torch.randn(2, 5, width), torch.ones(2, 5)),
+        out / "tail.onnx",
+        [payload, "token_mask"],
+        ["logits"],
+        ({0: B, 1: T}, {0: B, 1: T}),  # payload, token_mask
+    )
+    for name in ("head.onnx", "tail.onnx"):
+        onnx.checker.check_model(onnx.load(str(out / name)), full_check=True)
+    return out
+
+
+def _write_manifest(model: SelectorViT, coder: JSCC | None, out: Path) -> dict[str, Any]:
+    manifest = build_manifest(model, out, coder)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    log.info("exported %s -> %s", ckpt_path, out)
+    log.info("exported %s", out)
     return manifest
 
 
-def build_manifest(model: SelectorViT, out: Path) -> dict[str, Any]:
+def build_manifest(model: SelectorViT, out: Path, coder: JSCC | None = None) -> dict[str, Any]:
     """What the server and device need to serve the pipeline without torch."""
     cfg = model.cfg
     digest = hashlib.sha256()
     for name in ("head.onnx", "tail.onnx"):
         digest.update((out / name).read_bytes())
-    return {
+    payload = "symbols" if coder is not None else "tokens"
+    manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
-        "kind": "token-selection",
+        "kind": "token-selection+jscc" if coder is not None else "token-selection",
         "model_hash": digest.hexdigest()[:16],
         "image_shape": [cfg.in_chans, cfg.image_size, cfg.image_size],
         "num_patches": cfg.num_patches,
@@ -183,17 +221,15 @@ def build_manifest(model: SelectorViT, out: Path) -> dict[str, Any]:
         "head": {
             "file": "head.onnx",
             "inputs": {"image": "FP32", "alpha": "FP32"},
-            "outputs": {"tokens": "FP32", "indices": "INT64"},
+            "outputs": {payload: "FP32", "indices": "INT64"},
         },
         "tail": {
             "file": "tail.onnx",
-            "inputs": {"tokens": "FP32", "token_mask": "FP32"},
+            "inputs": {payload: "FP32", "token_mask": "FP32"},
             "outputs": {"logits": "FP32"},
         },
         "normalization": {"dataset": "digits-canvas"} if cfg.in_chans == 1 else {"dataset": "rgb"},
     }
-
-
-def copy_eval(src: Path, out_dir: Path) -> None:
-    if src.is_file():
-        shutil.copy(src, out_dir / src.name)
+    if coder is not None:
+        manifest["jscc"] = {"symbols": coder.cfg.symbols, "channels": ["awgn", "rayleigh", "none"]}
+    return manifest

@@ -290,7 +290,9 @@ class SelectorViT(nn.Module):
         """Raises ``ValueError`` naming the expected form unless images are float (B, C, H, W)."""
         c, s = self.cfg.in_chans, self.cfg.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
-            raise ValueError(f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+            raise ValueError(
+                f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}"
+            )
         if not images.is_floating_point():
             raise ValueError(f"images must be a float tensor (normalised), got {images.dtype}")
 

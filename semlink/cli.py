@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
+DEFAULT_JSCC_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit-jscc" / "1"
 
 log = logging.getLogger("semlink")
 
@@ -89,6 +90,107 @@ def _export_selector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_jscc(args: argparse.Namespace) -> int:
+    from models.jscc import RATES
+    from models.train_jscc import TrainJSCCConfig, train_jscc
+
+    def config(rate: float | None) -> TrainJSCCConfig:
+        return TrainJSCCConfig(
+            selector_checkpoint=args.selector_checkpoint,
+            seed=args.seed,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            channel=args.channel,
+            fixed_rate=rate,
+            max_steps=args.max_steps,
+            limit_train=args.limit_train,
+        )
+
+    if args.per_rate:
+        out_dir = Path(args.per_rate_dir)
+        for rate in RATES:
+            train_jscc(config(rate), out_dir / f"r{rate:g}.pt", resume=args.resume)
+        print(f"per-rate coders: {out_dir}")
+        return 0
+    metrics = train_jscc(config(args.fixed_rate), args.out, resume=args.resume)
+    print(f"checkpoint: {args.out} ({metrics['train_seconds']:.0f} s)")
+    return 0
+
+
+def _export_jscc(args: argparse.Namespace) -> int:
+    from models.export import export_jscc_pipeline
+
+    manifest = export_jscc_pipeline(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from models import semcom
+    from models.data import load_dataset
+    from models.eval_jscc import calibrate
+
+    model_dir = Path(args.model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    model, _ = semcom.load(model_dir / "checkpoint.pt")
+    val = load_dataset(args.dataset, "val", root=args.data_root, seed=args.seed)
+    table = calibrate(model, val, manifest["model_hash"], args.channel, args.seed)
+    out = model_dir / "calibration.json"
+    out.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"calibration table ({len(table['grid'])} points, validation split) -> {out}")
+    return 0
+
+
+def _eval_jscc(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import checkpoint, semcom
+    from models.data import load_dataset
+    from models.eval_jscc import ALPHAS, SNRS, baseline_grid, format_table, plot, summarise
+    from models.jscc import RATES
+
+    model, _ = semcom.load(Path(args.model_dir) / "checkpoint.pt")
+    test = load_dataset(args.dataset, "test", root=args.data_root, seed=args.seed)
+
+    grid = [
+        {**r, "method": "semlink"}
+        for r in semcom.accuracy_grid(model, test, SNRS, ALPHAS, RATES, args.channel, args.seed)
+    ]
+    per_rate_dir = Path(args.per_rate_dir)
+    for rate in RATES:
+        path = per_rate_dir / f"r{rate:g}.pt"
+        if path.is_file():
+            pr, _ = semcom.load(path)
+            grid += [
+                {**r, "method": "per-rate"}
+                for r in semcom.accuracy_grid(
+                    pr, test, SNRS, ALPHAS, (rate,), args.channel, args.seed
+                )
+            ]
+    classifier, _ = checkpoint.load_selector_vit(args.selector_checkpoint)
+    grid += baseline_grid(classifier, test, seed=args.seed)
+    with torch.no_grad():
+        reference = float(
+            (classifier(torch.from_numpy(test.images), 1.0).argmax(1).numpy() == test.labels).mean()
+        )
+    result = {
+        "dataset": test.name,
+        "split": "test",
+        "n_test": len(test),
+        "channel": args.channel,
+        "reference_accuracy": reference,
+        "grid": grid,
+    }
+    result["summary"] = summarise(result)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        plot(result, Path(args.plot))
+    return 0
+
+
 def _zoo(args: argparse.Namespace) -> int:
     """Rebuilds the shipped default pipeline: train, export, evaluate into the model folder."""
     out = Path(args.out)
@@ -153,6 +255,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default=str(DEFAULT_MODEL_DIR), help="model repository version folder")
     p.set_defaults(func=_export_selector)
+
+    p = train.add_parser("jscc", help="the nested JSCC coder on a trained selector")
+    p.add_argument("--selector-checkpoint", default=str(DEFAULT_MODEL_DIR / "checkpoint.pt"))
+    p.add_argument("--out", default="runs/jscc.pt")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--channel", default="awgn", choices=["awgn", "rayleigh"])
+    p.add_argument(
+        "--fixed-rate", type=float, default=None, help="train for one rate only (ablation)"
+    )
+    p.add_argument(
+        "--per-rate", action="store_true", help="train one coder per rate of the grid (ablation)"
+    )
+    p.add_argument("--per-rate-dir", default="runs/jscc-per-rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--limit-train", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=_train_jscc)
+
+    p = ex.add_parser("jscc", help="head with JSCC encoder, tail with JSCC decoder")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default=str(DEFAULT_JSCC_DIR))
+    p.set_defaults(func=_export_jscc)
+
+    p = sub.add_parser("calibrate", help="accuracy / channel-use table on the validation split")
+    _add_data_args(p)
+    p.add_argument("--model-dir", default=str(DEFAULT_JSCC_DIR))
+    p.add_argument("--channel", default="awgn", choices=["awgn", "rayleigh"])
+    p.set_defaults(func=_calibrate)
+
+    p = ev.add_parser(
+        "jscc", help="test-split grid against JPEG / raw baselines and per-rate coders"
+    )
+    _add_data_args(p)
+    p.add_argument("--model-dir", default=str(DEFAULT_JSCC_DIR))
+    p.add_argument(
+        "--selector-checkpoint",
+        default=str(DEFAULT_MODEL_DIR / "checkpoint.pt"),
+        help="the classifier the baselines use",
+    )
+    p.add_argument("--per-rate-dir", default="runs/jscc-per-rate")
+    p.add_argument("--channel", default="awgn", choices=["awgn", "rayleigh"])
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None)
+    p.set_defaults(func=_eval_jscc)
 
     p = sub.add_parser("zoo", help="rebuild the shipped default pipeline (train, export, eval)")
     p.add_argument("--out", default=str(DEFAULT_MODEL_DIR))

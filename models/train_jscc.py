@@ -1,0 +1,193 @@
+"""Training of the nested JSCC coder (``semlink train jscc``), METHODS §2.
+
+Starts from a trained selector ViT. The device part (stem, device blocks, budget token, selectors)
+is frozen; the coder and the server part (server blocks, norm, head, server class token) are
+trained. Every sample draws its own budget ``alpha`` (stratified over ``[alpha_low, 1]``), SNR
+(uniform in ``[snr_low, snr_high]`` dB) and, for the nested coder, its own truncation ``m``
+(log-uniform between ``ceil(d_c / 32)`` and ``d_c``), so one coder serves every rate. Tokens are
+hard-selected (top-k by the selector's key, the rest masked out of attention) exactly as at run
+time. Loss: cross-entropy plus distillation from the frozen noiseless model.
+
+``fixed_rate`` trains one coder for one rate: the published recipe, kept as the ablation that the
+nested coder is compared against.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models import checkpoint, semcom
+from models.data import load_dataset
+from models.jscc import JSCCConfig, symbols_kept
+from models.selector import hard_keep_mask, sample_budgets
+from models.semcom import SemComModel
+from models.vit import config_from_dict
+
+VAL_POINTS = ((10.0, 0.25, 1 / 8), (0.0, 0.25, 1 / 4))
+
+
+@dataclass
+class TrainJSCCConfig:
+    selector_checkpoint: str = "zoo/digits-vit/1/checkpoint.pt"
+    """The trained selector ViT the coder is fitted to."""
+    dataset: str = "digits-canvas"
+    data_root: str | None = None
+    seed: int = 0
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    snr_low: float = -20.0
+    snr_high: float = 20.0
+    alpha_low: float = 0.05
+    channel: str = "awgn"
+    """Channel seen in training: awgn or rayleigh."""
+    fixed_rate: float | None = None
+    """Train for this rate only (the per-rate ablation); None = nested."""
+    w_kd: float = 1.0
+    kd_temperature: float = 2.0
+    max_steps: int | None = None
+    limit_train: int | None = None
+    augment: bool = True
+    jscc: JSCCConfig = field(default_factory=JSCCConfig)
+
+
+def sample_symbols(
+    batch: int, d_c: int, fixed_rate: float | None, gen: torch.Generator
+) -> torch.Tensor:
+    """Per-sample kept symbols ``m``: fixed, or log-uniform over [ceil(d_c/32), d_c]."""
+    if fixed_rate is not None:
+        return torch.full((batch,), symbols_kept(d_c, fixed_rate), dtype=torch.long)
+    lo, hi = math.log(symbols_kept(d_c, 1 / 32)), math.log(d_c)
+    m = torch.exp(torch.rand(batch, generator=gen) * (hi - lo) + lo).round().long()
+    return m.clamp(1, d_c)
+
+
+def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> dict:
+    """Trains (or resumes) the coder; writes a checkpoint every epoch. Returns the metrics."""
+    out = Path(out)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    base = checkpoint.load(cfg.selector_checkpoint)
+    vit_cfg = config_from_dict(base["config"])
+    cfg.jscc.embed_dim = vit_cfg.embed_dim
+    model = SemComModel(vit_cfg, cfg.jscc)
+    model.vit.load_state_dict(base["state_dict"])
+    teacher = copy.deepcopy(model.vit).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    model.freeze_device()
+    train = load_dataset(cfg.dataset, "train", root=cfg.data_root, seed=cfg.seed)
+    val = load_dataset(cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_train = len(train) if cfg.limit_train is None else min(cfg.limit_train, len(train))
+    steps = math.ceil(n_train / cfg.batch_size)
+    total = cfg.epochs * steps
+    metrics: dict = {"history": []}
+    start_epoch, best, best_state = 0, -1.0, None
+    if resume and out.is_file():
+        ckpt = checkpoint.load(out)
+        model.load_state_dict(ckpt["resume"]["model"])
+        opt.load_state_dict(ckpt["resume"]["optimizer"])
+        start_epoch, best, metrics = (
+            ckpt["resume"]["epoch"],
+            ckpt["resume"]["best"],
+            ckpt["metrics"],
+        )
+        best_state = ckpt["state_dict"]
+        gen.set_state(ckpt["resume"]["rng"])
+    t0 = time.perf_counter()
+    bar = tqdm(
+        range(start_epoch, cfg.epochs),
+        desc="train jscc" + (f" r={cfg.fixed_rate:g}" if cfg.fixed_rate else ""),
+        unit="epoch",
+        initial=start_epoch,
+        total=cfg.epochs,
+    )
+    for epoch in bar:
+        model.train()
+        model.vit.eval()  # frozen stem batch-norm statistics stay as trained
+        images = train.epoch(epoch, augment=cfg.augment)[:n_train]
+        order = torch.randperm(n_train, generator=gen).numpy()
+        losses = []
+        for i in range(steps):
+            if cfg.max_steps is not None and i >= cfg.max_steps:
+                break
+            step = epoch * steps + i
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x, y = torch.from_numpy(images[idx]), torch.from_numpy(train.labels[idx])
+            b = len(y)
+            alpha = sample_budgets(b, cfg.alpha_low, 1.0, gen)
+            with torch.no_grad():
+                out_dev = model.vit.forward_device(x, alpha)
+                keep = hard_keep_mask(out_dev.key, alpha)
+                t_logits = teacher.forward_tail(out_dev.tokens[:, 1:], keep)
+            snr = torch.rand(b, generator=gen) * (cfg.snr_high - cfg.snr_low) + cfg.snr_low
+            m = sample_symbols(b, model.d_c, cfg.fixed_rate, gen)
+            received = model.transmit(out_dev.tokens[:, 1:], m, snr, cfg.channel, gen)
+            logits = model.vit.forward_tail(received, keep)
+            t = cfg.kd_temperature
+            kd = (
+                F.kl_div(
+                    F.log_softmax(logits / t, 1),
+                    F.log_softmax(t_logits / t, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                * t
+                * t
+            )
+            loss = F.cross_entropy(logits, y) + cfg.w_kd * kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(loss.item())
+        val_points = (
+            VAL_POINTS
+            if cfg.fixed_rate is None
+            else tuple((s, a, cfg.fixed_rate) for s, a, _ in VAL_POINTS)
+        )
+        rows = [
+            semcom.accuracy_grid(
+                model, val, (s,), (a,), (r,), cfg.channel, seed=cfg.seed, progress=False
+            )[0]
+            for s, a, r in val_points
+        ]
+        score = float(np.mean([r["accuracy"] for r in rows]))
+        metrics["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val": rows})
+        bar.set_postfix(
+            loss=f"{np.mean(losses):.3f}",
+            **{f"{r['snr_db']:g}dB,r={r['rate']:g}": f"{r['accuracy']:.3f}" for r in rows},
+        )
+        if score >= best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+        metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        semcom.save(
+            out,
+            model,
+            metrics,
+            state_dict=best_state,
+            train_config=asdict(cfg),
+            resume={
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch + 1,
+                "best": best,
+                "rng": gen.get_state(),
+            },
+        )
+    return metrics
