@@ -11,7 +11,7 @@ import numpy as np
 
 from protocol import grpc_service_pb2 as pb
 from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.codec import PackedTokens, datatype_of, from_bytes, param_value, set_param, to_bytes
+from protocol.codec import datatype_of, from_bytes, param_value, set_param, to_bytes
 
 
 @dataclass
@@ -27,17 +27,12 @@ def build_request(
     model: str,
     version: str,
     request_id: str,
-    packed: PackedTokens,
-    indices: np.ndarray,
+    tensors: dict[str, np.ndarray],
     parameters: dict[str, Any],
 ) -> pb.ModelInferRequest:
-    """A ``ModelInferRequest`` with the tokens (and scale, indices) as raw little-endian bytes."""
+    """A ``ModelInferRequest`` carrying ``tensors`` as raw little-endian bytes."""
     req = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
-    tensors = [("tokens", packed.tokens)]
-    if packed.scale is not None:
-        tensors.append(("token_scale", packed.scale))
-    tensors.append(("indices", indices.astype(np.int64)))
-    for name, arr in tensors:
+    for name, arr in tensors.items():
         req.inputs.add(name=name, datatype=datatype_of(arr), shape=list(arr.shape))
         req.raw_input_contents.append(to_bytes(arr))
     for k, v in parameters.items():

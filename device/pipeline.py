@@ -4,35 +4,77 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from models.data import DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, IMAGENET_STD
-from protocol.codec import TensorError
+from models.symbols import channel_uses, normalise, symbols_kept
+from protocol.codec import TensorError, pack_tokens
 from server.repository import ModelVersion, run_tail
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Payload:
+    """What one request sends, and what the device's own tail would read instead."""
+
+    wire: dict[str, np.ndarray]  # named tensors for the server (plus ``indices``)
+    local: np.ndarray  # float32 tail input, for the local fallback
+    symbols_per_token: int | None = None  # JSCC only: m
+    channel_uses: float | None = None  # JSCC only: k * m / (H * W * C)
+
+
 class DevicePipeline:
+    """Head (and, for local fallback, tail) of one model; plain-token or JSCC pipelines."""
+
     def __init__(self, model: ModelVersion) -> None:
         self.model = model
+        self.jscc = model.manifest.get("jscc")
+        self.payload_name = "symbols" if self.jscc else "tokens"
         self.head = model.session("head", threads=1)
-        self.tail = model.session(
-            "tail", threads=1
-        )  # local fallback: the whole model fits on the device
+        self.tail = model.session("tail", threads=1)  # local fallback: the whole model fits here
 
     def run_head(self, image: np.ndarray, budget: float) -> tuple[np.ndarray, np.ndarray]:
-        """Kept tokens (1, 1+k, d) float32 and their patch indices (1, k) for one image (1, C, H, W)."""
-        tokens, indices = self.head.run(
-            ["tokens", "indices"], {"image": image, "alpha": np.array([budget], np.float32)}
+        """For one image (1, C, H, W): the kept tokens (1, k, d), or for JSCC their unnormalised
+        symbols (1, k, 2 d_c), and the kept patch indices (1, k)."""
+        payload, indices = self.head.run(
+            [self.payload_name, "indices"],
+            {"image": image, "alpha": np.array([budget], np.float32)},
         )
-        return tokens, indices
+        return payload, indices
 
-    def run_tail(self, tokens: np.ndarray) -> np.ndarray:
-        """Logits (1, classes) computed on the device."""
-        return run_tail(self.tail, tokens, np.ones(tokens.shape[:2], np.float32))
+    def prepare(
+        self, head_out: np.ndarray, indices: np.ndarray, rate: float, token_format: str
+    ) -> Payload:
+        """Packs the head's output for the wire at ``rate`` (JSCC: truncate to m symbols, normalise)."""
+        idx = indices.astype(np.int64)
+        if not self.jscc:
+            packed = pack_tokens(head_out, token_format)
+            wire = {
+                "tokens": packed.tokens,
+                **({"token_scale": packed.scale} if packed.scale is not None else {}),
+            }
+            return Payload({**wire, "indices": idx}, head_out)
+        d_c = int(self.jscc["symbols"])
+        m = symbols_kept(d_c, rate)
+        re, im = normalise(
+            head_out[..., :m], head_out[..., d_c : d_c + m], np.ones((1, 1, m), np.float32)
+        )
+        local = np.zeros_like(head_out)
+        local[..., :m], local[..., d_c : d_c + m] = re, im
+        dtype = np.float32 if token_format == "fp32" else np.float16
+        symbols = np.concatenate([re, im], axis=-1).astype(dtype)
+        c, h, w = self.model.image_shape
+        return Payload(
+            {"symbols": symbols, "indices": idx}, local, m, channel_uses(idx.shape[1], m, c * h * w)
+        )
+
+    def run_tail(self, local: np.ndarray) -> np.ndarray:
+        """Logits (1, classes) computed on the device from :attr:`Payload.local`."""
+        return run_tail(self.tail, local, np.ones(local.shape[:2], np.float32), self.payload_name)
 
     def check_image(self, image: np.ndarray) -> np.ndarray:
         expected = (1, *self.model.image_shape)

@@ -24,7 +24,6 @@ from device.controller import Controller, Decision, make_controller
 from device.pipeline import DevicePipeline
 from device.settings import DeviceSettings
 from protocol import params as P
-from protocol.codec import pack_tokens
 from server.repository import resolve, scan
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,9 @@ class Answer:
     rate: float
     split: int
     tokens_sent: int
+    symbols_per_token: int | None  # JSCC: complex symbols per token (m)
+    channel_uses: float | None  # JSCC: complex symbols per source value
+    snr_db: float | None  # the SNR the receiver simulated (JSCC), or the link's
     kept_indices: list[int]
     payload_bytes: int
     request_bytes: int
@@ -64,7 +66,9 @@ class DeviceService:
             scan(settings.model_repository), settings.model_name, settings.model_version
         )
         self.pipeline = DevicePipeline(self.model)
-        self.controller: Controller = make_controller(settings.controller, budget=settings.budget)
+        self.controller: Controller = make_controller(
+            settings.controller, budget=settings.budget, rate=settings.rate
+        )
         self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
         self.client = ServerClient(settings.server)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="head")
@@ -81,7 +85,7 @@ class DeviceService:
     def request_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Validates the semlink parameters a client may set; unknown keys are ignored."""
         out: dict[str, Any] = {}
-        for key in (P.BUDGET, P.RATE, P.DEADLINE_MS):
+        for key in (P.BUDGET, P.RATE, P.DEADLINE_MS, P.SNR_DB):
             if raw.get(key) is not None:
                 out[key] = P.check(key, raw[key])
         if raw.get(P.REQUEST_ID) is not None:
@@ -97,19 +101,25 @@ class DeviceService:
         channel = self.monitor.current
         decision: Decision = self.controller.decide(params, channel)
         loop = asyncio.get_running_loop()
-        tokens, indices = await loop.run_in_executor(
+        head_out, indices = await loop.run_in_executor(
             self.executor, self.pipeline.run_head, image, decision.budget
         )
-        t_head = time.perf_counter()
-        timing = {"device_head_ms": (t_head - t0) * 1000.0}
-        packed = pack_tokens(tokens, self.settings.token_format)
+        payload = self.pipeline.prepare(
+            head_out, indices, decision.rate, self.settings.token_format
+        )
+        timing = {"device_head_ms": (time.perf_counter() - t0) * 1000.0}
+        wire_params: dict[str, Any] = {
+            P.BUDGET: decision.budget,
+            P.RATE: decision.rate,
+            P.REQUEST_ID: request_id,
+        }
+        snr = params.get(P.SNR_DB, channel.snr_db)
+        if (
+            payload.symbols_per_token is not None and snr is not None
+        ):  # the receiver simulates this channel
+            wire_params.update({P.SNR_DB: float(snr), P.CHANNEL: self.settings.channel})
         request = build_request(
-            self.model.name,
-            self.model.version,
-            request_id,
-            packed,
-            indices,
-            {P.BUDGET: decision.budget, P.REQUEST_ID: request_id},
+            self.model.name, self.model.version, request_id, payload.wire, wire_params
         )
         reason: str | None = "controller chose local" if not decision.offload else None
         logits = None
@@ -139,7 +149,9 @@ class DeviceService:
         degraded = logits is None and decision.offload
         if logits is None:
             t_local = time.perf_counter()
-            logits = await loop.run_in_executor(self.executor, self.pipeline.run_tail, tokens)
+            logits = await loop.run_in_executor(
+                self.executor, self.pipeline.run_tail, payload.local
+            )
             timing["device_tail_ms"] = (time.perf_counter() - t_local) * 1000.0
         timing["total_ms"] = (time.perf_counter() - t0) * 1000.0
         probs = _softmax(logits[0])
@@ -163,6 +175,9 @@ class DeviceService:
             rate=decision.rate,
             split=int(self.model.manifest["splits"][0]),
             tokens_sent=int(indices.shape[1]) if offloaded else 0,
+            symbols_per_token=payload.symbols_per_token,
+            channel_uses=payload.channel_uses if offloaded else None,
+            snr_db=float(snr) if snr is not None else None,
             kept_indices=[int(i) for i in indices[0]],
             payload_bytes=payload_bytes if offloaded else 0,
             request_bytes=request_bytes if offloaded else 0,

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.codec import TOKEN_FORMATS
+from protocol.params import CHANNELS
 from server.settings import DEFAULT_REPOSITORY
 
 
@@ -26,6 +27,10 @@ class DeviceSettings(BaseSettings):
     host: str = Field("127.0.0.1")
     http_port: int = Field(8080, ge=0, le=65535)
     budget: float = Field(0.25, gt=0.0, le=1.0, description="default token budget alpha")
+    rate: float = Field(0.25, gt=0.0, le=1.0, description="default JSCC rate r (JSCC pipelines)")
+    channel: str = Field(
+        "awgn", description="channel the server simulates for JSCC symbols: awgn | rayleigh | none"
+    )
     token_format: str = Field("fp16", description="fp16 | int8 | fp32")
     deadline_ms: float = Field(
         2000.0, gt=0.0, le=600_000.0, description="default end-to-end deadline"
@@ -42,6 +47,13 @@ class DeviceSettings(BaseSettings):
     def _fmt(cls, v: str) -> str:
         if v not in TOKEN_FORMATS:
             raise ValueError(f"token_format must be one of {TOKEN_FORMATS}, got {v!r}")
+        return v
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str) -> str:
+        if v not in CHANNELS:
+            raise ValueError(f"channel must be one of {CHANNELS}, got {v!r}")
         return v
 
     @field_validator("server")

@@ -8,18 +8,18 @@ sample, so one coder serves every rate at run time (the published code trains on
 
 Cost: ``channel_uses = k * m / (H * W * C)`` complex symbols per source value.
 
-The symbol maths (truncation mask, power normalisation) is written once for torch and numpy, so
-the device can truncate and normalise what its exported encoder produced without torch.
+The symbol maths (truncation mask, power normalisation) lives in :mod:`models.symbols`, written
+once for torch and numpy, so the device truncates and normalises without torch.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
+
+from models.symbols import channel_uses, normalise, symbol_mask, symbols_kept
 
 RATES = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
@@ -29,37 +29,6 @@ class JSCCConfig:
     embed_dim: int = 96
     symbols: int = 96  # d_c: complex symbols per token at rate 1 (METHODS: d -> d*r complex)
     hidden: int = 192
-
-
-def symbols_kept(d_c: int, rate: float) -> int:
-    """``ceil(d_c * rate)``, at least 1; rate must be in (0, 1]."""
-    if not 0.0 < rate <= 1.0 or math.isnan(rate):
-        raise ValueError(f"rate must be in (0, 1], got {rate}")
-    return max(1, math.ceil(d_c * rate - 1e-6))
-
-
-def channel_uses(k: int, m: int, image_values: int) -> float:
-    """Complex channel uses per source value: ``k * m / (H * W * C)``."""
-    return k * m / image_values
-
-
-def symbol_mask(m: Any, d_c: int, like: Any) -> Any:
-    """(B, 1, d_c) mask with ones on each sample's first ``m[b]`` symbols (torch or numpy ``m``)."""
-    if isinstance(like, torch.Tensor):
-        return (torch.arange(d_c, device=like.device)[None, None, :] < m.reshape(-1, 1, 1)).to(
-            like.dtype
-        )
-    import numpy as np
-
-    return (np.arange(d_c)[None, None, :] < np.asarray(m).reshape(-1, 1, 1)).astype(like.dtype)
-
-
-def normalise(re: Any, im: Any, mask: Any) -> tuple[Any, Any]:
-    """Scales each token's kept symbols to unit average power; dropped symbols become 0."""
-    re, im = re * mask, im * mask
-    power = (re * re + im * im).sum(-1)[..., None] / mask.sum(-1)[..., None]
-    scale = (power + 1e-12) ** -0.5
-    return re * scale, im * scale
 
 
 class _MLP(nn.Module):
@@ -92,6 +61,9 @@ class JSCCDecoder(nn.Module):
     def forward(self, re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
         """Received, zero-filled symbols (B, T, d_c) each -> tokens (B, T, d)."""
         return self.mlp(torch.cat([re, im], dim=-1))
+
+
+__all__ = ["JSCC", "JSCCConfig", "RATES", "channel_uses", "normalise", "symbol_mask", "symbols_kept"]
 
 
 class JSCC(nn.Module):

@@ -16,6 +16,8 @@ SNR_DB = "snr_db"  # channel SNR the receiver simulates, dB in [-50, 100]
 DEADLINE_MS = "deadline_ms"  # end-to-end deadline the device must answer within
 REQUEST_ID = "request_id"  # also the OIP `id` field; shared across device, link and server logs
 TOKEN_FORMAT = "token_format"  # fp16 | int8 | fp32
+CHANNEL = "channel"  # awgn | rayleigh | none: the channel the receiver simulates (JSCC pipelines)
+CHANNELS = ("awgn", "rayleigh", "none")
 
 
 class ParameterError(ValueError):
@@ -52,3 +54,10 @@ RANGES = {
 def check(name: str, value: Any) -> float:
     """Validates one numeric parameter against its range; returns it as float."""
     return RANGES[name].check(name, value)
+
+
+def check_channel(value: Any) -> str:
+    """Validates the ``channel`` parameter."""
+    if value not in CHANNELS:
+        raise ParameterError(f"parameter 'channel' must be one of {CHANNELS}, got {value!r}")
+    return str(value)

@@ -113,6 +113,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None)
     p.add_argument("--http-port", type=int, default=None, help="default 8080")
     p.add_argument("--budget", type=float, default=None, help="default token budget alpha (0, 1]")
+    p.add_argument(
+        "--rate", type=float, default=None, help="default JSCC rate r (0, 1] (JSCC pipelines)"
+    )
+    p.add_argument(
+        "--channel",
+        default=None,
+        choices=["awgn", "rayleigh", "none"],
+        help="JSCC channel the server simulates",
+    )
     p.add_argument("--token-format", default=None, choices=["fp16", "int8", "fp32"])
     p.add_argument("--deadline-ms", type=float, default=None)
     p.add_argument("--controller", default=None)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from models import channel
 from protocol import params as P
 from protocol.codec import PackedTokens, TensorError, token_format_of, unpack_tokens
 from server.batcher import DynamicBatcher
@@ -36,6 +37,7 @@ class InferenceCore:
         self.executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ort")
         self.ready = False
         self.in_flight = 0
+        self.rng = np.random.default_rng()  # channel noise applied at the receiver
 
     async def load(self) -> None:
         """Scans the repository and opens one tail session and batcher per model version."""
@@ -79,7 +81,11 @@ class InferenceCore:
         for key in (P.BUDGET, P.RATE, P.SNR_DB):
             if parameters.get(key) is not None:
                 P.check(key, parameters[key])
-        tokens = self._tokens(mv, inputs)
+        extra: dict[str, Any] = {}
+        if "jscc" in mv.manifest:
+            tokens, extra = self._symbols(mv, inputs, parameters)
+        else:
+            tokens = self._tokens(mv, inputs)
         started = time.perf_counter()
         self.in_flight += 1
         try:
@@ -98,8 +104,63 @@ class InferenceCore:
                 "server_queue_ms": queue_ms,
                 "server_compute_ms": max(total_ms - queue_ms, 0.0),
                 "server_tokens": int(tokens.shape[1]),
+                **extra,
             },
         )
+
+    def _symbols(
+        self,
+        mv: ModelVersion,
+        inputs: dict[str, tuple[str, np.ndarray]],
+        parameters: dict[str, Any],
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """JSCC payload: applies the channel at the request's SNR, then zero-fills to ``d_c``.
+
+        ``symbols`` [B, T, 2m] holds each kept token's first m symbols, real parts then imaginary
+        parts, as the device normalised them. Without ``snr_db`` the channel is noiseless.
+        """
+        d_c = int(mv.manifest["jscc"]["symbols"])
+        n = mv.num_patches
+        if "symbols" not in inputs:
+            raise TensorError(
+                f"model {mv.name!r} is a JSCC pipeline: send 'symbols' FP16/FP32 [B, T, 2m] "
+                f"(real then imaginary parts of each token's first m <= {d_c} symbols); got {sorted(inputs)}"
+            )
+        dtype, arr = inputs["symbols"]
+        if dtype not in ("FP16", "FP32"):
+            raise TensorError(f"input 'symbols' must be FP16 or FP32, got {dtype}")
+        if (
+            arr.ndim != 3
+            or arr.shape[2] % 2
+            or not 2 <= arr.shape[2] <= 2 * d_c
+            or not 1 <= arr.shape[1] <= n
+            or not 1 <= arr.shape[0] <= 64
+        ):
+            raise TensorError(
+                f"input 'symbols' must have shape [B, T, 2m] with 1 <= B <= 64, 1 <= T <= {n} and "
+                f"1 <= m <= {d_c}, got {list(arr.shape)}"
+            )
+        x = arr.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise TensorError("input 'symbols' holds NaN or infinite values")
+        m = x.shape[2] // 2
+        snr = parameters.get(P.SNR_DB)
+        kind = P.check_channel(parameters.get(P.CHANNEL, "awgn")) if snr is not None else "none"
+        re, im = channel.apply(
+            kind,
+            x[..., :m],
+            x[..., m:],
+            None if snr is None else float(snr),
+            lambda shape: self.rng.normal(size=shape).astype(np.float32),
+            block_shape=(x.shape[0], 1, 1),
+        )
+        full = np.zeros((*x.shape[:2], 2 * d_c), np.float32)
+        full[..., :m], full[..., d_c : d_c + m] = re, im
+        return full, {
+            "symbols_per_token": m,
+            "channel": kind,
+            **({"snr_db": float(snr)} if snr is not None else {}),
+        }
 
     @staticmethod
     def _tokens(mv: ModelVersion, inputs: dict[str, tuple[str, np.ndarray]]) -> np.ndarray:

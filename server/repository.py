@@ -117,8 +117,14 @@ def _version_key(v: str) -> tuple[int, str]:
     return (int(v), "") if v.isdigit() else (-1, v)
 
 
-def run_tail(session: ort.InferenceSession, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Logits (B, classes) for float32 tokens (B, T, d) and mask (B, T)."""
+def run_tail(
+    session: ort.InferenceSession, tokens: np.ndarray, mask: np.ndarray, name: str | None = None
+) -> np.ndarray:
+    """Logits (B, classes) for float32 tail input (B, T, width) and mask (B, T).
+
+    ``name`` is the graph's payload input (``tokens``, or ``symbols`` for JSCC); default: its first.
+    """
+    name = name or session.get_inputs()[0].name
     return session.run(
-        ["logits"], {"tokens": tokens.astype(np.float32), "token_mask": mask.astype(np.float32)}
+        ["logits"], {name: tokens.astype(np.float32), "token_mask": mask.astype(np.float32)}
     )[0]

@@ -56,10 +56,34 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory, tiny_checkpoint):
-    """A model repository holding the tiny model exported as tiny-vit version 1."""
-    from models.export import export_selector_pipeline
+def tiny_jscc(tiny_model):
+    """The tiny ViT with a small JSCC coder (d_c = 16), untrained but deterministic."""
+    import torch
+
+    from models.jscc import JSCCConfig
+    from models.semcom import SemComModel
+
+    torch.manual_seed(1)
+    model = SemComModel(tiny_model.cfg, JSCCConfig(embed_dim=32, symbols=16, hidden=32))
+    model.vit.load_state_dict(tiny_model.state_dict())
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_jscc_checkpoint(tmp_path_factory, tiny_jscc):
+    from models import semcom
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-jscc.pt"
+    semcom.save(path, tiny_jscc, {})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory, tiny_checkpoint, tiny_jscc_checkpoint):
+    """A model repository with the tiny model as tiny-vit/1 and its JSCC variant as tiny-jscc/1."""
+    from models.export import export_jscc_pipeline, export_selector_pipeline
 
     root = tmp_path_factory.mktemp("repo")
     export_selector_pipeline(tiny_checkpoint, root / "tiny-vit" / "1")
+    export_jscc_pipeline(tiny_jscc_checkpoint, root / "tiny-jscc" / "1")
     return root

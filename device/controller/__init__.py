@@ -4,9 +4,9 @@ from device.controller.base import ChannelState, Controller, Decision
 from device.controller.fixed import FixedController
 
 
-def make_controller(name: str, *, budget: float) -> Controller:
+def make_controller(name: str, *, budget: float, rate: float = 1.0) -> Controller:
     if name == "fixed":
-        return FixedController(budget)
+        return FixedController(budget, rate)
     raise ValueError(f"unknown controller {name!r}; available: fixed")
 
 

@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from models.data import load_digits_canvas
 from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.codec import pack_tokens
 from protocol.http_codec import build_infer_request
 from semlink.procs import Processes, Stack
 from server.repository import resolve, run_tail, scan
@@ -92,12 +91,7 @@ async def _batch_load(
             for i in range(per_client):
                 t = tokens[(cid + i) % len(tokens)]
                 req = build_request(
-                    "digits-vit",
-                    "",
-                    f"{cid}-{i}",
-                    pack_tokens(t),
-                    np.zeros((1, t.shape[1]), np.int64),
-                    {},
+                    "digits-vit", "", f"{cid}-{i}", {"tokens": t.astype(np.float16)}, {}
                 )
                 t0 = time.perf_counter()
                 await stub.ModelInfer(req, timeout=30)

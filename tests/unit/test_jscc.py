@@ -1,0 +1,160 @@
+"""Nested JSCC: symbol maths, export parity, calibration files, training smoke run, baselines."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models import baselines, semcom
+from models.eval_jscc import calibrate, load_calibration
+from models.symbols import channel_uses, normalise, symbol_mask, symbols_kept
+from semlink.cli import main
+
+
+@pytest.mark.parametrize(
+    "rate,m",
+    [(1 / 32, 3), (1 / 16, 6), (1 / 8, 12), (1 / 4, 24), (1 / 2, 48), (1.0, 96), (0.3, 29)],
+)
+def test_symbols_kept(rate, m):
+    assert symbols_kept(96, rate) == m
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.2, float("nan")])
+def test_bad_rate_names_the_range(rate):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        symbols_kept(96, rate)
+
+
+def test_channel_uses_formula():
+    assert channel_uses(9, 12, 48 * 48) == pytest.approx(9 * 12 / 2304)
+
+
+def test_normalise_gives_unit_power_on_kept_symbols_numpy_and_torch():
+    rng = np.random.default_rng(0)
+    re, im = rng.normal(size=(2, 5, 16)) * 3, rng.normal(size=(2, 5, 16))
+    mask = symbol_mask(np.array([4, 16]), 16, re)
+    nr, ni = normalise(re, im, mask)
+    power = (nr**2 + ni**2).sum(-1) / mask.sum(-1)
+    np.testing.assert_allclose(power, 1.0, rtol=1e-6)
+    assert (nr[0, :, 4:] == 0).all()
+    tr, ti = normalise(
+        torch.from_numpy(re),
+        torch.from_numpy(im),
+        symbol_mask(torch.tensor([4, 16]), 16, torch.from_numpy(re)),
+    )
+    np.testing.assert_allclose(tr.numpy(), nr, atol=1e-6)
+
+
+def test_nested_code_prefix_is_the_same_at_every_rate(tiny_jscc):
+    x = torch.randn(1, 4, 32)
+    re, im = tiny_jscc.coder.encoder(x)
+    # a lower rate sends a prefix of the same symbols (up to the per-token power scale)
+    low = normalise(re, im, symbol_mask(torch.tensor([4]), 16, re))[0][..., :4]
+    high = normalise(re, im, symbol_mask(torch.tensor([16]), 16, re))[0][..., :4]
+    ratio = (low / high).detach()
+    torch.testing.assert_close(ratio, ratio[..., :1].expand_as(ratio))
+
+
+def test_jscc_export_matches_pytorch(tiny_repository, tiny_jscc):
+    d = tiny_repository / "tiny-jscc" / "1"
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["kind"] == "token-selection+jscc" and manifest["jscc"]["symbols"] == 16
+    head, tail = (
+        ort.InferenceSession(str(d / "head.onnx")),
+        ort.InferenceSession(str(d / "tail.onnx")),
+    )
+    images = np.random.default_rng(0).normal(size=(2, 1, 48, 48)).astype(np.float32)
+    symbols, idx = head.run(None, {"image": images, "alpha": np.full(2, 0.25, np.float32)})
+    with torch.no_grad():
+        out = tiny_jscc.vit.forward_device(torch.from_numpy(images), torch.full((2,), 0.25))
+        kept, tidx = tiny_jscc.vit.select(out.tokens, out.key, 9)
+        re, im = tiny_jscc.coder.encoder(kept)
+        np.testing.assert_allclose(symbols, torch.cat([re, im], -1).numpy(), atol=1e-4)
+        np.testing.assert_array_equal(idx, tidx.numpy())
+        m = torch.full((2,), 5)
+        received = tiny_jscc.transmit(kept, m, torch.zeros(2), "none")
+        expected = tiny_jscc.vit.forward_tail(received).numpy()
+    nr, ni = normalise(
+        symbols[..., :16], symbols[..., 16:], symbol_mask(np.full(2, 5), 16, symbols[..., :16])
+    )
+    logits = tail.run(
+        None,
+        {
+            "symbols": np.concatenate([nr, ni], -1).astype(np.float32),
+            "token_mask": np.ones((2, 9), np.float32),
+        },
+    )[0]
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_calibration_is_on_validation_and_versioned(tiny_jscc, tmp_path):
+    from models.data import load_digits_canvas
+
+    val = load_digits_canvas("val")
+    val.images, val.labels = val.images[:20], val.labels[:20]
+    with pytest.raises(ValueError, match="validation split"):
+        calibrate(tiny_jscc, load_digits_canvas("test"), "abc")
+    table = calibrate(tiny_jscc, val, "abc")
+    assert len(table["grid"]) == 9 * 6 * 6 and table["split"] == "val"
+    assert {"snr_db", "alpha", "rate", "channel_uses", "accuracy"} <= set(table["grid"][0])
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(table))
+    assert load_calibration(path, "abc")["n"] == 20
+    with pytest.raises(ValueError, match="calibrated for model 'abc'"):
+        load_calibration(path, "other")
+
+
+def test_train_jscc_smoke(tiny_checkpoint, tmp_path):
+    out = tmp_path / "j.pt"
+    assert (
+        main(
+            [
+                "train",
+                "jscc",
+                "--selector-checkpoint",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--max-steps",
+                "2",
+                "--limit-train",
+                "32",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    model, ckpt = semcom.load(out)
+    assert ckpt["resume"]["epoch"] == 1 and model.vit.cfg.embed_dim == 32
+    assert len(ckpt["metrics"]["history"]) == 1
+
+
+def test_device_part_is_frozen_for_jscc_training(tiny_jscc):
+    import copy
+
+    model = copy.deepcopy(tiny_jscc)
+    model.freeze_device()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "vit.patch_embed.proj.weight" in frozen and "vit.blocks.0.attn.qkv.weight" in frozen
+    assert (
+        "vit.blocks.2.attn.qkv.weight" not in frozen
+        and "coder.encoder.real.net.0.weight" not in frozen
+    )
+
+
+def test_jpeg_baseline_fits_the_budget_or_fails():
+    img = (np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)
+    assert baselines.jpeg_at_budget(img, 100) is None  # headers alone exceed 100 bits
+    rec = baselines.jpeg_at_budget(img, 8 * 2000)
+    assert rec is not None and rec.shape == (48, 48)
+    assert baselines.raw_digital(img, 7) is None and baselines.raw_digital(img, 8 * 36).shape == (
+        48,
+        48,
+    )
+    out, ok = baselines.reconstruct("raw-analog", img[None], 0.01, 10.0)
+    assert ok.all() and out.shape == (1, 48, 48)
