@@ -50,7 +50,7 @@ class DevicePipeline:
         self, head_out: np.ndarray, indices: np.ndarray, rate: float, token_format: str
     ) -> Payload:
         """Packs the head's output for the wire at ``rate`` (JSCC: truncate to m symbols, normalise)."""
-        idx = indices.astype(np.int64)
+        idx = indices.astype(np.int16)  # positions < 32768: 2 bytes each, not 8
         if not self.jscc:
             packed = pack_tokens(head_out, token_format)
             wire = {

@@ -7,11 +7,9 @@ pass, the device answers from its local best (here: the tail it also holds) and 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,7 +69,6 @@ class DeviceService:
         )
         self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
         self.client = ServerClient(settings.server)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="head")
         self.counts = {"requests": 0, "offloaded": 0, "degraded": 0}
 
     async def start(self) -> None:
@@ -80,7 +77,6 @@ class DeviceService:
     async def close(self) -> None:
         await self.monitor.stop()
         await self.client.close()
-        self.executor.shutdown(wait=False)
 
     def request_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Validates the semlink parameters a client may set; unknown keys are ignored."""
@@ -100,10 +96,9 @@ class DeviceService:
         deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
         channel = self.monitor.current
         decision: Decision = self.controller.decide(params, channel)
-        loop = asyncio.get_running_loop()
-        head_out, indices = await loop.run_in_executor(
-            self.executor, self.pipeline.run_head, image, decision.budget
-        )
+        # The head runs inline: a sub-millisecond ONNX call costs less than a thread hop, and
+        # a device serves its own camera, not hundreds of concurrent clients.
+        head_out, indices = self.pipeline.run_head(image, decision.budget)
         payload = self.pipeline.prepare(
             head_out, indices, decision.rate, self.settings.token_format
         )
@@ -149,9 +144,7 @@ class DeviceService:
         degraded = logits is None and decision.offload
         if logits is None:
             t_local = time.perf_counter()
-            logits = await loop.run_in_executor(
-                self.executor, self.pipeline.run_tail, payload.local
-            )
+            logits = self.pipeline.run_tail(payload.local)
             timing["device_tail_ms"] = (time.perf_counter() - t_local) * 1000.0
         timing["total_ms"] = (time.perf_counter() - t0) * 1000.0
         probs = _softmax(logits[0])

@@ -5,8 +5,9 @@
 2. *Wire efficiency*: bytes the link emulator carried towards the server / raw payload bytes.
 3. *Batching*: 16 concurrent gRPC clients against the server with dynamic batching (max batch
    16) and without (max batch 1): requests per second, p99 latency.
-4. *Through a 1 Mbit/s link with 20 ms RTT* (10 ms each way): semlink at alpha = 0.25 (fp16
-   tokens) against sending all tokens in fp32: p50 end-to-end latency and test accuracy.
+4. *Through a 1 Mbit/s link with 20 ms RTT* (10 ms each way): semlink at alpha = 0.25 (fp16 and
+   int8 tokens) against sending all tokens in fp32: p50 end-to-end latency and test accuracy.
+   The headline ratio uses the faster semlink variant within one point of accuracy.
 """
 
 from __future__ import annotations
@@ -175,7 +176,12 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
 
     # 4. through a slow link: semlink alpha=0.25 fp16 against all tokens fp32, whole test split
     link = {}
-    for label, budget, fmt in (("semlink", 0.25, "fp16"), ("all-tokens-fp32", 1.0, "fp32")):
+    variants = (
+        ("all-tokens-fp32", 1.0, "fp32"),
+        ("semlink-fp16", 0.25, "fp16"),
+        ("semlink-int8", 0.25, "int8"),
+    )
+    for label, budget, fmt in variants:
         procs = Processes(out / f"link-{label}")
         stack = Stack(procs)
         try:
@@ -195,10 +201,17 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
             "degraded": int(sum(bool(r["degraded"]) for r in rows)),
         }
     results["link"] = link
-    results["link_latency_ratio"] = link["semlink"]["p50_ms"] / link["all-tokens-fp32"]["p50_ms"]
-    results["accuracy_loss_points"] = 100 * (
-        link["all-tokens-fp32"]["accuracy"] - link["semlink"]["accuracy"]
-    )
+    # The headline is semlink's best variant that loses at most a point of accuracy.
+    base = link["all-tokens-fp32"]
+    ok = [
+        k
+        for k in ("semlink-int8", "semlink-fp16")
+        if 100 * (base["accuracy"] - link[k]["accuracy"]) <= 1.0
+    ]
+    best = min(ok or ["semlink-fp16"], key=lambda k: link[k]["p50_ms"])
+    results["link_variant"] = best
+    results["link_latency_ratio"] = link[best]["p50_ms"] / base["p50_ms"]
+    results["accuracy_loss_points"] = 100 * (base["accuracy"] - link[best]["accuracy"])
     results["config"] = cfg.__dict__
     return results
 
@@ -227,13 +240,13 @@ def format_report(r: dict[str, Any]) -> str:
         "",
         f"4. {r['config']['link_rate']} link, {2 * r['config']['link_delay_ms']:g} ms RTT       p50 ms    p95 ms   accuracy   bytes/req",
     ]
-    for k in ("all-tokens-fp32", "semlink"):
+    for k in ("all-tokens-fp32", "semlink-fp16", "semlink-int8"):
         v = lk[k]
         lines.append(
             f"   {k:<32} {v['p50_ms']:8.1f}  {v['p95_ms']:8.1f}   {100 * v['accuracy']:6.1f} %  {v['bytes_per_request']:9.0f}"
         )
     lines.append(
-        f"   latency ratio {r['link_latency_ratio']:.3f} (target <= 0.333), accuracy loss {r['accuracy_loss_points']:.1f} points (target <= 1)"
+        f"   {r['link_variant']}: latency ratio {r['link_latency_ratio']:.3f} (target <= 0.333), accuracy loss {r['accuracy_loss_points']:.1f} points (target <= 1)"
     )
     return "\n".join(lines)
 

@@ -59,7 +59,7 @@ def test_answer_reports_what_it_cost(stack):
         "kept_indices",
     ):
         assert key in doc, key
-    assert doc["payload_bytes"] == 9 * 32 * 4 + 9 * 8  # fp32 tokens + int64 indices
+    assert doc["payload_bytes"] == 9 * 32 * 4 + 9 * 2  # fp32 tokens + int16 indices
     assert doc["channel.bandwidth_bps"] == pytest.approx(50e6, rel=0.1)
 
 
