@@ -64,9 +64,7 @@ class DeviceService:
             scan(settings.model_repository), settings.model_name, settings.model_version
         )
         self.pipeline = DevicePipeline(self.model)
-        self.controller: Controller = make_controller(
-            settings.controller, budget=settings.budget, rate=settings.rate
-        )
+        self.controller: Controller = make_controller(settings, self.model)
         self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
         self.client = ServerClient(settings.server)
         self.counts = {"requests": 0, "offloaded": 0, "degraded": 0}
@@ -154,6 +152,7 @@ class DeviceService:
         offloaded = decision.offload and not degraded
         outcome = {
             "payload_bytes": payload_bytes if offloaded else 0,
+            "channel_uses": payload.channel_uses if offloaded else 0.0,
             "latency_ms": timing["total_ms"],
         }
         self.controller.observe(decision, outcome)

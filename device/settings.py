@@ -36,8 +36,19 @@ class DeviceSettings(BaseSettings):
         2000.0, gt=0.0, le=600_000.0, description="default end-to-end deadline"
     )
     controller: str = Field(
-        "fixed", description="fixed (more controllers plug in behind device.controller)"
+        "fixed", description="fixed | lyapunov (JSCC pipelines, reads calibration.json)"
     )
+    channel_budget: float = Field(
+        0.02, gt=0.0, description="lyapunov: long-term average channel uses per pixel"
+    )
+    energy_budget_j: float | None = Field(
+        None, gt=0.0, description="lyapunov: average device energy per request"
+    )
+    latency_budget_ms: float | None = Field(
+        None, gt=0.0, description="lyapunov: average latency per request"
+    )
+    lyapunov_v: float = Field(10.0, gt=0.0, description="lyapunov: accuracy weight V")
+    lyapunov_mu: float = Field(100.0, gt=0.0, description="lyapunov: queue step mu")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     state_poll_ms: float = Field(200.0, gt=0.0)

@@ -28,7 +28,7 @@ RATES = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 class JSCCConfig:
     embed_dim: int = 96
     symbols: int = 96  # d_c: complex symbols per token at rate 1 (METHODS: d -> d*r complex)
-    hidden: int = 192
+    hidden: int = 256
 
 
 class _MLP(nn.Module):
@@ -63,7 +63,15 @@ class JSCCDecoder(nn.Module):
         return self.mlp(torch.cat([re, im], dim=-1))
 
 
-__all__ = ["JSCC", "JSCCConfig", "RATES", "channel_uses", "normalise", "symbol_mask", "symbols_kept"]
+__all__ = [
+    "JSCC",
+    "JSCCConfig",
+    "RATES",
+    "channel_uses",
+    "normalise",
+    "symbol_mask",
+    "symbols_kept",
+]
 
 
 class JSCC(nn.Module):

@@ -26,7 +26,9 @@ def symbol_mask(m: Any, d_c: int, like: Any) -> Any:
     if type(like).__module__.startswith("torch"):
         import torch
 
-        return (torch.arange(d_c, device=like.device)[None, None, :] < m.reshape(-1, 1, 1)).to(like.dtype)
+        return (torch.arange(d_c, device=like.device)[None, None, :] < m.reshape(-1, 1, 1)).to(
+            like.dtype
+        )
     return (np.arange(d_c)[None, None, :] < np.asarray(m).reshape(-1, 1, 1)).astype(like.dtype)
 
 

@@ -192,23 +192,49 @@ def _eval_jscc(args: argparse.Namespace) -> int:
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    """Rebuilds the shipped default pipeline: train, export, evaluate into the model folder."""
-    out = Path(args.out)
-    ckpt = Path(args.work) / "selector.pt"
-    for argv in (
-        ["train", "selector", "--out", str(ckpt)] + (["--resume"] if args.resume else []),
-        ["export", "selector", "--checkpoint", str(ckpt), "--out", str(out)],
+    """Rebuilds the shipped pipelines: the selector ViT, then its JSCC coder; each trained,
+    exported, evaluated on the test split (and the coder calibrated on validation)."""
+    vit, jscc = Path(args.out) / "digits-vit" / "1", Path(args.out) / "digits-vit-jscc" / "1"
+    work = Path(args.work)
+    resume = ["--resume"] if args.resume else []
+    steps = [
+        ["train", "selector", "--out", str(work / "selector.pt"), *resume],
+        ["export", "selector", "--checkpoint", str(work / "selector.pt"), "--out", str(vit)],
         [
             "eval",
             "selector",
             "--model-dir",
-            str(out),
+            str(vit),
             "--json",
-            str(out / "eval.json"),
+            str(vit / "eval.json"),
             "--plot",
-            str(out / "eval.png"),
+            str(vit / "eval.png"),
         ],
-    ):
+        [
+            "train",
+            "jscc",
+            "--selector-checkpoint",
+            str(vit / "checkpoint.pt"),
+            "--out",
+            str(work / "jscc.pt"),
+            *resume,
+        ],
+        ["export", "jscc", "--checkpoint", str(work / "jscc.pt"), "--out", str(jscc)],
+        ["calibrate", "--model-dir", str(jscc)],
+        [
+            "eval",
+            "jscc",
+            "--model-dir",
+            str(jscc),
+            "--selector-checkpoint",
+            str(vit / "checkpoint.pt"),
+            "--json",
+            str(jscc / "eval.json"),
+            "--plot",
+            str(jscc / "eval.png"),
+        ],
+    ]
+    for argv in steps:
         log.info("semlink %s", " ".join(argv))
         if rc := main(argv):
             return rc
@@ -302,8 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None)
     p.set_defaults(func=_eval_jscc)
 
-    p = sub.add_parser("zoo", help="rebuild the shipped default pipeline (train, export, eval)")
-    p.add_argument("--out", default=str(DEFAULT_MODEL_DIR))
+    p = sub.add_parser("zoo", help="rebuild the shipped pipelines (train, export, calibrate, eval)")
+    p.add_argument(
+        "--out", default=str(DEFAULT_MODEL_DIR.parent.parent), help="model repository root"
+    )
     p.add_argument("--work", default="runs", help="folder for the training checkpoint")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=_zoo)

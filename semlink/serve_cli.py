@@ -71,6 +71,17 @@ def _bench_serving(args: argparse.Namespace) -> int:
     return main(ServingBenchConfig(out=args.out, requests=args.requests), args.json)
 
 
+def _bench_controller(args: argparse.Namespace) -> int:
+    from semlink.bench.controller import ControllerBenchConfig, main
+
+    cfg = ControllerBenchConfig(
+        requests=args.requests, budget=args.budget, snr_trace=args.snr_trace, out=args.out
+    )
+    if args.model_dir:
+        cfg.model_dir = args.model_dir
+    return main(cfg, args.json)
+
+
 def _bench_link(args: argparse.Namespace) -> int:
     from semlink.bench.link import main
 
@@ -85,6 +96,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/bench-serving", help="folder for process logs")
     p.add_argument("--requests", type=int, default=200)
     p.set_defaults(func=_bench_serving)
+    p = bsub.add_parser("controller", help="Lyapunov controller vs LP optimum and fixed policies")
+    p.add_argument("--json", default=None)
+    p.add_argument("--out", default="runs/bench-controller", help="folder for the plots")
+    p.add_argument("--requests", type=int, default=10_000)
+    p.add_argument("--budget", type=float, default=0.02, help="average channel uses per pixel")
+    p.add_argument("--snr-trace", default=None, help="also simulate this 't_ms snr_db' trace")
+    p.add_argument(
+        "--model-dir", default=None, help="JSCC model folder with calibration.json and eval.json"
+    )
+    p.set_defaults(func=_bench_controller)
     p = bsub.add_parser("link", help="link emulator rate accuracy, 100 kbit/s to 100 Mbit/s")
     p.add_argument("--seconds", type=float, default=10.0, help="measurement per rate")
     p.add_argument("--json", default=None)
@@ -124,7 +145,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--token-format", default=None, choices=["fp16", "int8", "fp32"])
     p.add_argument("--deadline-ms", type=float, default=None)
-    p.add_argument("--controller", default=None)
+    p.add_argument("--controller", default=None, choices=["fixed", "lyapunov"])
+    p.add_argument(
+        "--channel-budget",
+        type=float,
+        default=None,
+        help="lyapunov: average channel uses per pixel",
+    )
+    p.add_argument("--lyapunov-v", type=float, default=None, help="lyapunov: accuracy weight V")
+    p.add_argument("--lyapunov-mu", type=float, default=None, help="lyapunov: queue step mu")
     p.set_defaults(func=_device)
 
     p = sub.add_parser("link", help="the trace-driven link emulator (a shaping TCP proxy)")

@@ -1,0 +1,241 @@
+"""``semlink bench controller``: the Lyapunov controller against the offline optimum (METHODS §3).
+
+Decisions use the *validation* calibration table (what the device ships with); every figure is
+scored on the *test* table, interpolated linearly at the true SNR of each request. Per SNR process
+(i.i.d. Gaussian around a mean as published, a Gilbert-Elliott Markov chain, and an SNR trace
+file), over ``requests`` requests:
+
+- the online controller for a sweep of ``V`` and ``mu``: average accuracy and channel use over the
+  last 80 % of requests, constraint violation, convergence time of ``Z``, decision time;
+- the offline optimum: the best randomised stationary policy for the process's empirical SNR
+  distribution, a linear program (``scipy.optimize.linprog``) over ``x[s, a]``, the probability of
+  action ``a`` in SNR bin ``s``;
+- the best fixed ``(alpha, r)`` whose channel use meets the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.controller import CalibrationTable, ChannelState, Constraint, LyapunovController
+from protocol.link import SnrProcess
+from semlink.cli import DEFAULT_JSCC_DIR
+
+SETTINGS = (
+    ("gauss(0,2.5)", 0.0, 2.5),
+    ("gauss(10,2.5)", 10.0, 2.5),
+    ("gauss(20,2.5)", 20.0, 2.5),
+    ("gauss(0,7.5)", 0.0, 7.5),
+)
+V_SWEEP = (1.0, 3.0, 10.0, 30.0)
+MU_SWEEP = (10.0, 100.0, 1000.0)
+
+
+@dataclass
+class ControllerBenchConfig:
+    model_dir: str = str(DEFAULT_JSCC_DIR)
+    requests: int = 10_000
+    budget: float = 0.02
+    budgets: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
+    snr_trace: str | None = None
+    out: str = "runs/bench-controller"
+    seed: int = 0
+
+
+def snr_processes(n: int, seed: int, trace: str | None) -> dict[str, np.ndarray]:
+    """Per-request SNR sequences (dB) for every setting."""
+    rng = np.random.default_rng(seed)
+    out = {name: rng.normal(mu, sd, n) for name, mu, sd in SETTINGS}
+    good, bad, p_gb, p_bg = 20.0, 0.0, 0.02, 0.05  # Gilbert-Elliott: mean sojourn 50 good, 20 bad
+    state, seq = 0, np.empty(n)
+    for i in range(n):
+        state = (
+            (1 if rng.random() < p_gb else 0) if state == 0 else (0 if rng.random() < p_bg else 1)
+        )
+        seq[i] = (bad if state else good) + rng.normal(0, 1.0)
+    out["gilbert-elliott(20,0)"] = seq
+    if trace is not None:
+        proc = SnrProcess(trace=trace)
+        out[f"trace:{Path(trace).name}"] = np.array(
+            [proc.at(10.0 * i) for i in range(n)]
+        )  # one request per 10 ms
+    return out
+
+
+def realised_accuracy(test: CalibrationTable, snr: np.ndarray) -> np.ndarray:
+    """(N, A): test accuracy of every action at each request's true SNR (linear interpolation)."""
+    return np.stack(
+        [np.interp(snr, test.snrs, test.accuracy[:, a]) for a in range(test.accuracy.shape[1])],
+        axis=1,
+    )
+
+
+def lp_optimum(
+    val: CalibrationTable, snr: np.ndarray, acc: np.ndarray, gamma: np.ndarray, budget: float
+) -> float:
+    """Best randomised stationary policy over the controller's SNR bins (those it can tell apart)."""
+    from scipy.optimize import linprog
+
+    bins = np.searchsorted(val.snrs, snr, side="right") - 1  # -1: below the calibrated range
+    labels = np.unique(bins)
+    S, A = len(labels), acc.shape[1]
+    p = np.array([(bins == b).mean() for b in labels])
+    acc_b = np.stack([acc[bins == b].mean(0) for b in labels])  # (S, A)
+    c = -(p[:, None] * acc_b).ravel()
+    a_ub = (p[:, None] * gamma[None, :]).ravel()[None, :]
+    a_eq = np.kron(np.eye(S), np.ones(A))
+    res = linprog(
+        c, A_ub=a_ub, b_ub=[budget], A_eq=a_eq, b_eq=np.ones(S), bounds=(0, 1), method="highs"
+    )
+    if not res.success:
+        return float("nan")
+    return float(-res.fun)
+
+
+def run_controller(
+    val: CalibrationTable, snr: np.ndarray, acc: np.ndarray, budget: float, V: float, mu: float
+) -> dict[str, Any]:
+    ctl = LyapunovController(val, [Constraint("channel_use", budget, mu)], V=V)
+    n = len(snr)
+    chosen = np.empty(n, int)
+    z = np.empty(n)
+    channel = ChannelState()
+    t0 = time.perf_counter()
+    for t in range(n):
+        a = ctl.choose(float(snr[t]), channel)
+        ctl.update({"channel_use": float(val.channel_use[a])})
+        chosen[t], z[t] = a, ctl.constraints[0].queue
+    decision_us = (time.perf_counter() - t0) / n * 1e6
+    gamma = val.channel_use[chosen]
+    tail = slice(n // 5, None)
+    window = 500
+    running = np.convolve(gamma, np.ones(window) / window, mode="valid")
+    over = np.nonzero(running > budget * 1.01)[0]
+    converged = int(over[-1] + window) if len(over) else window
+    return {
+        "V": V,
+        "mu": mu,
+        "avg_channel_use": float(gamma[tail].mean()),
+        "accuracy": float(acc[np.arange(n), chosen][tail].mean()),
+        "violation": float(max(0.0, gamma[tail].mean() / budget - 1)),
+        "convergence_requests": converged,
+        "decision_us": decision_us,
+        "z": z,
+    }
+
+
+def run(cfg: ControllerBenchConfig) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    model_dir = Path(cfg.model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    val = CalibrationTable.load(model_dir / "calibration.json", manifest["model_hash"])
+    test_rows = [
+        r
+        for r in json.loads((model_dir / "eval.json").read_text())["grid"]
+        if r["method"] == "semlink"
+    ]
+    test = CalibrationTable.from_rows(test_rows)
+    results: dict[str, Any] = {"settings": [], "curves": {}}
+    trajectories: dict[str, Any] = {}
+    for name, snr in tqdm(
+        snr_processes(cfg.requests, cfg.seed, cfg.snr_trace).items(),
+        desc="SNR settings",
+        unit="setting",
+    ):
+        acc = realised_accuracy(test, snr)
+        curve = []
+        for budget in cfg.budgets:
+            runs = [
+                run_controller(val, snr, acc, budget, V, mu) for V in V_SWEEP for mu in MU_SWEEP
+            ]
+            feasible = [r for r in runs if r["avg_channel_use"] <= budget * 1.01] or runs
+            best = max(feasible, key=lambda r: r["accuracy"])
+            fixed = [acc[:, a].mean() for a in range(acc.shape[1]) if val.channel_use[a] <= budget]
+            point = {
+                "setting": name,
+                "budget": budget,
+                "avg_channel_use": best["avg_channel_use"],
+                "accuracy": best["accuracy"],
+                "lp_optimum": lp_optimum(val, snr, acc, val.channel_use, budget),
+                "best_fixed": float(max(fixed)) if fixed else float("nan"),
+                "V": best["V"],
+                "mu": best["mu"],
+                "violation": best["violation"],
+                "convergence_requests": best["convergence_requests"],
+                "decision_us": float(np.median([r["decision_us"] for r in runs])),
+                "all_feasible": all(r["avg_channel_use"] <= budget * 1.01 for r in runs),
+                "sweep": [{k: v for k, v in r.items() if k != "z"} for r in runs],
+            }
+            curve.append(point)
+            if budget == cfg.budget:
+                results["settings"].append(point)
+                trajectories[name] = {
+                    f"V={r['V']:g},mu={r['mu']:g}": r["z"] for r in runs if r["mu"] == best["mu"]
+                }
+        results["curves"][name] = curve
+    results["config"] = {k: v for k, v in cfg.__dict__.items()}
+    plot(results, trajectories, Path(cfg.out))
+    return results
+
+
+def plot(results: dict[str, Any], trajectories: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    name = "gauss(0,7.5)"
+    curve = results["curves"][name]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    b = [p["budget"] for p in curve]
+    ax1.plot(b, [100 * p["lp_optimum"] for p in curve], "k--", label="offline optimum (LP)")
+    ax1.plot(b, [100 * p["accuracy"] for p in curve], "o-", label="Lyapunov (best V, μ)")
+    ax1.plot(b, [100 * p["best_fixed"] for p in curve], "s:", label="best fixed (α, r)")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("channel-use budget γ̄ (per pixel)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_title(f"SNR {name} dB")
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    for label, z in trajectories[name].items():
+        ax2.plot(z, label=label, lw=0.8)
+    ax2.set_xlabel("request")
+    ax2.set_ylabel("virtual queue Z (channel use)")
+    ax2.set_title(f"Z(t) at γ̄ = {results['config']['budget']:g}")
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "controller.png", dpi=110)
+    plt.close(fig)
+
+
+def format_report(results: dict[str, Any]) -> str:
+    lines = [
+        f"Lyapunov controller, budget γ̄ = {results['config']['budget']:g}, {results['config']['requests']} requests "
+        "(decisions: validation table; scores: test table)",
+        f"{'setting':<24} {'avg γ':>8} {'acc %':>7} {'LP %':>7} {'fixed %':>8} {'V':>5} {'mu':>6} {'conv.':>6} {'µs':>6}",
+    ]
+    for p in results["settings"]:
+        lines.append(
+            f"{p['setting']:<24} {p['avg_channel_use']:8.4f} {100 * p['accuracy']:7.1f} {100 * p['lp_optimum']:7.1f} "
+            f"{100 * p['best_fixed']:8.1f} {p['V']:5g} {p['mu']:6g} {p['convergence_requests']:6d} {p['decision_us']:6.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(cfg: ControllerBenchConfig, json_path: str | None) -> int:
+    results = run(cfg)
+    print(format_report(results))
+    print(f"plot: {Path(cfg.out) / 'controller.png'}")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
