@@ -31,9 +31,21 @@ class DemoConfig:
     delay_ms: float = 20.0
     budget: float = 0.25
     controller: str = "fixed"
-    concurrency: int = 1
+    model: str | None = None  # default: digits-vit, or digits-vit-jscc for the lyapunov controller
+    channel_budget: float = 0.02
+    snr_trace: str | None = None
     out: str = "runs/demo"
     seed: int = 0
+
+
+def write_snr_trace(path: Path, seconds: float, seed: int) -> None:
+    """A random walk of the SNR between -10 and 25 dB, one value per 200 ms (``t_ms snr_db``)."""
+    rng = np.random.default_rng(seed + 1)
+    snr, lines = 10.0, []
+    for i in range(int(seconds * 5)):
+        snr = float(np.clip(snr + rng.normal(0, 2.5), -10.0, 25.0))
+        lines.append(f"{i * 200} {snr:.2f}")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -44,39 +56,54 @@ def run_demo(cfg: DemoConfig) -> int:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    model = cfg.model or ("digits-vit-jscc" if cfg.controller == "lyapunov" else "digits-vit")
     uplink = cfg.uplink
     if uplink is None:
         uplink = str(out / "uplink.trace")
-        write_mahimahi(
-            uplink,
-            rates_to_timestamps(
-                synthetic_rates("gilbert-elliott", 120, cfg.seed, low_bps=3e5, high_bps=4e6), 100
-            ),
-        )
+        rates = synthetic_rates("gilbert-elliott", 120, cfg.seed, low_bps=3e5, high_bps=4e6)
+        write_mahimahi(uplink, rates_to_timestamps(rates, 100))
+    snr_trace = cfg.snr_trace
+    if snr_trace is None:
+        snr_trace = str(out / "snr.trace")
+        write_snr_trace(Path(snr_trace), 120, cfg.seed)
     procs = Processes(out)
-    stack = Stack(procs)
+    stack = Stack(procs, model=model)
     try:
         stack.start_all(
-            link_args=("--uplink", uplink, "--rate", "50mbit", "--delay-ms", str(cfg.delay_ms)),
-            device_args=("--budget", str(cfg.budget), "--controller", cfg.controller),
+            link_args=(
+                "--uplink",
+                uplink,
+                "--rate",
+                "50mbit",
+                "--delay-ms",
+                str(cfg.delay_ms),
+                "--snr-trace",
+                snr_trace,
+            ),
+            device_args=(
+                "--budget",
+                str(cfg.budget),
+                "--controller",
+                cfg.controller,
+                "--channel-budget",
+                str(cfg.channel_budget),
+            ),
         )
         ports = stack.ports
         print(
-            f"server gRPC :{ports['grpc']}  link :{ports['link']} (uplink {uplink})  device HTTP :{ports['device']}"
+            f"server gRPC :{ports['grpc']}  link :{ports['link']} (uplink {uplink}, SNR {snr_trace})  "
+            f"device HTTP :{ports['device']}, model {model}, controller {cfg.controller}"
         )
-
         data = load_digits_canvas("test", cfg.seed)
-        n = min(cfg.requests, len(data))
-        url = stack.infer_url()
         rows: list[dict[str, Any]] = []
         t_start = time.perf_counter()
         with httpx.Client(timeout=30.0) as client:
-            for i in tqdm(range(n), desc="demo requests", unit="req"):
+            for i in tqdm(range(min(cfg.requests, len(data))), desc="demo requests", unit="req"):
                 body, headers = build_infer_request(
                     {"image": data.images[i : i + 1]}, request_id=f"demo-{i}"
                 )
                 t0 = time.perf_counter()
-                resp = client.post(url, content=body, headers=headers)
+                resp = client.post(stack.infer_url(), content=body, headers=headers)
                 latency = (time.perf_counter() - t0) * 1000.0
                 if resp.status_code != 200:
                     raise RuntimeError(
@@ -93,13 +120,17 @@ def run_demo(cfg: DemoConfig) -> int:
                         "bytes": p["request_bytes"],
                         "tokens": p["tokens_sent"],
                         "budget": p["budget"],
+                        "rate": p["rate"],
+                        "channel_uses": p.get("channel_uses"),
+                        "snr_db": p.get("channel.snr_db"),
+                        "queue": p.get("controller.Z_channel_use"),
                         "exit": p["exit"],
                         "degraded": p["degraded"],
                         "bandwidth_bps": p.get("channel.bandwidth_bps"),
                         "network_ms": p.get("network_ms", 0.0),
                     }
                 )
-        summary = summarize(rows, cfg, uplink)
+        summary = summarize(rows, cfg, model, uplink)
         (out / "summary.json").write_text(
             json.dumps({"config": asdict(cfg), "summary": summary, "requests": rows}, indent=2)
         )
@@ -113,23 +144,28 @@ def run_demo(cfg: DemoConfig) -> int:
         procs.stop()
 
 
-def summarize(rows: list[dict[str, Any]], cfg: DemoConfig, uplink: str) -> dict[str, Any]:
+def summarize(
+    rows: list[dict[str, Any]], cfg: DemoConfig, model: str, uplink: str
+) -> dict[str, Any]:
     lat = np.array([r["latency_ms"] for r in rows])
-    budgets, counts = np.unique([r["budget"] for r in rows], return_counts=True)
+    decisions, counts = np.unique(
+        [f"α={r['budget']:g}, r={r['rate']:g}" for r in rows], return_counts=True
+    )
+    top = sorted(zip(counts, decisions, strict=True), reverse=True)[:5]
+    uses = [r["channel_uses"] for r in rows if r["channel_uses"] is not None]
     return {
         "requests": len(rows),
+        "model": model,
+        "controller": cfg.controller,
         "accuracy": float(np.mean([r["correct"] for r in rows])),
         "mean_bytes_per_request": float(np.mean([r["bytes"] for r in rows])),
         "mean_tokens_sent": float(np.mean([r["tokens"] for r in rows])),
-        "latency_ms": {
-            "p50": float(np.percentile(lat, 50)),
-            "p95": float(np.percentile(lat, 95)),
-            "p99": float(np.percentile(lat, 99)),
-        },
+        "latency_ms": {q: float(np.percentile(lat, int(q[1:]))) for q in ("p50", "p95", "p99")},
         "offloaded": sum(r["exit"] == "server" for r in rows),
         "degraded": sum(bool(r["degraded"]) for r in rows),
-        "budgets": {f"{b:g}": int(c) for b, c in zip(budgets, counts, strict=True)},
-        "controller": cfg.controller,
+        "decisions": {d: int(c) for c, d in top},
+        "avg_channel_uses": float(np.mean(uses)) if uses else None,
+        "channel_budget": cfg.channel_budget if cfg.controller == "lyapunov" else None,
         "uplink_trace": uplink,
     }
 
@@ -137,7 +173,7 @@ def summarize(rows: list[dict[str, Any]], cfg: DemoConfig, uplink: str) -> dict[
 def print_summary(s: dict[str, Any], out: Path) -> None:
     lat = s["latency_ms"]
     print(
-        f"\nsemlink demo: {s['requests']} requests, controller {s['controller']}, uplink {s['uplink_trace']}"
+        f"\nsemlink demo: {s['requests']} requests, model {s['model']}, controller {s['controller']}, uplink {s['uplink_trace']}"
     )
     print(f"  accuracy          {100 * s['accuracy']:.1f} %")
     print(
@@ -146,9 +182,11 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     print(
         f"  latency           p50 {lat['p50']:.1f} ms   p95 {lat['p95']:.1f} ms   p99 {lat['p99']:.1f} ms"
     )
-    print(
-        f"  decisions         offloaded {s['offloaded']}, degraded {s['degraded']}, budgets {s['budgets']}"
-    )
+    print(f"  answered          {s['offloaded']} by the server, {s['degraded']} degraded (locally)")
+    print(f"  decisions         {', '.join(f'{d}: {c}' for d, c in s['decisions'].items())}")
+    if s["avg_channel_uses"] is not None:
+        budget = f" (budget {s['channel_budget']:g})" if s["channel_budget"] is not None else ""
+        print(f"  channel uses      {s['avg_channel_uses']:.4f} per pixel on average{budget}")
     print(f"  written           {out / 'summary.json'}, {out / 'timeline.png'}")
 
 
@@ -159,7 +197,9 @@ def plot_timeline(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     t = [r["t_s"] for r in rows]
-    fig, axes = plt.subplots(4, 1, figsize=(8, 8), sharex=True)
+    jscc = any(r["channel_uses"] is not None for r in rows)
+    panels = 6 if jscc else 4
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 2 * panels), sharex=True)
     axes[0].plot(t, [(r["bandwidth_bps"] or 0) / 1e6 for r in rows])
     axes[0].set_ylabel("link Mbit/s")
     axes[1].plot(t, [r["bytes"] for r in rows], ".")
@@ -168,7 +208,15 @@ def plot_timeline(rows: list[dict[str, Any]], path: Path) -> None:
     axes[2].set_ylabel("latency ms")
     axes[3].plot(t, np.cumsum([r["correct"] for r in rows]) / np.arange(1, len(rows) + 1))
     axes[3].set_ylabel("accuracy so far")
-    axes[3].set_xlabel("time (s)")
+    if jscc:
+        axes[4].plot(t, [r["snr_db"] for r in rows])
+        axes[4].set_ylabel("SNR dB")
+        uses = np.array([r["channel_uses"] or 0.0 for r in rows])
+        axes[5].plot(t, uses, ".", label="per request")
+        axes[5].plot(t, np.cumsum(uses) / np.arange(1, len(rows) + 1), label="running average")
+        axes[5].set_ylabel("channel uses / px")
+        axes[5].legend(fontsize=7)
+    axes[-1].set_xlabel("time (s)")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle("semlink demo timeline")

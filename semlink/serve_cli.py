@@ -201,8 +201,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--delay-ms", type=float, default=20.0)
     p.add_argument("--budget", type=float, default=0.25)
-    p.add_argument("--controller", default="fixed")
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--controller", default="fixed", choices=["fixed", "lyapunov"])
+    p.add_argument(
+        "--model", default=None, help="default: digits-vit (fixed) or digits-vit-jscc (lyapunov)"
+    )
+    p.add_argument(
+        "--channel-budget",
+        type=float,
+        default=0.02,
+        help="lyapunov: average channel uses per pixel",
+    )
+    p.add_argument(
+        "--snr-trace", default=None, help="'t_ms snr_db' file (default: a generated random walk)"
+    )
     p.add_argument(
         "--out", default="runs/demo", help="folder for the summary JSON and timeline PNG"
     )

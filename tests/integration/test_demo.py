@@ -19,3 +19,30 @@ def test_demo_runs_end_to_end(tmp_path):
     assert summary["requests"] == 8 and summary["offloaded"] + summary["degraded"] == 8
     assert summary["mean_bytes_per_request"] > 0
     assert (out / "timeline.png").stat().st_size > 1000
+
+
+def test_demo_with_the_lyapunov_controller(tmp_path):
+    out = tmp_path / "demo-lyapunov"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semlink.cli",
+            "demo",
+            "--controller",
+            "lyapunov",
+            "--channel-budget",
+            "0.02",
+            "--requests",
+            "6",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["model"] == "digits-vit-jscc" and summary["channel_budget"] == 0.02
+    assert summary["avg_channel_uses"] > 0 and "channel uses" in proc.stdout

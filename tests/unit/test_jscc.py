@@ -97,7 +97,7 @@ def test_calibration_is_on_validation_and_versioned(tiny_jscc, tmp_path):
     with pytest.raises(ValueError, match="validation split"):
         calibrate(tiny_jscc, load_digits_canvas("test"), "abc")
     table = calibrate(tiny_jscc, val, "abc")
-    assert len(table["grid"]) == 9 * 6 * 6 and table["split"] == "val"
+    assert len(table["grid"]) == 11 * 6 * 6 and table["split"] == "val"
     assert {"snr_db", "alpha", "rate", "channel_uses", "accuracy"} <= set(table["grid"][0])
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps(table))
