@@ -107,9 +107,8 @@ class DeviceService:
             P.REQUEST_ID: request_id,
         }
         snr = params.get(P.SNR_DB, channel.snr_db)
-        if (
-            payload.symbols_per_token is not None and snr is not None
-        ):  # the receiver simulates this channel
+        if payload.symbols_per_token is not None and snr is not None:
+            # JSCC symbols: the receiver simulates this channel at this SNR
             wire_params.update({P.SNR_DB: float(snr), P.CHANNEL: self.settings.channel})
         request = build_request(
             self.model.name, self.model.version, request_id, payload.wire, wire_params

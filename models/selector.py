@@ -66,3 +66,20 @@ def hard_keep_mask(key: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     k = torch.ceil(alpha * n - 1e-6).clamp(min=1, max=n)  # (B,)
     ranks = key.argsort(dim=1, descending=True).argsort(dim=1)  # rank of each token, 0 = best
     return (ranks < k[:, None]).to(key.dtype)
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Hinton KD: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean."""
+    t = temperature
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, 1),
+            F.log_softmax(teacher / t, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * t
+        * t
+    )

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from models import checkpoint, semcom
 from models.data import load_dataset
 from models.jscc import JSCCConfig, symbols_kept
-from models.selector import hard_keep_mask, sample_budgets
+from models.selector import distillation_loss, hard_keep_mask, sample_budgets
 from models.semcom import SemComModel
 from models.vit import config_from_dict
 
@@ -145,17 +145,7 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
             logits = model.vit.forward_tail(received, keep)
             err = ((received - sent) ** 2).mean(-1) / (sent**2).mean(-1).clamp_min(1e-6)  # (B, N)
             rec = (err * keep).sum() / keep.sum()
-            t = cfg.kd_temperature
-            kd = (
-                F.kl_div(
-                    F.log_softmax(logits / t, 1),
-                    F.log_softmax(t_logits / t, 1),
-                    log_target=True,
-                    reduction="batchmean",
-                )
-                * t
-                * t
-            )
+            kd = distillation_loss(logits, t_logits, cfg.kd_temperature)
             loss = F.cross_entropy(logits, y) + cfg.w_kd * kd + cfg.w_rec * rec
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from models import checkpoint
 from models.data import Dataset, load_dataset
-from models.selector import budget_loss, hard_keep_mask, sample_budgets
+from models.selector import budget_loss, distillation_loss, hard_keep_mask, sample_budgets
 from models.vit import SelectorViT, ViTConfig, num_kept
 
 log = logging.getLogger(__name__)
@@ -214,17 +214,7 @@ class Trainer:
         keep = hard_keep_mask(out.key.detach(), alpha)  # dropped patches masked out = removed
         logits = self.model.forward_tail(out.tokens[:, 1:], keep)
         ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        t = cfg.kd_temperature
-        kd = (
-            F.kl_div(
-                F.log_softmax(logits / t, 1),
-                F.log_softmax(t_logits / t, 1),
-                log_target=True,
-                reduction="batchmean",
-            )
-            * t
-            * t
-        )
+        kd = distillation_loss(logits, t_logits, cfg.kd_temperature)
         rank = sum(
             -(importance * F.log_softmax(k / cfg.rank_tau, 1)).sum(1).mean() for k in out.keys
         )
