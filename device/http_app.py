@@ -10,7 +10,7 @@ from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 from device.service import Answer, DeviceService
 from protocol.codec import TensorError
 from protocol.http_codec import HEADER_LENGTH, build_infer_response, parse_infer_body, wants_binary
-from semlink import http_errors
+from semlink import http_errors, metrics
 from semlink.http_errors import ClientError
 
 
@@ -31,6 +31,7 @@ def create_app(service: DeviceService) -> FastAPI:
     settings = service.settings
     app = FastAPI(title="semlink device", version="0.1.0")
     http_errors.install(app, settings.max_body_bytes)
+    metrics.mount(app, service.metrics.registry)
     name = service.model.name
 
     def check_model(model_name: str, version: str = "") -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from device.channel_state import ChannelMonitor
 from device.client import ServerClient, build_request
 from device.controller import Controller, Decision, make_controller
+from device.metrics import DeviceMetrics
 from device.pipeline import DevicePipeline
 from device.settings import DeviceSettings
 from protocol import params as P
@@ -68,6 +69,7 @@ class DeviceService:
         self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
         self.client = ServerClient(settings.server)
         self.counts = {"requests": 0, "offloaded": 0, "degraded": 0}
+        self.metrics = DeviceMetrics(self.model.name)
 
     async def start(self) -> None:
         self.monitor.start()
@@ -155,7 +157,7 @@ class DeviceService:
             "latency_ms": timing["total_ms"],
         }
         self.controller.observe(decision, outcome)
-        return Answer(
+        answer = Answer(
             request_id=request_id,
             label=int(probs.argmax()),
             probabilities=[float(p) for p in probs],
@@ -176,6 +178,8 @@ class DeviceService:
             controller={"name": self.controller.name, **self.controller.state()},
             timing_ms=timing,
         )
+        self.metrics.record(answer)
+        return answer
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -6,11 +6,14 @@ import asyncio
 import logging
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.link import Direction, LinkEmulator, SnrProcess
 from protocol.traces import ConstantSchedule, Schedule, load_trace, parse_rate
+from semlink import metrics
 from semlink.runner import serve_until_signal, uvicorn_server
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,49 @@ class LinkSettings(BaseSettings):
     snr_db: float = Field(20.0, ge=-50.0, le=100.0, description="SNR reported without an SNR trace")
     snr_trace: str | None = Field(None, description="file of 't_ms snr_db' lines")
     state_port: int = Field(9002, ge=0, le=65535, description="HTTP port of GET /state")
+
+
+class LinkCollector:
+    """Prometheus view of the link's state, read at scrape time."""
+
+    def __init__(self, link: LinkEmulator) -> None:
+        self.link = link
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        state = self.link.state()
+        capacity = GaugeMetricFamily(
+            "semlink_link_capacity_bits_per_second",
+            "Schedule capacity over the last second",
+            labels=["direction"],
+        )
+        throughput = GaugeMetricFamily(
+            "semlink_link_throughput_bits_per_second",
+            "Bytes delivered over the last second",
+            labels=["direction"],
+        )
+        queued = GaugeMetricFamily(
+            "semlink_link_queued_bytes", "Bytes waiting in the queue", labels=["direction"]
+        )
+        delivered = CounterMetricFamily(
+            "semlink_link_delivered_bytes", "Bytes delivered", labels=["direction"]
+        )
+        for d in ("uplink", "downlink"):
+            capacity.add_metric([d], state[d]["capacity_bps"])
+            throughput.add_metric([d], state[d]["throughput_bps"])
+            queued.add_metric([d], state[d]["queued_bytes"])
+            delivered.add_metric([d], state[d]["delivered_bytes"])
+        yield from (capacity, throughput, queued, delivered)
+        yield GaugeMetricFamily(
+            "semlink_link_snr_db", "SNR the link reports", value=state["snr_db"]
+        )
+        yield GaugeMetricFamily(
+            "semlink_link_rtt_seconds", "Round-trip time estimate", value=state["rtt_ms"] / 1000.0
+        )
+        yield GaugeMetricFamily(
+            "semlink_link_connections_active",
+            "Open proxied connections",
+            value=state["connections_active"],
+        )
 
 
 def schedule_from(trace: str | None, rate: str | None) -> Schedule:
@@ -62,6 +108,9 @@ async def serve(settings: LinkSettings) -> None:
     app = FastAPI(title="semlink link emulator")
     app.get("/state")(link.state)
     app.get("/health")(lambda: {"live": True})
+    registry = CollectorRegistry()
+    registry.register(LinkCollector(link))
+    metrics.mount(app, registry)
     host, port = split_address(listen)
     http = uvicorn_server(app, host, state_port)
     servers: list = []

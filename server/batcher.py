@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -53,6 +54,7 @@ class DynamicBatcher:
         max_batch_size: int = 16,
         max_queue_delay_ms: float = 0.0,
         max_queue: int = 1024,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -62,6 +64,7 @@ class DynamicBatcher:
         self.max_delay = max_queue_delay_ms / 1000.0
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
         self.stats = BatchStats()
+        self.on_batch = on_batch
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -117,6 +120,8 @@ class DynamicBatcher:
             self.stats.batches += 1
             self.stats.requests += len(batch)
             self.stats.size_histogram[len(batch)] = self.stats.size_histogram.get(len(batch), 0) + 1
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             for i, it in enumerate(batch):
                 if not it.future.done():
                     it.future.set_result((logits[i], started - it.enqueued))

@@ -19,6 +19,7 @@ from models import channel
 from protocol import params as P
 from protocol.codec import PackedTokens, TensorError, token_format_of, unpack_tokens
 from server.batcher import DynamicBatcher
+from server.metrics import ServerMetrics
 from server.repository import ModelVersion, resolve, scan
 from server.settings import ServerSettings
 
@@ -38,6 +39,7 @@ class InferenceCore:
         self.ready = False
         self.in_flight = 0
         self.rng = np.random.default_rng()  # channel noise applied at the receiver
+        self.metrics = ServerMetrics()
 
     async def load(self) -> None:
         """Scans the repository and opens one tail session and batcher per model version."""
@@ -52,6 +54,7 @@ class InferenceCore:
                     max_batch_size=self.settings.max_batch_size,
                     max_queue_delay_ms=self.settings.max_queue_delay_ms,
                     max_queue=self.settings.max_queue,
+                    on_batch=self.metrics.batch.labels(name).observe,
                 )
                 batcher.start()
                 self.batchers[(name, version)] = batcher
@@ -97,6 +100,9 @@ class InferenceCore:
         logits = np.stack([r[0] for r in results]).astype(np.float32)
         queue_ms = 1000.0 * max(r[1] for r in results)
         total_ms = 1000.0 * (time.perf_counter() - started)
+        self.metrics.requests.labels(mv.name, "ok").inc()
+        self.metrics.latency.labels(mv.name).observe(total_ms / 1000.0)
+        self.metrics.tokens.labels(mv.name).inc(int(tokens.shape[0] * tokens.shape[1]))
         return (
             mv,
             {"logits": logits},

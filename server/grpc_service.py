@@ -56,7 +56,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        mv = await self._guard(context, self.core.model, request.name, request.version)
+        mv = await self._guard(
+            context, request.name, self.core.model, request.name, request.version
+        )
         T = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=mv.name,
@@ -84,10 +86,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        inputs = await self._guard(context, decode_inputs, request)
+        inputs = await self._guard(context, request.model_name, decode_inputs, request)
         params = {k: param_value(v) for k, v in request.parameters.items()}
         mv, outputs, extra = await self._guard(
-            context, self.core.infer, request.model_name, request.model_version, inputs, params
+            context,
+            request.model_name,
+            self.core.infer,
+            request.model_name,
+            request.model_version,
+            inputs,
+            params,
         )
         response = pb.ModelInferResponse(
             model_name=mv.name, model_version=mv.version, id=request.id
@@ -99,8 +107,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             set_param(response.parameters, k, v)
         return response
 
-    @staticmethod
-    async def _guard(context: grpc.aio.ServicerContext, fn, *args: Any) -> Any:  # type: ignore[no-untyped-def]
+    async def _guard(self, context: grpc.aio.ServicerContext, model: str, fn, *args: Any) -> Any:  # type: ignore[no-untyped-def]
         """Maps failures to status codes: bad input, unknown model, not ready, overload, bug."""
         try:
             result = fn(*args)
@@ -108,18 +115,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 result = await result
             return result
         except (TensorError, ParameterError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except ModelNotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            code, message = grpc.StatusCode.NOT_FOUND, str(exc)
         except NotReady as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
         except QueueFull as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
         except Exception:
             log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal server error (logged on the server)"
-            )
+            code, message = grpc.StatusCode.INTERNAL, "internal server error (logged on the server)"
+        self.core.metrics.requests.labels(
+            getattr(args[0], "model_name", "") if args else "", code.name.lower()
+        ).inc()
+        await context.abort(code, message)
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request, Response
 
 from protocol.http_codec import HEADER_LENGTH, build_infer_response, parse_infer_body, wants_binary
-from semlink import http_errors
+from semlink import http_errors, metrics
 from semlink.http_errors import ClientError
 from server.batcher import QueueFull
 from server.core import InferenceCore, NotReady
@@ -18,6 +18,7 @@ RETRY_AFTER = {"Retry-After": "1"}
 def create_app(core: InferenceCore) -> FastAPI:
     app = FastAPI(title="semlink edge server", version=SERVER_VERSION)
     http_errors.install(app, core.settings.max_message_bytes)
+    metrics.mount(app, core.metrics.registry)
 
     def model(name: str, version: str = "") -> ModelVersion:
         try:

@@ -1,0 +1,106 @@
+"""The device's Prometheus metrics: what each request sent and cost, and the controller's state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from semlink.metrics import FRACTION_BUCKETS, LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from device.service import Answer
+
+
+class DeviceMetrics:
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "semlink_device_requests",
+            "Answers given, by where they came from",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "semlink_device_request_duration_seconds",
+            "End-to-end time on the device",
+            ["model", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "semlink_device_tokens_sent", "Patch tokens sent to the server", ["model"], registry=r
+        )
+        self.payload = Counter(
+            "semlink_device_payload_bytes", "Raw tensor bytes sent", ["model"], registry=r
+        )
+        self.request_bytes = Counter(
+            "semlink_device_request_bytes",
+            "Serialised gRPC request bytes sent",
+            ["model"],
+            registry=r,
+        )
+        self.budget = Histogram(
+            "semlink_device_budget_ratio",
+            "Token budget alpha chosen",
+            ["model"],
+            buckets=FRACTION_BUCKETS,
+            registry=r,
+        )
+        self.rate = Histogram(
+            "semlink_device_rate_ratio",
+            "JSCC rate r chosen",
+            ["model"],
+            buckets=FRACTION_BUCKETS,
+            registry=r,
+        )
+        self.channel_uses = Histogram(
+            "semlink_device_channel_uses_ratio",
+            "JSCC channel uses per pixel",
+            ["model"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.5),
+            registry=r,
+        )
+        self.queue = Gauge(
+            "semlink_device_virtual_queue",
+            "Controller virtual queue Z",
+            ["model", "constraint"],
+            registry=r,
+        )
+        self.bandwidth = Gauge(
+            "semlink_device_link_bandwidth_bits_per_second",
+            "Link bandwidth reported by the link",
+            registry=r,
+        )
+        self.snr = Gauge(
+            "semlink_device_link_snr_db", "Channel SNR reported by the link", registry=r
+        )
+        self.rtt = Gauge(
+            "semlink_device_link_rtt_seconds", "Round-trip time reported by the link", registry=r
+        )
+
+    def record(self, a: Answer) -> None:
+        outcome = "degraded" if a.degraded else a.exit
+        m = self.model
+        self.requests.labels(m, outcome).inc()
+        self.latency.labels(m, outcome).observe(a.timing_ms["total_ms"] / 1000.0)
+        self.tokens.labels(m).inc(a.tokens_sent)
+        self.payload.labels(m).inc(a.payload_bytes)
+        self.request_bytes.labels(m).inc(a.request_bytes)
+        self.budget.labels(m).observe(a.budget)
+        self.rate.labels(m).observe(a.rate)
+        if a.channel_uses is not None:
+            self.channel_uses.labels(m).observe(a.channel_uses)
+        for key, value in a.controller.items():
+            if key.startswith("Z_"):
+                self.queue.labels(m, key[2:]).set(value)
+        self._channel(a.channel)
+
+    def _channel(self, c: dict[str, Any]) -> None:
+        if c.get("bandwidth_bps") is not None:
+            self.bandwidth.set(c["bandwidth_bps"])
+        if c.get("snr_db") is not None:
+            self.snr.set(c["snr_db"])
+        if c.get("rtt_ms") is not None:
+            self.rtt.set(c["rtt_ms"] / 1000.0)
