@@ -89,7 +89,8 @@ class DeviceMetrics:
         self.payload.labels(m).inc(a.payload_bytes)
         self.request_bytes.labels(m).inc(a.request_bytes)
         self.budget.labels(m).observe(a.budget)
-        self.rate.labels(m).observe(a.rate)
+        if a.rate is not None:
+            self.rate.labels(m).observe(a.rate)
         if a.channel_uses is not None:
             self.channel_uses.labels(m).observe(a.channel_uses)
         for key, value in a.controller.items():

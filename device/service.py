@@ -41,7 +41,7 @@ class Answer:
     degraded: bool
     degraded_reason: str | None
     budget: float
-    rate: float
+    rate: float | None  # JSCC rate r; None for plain-token pipelines (no rate applies)
     split: int
     tokens_sent: int
     symbols_per_token: int | None  # JSCC: complex symbols per token (m)
@@ -165,7 +165,7 @@ class DeviceService:
             degraded=degraded,
             degraded_reason=reason if degraded else None,
             budget=decision.budget,
-            rate=decision.rate,
+            rate=decision.rate if payload.symbols_per_token is not None else None,
             split=int(self.model.manifest["splits"][0]),
             tokens_sent=int(indices.shape[1]) if offloaded else 0,
             symbols_per_token=payload.symbols_per_token,

@@ -149,7 +149,11 @@ def summarize(
 ) -> dict[str, Any]:
     lat = np.array([r["latency_ms"] for r in rows])
     decisions, counts = np.unique(
-        [f"α={r['budget']:g}, r={r['rate']:g}" for r in rows], return_counts=True
+        [
+            f"α={r['budget']:g}" + (f", r={r['rate']:g}" if r["rate"] is not None else "")
+            for r in rows
+        ],
+        return_counts=True,
     )
     top = sorted(zip(counts, decisions, strict=True), reverse=True)[:5]
     uses = [r["channel_uses"] for r in rows if r["channel_uses"] is not None]
