@@ -113,12 +113,13 @@ async def serve(settings: LinkSettings) -> None:
     metrics.mount(app, registry)
     host, port = split_address(listen)
     http = uvicorn_server(app, host, state_port)
-    servers: list = []
+    proxy: asyncio.AbstractServer | None = None
+    http_task: asyncio.Task | None = None
 
     async def start() -> None:
-        server, bound = await link.start(host, port)
-        servers.append(server)
-        servers.append(asyncio.ensure_future(http.serve()))
+        nonlocal proxy, http_task
+        proxy, bound = await link.start(host, port)
+        http_task = asyncio.ensure_future(http.serve())
         log.info(
             "link ready: %s:%d -> %s, uplink %.3f Mbit/s avg, downlink %.3f Mbit/s avg, delay %g ms, state on :%d",
             host,
@@ -131,8 +132,10 @@ async def serve(settings: LinkSettings) -> None:
         )
 
     async def stop() -> None:
-        servers[0].close()
+        if proxy is not None:
+            proxy.close()
         http.should_exit = True
-        await servers[1]
+        if http_task is not None:
+            await http_task
 
     await serve_until_signal(start, stop)
