@@ -179,6 +179,29 @@ class DeviceService:
             timing_ms=timing,
         )
         self.metrics.record(answer)
+        log.info(
+            "request %s: %s, %d tokens, %d B, %.1f ms",
+            request_id,
+            "degraded" if degraded else answer.exit,
+            answer.tokens_sent,
+            answer.request_bytes,
+            timing["total_ms"],
+            extra={
+                "request": {
+                    "request_id": request_id,
+                    "model": self.model.name,
+                    "exit": answer.exit,
+                    "degraded": degraded,
+                    "budget": answer.budget,
+                    "rate": answer.rate,
+                    "tokens_sent": answer.tokens_sent,
+                    "request_bytes": answer.request_bytes,
+                    "channel_uses": answer.channel_uses,
+                    "snr_db": answer.snr_db,
+                    **timing,
+                }
+            },
+        )
         return answer
 
 

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from semlink import logs
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
 DEFAULT_JSCC_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit-jscc" / "1"
 
@@ -244,6 +246,9 @@ def _zoo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semlink", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="json: one object per line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
@@ -345,9 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level, args.log_format)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:

@@ -103,6 +103,25 @@ class InferenceCore:
         self.metrics.requests.labels(mv.name, "ok").inc()
         self.metrics.latency.labels(mv.name).observe(total_ms / 1000.0)
         self.metrics.tokens.labels(mv.name).inc(int(tokens.shape[0] * tokens.shape[1]))
+        request_id = parameters.get(P.REQUEST_ID, "")
+        log.info(
+            "request %s: %s v%s, %d tokens, %.2f ms",
+            request_id,
+            mv.name,
+            mv.version,
+            tokens.shape[1],
+            total_ms,
+            extra={
+                "request": {
+                    "request_id": request_id,
+                    "model": mv.name,
+                    "version": mv.version,
+                    "tokens": int(tokens.shape[1]),
+                    "queue_ms": queue_ms,
+                    "total_ms": total_ms,
+                }
+            },
+        )
         return (
             mv,
             {"logits": logits},
