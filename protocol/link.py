@@ -191,6 +191,15 @@ class LinkEmulator:
         server = await asyncio.start_server(self._handle, host, port)
         return server, server.sockets[0].getsockname()[1]
 
+    async def close(self) -> None:
+        """Stops shaping: cancels every pump, deliverer and shaper and waits for them; the
+        connection handlers then close both sockets of their connections."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # let the connection handlers run their finally blocks
+
     def _spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)

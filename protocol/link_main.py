@@ -134,6 +134,7 @@ async def serve(settings: LinkSettings) -> None:
     async def stop() -> None:
         if proxy is not None:
             proxy.close()
+        await link.close()
         http.should_exit = True
         if http_task is not None:
             await http_task

@@ -59,8 +59,10 @@ async def measure(
     state = link.state()
     feeder.cancel()
     writer.close()
+    await link.close()
     server.close()
     upstream.close()
+    await asyncio.gather(server.wait_closed(), upstream.wait_closed(), return_exceptions=True)
     return {
         "measured_bps": measured,
         "first_byte_ms": (first[0] - t0) * 1000.0 if first else float("nan"),
