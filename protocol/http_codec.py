@@ -46,6 +46,8 @@ def parse_infer_body(
         or not request["inputs"]
     ):
         raise TensorError('request must be a JSON object with a non-empty "inputs" list')
+    if not isinstance(request.get("parameters", {}), dict):
+        raise TensorError('"parameters" must be a JSON object, e.g. {"budget": 0.25}')
     tensors: dict[str, tuple[str, np.ndarray]] = {}
     offset = 0
     for spec in request["inputs"]:

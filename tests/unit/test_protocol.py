@@ -60,6 +60,14 @@ def test_binary_http_round_trip_and_errors():
         parse_infer_body(b"{nope", None)
     with pytest.raises(TensorError, match="must be an integer"):
         parse_infer_body(body, "abc")
+    bad = json.dumps(
+        {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}],
+            "parameters": [1],
+        }
+    )
+    with pytest.raises(TensorError, match="must be a JSON object"):
+        parse_infer_body(bad.encode(), None)
     out, hdr = build_infer_response(
         "m", "1", "r1", {"logits": np.ones((1, 3), np.float32)}, {}, binary=True
     )
