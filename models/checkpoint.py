@@ -35,15 +35,19 @@ def load(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], path: str | Path) -> None:
+    """Loads ``state_dict`` strictly, naming the file when it does not fit the architecture."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{path} does not hold a {type(model).__name__} of the architecture its config describes: {exc}"
+        ) from exc
+
+
 def load_selector_vit(path: str | Path) -> tuple[SelectorViT, dict[str, Any]]:
     """Rebuilds the model from its stored config and loads the weights strictly."""
     ckpt = load(path)
     model = SelectorViT(config_from_dict(ckpt["config"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path} does not hold a SelectorViT of the architecture its config describes: {exc}"
-        ) from exc
-    model.eval()
-    return model, ckpt
+    load_weights(model, ckpt["state_dict"], path)
+    return model.eval(), ckpt

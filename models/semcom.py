@@ -92,12 +92,7 @@ def load(path: str | Path) -> tuple[SemComModel, dict[str, Any]]:
             f"{path} is not a JSCC checkpoint (config needs 'vit' and 'jscc'); train one with `semlink train jscc`"
         )
     model = SemComModel(config_from_dict(cfg["vit"]), JSCCConfig(**cfg["jscc"]))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path} does not match the architecture its config describes: {exc}"
-        ) from exc
+    checkpoint.load_weights(model, ckpt["state_dict"], path)
     return model.eval(), ckpt
 
 

@@ -84,10 +84,12 @@ def _eval_selector(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_selector(args: argparse.Namespace) -> int:
-    from models.export import export_selector_pipeline
+def _export(args: argparse.Namespace) -> int:
+    """``semlink export selector|jscc``: ONNX head and tail, manifest, weights-only checkpoint."""
+    from models.export import export_jscc_pipeline, export_selector_pipeline
 
-    manifest = export_selector_pipeline(args.checkpoint, args.out)
+    exporter = export_jscc_pipeline if args.what == "jscc" else export_selector_pipeline
+    manifest = exporter(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
     return 0
 
@@ -116,14 +118,6 @@ def _train_jscc(args: argparse.Namespace) -> int:
         return 0
     metrics = train_jscc(config(args.fixed_rate), args.out, resume=args.resume)
     print(f"checkpoint: {args.out} ({metrics['train_seconds']:.0f} s)")
-    return 0
-
-
-def _export_jscc(args: argparse.Namespace) -> int:
-    from models.export import export_jscc_pipeline
-
-    manifest = export_jscc_pipeline(args.checkpoint, args.out)
-    print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
     return 0
 
 
@@ -285,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ex.add_parser("selector", help="device head and server tail of a selector checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default=str(DEFAULT_MODEL_DIR), help="model repository version folder")
-    p.set_defaults(func=_export_selector)
+    p.set_defaults(func=_export)
 
     p = train.add_parser("jscc", help="the nested JSCC coder on a trained selector")
     p.add_argument("--selector-checkpoint", default=str(DEFAULT_MODEL_DIR / "checkpoint.pt"))
@@ -309,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ex.add_parser("jscc", help="head with JSCC encoder, tail with JSCC decoder")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default=str(DEFAULT_JSCC_DIR))
-    p.set_defaults(func=_export_jscc)
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("calibrate", help="accuracy / channel-use table on the validation split")
     _add_data_args(p)
