@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 
+from device.pipeline import decode_image
 from device.service import Answer, DeviceService
 from protocol.codec import TensorError
 from protocol.http_codec import HEADER_LENGTH, build_infer_response, parse_infer_body, wants_binary
@@ -21,6 +22,10 @@ def answer_parameters(a: Answer) -> dict[str, Any]:
     }
     out.pop("label", None)
     out["kept_indices"] = ",".join(map(str, a.kept_indices))
+    if a.exits:  # early-exit networks: what happened at each device exit reached
+        out["exit_index"] = a.exits[-1]["exit"]
+        out["exit_confidences"] = ",".join(f"{e['confidence']:.4f}" for e in a.exits)
+        out["exit_actions"] = ",".join(e["action"] for e in a.exits)
     for group in ("channel", "controller", "timing_ms"):
         for k, v in getattr(a, group).items():
             out[f"{group}.{k}" if group != "timing_ms" else k] = v
@@ -124,7 +129,7 @@ def create_app(service: DeviceService) -> FastAPI:
         data = await image.read(settings.max_body_bytes + 1)
         if len(data) > settings.max_body_bytes:
             raise ClientError(413, f"image exceeds the limit of {settings.max_body_bytes} bytes")
-        arr = service.pipeline.decode_image(data, settings.max_image_pixels)
+        arr = decode_image(data, service.model.image_shape, settings.max_image_pixels)
         return (
             await service.classify(arr, {"budget": budget, "deadline_ms": deadline_ms})
         ).as_dict()

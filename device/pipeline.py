@@ -76,32 +76,35 @@ class DevicePipeline:
         """Logits (1, classes) computed on the device from :attr:`Payload.local`."""
         return run_tail(self.tail, local, np.ones(local.shape[:2], np.float32), self.payload_name)
 
-    def check_image(self, image: np.ndarray) -> np.ndarray:
-        expected = (1, *self.model.image_shape)
-        if image.shape != expected:
-            raise TensorError(
-                f"input 'image' must have shape {list(expected)} (normalised FP32), got {list(image.shape)}"
-            )
-        image = image.astype(np.float32)
-        if not np.isfinite(image).all():
-            raise TensorError("input 'image' holds NaN or infinite values")
-        return image
 
-    def decode_image(self, data: bytes, max_pixels: int) -> np.ndarray:
-        """A PNG/JPEG upload -> normalised (1, C, H, W), resized to the model's input."""
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > max_pixels:
-                    raise TensorError(
-                        f"image of {img.width}x{img.height} exceeds the limit of {max_pixels} pixels"
-                    )
-                c, h, w = self.model.image_shape
-                resized = img.convert("L" if c == 1 else "RGB").resize(
-                    (w, h), Image.Resampling.BILINEAR
+def check_image(image: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """The image as float32 (1, C, H, W), or a :class:`TensorError` naming the expected form."""
+    expected = (1, *image_shape)
+    if image.shape != expected:
+        raise TensorError(
+            f"input 'image' must have shape {list(expected)} (normalised FP32), got {list(image.shape)}"
+        )
+    image = image.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise TensorError("input 'image' holds NaN or infinite values")
+    return image
+
+
+def decode_image(data: bytes, image_shape: tuple[int, int, int], max_pixels: int) -> np.ndarray:
+    """A PNG/JPEG upload -> normalised (1, C, H, W), resized to the model's input."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise TensorError(
+                    f"image of {img.width}x{img.height} exceeds the limit of {max_pixels} pixels"
                 )
-                arr = np.asarray(resized, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
-            raise TensorError(f"the upload is not a decodable PNG or JPEG image: {exc}") from None
-        if c == 1:
-            return ((arr - DIGITS_MEAN) / DIGITS_STD)[None, None].astype(np.float32)
-        return ((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)
+            c, h, w = image_shape
+            resized = img.convert("L" if c == 1 else "RGB").resize(
+                (w, h), Image.Resampling.BILINEAR
+            )
+            arr = np.asarray(resized, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TensorError(f"the upload is not a decodable PNG or JPEG image: {exc}") from None
+    if c == 1:
+        return ((arr - DIGITS_MEAN) / DIGITS_STD)[None, None].astype(np.float32)
+    return ((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)

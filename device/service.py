@@ -18,9 +18,10 @@ import numpy as np
 
 from device.channel_state import ChannelMonitor
 from device.client import ServerClient, build_request
-from device.controller import Controller, Decision, make_controller
+from device.controller import Controller, Decision, ExitState, make_controller
+from device.early_exit import EarlyExitPipeline
 from device.metrics import DeviceMetrics
-from device.pipeline import DevicePipeline
+from device.pipeline import DevicePipeline, check_image
 from device.settings import DeviceSettings
 from protocol import params as P
 from server.repository import resolve, scan
@@ -53,6 +54,8 @@ class Answer:
     channel: dict[str, Any]
     controller: dict[str, Any]
     timing_ms: dict[str, float] = field(default_factory=dict)
+    # early-exit networks: each device exit reached, its confidence and the controller's action
+    exits: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +67,11 @@ class DeviceService:
         self.model = resolve(
             scan(settings.model_repository), settings.model_name, settings.model_version
         )
-        self.pipeline = DevicePipeline(self.model)
+        self.exits: EarlyExitPipeline | None = None
+        if self.model.is_early_exit:
+            self.exits = EarlyExitPipeline(self.model)
+        else:
+            self.pipeline = DevicePipeline(self.model)
         self.controller: Controller = make_controller(settings, self.model)
         self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
         self.client = ServerClient(settings.server)
@@ -91,7 +98,9 @@ class DeviceService:
     async def classify(self, image: np.ndarray, raw_params: dict[str, Any]) -> Answer:
         t0 = time.perf_counter()
         params = self.request_params(raw_params)
-        image = self.pipeline.check_image(image)
+        image = check_image(image, self.model.image_shape)
+        if self.exits is not None:
+            return await self._classify_early_exit(image, params, t0)
         request_id = params.get(P.REQUEST_ID) or uuid.uuid4().hex
         deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
         channel = self.monitor.current
@@ -120,26 +129,9 @@ class DeviceService:
         payload_bytes = sum(len(r) for r in request.raw_input_contents)
         request_bytes = request.ByteSize()
         if decision.offload:
-            remaining_s = (deadline_ms - timing["device_head_ms"] - SAFETY_MS) / 1000.0
-            if remaining_s <= 0:
-                reason = f"deadline of {deadline_ms:g} ms leaves no time to offload"
-            else:
-                try:
-                    reply = await self.client.infer(request, remaining_s)
-                    logits = reply.logits
-                    server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
-                        reply.parameters.get("server_compute_ms", 0.0)
-                    )
-                    timing.update(
-                        server_ms=server_ms, network_ms=max(reply.round_trip_ms - server_ms, 0.0)
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    reason = f"server {exc.code().name}: {exc.details()}"
-                    log.warning(
-                        "request %s: offload failed (%s); answering locally", request_id, reason
-                    )
-                except ValueError as exc:
-                    reason = f"bad server answer: {exc}"
+            logits, reason, _ = await self._offload(
+                request, deadline_ms, timing["device_head_ms"], timing
+            )
         degraded = logits is None and decision.offload
         if logits is None:
             t_local = time.perf_counter()
@@ -179,30 +171,142 @@ class DeviceService:
             timing_ms=timing,
         )
         self.metrics.record(answer)
-        log.info(
-            "request %s: %s, %d tokens, %d B, %.1f ms",
+        _request_log(answer, self.model.name, timing)
+        return answer
+
+    async def _offload(
+        self,
+        request: Any,
+        deadline_ms: float,
+        elapsed_ms: float,
+        timing: dict[str, float],
+    ) -> tuple[np.ndarray | None, str | None, dict[str, Any]]:
+        """Sends one request within what is left of the deadline. Returns the server's logits
+        (``None`` on failure), the failure's reason, and the reply's parameters."""
+        remaining_s = (deadline_ms - elapsed_ms - SAFETY_MS) / 1000.0
+        if remaining_s <= 0:
+            return None, f"deadline of {deadline_ms:g} ms leaves no time to offload", {}
+        try:
+            reply = await self.client.infer(request, remaining_s)
+        except grpc.aio.AioRpcError as exc:
+            reason = f"server {exc.code().name}: {exc.details()}"
+            log.warning("request %s: offload failed (%s); answering locally", request.id, reason)
+            return None, reason, {}
+        except ValueError as exc:
+            return None, f"bad server answer: {exc}", {}
+        server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
+            reply.parameters.get("server_compute_ms", 0.0)
+        )
+        timing.update(server_ms=server_ms, network_ms=max(reply.round_trip_ms - server_ms, 0.0))
+        return reply.logits, None, reply.parameters
+
+    async def _classify_early_exit(
+        self, image: np.ndarray, params: dict[str, Any], t0: float
+    ) -> Answer:
+        """Walks the device's exits; at each the controller exits, continues or offloads."""
+        assert self.exits is not None
+        request_id = params.get(P.REQUEST_ID) or uuid.uuid4().hex
+        deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
+        channel = self.monitor.current
+        decision = self.controller.decide(params, channel)
+        out, prev_conf, trail = None, None, []
+        action = "offload"
+        for k in range(self.exits.num_exits):
+            out = self.exits.step(k, image, out)
+            elapsed = (time.perf_counter() - t0) * 1000.0
+            state = ExitState(
+                k, self.exits.num_exits, out.confidence, prev_conf, elapsed, deadline_ms
+            )
+            action = self.controller.at_exit(state, channel)
+            trail.append({"exit": k, "confidence": out.confidence, "action": action})
+            if action != "continue":
+                break
+            prev_conf = out.confidence
+        assert out is not None
+        timing = {"device_head_ms": (time.perf_counter() - t0) * 1000.0}
+        split = self.exits.split_of(k)
+        logits: np.ndarray | None = None
+        reason: str | None = None
+        reply: dict[str, Any] = {}
+        request = build_request(
+            self.model.name,
+            self.model.version,
             request_id,
-            "degraded" if degraded else answer.exit,
-            answer.tokens_sent,
-            answer.request_bytes,
-            timing["total_ms"],
-            extra={
-                "request": {
-                    "request_id": request_id,
-                    "model": self.model.name,
-                    "exit": answer.exit,
-                    "degraded": degraded,
-                    "budget": answer.budget,
-                    "rate": answer.rate,
-                    "tokens_sent": answer.tokens_sent,
-                    "request_bytes": answer.request_bytes,
-                    "channel_uses": answer.channel_uses,
-                    "snr_db": answer.snr_db,
-                    **timing,
-                }
+            self.exits.wire(out, self.settings.token_format),
+            {P.SPLIT: split, P.REQUEST_ID: request_id},
+        )
+        if action == "offload":
+            logits, reason, reply = await self._offload(
+                request, deadline_ms, timing["device_head_ms"], timing
+            )
+        offloaded = logits is not None
+        degraded = action == "offload" and not offloaded
+        probs = out.probabilities if logits is None else _softmax(logits[0])
+        timing["total_ms"] = (time.perf_counter() - t0) * 1000.0
+        self.counts["requests"] += 1
+        self.counts["offloaded"] += int(offloaded)
+        self.counts["degraded"] += int(degraded)
+        payload_bytes = sum(len(r) for r in request.raw_input_contents) if offloaded else 0
+        self.controller.observe(
+            decision,
+            {
+                "payload_bytes": payload_bytes,
+                "latency_ms": timing["total_ms"],
+                "server_queue_ms": reply.get("server_queue_ms"),
             },
         )
+        answer = Answer(
+            request_id=request_id,
+            label=int(probs.argmax()),
+            probabilities=[float(p) for p in probs],
+            exit="server" if offloaded else "device",
+            degraded=degraded,
+            degraded_reason=reason if degraded else None,
+            budget=1.0,
+            rate=None,
+            split=split,
+            tokens_sent=0,
+            symbols_per_token=None,
+            channel_uses=None,
+            snr_db=channel.snr_db,
+            kept_indices=[],
+            payload_bytes=payload_bytes,
+            request_bytes=request.ByteSize() if offloaded else 0,
+            channel=channel.as_dict(),
+            controller={"name": self.controller.name, **self.controller.state()},
+            timing_ms=timing,
+            exits=trail,
+        )
+        self.metrics.record(answer)
+        _request_log(answer, self.model.name, timing)
         return answer
+
+
+def _request_log(answer: Answer, model: str, timing: dict[str, float]) -> None:
+    log.info(
+        "request %s: %s, %d tokens, %d B, %.1f ms",
+        answer.request_id,
+        "degraded" if answer.degraded else answer.exit,
+        answer.tokens_sent,
+        answer.request_bytes,
+        timing["total_ms"],
+        extra={
+            "request": {
+                "request_id": answer.request_id,
+                "model": model,
+                "exit": answer.exit,
+                "degraded": answer.degraded,
+                "budget": answer.budget,
+                "rate": answer.rate,
+                "split": answer.split,
+                "tokens_sent": answer.tokens_sent,
+                "request_bytes": answer.request_bytes,
+                "channel_uses": answer.channel_uses,
+                "snr_db": answer.snr_db,
+                **timing,
+            }
+        },
+    )
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

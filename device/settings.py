@@ -34,8 +34,16 @@ class DeviceSettings(BaseSettings):
     deadline_ms: float = Field(
         2000.0, gt=0.0, le=600_000.0, description="default end-to-end deadline"
     )
-    controller: Literal["fixed", "lyapunov"] = Field(
-        "fixed", description="fixed | lyapunov (JSCC pipelines, reads calibration.json)"
+    controller: Literal["fixed", "lyapunov", "rl", "threshold", "growth"] = Field(
+        "fixed",
+        description="fixed | lyapunov (JSCC pipelines, reads calibration.json) | "
+        "rl | threshold | growth (early-exit networks, e.g. digits-ee)",
+    )
+    exit_threshold: float = Field(
+        0.9, ge=0.0, le=1.01, description="threshold/growth: exit when confidence reaches this"
+    )
+    grow_threshold: float = Field(
+        0.0, ge=-1.0, le=1.0, description="growth: offload when confidence grows less than this"
     )
     channel_budget: float = Field(
         0.02, gt=0.0, description="lyapunov: long-term average channel uses per pixel"

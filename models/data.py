@@ -67,6 +67,26 @@ class Dataset:
         rng = np.random.default_rng((self.seed, SPLITS.index(self.split), epoch))
         return _compose_canvas(self.sources, rng, augment)
 
+    def placements(self, count: int) -> Dataset:
+        """digits-canvas: the split's own digits, each placed ``count`` times at fresh seeded
+        positions and noise (the first placement is the split's fixed one). Still only this
+        split's digits, so a held-out split stays held out. Other datasets: ``self``."""
+        if self.sources is None or count <= 1:
+            return self
+        images = [self.images]
+        for p in range(1, count):
+            rng = np.random.default_rng((self.seed, SPLITS.index(self.split), 10_000 + p))
+            images.append(_compose_canvas(self.sources, rng))
+        return Dataset(
+            self.name,
+            self.split,
+            np.concatenate(images),
+            np.tile(self.labels, count),
+            self.num_classes,
+            np.tile(self.sources, (count, 1, 1)),
+            self.seed,
+        )
+
     def batches(
         self, batch_size: int, *, epoch: int | None = None, shuffle: bool = False
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

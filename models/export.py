@@ -74,7 +74,7 @@ class _Tail(nn.Module):
         return self.model.forward_tail(x, token_mask)
 
 
-def _export(
+def export_graph(
     module: nn.Module,
     args: tuple,
     path: Path,
@@ -171,7 +171,7 @@ def _export_pipeline(model: SelectorViT, coder: JSCC | None, out: Path) -> Path:
     width = 2 * coder.cfg.symbols if coder is not None else cfg.embed_dim
     B, T = torch.export.Dim("B", min=1, max=1024), torch.export.Dim("T", min=1, max=cfg.num_patches)
     image = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
-    _export(
+    export_graph(
         _SortedHead(model, coder),
         (image, torch.full((2,), 0.5)),
         out / "head.onnx",
@@ -180,7 +180,7 @@ def _export_pipeline(model: SelectorViT, coder: JSCC | None, out: Path) -> Path:
         ({0: B}, {0: B}),  # image, alpha
     )
     _append_budget_slice(out / "head.onnx", cfg.num_patches, payload)
-    _export(
+    export_graph(
         _Tail(model, coder),
         (torch.randn(2, 5, width), torch.ones(2, 5)),
         out / "tail.onnx",

@@ -83,7 +83,7 @@ class TrainSelectorConfig:
     model: ViTConfig = field(default_factory=ViTConfig)
 
 
-def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -261,7 +261,7 @@ class Trainer:
                     if cfg.max_steps is not None and i >= cfg.max_steps:
                         break
                     for g in self.opt.param_groups:
-                        g["lr"] = _cosine_lr(
+                        g["lr"] = cosine_lr(
                             step, total, base_lr, warmup=min(5 * steps_per_epoch, total // 10 + 1)
                         )
                     idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]

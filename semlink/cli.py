@@ -16,6 +16,7 @@ from semlink import logs
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
 DEFAULT_JSCC_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit-jscc" / "1"
+DEFAULT_EE_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-ee" / "1"
 
 log = logging.getLogger("semlink")
 
@@ -55,6 +56,55 @@ def _train_selector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_early_exit(args: argparse.Namespace) -> int:
+    from models.early_exit import EarlyExitConfig
+    from models.train_early_exit import TrainEarlyExitConfig, train_early_exit
+
+    model = EarlyExitConfig(
+        backbone=args.backbone,
+        recursive=not args.plain,
+        device_blocks=args.device_blocks,
+    )
+    cfg = TrainEarlyExitConfig(
+        regime=args.regime,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        seed=args.seed,
+        epochs=args.epochs,
+        backbone_epochs=args.backbone_epochs,
+        batch_size=args.batch_size,
+        finetune_lr=args.finetune_lr,
+        backbone=args.from_backbone,
+        max_steps=args.max_steps,
+        limit_train=args.limit_train,
+        model=model,
+    )
+    metrics = train_early_exit(cfg, args.out)
+    print(f"checkpoint: {args.out} ({metrics['train_seconds']:.0f} s)")
+    print("validation accuracy per exit:", " ".join(f"{a:.3f}" for a in metrics["val"]))
+    return 0
+
+
+def _train_policy(args: argparse.Namespace) -> int:
+    from models.train_policy import TrainPolicyConfig, train_policy
+
+    cfg = TrainPolicyConfig(
+        model_dir=args.model_dir,
+        out=args.out,
+        total_timesteps=args.timesteps,
+        device_slowdown=args.device_slowdown,
+        seed=args.seed,
+    )
+    metrics = train_policy(cfg)
+    out = args.out or args.model_dir
+    print(
+        f"policy: {out}/policy.onnx (PPO, {metrics['timesteps']} steps, {metrics['train_seconds']:.0f} s, "
+        f"validation reward {metrics['val_reward']:.4f})"
+    )
+    return 0
+
+
 def _eval_selector(args: argparse.Namespace) -> int:
     from models import checkpoint
     from models.data import load_dataset
@@ -91,6 +141,67 @@ def _export(args: argparse.Namespace) -> int:
     exporter = export_jscc_pipeline if args.what == "jscc" else export_selector_pipeline
     manifest = exporter(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
+    return 0
+
+
+def _regime_name(ckpt: dict) -> str:
+    name = ckpt.get("metrics", {}).get("regime", "unknown")
+    return name if ckpt["config"].get("recursive", True) else f"{name}-plain"
+
+
+def _export_early_exit(args: argparse.Namespace) -> int:
+    from models import checkpoint
+    from models.export_early_exit import export_early_exit_pipeline
+
+    manifest = export_early_exit_pipeline(args.checkpoint, args.out)
+    for path in args.regimes:
+        ckpt = checkpoint.load(path)
+        dest = Path(args.out) / "regimes" / f"{_regime_name(ckpt)}.pt"
+        checkpoint.save(
+            dest,
+            kind="early-exit",
+            config=ckpt["config"],
+            state_dict=ckpt["state_dict"],
+            metrics=ckpt["metrics"],
+        )
+        print(f"comparison regime {path} -> {dest}")
+    print(
+        f"exported {args.checkpoint} -> {args.out}: {len(manifest['graphs'])} graphs "
+        f"(model hash {manifest['model_hash']})"
+    )
+    return 0
+
+
+def _eval_early_exit(args: argparse.Namespace) -> int:
+    from models.data import load_dataset
+    from models.eval_early_exit import evaluate, format_table, plot
+    from models.train_early_exit import load_early_exit
+
+    model_dir = Path(args.model_dir)
+    default_path = Path(args.checkpoint) if args.checkpoint else model_dir / "checkpoint.pt"
+    default, ckpt = load_early_exit(default_path)
+    models = {_regime_name(ckpt): default}
+    regimes_dir = Path(args.regimes) if args.regimes else model_dir / "regimes"
+    for path in sorted(regimes_dir.glob("*.pt")):
+        m, c = load_early_exit(path)
+        models.setdefault(_regime_name(c), m)
+    val, test = (
+        load_dataset(
+            args.dataset, split, root=args.data_root, seed=args.seed, image_size=args.image_size
+        )
+        for split in ("val", "test")
+    )
+    result, traces = evaluate(models, _regime_name(ckpt), val, test, args.trace_placements)
+    print(format_table(result))
+    if args.traces:
+        for split, t in traces.items():
+            t.save(Path(args.traces) / f"{split}.npz")
+        print(f"exit traces (val, test) -> {args.traces}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        plot(result, Path(args.plot))
     return 0
 
 
@@ -188,8 +299,10 @@ def _eval_jscc(args: argparse.Namespace) -> int:
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    """Rebuilds the shipped pipelines: the selector ViT, then its JSCC coder; each trained,
-    exported, evaluated on the test split (and the coder calibrated on validation)."""
+    """Rebuilds the shipped pipelines: the selector ViT, then its JSCC coder, then the early-exit
+    network (its three regimes and the plain variant) and its RL offloading policy; each trained,
+    exported, evaluated on the test split (the coder calibrated, the exit traces recorded and the
+    policy trained, on validation)."""
     vit, jscc = Path(args.out) / "digits-vit" / "1", Path(args.out) / "digits-vit-jscc" / "1"
     work = Path(args.work)
     resume = ["--resume"] if args.resume else []
@@ -230,6 +343,54 @@ def _zoo(args: argparse.Namespace) -> int:
             str(jscc / "eval.png"),
         ],
     ]
+    ee, ee_work = Path(args.out) / "digits-ee" / "1", work / "early-exit"
+    mixed, joint = str(ee_work / "mixed.pt"), str(ee_work / "joint.pt")
+    reuse = ["--from-backbone", mixed]
+    steps += [
+        ["train", "early-exit", "--regime", "mixed", "--out", mixed],
+        [
+            "train",
+            "early-exit",
+            "--regime",
+            "disjoint",
+            *reuse,
+            "--out",
+            str(ee_work / "disjoint.pt"),
+        ],
+        ["train", "early-exit", "--regime", "joint", "--out", joint],
+        [
+            "train",
+            "early-exit",
+            "--regime",
+            "joint",
+            "--plain",
+            "--out",
+            str(ee_work / "joint-plain.pt"),
+        ],
+        [
+            "export",
+            "early-exit",
+            "--checkpoint",
+            joint,
+            "--out",
+            str(ee),
+            "--regimes",
+            *(str(ee_work / f"{r}.pt") for r in ("mixed", "disjoint", "joint-plain")),
+        ],
+        [
+            "eval",
+            "early-exit",
+            "--model-dir",
+            str(ee),
+            "--traces",
+            str(ee / "traces"),
+            "--json",
+            str(ee / "eval.json"),
+            "--plot",
+            str(ee / "eval.png"),
+        ],
+        ["train", "policy", "--model-dir", str(ee)],
+    ]
     for argv in steps:
         log.info("semlink %s", " ".join(argv))
         if rc := main(argv):
@@ -260,6 +421,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.set_defaults(func=_train_selector)
+
+    p = train.add_parser(
+        "early-exit", help="the recursive early-exit network in one training regime"
+    )
+    _add_data_args(p)
+    p.add_argument("--regime", default="mixed", choices=["joint", "disjoint", "mixed"])
+    p.add_argument("--out", default="runs/early-exit/mixed.pt")
+    p.add_argument("--backbone", default="vit", choices=["vit", "cnn"])
+    p.add_argument("--plain", action="store_true", help="plain exits instead of recursive ones")
+    p.add_argument("--device-blocks", type=int, default=4, help="blocks the device holds")
+    p.add_argument("--epochs", type=int, default=90, help="total epochs, equal for every regime")
+    p.add_argument(
+        "--backbone-epochs", type=int, default=60, help="disjoint/mixed: backbone-phase epochs"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--finetune-lr", type=float, default=1e-3, help="mixed: second-phase rate")
+    p.add_argument(
+        "--from-backbone",
+        default=None,
+        help="disjoint/mixed: reuse the backbone phase of this checkpoint (same seed and model)",
+    )
+    p.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap (smoke runs)")
+    p.add_argument("--limit-train", type=int, default=None)
+    p.set_defaults(func=_train_early_exit)
+
+    p = train.add_parser("policy", help="the RL offloading policy (PPO) on recorded exit traces")
+    p.add_argument("--model-dir", default=str(DEFAULT_EE_DIR), help="exported early-exit folder")
+    p.add_argument("--out", default=None, help="where policy.onnx goes (default: --model-dir)")
+    p.add_argument("--timesteps", type=int, default=400_000)
+    p.add_argument(
+        "--device-slowdown",
+        type=float,
+        default=50.0,
+        help="the device is this many times slower than this machine (50: microcontroller-class)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_policy)
 
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     p = ev.add_parser("selector", help="accuracy vs budget against random and attention top-k")
@@ -304,6 +502,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default=str(DEFAULT_JSCC_DIR))
     p.set_defaults(func=_export)
+
+    p = ev.add_parser(
+        "early-exit", help="regimes, exit rules and exit traces of the early-exit network"
+    )
+    _add_data_args(p)
+    p.add_argument("--model-dir", default=str(DEFAULT_EE_DIR), help="exported pipeline folder")
+    p.add_argument("--checkpoint", default=None, help="evaluate this checkpoint as the default")
+    p.add_argument(
+        "--regimes", default=None, help="folder of regime checkpoints (default: MODEL_DIR/regimes)"
+    )
+    p.add_argument("--traces", default=None, help="write val.npz / test.npz exit traces here")
+    p.add_argument(
+        "--trace-placements",
+        type=int,
+        default=10,
+        help="digits-canvas: record the traces over this many placements of each split's digits",
+    )
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None)
+    p.set_defaults(func=_eval_early_exit)
+
+    p = ex.add_parser("early-exit", help="device, server and step graphs for every split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default=str(DEFAULT_EE_DIR))
+    p.add_argument(
+        "--regimes", nargs="*", default=[], help="comparison checkpoints shipped in OUT/regimes"
+    )
+    p.set_defaults(func=_export_early_exit)
 
     p = sub.add_parser("calibrate", help="accuracy / channel-use table on the validation split")
     _add_data_args(p)

@@ -23,6 +23,13 @@ from semlink.procs import Processes, Stack
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MODELS = {
+    "lyapunov": "digits-vit-jscc",
+    "rl": "digits-ee",
+    "threshold": "digits-ee",
+    "growth": "digits-ee",
+}
+
 
 @dataclass
 class DemoConfig:
@@ -31,7 +38,7 @@ class DemoConfig:
     delay_ms: float = 20.0
     budget: float = 0.25
     controller: str = "fixed"
-    model: str | None = None  # default: digits-vit, or digits-vit-jscc for the lyapunov controller
+    model: str | None = None  # default: by controller, see DEFAULT_MODELS (else digits-vit)
     channel_budget: float = 0.02
     snr_trace: str | None = None
     out: str = "runs/demo"
@@ -54,9 +61,10 @@ def run_demo(cfg: DemoConfig) -> int:
     from models.data import load_digits_canvas
     from protocol.traces import rates_to_timestamps, synthetic_rates, write_mahimahi
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the bar
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = cfg.model or ("digits-vit-jscc" if cfg.controller == "lyapunov" else "digits-vit")
+    model = cfg.model or DEFAULT_MODELS.get(cfg.controller, "digits-vit")
     uplink = cfg.uplink
     if uplink is None:
         uplink = str(out / "uplink.trace")
@@ -128,6 +136,8 @@ def run_demo(cfg: DemoConfig) -> int:
                         "degraded": p["degraded"],
                         "bandwidth_bps": p.get("channel.bandwidth_bps"),
                         "network_ms": p.get("network_ms", 0.0),
+                        "split": p["split"],
+                        "exit_actions": p.get("exit_actions"),
                     }
                 )
         summary = summarize(rows, cfg, model, uplink)
@@ -148,13 +158,7 @@ def summarize(
     rows: list[dict[str, Any]], cfg: DemoConfig, model: str, uplink: str
 ) -> dict[str, Any]:
     lat = np.array([r["latency_ms"] for r in rows])
-    decisions, counts = np.unique(
-        [
-            f"α={r['budget']:g}" + (f", r={r['rate']:g}" if r["rate"] is not None else "")
-            for r in rows
-        ],
-        return_counts=True,
-    )
+    decisions, counts = np.unique([decision_label(r) for r in rows], return_counts=True)
     top = sorted(zip(counts, decisions, strict=True), reverse=True)[:5]
     uses = [r["channel_uses"] for r in rows if r["channel_uses"] is not None]
     return {
@@ -174,15 +178,22 @@ def summarize(
     }
 
 
+def decision_label(r: dict[str, Any]) -> str:
+    """What the controller chose for one request, in a few characters."""
+    if r.get("exit_actions"):  # early exit: where the device stopped and what it did there
+        where = "offload" if r["exit_actions"].endswith("offload") else "exit"
+        return f"{where} after block {r['split']}"
+    return f"α={r['budget']:g}" + (f", r={r['rate']:g}" if r["rate"] is not None else "")
+
+
 def print_summary(s: dict[str, Any], out: Path) -> None:
     lat = s["latency_ms"]
     print(
         f"\nsemlink demo: {s['requests']} requests, model {s['model']}, controller {s['controller']}, uplink {s['uplink_trace']}"
     )
     print(f"  accuracy          {100 * s['accuracy']:.1f} %")
-    print(
-        f"  bytes / request   {s['mean_bytes_per_request']:.0f} B ({s['mean_tokens_sent']:.1f} tokens)"
-    )
+    tokens = f" ({s['mean_tokens_sent']:.1f} tokens)" if s["mean_tokens_sent"] else ""
+    print(f"  bytes / request   {s['mean_bytes_per_request']:.0f} B{tokens}")
     print(
         f"  latency           p50 {lat['p50']:.1f} ms   p95 {lat['p95']:.1f} ms   p99 {lat['p99']:.1f} ms"
     )

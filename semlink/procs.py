@@ -65,11 +65,12 @@ class Processes:
             if self.children[n].poll() is None:
                 self.children[n].terminate()
         for n in names:
+            proc = self.children.pop(n)  # a stopped child is no longer expected to be alive
             try:
-                self.children[n].wait(timeout=15)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.children[n].kill()
-                self.children[n].wait()
+                proc.kill()
+                proc.wait()
 
 
 @dataclass

@@ -82,6 +82,15 @@ def _bench_controller(args: argparse.Namespace) -> int:
     return main(cfg, args.json)
 
 
+def _bench_policy(args: argparse.Namespace) -> int:
+    from semlink.bench.policy import PolicyBenchConfig, main
+
+    cfg = PolicyBenchConfig(episodes=args.episodes, out=args.out, seed=args.seed)
+    if args.model_dir:
+        cfg.model_dir = args.model_dir
+    return main(cfg, args.json)
+
+
 def _bench_link(args: argparse.Namespace) -> int:
     from semlink.bench.link import main
 
@@ -106,6 +115,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--model-dir", default=None, help="JSCC model folder with calibration.json and eval.json"
     )
     p.set_defaults(func=_bench_controller)
+    p = bsub.add_parser("policy", help="RL offloading policy vs threshold, growth rule, oracle")
+    p.add_argument("--json", default=None)
+    p.add_argument("--out", default="runs/bench-policy", help="folder for the plot")
+    p.add_argument("--episodes", type=int, default=3000, help="episodes per channel regime")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-dir", default=None, help="early-exit folder with policy.onnx")
+    p.set_defaults(func=_bench_policy)
     p = bsub.add_parser("link", help="link emulator rate accuracy, 100 kbit/s to 100 Mbit/s")
     p.add_argument("--seconds", type=float, default=10.0, help="measurement per rate")
     p.add_argument("--json", default=None)
@@ -145,13 +161,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--token-format", default=None, choices=["fp16", "int8", "fp32"])
     p.add_argument("--deadline-ms", type=float, default=None)
-    p.add_argument("--controller", default=None, choices=["fixed", "lyapunov"])
+    p.add_argument(
+        "--controller",
+        default=None,
+        choices=["fixed", "lyapunov", "rl", "threshold", "growth"],
+        help="rl, threshold and growth decide at each exit of an early-exit model (digits-ee)",
+    )
     p.add_argument(
         "--channel-budget",
         type=float,
         default=None,
         help="lyapunov: average channel uses per pixel",
     )
+    p.add_argument("--exit-threshold", type=float, default=None, help="threshold/growth: tau_exit")
+    p.add_argument("--grow-threshold", type=float, default=None, help="growth: tau_grow")
     p.add_argument("--lyapunov-v", type=float, default=None, help="lyapunov: accuracy weight V")
     p.add_argument("--lyapunov-mu", type=float, default=None, help="lyapunov: queue step mu")
     p.set_defaults(func=_device)
@@ -201,9 +224,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--delay-ms", type=float, default=20.0)
     p.add_argument("--budget", type=float, default=0.25)
-    p.add_argument("--controller", default="fixed", choices=["fixed", "lyapunov"])
     p.add_argument(
-        "--model", default=None, help="default: digits-vit (fixed) or digits-vit-jscc (lyapunov)"
+        "--controller",
+        default="fixed",
+        choices=["fixed", "lyapunov", "rl", "threshold", "growth"],
+        help="rl, threshold and growth run the early-exit network digits-ee",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="default: digits-vit (fixed), digits-vit-jscc (lyapunov), digits-ee (rl, threshold, growth)",
     )
     p.add_argument(
         "--channel-budget",

@@ -18,6 +18,7 @@ import numpy as np
 from models import channel
 from protocol import params as P
 from protocol.codec import PackedTokens, TensorError, token_format_of, unpack_tokens
+from protocol.params import ParameterError
 from server.batcher import DynamicBatcher
 from server.metrics import ServerMetrics
 from server.repository import ModelVersion, resolve, scan
@@ -35,6 +36,8 @@ class InferenceCore:
         self.settings = settings
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.batchers: dict[tuple[str, str], DynamicBatcher] = {}
+        # early-exit models: one server graph per split (device exit index -> session)
+        self.exit_sessions: dict[tuple[str, str], dict[int, Any]] = {}
         self.executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ort")
         self.ready = False
         self.in_flight = 0
@@ -47,6 +50,17 @@ class InferenceCore:
         loop = asyncio.get_running_loop()
         for name, versions in models.items():
             for version, mv in versions.items():
+                if mv.is_early_exit:
+                    self.exit_sessions[(name, version)] = {
+                        int(j): await loop.run_in_executor(
+                            self.executor, mv.session, f"server_s{j}", 1
+                        )
+                        for j in mv.manifest["device_exits"]
+                    }
+                    log.info(
+                        "loaded early-exit model %s version %s from %s", name, version, mv.path
+                    )
+                    continue
                 session = await loop.run_in_executor(self.executor, mv.session, "tail", 1)
                 batcher = DynamicBatcher(
                     session,
@@ -84,6 +98,8 @@ class InferenceCore:
         for key in (P.BUDGET, P.RATE, P.SNR_DB):
             if parameters.get(key) is not None:
                 P.check(key, parameters[key])
+        if mv.is_early_exit:
+            return await self._infer_early_exit(mv, inputs, parameters)
         extra: dict[str, Any] = {}
         if "jscc" in mv.manifest:
             tokens, extra = self._symbols(mv, inputs, parameters)
@@ -132,6 +148,90 @@ class InferenceCore:
                 **extra,
             },
         )
+
+    async def _infer_early_exit(
+        self,
+        mv: ModelVersion,
+        inputs: dict[str, tuple[str, np.ndarray]],
+        parameters: dict[str, Any],
+    ) -> tuple[ModelVersion, dict[str, np.ndarray], dict[str, Any]]:
+        """Continues an early-exit network from the activations the device sent at ``split``
+        (its number of device blocks); answers the final exit's log-probabilities as logits."""
+        blocks = list(mv.manifest["exit_blocks"])
+        splits = [blocks[j] for j in mv.manifest["device_exits"]]
+        split = parameters.get(P.SPLIT)
+        if isinstance(split, bool) or not isinstance(split, int) or split not in splits:
+            raise ParameterError(
+                f"model {mv.name!r} is an early-exit network: parameter 'split' must be the "
+                f"number of device blocks the activations come from, one of {splits}; got {split!r}"
+            )
+        j = blocks.index(split)
+        feeds = {
+            "activations": self._float_input(
+                inputs, "activations", mv.manifest["activation_shapes"][j]
+            )
+        }
+        if mv.manifest.get("recursive"):
+            feeds["prev_logp"] = self._float_input(inputs, "prev_logp", [mv.num_classes])
+            if feeds["prev_logp"].shape[0] != feeds["activations"].shape[0]:
+                raise TensorError(
+                    "inputs 'activations' and 'prev_logp' must have the same batch size"
+                )
+        session = self.exit_sessions[(mv.name, mv.version)][j]
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            (logp,) = await loop.run_in_executor(self.executor, session.run, ["logp"], feeds)
+        finally:
+            self.in_flight -= 1
+        total_ms = 1000.0 * (time.perf_counter() - started)
+        self.metrics.requests.labels(mv.name, "ok").inc()
+        self.metrics.latency.labels(mv.name).observe(total_ms / 1000.0)
+        request_id = parameters.get(P.REQUEST_ID, "")
+        log.info(
+            "request %s: %s v%s from split %d, %.2f ms",
+            request_id,
+            mv.name,
+            mv.version,
+            split,
+            total_ms,
+            extra={
+                "request": {
+                    "request_id": request_id,
+                    "model": mv.name,
+                    "version": mv.version,
+                    "split": split,
+                    "total_ms": total_ms,
+                }
+            },
+        )
+        return (
+            mv,
+            {"logits": logp.astype(np.float32)},
+            {"server_queue_ms": 0.0, "server_compute_ms": total_ms, "split": split},
+        )
+
+    @staticmethod
+    def _float_input(
+        inputs: dict[str, tuple[str, np.ndarray]], name: str, shape: list[int]
+    ) -> np.ndarray:
+        """A FP16/FP32 input of shape [B, *shape] with 1 <= B <= 64, as finite float32."""
+        if name not in inputs:
+            raise TensorError(
+                f"missing input {name!r}: FP16/FP32 [B, {', '.join(map(str, shape))}]; got {sorted(inputs)}"
+            )
+        dtype, arr = inputs[name]
+        if dtype not in ("FP16", "FP32"):
+            raise TensorError(f"input {name!r} must be FP16 or FP32, got {dtype}")
+        if list(arr.shape[1:]) != list(shape) or not 1 <= arr.shape[0] <= 64:
+            raise TensorError(
+                f"input {name!r} must have shape [B, {', '.join(map(str, shape))}] with 1 <= B <= 64, got {list(arr.shape)}"
+            )
+        x = arr.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise TensorError(f"input {name!r} holds NaN or infinite values")
+        return x
 
     def _symbols(
         self,

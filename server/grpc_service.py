@@ -64,10 +64,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=mv.name,
             versions=sorted(self.core.models[mv.name]),
             platform="onnxruntime_onnx",
-            inputs=[
-                T(name="tokens", datatype="FP16", shape=[-1, -1, mv.embed_dim]),
-                T(name="token_scale", datatype="FP32", shape=[-1, -1]),
-            ],
+            inputs=[T(name=n, datatype=d, shape=shape) for n, d, shape in mv.input_metadata()],
             outputs=[T(name="logits", datatype="FP32", shape=[-1, mv.num_classes])],
         )
 

@@ -50,7 +50,9 @@ def create_app(core: InferenceCore) -> FastAPI:
             "name": mv.name,
             "versions": sorted(core.models[mv.name]),
             "platform": "onnxruntime_onnx",
-            "inputs": [{"name": "tokens", "datatype": "FP16", "shape": [-1, -1, mv.embed_dim]}],
+            "inputs": [
+                {"name": n, "datatype": d, "shape": shape} for n, d, shape in mv.input_metadata()
+            ],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, mv.num_classes]}],
         }
 

@@ -25,8 +25,9 @@ import onnxruntime as ort
 log = logging.getLogger(__name__)
 
 SUPPORTED_MANIFEST_VERSIONS = (1,)
+EARLY_EXIT = "early-exit"  # manifest kind of an early-exit network (models/export_early_exit.py)
 LAYOUT_HINT = (
-    "expected REPOSITORY/<model>/<version>/manifest.json with head.onnx and tail.onnx beside it"
+    "expected REPOSITORY/<model>/<version>/manifest.json with the ONNX graphs it names beside it"
 )
 
 
@@ -58,14 +59,35 @@ class ModelVersion:
         c, h, w = self.manifest["image_shape"]
         return int(c), int(h), int(w)
 
+    @property
+    def is_early_exit(self) -> bool:
+        return self.manifest.get("kind") == EARLY_EXIT
+
     def session(self, part: str, threads: int = 1) -> ort.InferenceSession:
-        """An ONNX Runtime session for ``head`` or ``tail``."""
+        """An ONNX Runtime session for ``head`` or ``tail``, or for an early-exit network one of
+        its graphs (``step_0``, ``server_s1``, ...)."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        entry = self.manifest["graphs"][part] if self.is_early_exit else self.manifest[part]
         return ort.InferenceSession(
-            str(self.path / self.manifest[part]["file"]), opts, providers=["CPUExecutionProvider"]
+            str(self.path / entry["file"]), opts, providers=["CPUExecutionProvider"]
         )
+
+    def input_metadata(self) -> list[tuple[str, str, list[int]]]:
+        """(name, datatype, shape) of what a request sends; -1 marks a free dimension."""
+        if self.is_early_exit:
+            shapes = self.manifest["activation_shapes"]
+            same = all(s == shapes[0] for s in shapes)
+            acts = [-1, *shapes[0]] if same else [-1] * (1 + len(shapes[0]))
+            out = [("activations", "FP16", acts)]
+            if self.manifest.get("recursive"):
+                out.append(("prev_logp", "FP32", [-1, self.num_classes]))
+            return out
+        return [
+            ("tokens", "FP16", [-1, -1, self.embed_dim]),
+            ("token_scale", "FP32", [-1, -1]),
+        ]
 
 
 def scan(root: str | Path) -> dict[str, dict[str, ModelVersion]]:
@@ -85,16 +107,22 @@ def scan(root: str | Path) -> dict[str, dict[str, ModelVersion]]:
                 f"{manifest_path}: manifest_version {manifest.get('manifest_version')!r} is not supported "
                 f"(this semlink reads {SUPPORTED_MANIFEST_VERSIONS}); re-export with `semlink export`"
             )
-        for part in ("head", "tail"):
-            if not (version_dir / manifest[part]["file"]).is_file():
-                raise FileNotFoundError(
-                    f"{version_dir}: {manifest[part]['file']} is missing; {LAYOUT_HINT}"
-                )
+        for file in graph_files(manifest):
+            if not (version_dir / file).is_file():
+                raise FileNotFoundError(f"{version_dir}: {file} is missing; {LAYOUT_HINT}")
         mv = ModelVersion(version_dir.parent.name, version_dir.name, version_dir, manifest)
         models.setdefault(mv.name, {})[mv.version] = mv
     if not models:
         raise FileNotFoundError(f"model repository {root} holds no model; {LAYOUT_HINT}")
     return models
+
+
+def graph_files(manifest: dict[str, Any]) -> list[str]:
+    """The ONNX files a manifest names: head and tail of a token pipeline, or every split's
+    graphs of an early-exit network."""
+    if manifest.get("kind") == EARLY_EXIT:
+        return [g["file"] for g in manifest["graphs"].values()]
+    return [manifest[part]["file"] for part in ("head", "tail")]
 
 
 def resolve(

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from device.controller.base import ChannelState, Controller, Decision
+from device.controller.base import ChannelState, Controller, Decision, ExitState
+from device.controller.exit_rules import ExitRuleController
 from device.controller.fixed import FixedController
 from device.controller.lyapunov import CalibrationTable, Constraint, LyapunovController
+from device.controller.rl import RLController
 
 if TYPE_CHECKING:
     from device.settings import DeviceSettings
     from server.repository import ModelVersion
 
-CONTROLLERS = ("fixed", "lyapunov")
+CONTROLLERS = ("fixed", "lyapunov", "rl", "threshold", "growth")
+EXIT_CONTROLLERS = ("rl", "threshold", "growth")  # decide at each exit of an early-exit network
 
 
 def make_controller(settings: DeviceSettings, model: ModelVersion) -> Controller:
-    """The configured controller for ``model``; the Lyapunov one needs a calibrated JSCC model."""
+    """The configured controller for ``model``; the Lyapunov one needs a calibrated JSCC model,
+    the exit controllers an early-exit network (and ``rl`` its policy.onnx)."""
+    early_exit = model.manifest.get("kind") == "early-exit"
+    if (settings.controller in EXIT_CONTROLLERS) != early_exit:
+        raise ValueError(
+            f"controller {settings.controller!r} does not fit model {model.name!r} "
+            f"({model.manifest.get('kind')}): early-exit networks take one of {EXIT_CONTROLLERS}, "
+            "token pipelines fixed or lyapunov; set --controller or --model-name accordingly"
+        )
+    if settings.controller == "rl":
+        return RLController(model.path / "policy.onnx")
+    if settings.controller in ("threshold", "growth"):
+        return ExitRuleController(
+            settings.controller, settings.exit_threshold, settings.grow_threshold
+        )
     if settings.controller == "fixed":
         return FixedController(settings.budget, settings.rate)
     if settings.controller == "lyapunov":
@@ -45,7 +62,11 @@ __all__ = [
     "Constraint",
     "Controller",
     "Decision",
+    "EXIT_CONTROLLERS",
+    "ExitRuleController",
+    "ExitState",
     "FixedController",
     "LyapunovController",
+    "RLController",
     "make_controller",
 ]

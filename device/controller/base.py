@@ -29,6 +29,22 @@ class Decision:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class ExitState:
+    """Where an early-exit network stands at one of the device's exits."""
+
+    k: int  # position among the device's exits, 0-based
+    num_exits: int  # how many exits the device holds
+    confidence: float  # max probability at this exit
+    prev_confidence: float | None  # at the previous device exit
+    elapsed_ms: float  # since the request arrived
+    deadline_ms: float
+
+    @property
+    def last(self) -> bool:
+        return self.k == self.num_exits - 1
+
+
 class Controller(abc.ABC):
     """Chooses what each request costs; implementations keep their own long-term state."""
 
@@ -44,3 +60,10 @@ class Controller(abc.ABC):
     def state(self) -> dict[str, Any]:
         """Controller state to report in responses and metrics."""
         return {}
+
+    def at_exit(self, state: ExitState, channel: ChannelState) -> str:
+        """Early-exit networks: ``"exit"``, ``"continue"`` or ``"offload"`` at a device exit.
+
+        Controllers that decide only per request run the device's blocks and offload there.
+        """
+        return "offload" if state.last else "continue"

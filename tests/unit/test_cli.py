@@ -164,3 +164,35 @@ def test_shipped_pipeline_serves_and_matches_its_checkpoint():
     with torch.no_grad():
         expected = model(torch.from_numpy(x), 0.25).numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_early_exit_train_export_eval_cli(tmp_path, capsys):
+    """Every early-exit entry point on a two-step run: train two regimes (one reusing the other's
+    backbone phase), export, evaluate with the machine-readable JSON of the issue."""
+    ckpt, reused, out = tmp_path / "mixed.pt", tmp_path / "disjoint.pt", tmp_path / "ee" / "1"
+    smoke = ["--epochs", "2", "--backbone-epochs", "1", "--max-steps", "2", "--limit-train", "32"]
+    smoke += ["--device-blocks", "1"]  # one split: three graphs to export, not twelve
+    assert main(["train", "early-exit", "--regime", "mixed", "--out", str(ckpt), *smoke]) == 0
+    assert (
+        main(
+            ["train", "early-exit", "--regime", "disjoint", "--from-backbone", str(ckpt)]
+            + ["--out", str(reused), *smoke]
+        )
+        == 0
+    )
+    argv = ["export", "early-exit", "--checkpoint", str(ckpt), "--out", str(out)]
+    assert main([*argv, "--regimes", str(reused)]) == 0
+    assert (out / "regimes" / "disjoint.pt").is_file()
+    js = tmp_path / "ee.json"
+    assert main(["eval", "early-exit", "--model-dir", str(out), "--json", str(js)]) == 0
+    result = json.loads(js.read_text())
+    assert set(result["regimes"]) == {"mixed", "disjoint"}
+    for r in result["regimes"].values():
+        assert 0 <= r["final_accuracy"] <= 1 and 0 <= r["auc"] <= 1
+    rules = {r["rule"] for r in result["rules"]}
+    assert rules == {"threshold", "growth"}
+    assert all(
+        {"rule", "threshold", "accuracy", "device_fraction", "mean_flops"} <= set(r)
+        for r in result["rules"]
+    )
+    assert "device rules" in capsys.readouterr().out

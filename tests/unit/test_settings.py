@@ -12,7 +12,7 @@ from server.settings import ServerSettings
     [
         ("token_format", "bf16", "'fp16', 'int8' or 'fp32'"),
         ("channel", "bsc", "'awgn', 'rayleigh' or 'none'"),
-        ("controller", "rl", "'fixed' or 'lyapunov'"),
+        ("controller", "dqn", "'rl', 'threshold' or 'growth'"),
         ("server", "nohostport", "HOST:PORT"),
         ("budget", 1.5, "less than or equal to 1"),
     ],

@@ -1,0 +1,155 @@
+"""ONNX export of an early-exit network, per split point (``semlink export early-exit``).
+
+For each exit ``s`` the device holds:
+
+- ``device_s{s}.onnx``: ``image (B, C, H, W)`` -> ``activations`` at exit ``s`` and
+  ``exit_logp (B, s+1, classes)``, the log-probabilities of exits ``0..s``;
+- ``server_s{s}.onnx``: ``activations``, ``prev_logp (B, classes)`` (exit ``s``'s log p, the
+  recursion's carry; absent from plain networks' graphs) -> ``logp (B, classes)`` of the final exit;
+- ``step_{s}.onnx``: one stretch, for a device that decides exit by exit whether to stop, continue
+  or offload: ``image`` (``s = 0``) or ``activations``, ``prev_logp`` of exit ``s-1`` ->
+  ``next_activations``, ``logp`` of exit ``s``.
+
+The manifest lists the graphs, the activation shapes, the FLOPs of each stretch and the bytes an
+offload at each split sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from models import checkpoint
+from models.early_exit import EarlyExitNet, config_dict, count_segment_flops
+from models.eval_early_exit import activation_bytes
+from models.export import MANIFEST_VERSION, export_graph
+from models.train_early_exit import load_early_exit
+
+
+class _Device(nn.Module):
+    def __init__(self, model: EarlyExitNet, split: int) -> None:
+        super().__init__()
+        self.model, self.split = model, split
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, outs = self.model.forward_device(image, self.split)
+        return x, torch.stack(outs, dim=1)
+
+
+class _Server(nn.Module):
+    def __init__(self, model: EarlyExitNet, split: int) -> None:
+        super().__init__()
+        self.model, self.split = model, split
+
+    def forward(
+        self, activations: torch.Tensor, prev_logp: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model.forward_server(activations, prev_logp, self.split)
+
+
+class _Step(nn.Module):
+    def __init__(self, model: EarlyExitNet, j: int) -> None:
+        super().__init__()
+        self.model, self.j = model, j
+
+    def forward(
+        self, x: torch.Tensor, prev_logp: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.segment(self.j, x, prev_logp)
+
+
+def example_inputs(model: EarlyExitNet) -> dict[str, Any]:
+    """The image and each exit's activations and log p, for a batch of 2."""
+    cfg = model.cfg
+    image = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
+    acts, logps = [], []
+    with torch.no_grad():
+        x, prev = image, None
+        for j in range(model.num_exits):
+            x, prev = model.segment(j, x, prev)
+            acts.append(x)
+            logps.append(prev)
+    return {"image": image, "activations": acts, "logp": logps}
+
+
+def _carry(model: EarlyExitNet, activations: torch.Tensor, logp: torch.Tensor) -> tuple:
+    """Inputs of a graph that continues from an exit: the activations, and for recursive networks
+    the exit's log p."""
+    return (activations, logp) if model.cfg.recursive else (activations,)
+
+
+def export_early_exit_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Exports every device split's graphs into ``out_dir`` with the manifest and a weights-only
+    checkpoint. Returns the manifest."""
+    model, ckpt = load_early_exit(ckpt_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ex = example_inputs(model)
+    graphs: dict[str, dict[str, Any]] = {}
+
+    def save(name: str, module: nn.Module, args: tuple, outputs: list[str]) -> None:
+        inputs = (
+            ["image"] if args[0].ndim == 4 and args[0].shape[1:] == ex["image"].shape[1:] else []
+        )
+        inputs = inputs or ["activations", "prev_logp"][: len(args)]
+        B = torch.export.Dim("B", min=1, max=1024)
+        export_graph(
+            module, args, out / f"{name}.onnx", inputs, outputs, tuple({0: B} for _ in args)
+        )
+        onnx.checker.check_model(onnx.load(str(out / f"{name}.onnx")), full_check=True)
+        graphs[name] = {"file": f"{name}.onnx", "inputs": inputs, "outputs": outputs}
+
+    for s in model.cfg.device_exits:
+        save(f"device_s{s}", _Device(model, s), (ex["image"],), ["activations", "exit_logp"])
+        save(
+            f"server_s{s}",
+            _Server(model, s),
+            _carry(model, ex["activations"][s], ex["logp"][s]),
+            ["logp"],
+        )
+        step_args = (
+            (ex["image"],) if s == 0 else _carry(model, ex["activations"][s - 1], ex["logp"][s - 1])
+        )
+        save(f"step_{s}", _Step(model, s), step_args, ["next_activations", "logp"])
+    checkpoint.save(
+        out / "checkpoint.pt",
+        kind="early-exit",
+        config=config_dict(model.cfg),
+        state_dict=model.state_dict(),
+        metrics=ckpt.get("metrics", {}),
+    )
+    manifest = build_manifest(model, out, graphs, ex)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def build_manifest(
+    model: EarlyExitNet, out: Path, graphs: dict[str, dict[str, Any]], ex: dict[str, Any]
+) -> dict[str, Any]:
+    """What the device and the server need to run the splits without torch."""
+    cfg = model.cfg
+    digest = hashlib.sha256()
+    for g in graphs.values():
+        digest.update((out / g["file"]).read_bytes())
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": "early-exit",
+        "model_hash": digest.hexdigest()[:16],
+        "backbone": cfg.backbone,
+        "recursive": cfg.recursive,
+        "image_shape": [cfg.in_chans, cfg.image_size, cfg.image_size],
+        "num_classes": cfg.num_classes,
+        "exit_blocks": list(model.exits),
+        "device_exits": cfg.device_exits,
+        "activation_shapes": [list(a.shape[1:]) for a in ex["activations"]],
+        "segment_flops": count_segment_flops(model),
+        "offload_bytes": activation_bytes(model),
+        "graphs": graphs,
+        "normalization": {"dataset": "digits-canvas"} if cfg.in_chans == 1 else {"dataset": "rgb"},
+    }

@@ -1,0 +1,359 @@
+"""The offloading environment of METHODS §5: one episode walks one sample through the device's
+exits; at each the agent answers locally (``exit``), runs the next device stretch
+(``continue``) or sends the activations to the server (``offload``).
+
+It replays recorded exit traces (:class:`models.exit_traces.ExitTraces`) with channel traces in
+the link emulator's Mahimahi format (:mod:`protocol.traces`): an offload's transfer time is the
+time the trace takes to offer enough 1500-byte delivery opportunities for the activations, from
+the moment the device starts sending. Compute costs come from :class:`CostModel`, measured on the
+exported graphs with ONNX Runtime.
+
+Observation and actions: :mod:`models.offload_policy` (shared with the device);
+``continue`` at the device's last exit offloads (the device holds no further block).
+
+Reward, at the end of the episode::
+
+    1[correct and within the deadline] - lam_t * latency_s - lam_e * device_energy_J - lam_b * kB
+
+where latency = device compute + (offload: transfer + RTT + server queue + server compute), and
+device energy = device power x compute time + radio power x transfer time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from models.exit_traces import ExitTraces
+from models.offload_policy import CONTINUE, EXIT, OBS_BOUND, OBS_DIM, observation
+from protocol.traces import (
+    PACKET_BYTES,
+    Schedule,
+    TraceSchedule,
+    rates_to_timestamps,
+    synthetic_rates,
+)
+
+ENV_ID = "semlink/Offload-v0"
+
+
+@dataclass
+class CostModel:
+    """Per device exit ``j``: device compute of the stretch ending at ``j``, server compute from
+    split ``j`` to the answer, and the bytes an offload at ``j`` sends."""
+
+    device_ms: list[float]
+    server_ms: list[float]
+    offload_bytes: list[int]
+    device_slowdown: float = 50.0
+    """The device is this many times slower than the machine the graphs were measured on (a
+    microcontroller-class device against an x86 core); ``device_ms`` is already multiplied by it."""
+    device_power_w: float = 0.5
+    """Active power of the device's compute (assumed; a low-power SoC under load)."""
+    radio_power_w: float = 1.0
+    """Transmit power of the device's radio (assumed; LTE uplink)."""
+    measured_on: str = ""
+
+    @classmethod
+    def measure(
+        cls, model_dir: str | Path, device_slowdown: float = 50.0, repeats: int = 200
+    ) -> CostModel:
+        """Times each step graph (device) and server graph with ONNX Runtime, batch 1, 1 thread;
+        the median of ``repeats`` runs after warm-up."""
+        import platform
+
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+
+        def timed(name: str, feeds: dict[str, np.ndarray]) -> tuple[float, list[np.ndarray]]:
+            sess = ort.InferenceSession(
+                str(model_dir / manifest["graphs"][name]["file"]),
+                opts,
+                providers=["CPUExecutionProvider"],
+            )
+            feeds = {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}
+            for _ in range(10):
+                out = sess.run(None, feeds)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                sess.run(None, feeds)
+                times.append(time.perf_counter() - t0)
+            return 1000.0 * float(np.median(times)), out
+
+        c, h, w = manifest["image_shape"]
+        x: np.ndarray = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(np.float32)
+        device_ms, server_ms = [], []
+        feeds: dict[str, np.ndarray] = {"image": x}
+        for j in manifest["device_exits"]:
+            ms, (acts, logp) = timed(f"step_{j}", feeds)
+            device_ms.append(ms * device_slowdown)
+            feeds = {"activations": acts, "prev_logp": logp}
+            server_ms.append(timed(f"server_s{j}", feeds)[0])
+        return cls(
+            device_ms=device_ms,
+            server_ms=server_ms,
+            offload_bytes=[int(manifest["offload_bytes"][j]) for j in manifest["device_exits"]],
+            device_slowdown=device_slowdown,
+            measured_on=f"{platform.processor() or platform.machine()}, onnxruntime {ort.__version__}",
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostModel:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"cost model {path} does not exist; `semlink train policy` measures one"
+            )
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass
+class RewardWeights:
+    accuracy: float = 1.0
+    lam_t: float = 2.0
+    """Per second of latency."""
+    lam_e: float = 2.0
+    """Per joule of device energy."""
+    lam_b: float = 0.002
+    """Per kilobyte sent."""
+    deadline_ms: float = 150.0
+    """An answer later than this counts as wrong."""
+
+
+@dataclass
+class ChannelRegime:
+    """A family of channel traces: uplink rates between ``low`` and ``high`` bit/s (``kind`` of
+    :func:`protocol.traces.synthetic_rates`), RTT and SNR ranges, mean server queue delay."""
+
+    name: str
+    kind: str
+    low_bps: float
+    high_bps: float
+    rtt_ms: tuple[float, float]
+    snr_db: tuple[float, float]
+    queue_ms: float = 5.0
+
+    def schedules(self, seeds: list[int], duration_s: float = 120.0) -> list[Schedule]:
+        return [
+            TraceSchedule(
+                rates_to_timestamps(
+                    synthetic_rates(
+                        self.kind, duration_s, seed, low_bps=self.low_bps, high_bps=self.high_bps
+                    ),
+                    100,
+                ),
+                name=f"{self.name}-{seed}",
+            )
+            for seed in seeds
+        ]
+
+
+REGIMES = {
+    "good": ChannelRegime("good", "random-walk", 5e6, 50e6, (5.0, 20.0), (15.0, 30.0), 3.0),
+    "bad": ChannelRegime("bad", "random-walk", 5e4, 5e5, (40.0, 120.0), (-5.0, 5.0), 10.0),
+    "varying": ChannelRegime(
+        "varying", "gilbert-elliott", 1e5, 2e7, (10.0, 80.0), (0.0, 25.0), 5.0
+    ),
+}
+TRAIN_SEEDS = list(range(8))
+HARD_CONFIDENCE = 0.95
+TEST_SEEDS = list(range(100, 104))  # channel traces never seen in training
+
+
+def delivery_ms(schedule: Schedule, t_ms: float, nbytes: int) -> float:
+    """Milliseconds from ``t_ms`` until the trace has offered enough packets for ``nbytes``."""
+    need = math.ceil(nbytes / PACKET_BYTES)
+    if need == 0:
+        return 0.0
+    start = schedule.opportunities_until(t_ms)
+    lo, hi = int(t_ms), int(t_ms) + 1
+    while schedule.opportunities_until(hi) - start < need:
+        lo, hi = hi, int(t_ms) + 2 * (hi - int(t_ms))
+    while hi - lo > 1:  # smallest hi with enough opportunities
+        mid = (lo + hi) // 2
+        if schedule.opportunities_until(mid) - start >= need:
+            hi = mid
+        else:
+            lo = mid
+    return float(hi - t_ms)
+
+
+@dataclass
+class Episode:
+    """Everything random about one episode, drawn up front so every policy meets the same ones."""
+
+    sample: int
+    schedule: int
+    t_ms: float
+    rtt_ms: float
+    snr_db: float
+    queue_ms: float
+
+
+@dataclass
+class Outcome:
+    reward: float
+    correct: bool
+    latency_ms: float
+    energy_j: float
+    bytes: int
+    exit_at: int
+    offloaded: bool
+
+
+class OffloadEnv(gym.Env):
+    """See the module docstring. ``regimes`` are names of :data:`REGIMES`, their traces generated
+    with ``seeds``; or ``channels`` gives (regime, schedule) pairs directly, e.g. Mahimahi files.
+    Each episode draws a channel trace, a moment in it, RTT, SNR, queue delay and a sample."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        traces: ExitTraces,
+        costs: CostModel,
+        weights: RewardWeights | None = None,
+        regimes: tuple[str, ...] = ("good", "bad", "varying"),
+        seeds: list[int] | None = None,
+        channels: list[tuple[ChannelRegime, Schedule]] | None = None,
+        hard_fraction: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.traces, self.costs = traces, costs
+        self.weights = weights or RewardWeights()
+        self.device_exits = [int(j) for j in traces.device_exits]
+        if len(costs.device_ms) != len(self.device_exits):
+            raise ValueError(
+                f"the cost model has {len(costs.device_ms)} device exits, the traces {len(self.device_exits)}; "
+                "measure the costs on the same exported model"
+            )
+        seeds = TRAIN_SEEDS if seeds is None else seeds
+        self.schedules = channels or [
+            (REGIMES[r], s) for r in regimes for s in REGIMES[r].schedules(seeds)
+        ]
+        self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (OBS_DIM,), np.float32)
+        self.action_space = spaces.Discrete(3)
+        # Training only: this share of episodes draws from the samples the first exit is unsure
+        # of. The choice depends on the first exit's confidence alone, which the agent observes,
+        # so the best action for an observation stays the same; the rare hard cases just stop
+        # being drowned out (about a third of samples on digits-canvas, 10 % below 0.8).
+        self.hard_fraction = hard_fraction
+        self.hard = np.flatnonzero(traces.conf[:, int(traces.device_exits[0])] < HARD_CONFIDENCE)
+        self.episode: Episode | None = None
+        self.k = 0  # position among the device exits
+        self.compute_ms = 0.0
+
+    # --- episodes ------------------------------------------------------------------------------
+
+    def draw_episode(self, rng: np.random.Generator) -> Episode:
+        idx = int(rng.integers(len(self.schedules)))
+        regime, schedule = self.schedules[idx]
+        period = getattr(schedule, "period", 120_000)
+        if self.hard.size and rng.random() < self.hard_fraction:
+            sample = int(rng.choice(self.hard))
+        else:
+            sample = int(rng.integers(len(self.traces)))
+        return Episode(
+            sample=sample,
+            schedule=idx,
+            t_ms=float(rng.integers(1000, period)),
+            rtt_ms=float(rng.uniform(*regime.rtt_ms)),
+            snr_db=float(rng.uniform(*regime.snr_db)),
+            queue_ms=float(rng.exponential(regime.queue_ms)),
+        )
+
+    def bandwidth_bps(self, ep: Episode) -> float:
+        """What the link reports: capacity over the last second."""
+        return self.schedules[ep.schedule][1].capacity_bps(ep.t_ms)
+
+    def observe(self, ep: Episode, k: int, compute_ms: float) -> np.ndarray:
+        conf = self.traces.conf[ep.sample]
+        w = self.weights
+        return observation(
+            k,
+            len(self.device_exits),
+            float(conf[self.device_exits[k]]),
+            float(conf[self.device_exits[k - 1]]) if k > 0 else None,
+            self.bandwidth_bps(ep),
+            ep.snr_db,
+            ep.rtt_ms,
+            ep.queue_ms,
+            w.deadline_ms - compute_ms,
+            w.deadline_ms,
+        )
+
+    def finish(self, ep: Episode, k: int, offload: bool) -> Outcome:
+        """The outcome of answering at device exit ``k`` (locally, or by offloading there)."""
+        c, w = self.costs, self.weights
+        compute_ms = float(sum(c.device_ms[: k + 1]))
+        j = self.device_exits[k]
+        energy = c.device_power_w * compute_ms / 1000.0
+        nbytes, latency = 0, compute_ms
+        if offload:
+            nbytes = c.offload_bytes[k]
+            tx_ms = delivery_ms(self.schedules[ep.schedule][1], ep.t_ms + compute_ms, nbytes)
+            latency += tx_ms + ep.rtt_ms + ep.queue_ms + c.server_ms[k]
+            energy += c.radio_power_w * tx_ms / 1000.0
+            pred = self.traces.pred[ep.sample, -1]
+        else:
+            pred = self.traces.pred[ep.sample, j]
+        correct = bool(pred == self.traces.labels[ep.sample]) and latency <= w.deadline_ms
+        reward = (
+            w.accuracy * correct
+            - w.lam_t * latency / 1000.0
+            - w.lam_e * energy
+            - w.lam_b * nbytes / 1000.0
+        )
+        return Outcome(reward, correct, latency, energy, nbytes, j, offload)
+
+    def oracle(self, ep: Episode) -> Outcome:
+        """The best outcome in hindsight (knowing correctness and the channel's future)."""
+        options = [
+            self.finish(ep, k, off) for k in range(len(self.device_exits)) for off in (False, True)
+        ]
+        return max(options, key=lambda o: o.reward)
+
+    # --- gymnasium -----------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.episode = (options or {}).get("episode") or self.draw_episode(self.np_random)
+        self.k = 0
+        self.compute_ms = self.costs.device_ms[0]
+        return self.observe(self.episode, 0, self.compute_ms), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        assert self.episode is not None, "call reset() first"
+        action = int(action)
+        last = self.k == len(self.device_exits) - 1
+        if action == CONTINUE and not last:
+            self.k += 1
+            self.compute_ms += self.costs.device_ms[self.k]
+            return self.observe(self.episode, self.k, self.compute_ms), 0.0, False, False, {}
+        out = self.finish(self.episode, self.k, offload=action != EXIT)
+        obs = self.observe(self.episode, self.k, self.compute_ms)
+        return obs, out.reward, True, False, {"outcome": out}
+
+
+def register() -> None:
+    """Registers :data:`ENV_ID` with gymnasium (idempotent)."""
+    if ENV_ID not in gym.registry:
+        gym.register(id=ENV_ID, entry_point="models.offload_env:OffloadEnv")

@@ -1,0 +1,90 @@
+"""What an offloading policy sees and does, shared by the training environment
+(:mod:`models.offload_env`) and the device (``device/controller``). Numpy only: the device runs
+it without torch or gymnasium.
+
+Observation (8 floats, scaled to about [0, 1], clipped to ``[-OBS_BOUND, OBS_BOUND]``): exit
+index among the device's exits, confidence, its growth since the previous exit, log10 bandwidth
+/ 8, SNR / 30 dB, RTT / 100 ms, server queue delay / 100 ms, remaining deadline fraction.
+Actions: 0 exit, 1 continue, 2 offload.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EXIT, CONTINUE, OFFLOAD = 0, 1, 2
+ACTIONS = ("exit", "continue", "offload")
+OBS_DIM = 8
+OBS_BOUND = 4.0
+OBS_NAMES = (
+    "exit_index",
+    "confidence",
+    "confidence_growth",
+    "log10_bandwidth_over_8",
+    "snr_db_over_30",
+    "rtt_ms_over_100",
+    "queue_ms_over_100",
+    "deadline_left_fraction",
+)
+
+
+def observation(
+    k: int,
+    num_device_exits: int,
+    confidence: float,
+    prev_confidence: float | None,
+    bandwidth_bps: float,
+    snr_db: float,
+    rtt_ms: float,
+    queue_ms: float,
+    deadline_left_ms: float,
+    deadline_ms: float,
+) -> np.ndarray:
+    """The policy's input at device exit ``k`` (see the module docstring)."""
+    growth = 0.0 if prev_confidence is None else confidence - prev_confidence
+    return np.array(
+        [
+            k / max(1, num_device_exits - 1),
+            confidence,
+            growth,
+            math.log10(max(bandwidth_bps, 1.0)) / 8.0,
+            snr_db / 30.0,
+            rtt_ms / 100.0,
+            queue_ms / 100.0,
+            max(0.0, deadline_left_ms) / deadline_ms,
+        ],
+        dtype=np.float32,
+    ).clip(-OBS_BOUND, OBS_BOUND)
+
+
+@dataclass
+class PolicySpec:
+    """A rule-based policy: ``threshold`` (tau), ``growth`` (tau_exit, tau_grow),
+    ``always-offload`` or ``never-offload``."""
+
+    name: str
+    params: dict[str, float] = field(default_factory=dict)
+
+
+def rule_action(spec: PolicySpec, obs: np.ndarray, last: bool) -> int:
+    """The rule baselines of METHODS §4-5 as functions of the observation; ``last`` is true at the
+    device's last exit (where ``continue`` is impossible)."""
+    conf, growth, k = float(obs[1]), float(obs[2]), float(obs[0])
+    if spec.name == "always-offload":
+        return OFFLOAD
+    if spec.name == "never-offload":
+        return EXIT if last else CONTINUE
+    if spec.name == "threshold":
+        return EXIT if conf >= spec.params["tau"] else (OFFLOAD if last else CONTINUE)
+    if spec.name == "growth":
+        if conf >= spec.params["tau_exit"]:
+            return EXIT
+        if k > 0 and growth < spec.params["tau_grow"]:
+            return OFFLOAD
+        return OFFLOAD if last else CONTINUE
+    raise ValueError(
+        f"unknown rule policy {spec.name!r}: threshold, growth, always-offload or never-offload"
+    )

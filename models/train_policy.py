@@ -1,0 +1,210 @@
+"""Training of the RL offloading policy (``semlink train policy``, METHODS §5).
+
+**PPO**, not DQN: episodes are at most four decisions long and the environment is cheap, so
+on-policy samples cost nothing, and PPO's clipped updates are stable across seeds without the
+replay-buffer and target-network tuning DQN needs; its stochastic policy also explores the rare
+``offload`` branch without an epsilon schedule.
+
+The agent trains on the validation split's exit traces with the training channel traces
+(:data:`models.offload_env.TRAIN_SEEDS`), is evaluated during training on separate validation
+channel traces (:data:`VAL_SEEDS`), and the best evaluation's policy is kept. The policy network
+(a 2x64 MLP) is exported to ONNX: ``obs (B, 8) float32 -> logits (B, 3)``; the device takes the
+argmax.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models.exit_traces import ExitTraces
+from models.offload_env import CostModel, OffloadEnv, RewardWeights, register
+from models.offload_policy import ACTIONS, OBS_DIM, OBS_NAMES
+
+log = logging.getLogger(__name__)
+
+VAL_SEEDS = [50, 51]
+POLICY_FILE = "policy.onnx"
+
+
+@dataclass
+class TrainPolicyConfig:
+    model_dir: str
+    """Exported early-exit pipeline (manifest, graphs, traces/val.npz)."""
+    out: str | None = None
+    """Folder for policy.onnx, policy.json and the PPO checkpoint (default: model_dir)."""
+    total_timesteps: int = 400_000
+    n_envs: int = 8
+    n_steps: int = 256
+    """Steps per environment per PPO update."""
+    batch_size: int = 512
+    learning_rate: float = 3e-4
+    ent_coef: float = 0.02
+    hard_fraction: float = 0.5
+    """Share of training episodes drawn from samples the first exit is unsure of (see
+    :class:`models.offload_env.OffloadEnv`); evaluation uses the natural mix."""
+    gamma: float = 1.0
+    """Episodes are a handful of steps with one reward at the end: no discounting."""
+    eval_every: int = 20_000
+    eval_episodes: int = 2000
+    device_slowdown: float = 50.0
+    seed: int = 0
+    weights: RewardWeights | None = None
+
+
+class _ProgressBar:
+    """A tqdm bar over timesteps, as a stable-baselines3 callback."""
+
+    def __new__(cls, total: int) -> Any:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class Bar(BaseCallback):
+            def _on_training_start(self) -> None:
+                self.bar = tqdm(total=total, desc="train policy", unit="step")
+
+            def _on_step(self) -> bool:
+                self.bar.update(self.training_env.num_envs)
+                return True
+
+            def _on_training_end(self) -> None:
+                self.bar.close()
+
+        return Bar()
+
+
+class PolicyLogits(nn.Module):
+    """The deterministic part of an SB3 actor-critic policy: observation -> action logits."""
+
+    def __init__(self, policy: Any) -> None:
+        super().__init__()
+        self.extractor = policy.mlp_extractor.policy_net
+        self.action_net = policy.action_net
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.action_net(self.extractor(obs))
+
+
+def export_policy(policy: Any, path: str | Path) -> None:
+    """Writes the policy's logits graph to ONNX and checks it against PyTorch."""
+    import onnx
+    import onnxruntime as ort
+
+    from models.export import export_graph
+
+    module = PolicyLogits(policy).eval()
+    obs = torch.rand(4, OBS_DIM)
+    B = torch.export.Dim("B", min=1, max=4096)
+    export_graph(module, (obs,), Path(path), ["obs"], ["logits"], ({0: B},))
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    got = ort.InferenceSession(str(path)).run(None, {"obs": obs.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, module(obs).numpy(), atol=1e-5)
+
+
+def evaluate_model(model: Any, env: OffloadEnv, episodes: int, seed: int) -> float:
+    """Mean reward of the greedy policy over a fixed set of episodes."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(episodes):
+        obs, _ = env.reset(options={"episode": env.draw_episode(rng)})
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, done, _, _ = env.step(int(action))
+            total += reward
+    return total / episodes
+
+
+def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
+    """Trains, keeps the best evaluated policy, exports it. Returns the metrics."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.env_util import make_vec_env
+
+    register()
+    torch.set_num_threads(1)  # a 2x64 MLP: more threads only add overhead
+    model_dir = Path(cfg.model_dir)
+    out = Path(cfg.out or model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    traces = ExitTraces.load(model_dir / "traces" / "val.npz")
+    costs_path = out / "costs.json"
+    costs = CostModel.measure(model_dir, cfg.device_slowdown)
+    costs.save(costs_path)
+    log.info(
+        "measured costs: device %s ms, server %s ms",
+        np.round(costs.device_ms, 2),
+        np.round(costs.server_ms, 2),
+    )
+    weights = cfg.weights or RewardWeights()
+    env_kwargs = {"traces": traces, "costs": costs, "weights": weights}
+    venv = make_vec_env(
+        OffloadEnv,
+        n_envs=cfg.n_envs,
+        seed=cfg.seed,
+        env_kwargs={**env_kwargs, "hard_fraction": cfg.hard_fraction},
+    )
+    eval_env = OffloadEnv(**env_kwargs, seeds=VAL_SEEDS)
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        ent_coef=cfg.ent_coef,
+        gamma=cfg.gamma,
+        policy_kwargs={"net_arch": [64, 64]},
+        seed=cfg.seed,
+        device="cpu",
+        verbose=0,
+    )
+    history: list[dict[str, float]] = []
+    best = {"reward": -np.inf}
+
+    class EvalAndKeepBest(BaseCallback):
+        def _on_step(self) -> bool:
+            if (
+                self.num_timesteps // cfg.eval_every
+                != (self.num_timesteps - venv.num_envs) // cfg.eval_every
+            ):
+                reward = evaluate_model(model, eval_env, cfg.eval_episodes, cfg.seed)
+                history.append({"timesteps": self.num_timesteps, "val_reward": reward})
+                log.info("%d steps: validation reward %.4f", self.num_timesteps, reward)
+                if reward > best["reward"]:
+                    best["reward"] = reward
+                    model.save(out / "ppo_best.zip")
+            return True
+
+    t0 = time.perf_counter()
+    model.learn(
+        cfg.total_timesteps,
+        callback=CallbackList([_ProgressBar(cfg.total_timesteps), EvalAndKeepBest()]),
+    )
+    seconds = time.perf_counter() - t0
+    final = evaluate_model(model, eval_env, cfg.eval_episodes, cfg.seed)
+    if final >= best["reward"]:
+        best["reward"] = final
+        model.save(out / "ppo_best.zip")
+    model = PPO.load(out / "ppo_best.zip", device="cpu")
+    export_policy(model.policy, out / POLICY_FILE)
+    metrics = {
+        "algorithm": "PPO",
+        "train_seconds": seconds,
+        "timesteps": cfg.total_timesteps,
+        "val_reward": best["reward"],
+        "history": history,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "weights"},
+        "weights": asdict(weights),
+        "actions": list(ACTIONS),
+        "observation": list(OBS_NAMES),
+    }
+    (out / "policy.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
