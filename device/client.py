@@ -41,16 +41,28 @@ def build_request(
 
 
 class ServerClient:
-    def __init__(self, address: str, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int = 8 * 1024 * 1024,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        """A channel to ``address``: TLS with ``credentials`` (verifying ``server_name`` when
+        given instead of the address's host), plaintext without."""
         self.address = address
-        self.channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self.channel = (
+            grpc.aio.secure_channel(address, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(address, options=options)
         )
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 

@@ -35,7 +35,7 @@ def answer_parameters(a: Answer) -> dict[str, Any]:
 def create_app(service: DeviceService) -> FastAPI:
     settings = service.settings
     app = FastAPI(title="semlink device", version="0.1.0")
-    http_errors.install(app, settings.max_body_bytes)
+    http_errors.install(app, settings.max_body_bytes, settings.max_concurrent_per_client)
     metrics.mount(app, service.metrics.registry)
     name = service.model.name
 

@@ -8,14 +8,25 @@ import logging
 from device.http_app import create_app
 from device.service import DeviceService
 from device.settings import DeviceSettings
+from semlink import security
 from semlink.runner import serve_until_signal, uvicorn_server
 
 log = logging.getLogger(__name__)
 
 
 async def serve(settings: DeviceSettings) -> None:
+    settings.check_transport()
+    if settings.insecure:
+        log.warning("INSECURE: plaintext gRPC to the server (--insecure)")
+    keys = security.load_api_keys(
+        settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
+    )
     service = DeviceService(settings)
-    http = uvicorn_server(create_app(service), settings.host, settings.http_port)
+    app = create_app(service)
+    security.install_api_keys(app, keys)
+    if keys:
+        log.info("HTTP API requires one of %d API key(s); health probes are open", len(keys))
+    http = uvicorn_server(app, settings.host, settings.http_port)
     task: asyncio.Task | None = None
 
     async def start() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from device.breaker import CircuitBreaker
 from device.channel_state import ChannelMonitor
 from device.client import ServerClient, build_request
 from device.controller import Controller, Decision, ExitState, make_controller
@@ -24,11 +25,18 @@ from device.metrics import DeviceMetrics
 from device.pipeline import DevicePipeline, check_image
 from device.settings import DeviceSettings
 from protocol import params as P
+from semlink import security
 from server.repository import resolve, scan
 
 log = logging.getLogger(__name__)
 
 SAFETY_MS = 5.0  # keep this much of the deadline for the local fallback itself
+# failures that say the server (or the link) is down or drowning, and count towards the breaker
+BREAKER_CODES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 
 
 @dataclass
@@ -74,8 +82,16 @@ class DeviceService:
             self.pipeline = DevicePipeline(self.model)
         self.controller: Controller = make_controller(settings, self.model)
         self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
-        self.client = ServerClient(settings.server)
+        credentials = None
+        if settings.tls_ca is not None:
+            credentials = security.channel_credentials(
+                settings.tls_ca, settings.tls_cert, settings.tls_key
+            )
+        self.client = ServerClient(
+            settings.server, credentials=credentials, server_name=settings.tls_server_name
+        )
         self.counts = {"requests": 0, "offloaded": 0, "degraded": 0}
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.metrics = DeviceMetrics(self.model.name)
 
     async def start(self) -> None:
@@ -186,14 +202,27 @@ class DeviceService:
         remaining_s = (deadline_ms - elapsed_ms - SAFETY_MS) / 1000.0
         if remaining_s <= 0:
             return None, f"deadline of {deadline_ms:g} ms leaves no time to offload", {}
+        if not self.breaker.allow():
+            return (
+                None,
+                f"circuit open after {self.breaker.failures} failed offloads; "
+                f"next try in {self.breaker.retry_in_s():.1f} s",
+                {},
+            )
         try:
             reply = await self.client.infer(request, remaining_s)
         except grpc.aio.AioRpcError as exc:
             reason = f"server {exc.code().name}: {exc.details()}"
+            if exc.code() in BREAKER_CODES:
+                self.breaker.failure()
+            else:  # the server answered: it is alive
+                self.breaker.success()
             log.warning("request %s: offload failed (%s); answering locally", request.id, reason)
             return None, reason, {}
         except ValueError as exc:
+            self.breaker.success()
             return None, f"bad server answer: {exc}", {}
+        self.breaker.success()
         server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
             reply.parameters.get("server_compute_ms", 0.0)
         )

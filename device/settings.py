@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.settings import DEFAULT_REPOSITORY
@@ -57,8 +57,40 @@ class DeviceSettings(BaseSettings):
     lyapunov_v: float = Field(10.0, gt=0.0, description="lyapunov: accuracy weight V")
     lyapunov_mu: float = Field(100.0, gt=0.0, description="lyapunov: queue step mu")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest upload, in pixels")
+    max_concurrent_per_client: int = Field(
+        64, ge=0, description="HTTP requests in flight per client address (0 = no limit); 429 above"
+    )
     state_poll_ms: float = Field(200.0, gt=0.0)
+
+    breaker_failures: int = Field(
+        3, ge=1, le=1000, description="consecutive failed offloads that open the circuit breaker"
+    )
+    breaker_reset_s: float = Field(
+        2.0, gt=0.0, le=300.0, description="seconds the breaker stays open before a trial request"
+    )
+    insecure: bool = Field(
+        False, description="plaintext gRPC to the server: trusted networks and tests only"
+    )
+    tls_ca: Path | None = Field(None, description="PEM CA that signed the server's certificate")
+    tls_cert: Path | None = Field(None, description="PEM client certificate (mutual TLS)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_server_name: str | None = Field(
+        None, description="name to verify in the server's certificate, if not the address's host"
+    )
+    api_keys: SecretStr | None = Field(
+        None, description="comma-separated API keys required on HTTP (Authorization: Bearer)"
+    )
+    api_keys_file: Path | None = Field(None, description="file of API keys, one per line")
+
+    def check_transport(self) -> None:
+        """Refuses plaintext gRPC unless ``insecure`` says so explicitly."""
+        if not self.insecure and self.tls_ca is None:
+            raise ValueError(
+                "the device refuses to send to the server without TLS: pass --tls-ca (and "
+                "--tls-cert/--tls-key for mutual TLS; `semlink certs --out DIR` makes a development "
+                "set), or --insecure on a trusted network"
+            )
 
     @field_validator("server")
     @classmethod

@@ -75,7 +75,7 @@ def run_demo(cfg: DemoConfig) -> int:
         snr_trace = str(out / "snr.trace")
         write_snr_trace(Path(snr_trace), 120, cfg.seed)
     procs = Processes(out)
-    stack = Stack(procs, model=model)
+    stack = Stack(procs, model=model, tls=True)  # mutual TLS on the device -> server hop
     try:
         stack.start_all(
             link_args=(
@@ -100,7 +100,8 @@ def run_demo(cfg: DemoConfig) -> int:
         ports = stack.ports
         print(
             f"server gRPC :{ports['grpc']}  link :{ports['link']} (uplink {uplink}, SNR {snr_trace})  "
-            f"device HTTP :{ports['device']}, model {model}, controller {cfg.controller}"
+            f"device HTTP :{ports['device']}, model {model}, controller {cfg.controller}; "
+            "device -> server over mutual TLS"
         )
         data = load_digits_canvas("test", cfg.seed)
         rows: list[dict[str, Any]] = []

@@ -31,7 +31,31 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def install(app: FastAPI, max_body_bytes: int) -> None:
+def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 0) -> None:
+    """The error boundary, the body limit, and (when ``max_concurrent_per_client`` > 0) a cap on
+    requests in flight per client address: more get 429 with ``Retry-After``."""
+    in_flight: dict[str, int] = {}
+
+    @app.middleware("http")
+    async def limit_clients(request: Request, call_next):  # type: ignore[no-untyped-def]
+        client = request.client.host if request.client else "?"
+        if max_concurrent_per_client <= 0 or request.url.path.startswith("/v2/health"):
+            return await call_next(request)
+        if in_flight.get(client, 0) >= max_concurrent_per_client:
+            return error(
+                429,
+                f"more than {max_concurrent_per_client} requests in flight from {client}; "
+                "wait for answers before sending more",
+                {"Retry-After": "1"},
+            )
+        in_flight[client] = in_flight.get(client, 0) + 1
+        try:
+            return await call_next(request)
+        finally:
+            in_flight[client] -= 1
+            if not in_flight[client]:
+                del in_flight[client]
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
         length = request.headers.get("content-length")

@@ -80,11 +80,33 @@ class Stack:
     procs: Processes
     repository: Path | None = None
     model: str = "digits-vit"
+    tls: bool = False
+    """Mutual TLS on the device -> server hop with a fresh development PKI (else --insecure)."""
     ports: dict[str, int] = field(
         default_factory=lambda: {
             k: free_port() for k in ("grpc", "http", "link", "state", "device")
         }
     )
+    pki: dict[str, Path] = field(default_factory=dict)
+
+    def security_args(self, role: str) -> list[str]:
+        """The TLS (or --insecure) flags of ``role`` ("server" or "device")."""
+        if not self.tls:
+            return ["--insecure"]
+        if not self.pki:
+            from semlink.security import make_dev_pki
+
+            self.pki = make_dev_pki(self.procs.log_dir / "pki")
+        k = self.pki
+        if role == "server":
+            return ["--tls-cert", str(k["server_cert"]), "--tls-key", str(k["server_key"])] + [
+                "--tls-client-ca",
+                str(k["ca"]),
+            ]
+        return ["--tls-ca", str(k["ca"]), "--tls-cert", str(k["client_cert"])] + [
+            "--tls-key",
+            str(k["client_key"]),
+        ]
 
     @property
     def device_url(self) -> str:
@@ -114,6 +136,7 @@ class Stack:
             str(self.ports["grpc"]),
             "--http-port",
             str(self.ports["http"]),
+            *self.security_args("server"),
             *extra,
         )
         self.procs.wait_http("server", f"{self.server_url}/v2/health/ready")
@@ -147,6 +170,7 @@ class Stack:
             self.model,
             *repo,
             *state,
+            *self.security_args("device"),
             *extra,
         )
         self.procs.wait_http("device", f"{self.device_url}/v2/health/ready")

@@ -28,6 +28,71 @@ def _device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from semlink.security import DEFAULT_HOSTS, make_dev_pki
+
+    paths = make_dev_pki(args.out, tuple(args.host or DEFAULT_HOSTS), args.days)
+    for what, path in paths.items():
+        print(f"{what:<12} {path}")
+    print(
+        "development use only. server: --tls-cert server.pem --tls-key server-key.pem "
+        "--tls-client-ca ca.pem; device: --tls-ca ca.pem --tls-cert device.pem --tls-key device-key.pem"
+    )
+    return 0
+
+
+def _add_server_security(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        default=None,
+        help="serve gRPC without TLS (trusted networks and tests only)",
+    )
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate of the gRPC port")
+    p.add_argument("--tls-key", type=Path, default=None, help="its PEM private key")
+    p.add_argument(
+        "--tls-client-ca", type=Path, default=None, help="require device certificates from this CA"
+    )
+    p.add_argument(
+        "--api-keys-file",
+        type=Path,
+        default=None,
+        help="API keys for HTTP, one per line (or SEMLINK_SERVER_API_KEYS)",
+    )
+
+
+def _add_device_security(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--breaker-failures",
+        type=int,
+        default=None,
+        help="consecutive failed offloads that open the circuit breaker (3)",
+    )
+    p.add_argument(
+        "--breaker-reset-s", type=float, default=None, help="seconds before a trial request (2)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        default=None,
+        help="plaintext gRPC to the server (trusted networks and tests only)",
+    )
+    p.add_argument("--tls-ca", type=Path, default=None, help="CA of the server's certificate")
+    p.add_argument("--tls-cert", type=Path, default=None, help="device certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, default=None, help="its PEM private key")
+    p.add_argument(
+        "--tls-server-name", default=None, help="name to verify in the server's certificate"
+    )
+    p.add_argument(
+        "--api-keys-file",
+        type=Path,
+        default=None,
+        help="API keys for HTTP, one per line (or SEMLINK_DEVICE_API_KEYS)",
+    )
+
+
 def _link(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -134,6 +199,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=None, help="default 8000")
     p.add_argument("--max-batch-size", type=int, default=None)
     p.add_argument("--max-queue-delay-ms", type=float, default=None)
+    _add_server_security(p)
     p.set_defaults(func=_server)
 
     p = sub.add_parser("device", help="the device runtime (HTTP front, head model, controller)")
@@ -177,7 +243,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grow-threshold", type=float, default=None, help="growth: tau_grow")
     p.add_argument("--lyapunov-v", type=float, default=None, help="lyapunov: accuracy weight V")
     p.add_argument("--lyapunov-mu", type=float, default=None, help="lyapunov: queue step mu")
+    _add_device_security(p)
     p.set_defaults(func=_device)
+
+    p = sub.add_parser("certs", help="a development CA with server and device certificates")
+    p.add_argument("--out", default="certs", help="folder for the PEM files")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="name or IP the server certificate is valid for (repeatable; default: "
+        "localhost, 127.0.0.1, server, semlink-server)",
+    )
+    p.add_argument("--days", type=int, default=365)
+    p.set_defaults(func=_certs)
 
     p = sub.add_parser("link", help="the trace-driven link emulator (a shaping TCP proxy)")
     p.add_argument("--listen", default=None, help="HOST:PORT devices connect to (127.0.0.1:9001)")

@@ -173,9 +173,13 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, Any]]:
 
 
 def create_server(
-    core: InferenceCore, address: str, max_message_bytes: int
+    core: InferenceCore,
+    address: str,
+    max_message_bytes: int,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Builds the gRPC server bound to ``address`` (``"[::]:0"`` picks a free port). Returns it and the port."""
+    """Builds the gRPC server bound to ``address`` (``"[::]:0"`` picks a free port), with TLS when
+    ``credentials`` are given. Returns it and the port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -183,7 +187,11 @@ def create_server(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
-    port = server.add_insecure_port(address)
+    port = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
     if port == 0:
         raise OSError(f"cannot bind gRPC to {address}")
     return server, port

@@ -17,7 +17,9 @@ RETRY_AFTER = {"Retry-After": "1"}
 
 def create_app(core: InferenceCore) -> FastAPI:
     app = FastAPI(title="semlink edge server", version=SERVER_VERSION)
-    http_errors.install(app, core.settings.max_message_bytes)
+    http_errors.install(
+        app, core.settings.max_message_bytes, core.settings.max_concurrent_per_client
+    )
     metrics.mount(app, core.metrics.registry)
 
     def model(name: str, version: str = "") -> ModelVersion:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from semlink import security
 from semlink.runner import serve_until_signal, uvicorn_server
 from server.core import InferenceCore
 from server.grpc_service import create_server
@@ -15,11 +16,31 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: ServerSettings) -> None:
+    settings.check_transport()
+    credentials = None
+    if settings.insecure:
+        log.warning("INSECURE: gRPC without TLS (--insecure); anyone on the network can connect")
+    else:
+        assert settings.tls_cert is not None and settings.tls_key is not None
+        credentials = security.server_credentials(
+            settings.tls_cert, settings.tls_key, settings.tls_client_ca
+        )
+        log.info(
+            "gRPC over TLS%s",
+            " with client certificates (mutual TLS)" if settings.tls_client_ca else "",
+        )
+    keys = security.load_api_keys(
+        settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
+    )
     core = InferenceCore(settings)
     grpc_server, grpc_port = create_server(
-        core, f"{settings.host}:{settings.grpc_port}", settings.max_message_bytes
+        core, f"{settings.host}:{settings.grpc_port}", settings.max_message_bytes, credentials
     )
-    http = uvicorn_server(create_app(core), settings.host, settings.http_port)
+    app = create_app(core)
+    security.install_api_keys(app, keys)
+    if keys:
+        log.info("HTTP API requires one of %d API key(s); health probes are open", len(keys))
+    http = uvicorn_server(app, settings.host, settings.http_port)
     http_task: asyncio.Task | None = None
 
     async def start() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "zoo"
@@ -32,7 +32,35 @@ class ServerSettings(BaseSettings):
     max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="largest gRPC message / HTTP body"
     )
+    max_concurrent_per_client: int = Field(
+        256,
+        ge=0,
+        description="HTTP requests in flight per client address (0 = no limit); 429 above",
+    )
     threads: int = Field(2, ge=1, le=64, description="ONNX Runtime worker threads")
     drain_seconds: float = Field(
         10.0, ge=0.0, description="grace period for in-flight requests on shutdown"
     )
+    insecure: bool = Field(
+        False, description="serve gRPC without TLS: trusted networks and tests only, logged loudly"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate of the gRPC port")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA: only clients with a certificate it signed (mutual TLS)"
+    )
+    api_keys: SecretStr | None = Field(
+        None, description="comma-separated API keys required on HTTP (Authorization: Bearer)"
+    )
+    api_keys_file: Path | None = Field(None, description="file of API keys, one per line")
+
+    def check_transport(self) -> None:
+        """Refuses plaintext gRPC unless ``insecure`` says so explicitly."""
+        if self.insecure:
+            return
+        if self.tls_cert is None or self.tls_key is None:
+            raise ValueError(
+                "the server refuses to serve gRPC without TLS: pass --tls-cert and --tls-key "
+                "(and --tls-client-ca for mutual TLS; `semlink certs --out DIR` makes a development "
+                "set), or --insecure on a trusted network"
+            )

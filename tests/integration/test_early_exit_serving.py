@@ -90,6 +90,7 @@ def test_confident_device_answers_at_its_first_exit(ee_stack, ee_repository, tmp
         "threshold",
         "--exit-threshold",
         "0.0",
+        *ee_stack.security_args("device"),
     )
     try:
         ee_stack.procs.wait_http("device-exit", f"http://127.0.0.1:{port}/v2/health/ready")

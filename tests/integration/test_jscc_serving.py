@@ -33,6 +33,7 @@ def jscc_device(stack):
         "0.25",
         "--link-state-url",
         stack.state_url,
+        *stack.security_args("device"),
     )
     stack.procs.wait_http("device-jscc", f"http://127.0.0.1:{port}/v2/health/ready")
     yield f"http://127.0.0.1:{port}/v2/models/tiny-jscc/infer"

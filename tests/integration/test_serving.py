@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import httpx
@@ -201,21 +202,29 @@ def test_tight_deadline_answers_locally_and_says_so(stack):
     assert doc["degraded"] and "deadline" in doc["degraded_reason"] and doc["exit"] == "device"
 
 
-def test_server_down_degrades_then_recovers(stack):
+def test_server_down_degrades_opens_the_breaker_then_recovers(stack):
     image = images(1)[0]
     expected = infer(stack, image).json()["outputs"][0]["data"]
     stack.procs.stop("server")
-    resp = infer(stack, image)
-    assert resp.status_code == 200
-    doc = resp.json()
-    assert doc["parameters"]["degraded"] and doc["parameters"]["exit"] == "device"
-    assert doc["outputs"][0]["data"] == expected  # the local answer is the same model
+    reasons = []
+    for _ in range(5):
+        resp = infer(stack, image)
+        assert resp.status_code == 200
+        doc = resp.json()
+        assert doc["parameters"]["degraded"] and doc["parameters"]["exit"] == "device"
+        assert doc["outputs"][0]["data"] == expected  # the local answer is the same model
+        reasons.append(doc["parameters"]["degraded_reason"])
+    assert all("UNAVAILABLE" in r for r in reasons[:3])
+    assert all("circuit open" in r for r in reasons[3:])  # no more attempts at a dead server
     stack.start_server()
-    for _ in range(50):
+    back = time.monotonic()
+    while time.monotonic() - back < 10.0:
         if not infer(stack, image).json()["parameters"]["degraded"]:
             break
+        time.sleep(0.05)
     else:
         pytest.fail("offloading did not resume after the server came back")
+    assert time.monotonic() - back < 5.0  # recovery within 5 s of the server's return
 
 
 def test_server_http_speaks_oip(stack):

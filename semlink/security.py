@@ -1,0 +1,205 @@
+"""Who may talk to whom: a development PKI for (mutual) TLS on the device -> server gRPC hop,
+gRPC credentials built from it, and bearer-token (API key) authentication for the HTTP APIs.
+
+The threat model: the link between device and server is hostile (anyone may listen or connect),
+so that hop is TLS, and with a client CA configured the server admits only devices holding a
+certificate that CA signed (mutual TLS). The HTTP APIs (device front, server ``/v2``) take API keys
+as ``Authorization: Bearer <key>``; health probes stay open so orchestrators can check liveness
+without secrets. Keys and private keys are read from files or environment variables and never
+logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import ipaddress
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "server", "semlink-server")
+EXEMPT_PREFIXES = ("/v2/health",)  # liveness and readiness probes carry no secret
+
+
+# --- development PKI ------------------------------------------------------------------------
+
+
+def make_dev_pki(
+    out: str | Path, hosts: tuple[str, ...] = DEFAULT_HOSTS, days: int = 365
+) -> dict[str, Path]:
+    """Writes a development CA, a server certificate for ``hosts`` and a client (device)
+    certificate, all signed by the CA, as PEM files in ``out``. Private keys are mode 0600.
+
+    Returns the paths: ``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key``.
+    For development and tests only: a production CA keeps its key offline.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "semlink dev"),
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            ]
+        )
+
+    def cert(subject: str, key, issuer: str, issuer_key, *, ca: bool, usage=None, sans=()):  # type: ignore[no-untyped-def]
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if usage is not None:
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    def san(host: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            return x509.DNSName(host)
+
+    def write_key(path: Path, key) -> None:  # type: ignore[no-untyped-def]
+        data = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = cert("semlink dev CA", ca_key, "semlink dev CA", ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = cert(
+        "semlink-server",
+        server_key,
+        "semlink dev CA",
+        ca_key,
+        ca=False,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=[san(h) for h in hosts],
+    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = cert(
+        "semlink-device",
+        client_key,
+        "semlink dev CA",
+        ca_key,
+        ca=False,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    paths = {
+        "ca": out / "ca.pem",
+        "server_cert": out / "server.pem",
+        "server_key": out / "server-key.pem",
+        "client_cert": out / "device.pem",
+        "client_key": out / "device-key.pem",
+    }
+    pem = serialization.Encoding.PEM
+    paths["ca"].write_bytes(ca.public_bytes(pem))
+    paths["server_cert"].write_bytes(server.public_bytes(pem))
+    paths["client_cert"].write_bytes(client.public_bytes(pem))
+    write_key(paths["server_key"], server_key)
+    write_key(paths["client_key"], client_key)
+    return paths
+
+
+# --- gRPC credentials -----------------------------------------------------------------------
+
+
+def read_secret_file(path: Path, what: str) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} {path} does not exist; `semlink certs --out DIR` makes a development set"
+        )
+    return path.read_bytes()
+
+
+def server_credentials(cert: Path, key: Path, client_ca: Path | None):  # type: ignore[no-untyped-def]
+    """TLS for the server's gRPC port; with ``client_ca``, clients must present a certificate it
+    signed (mutual TLS)."""
+    import grpc
+
+    return grpc.ssl_server_credentials(
+        [(read_secret_file(key, "TLS key"), read_secret_file(cert, "TLS certificate"))],
+        root_certificates=read_secret_file(client_ca, "client CA") if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def channel_credentials(ca: Path, cert: Path | None, key: Path | None):  # type: ignore[no-untyped-def]
+    """TLS for the device's channel: trust ``ca``; present ``cert``/``key`` for mutual TLS."""
+    import grpc
+
+    if (cert is None) != (key is None):
+        raise ValueError(
+            "a client certificate needs its key and a key its certificate: set both or neither"
+        )
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_secret_file(ca, "CA certificate"),
+        private_key=read_secret_file(key, "TLS key") if key else None,
+        certificate_chain=read_secret_file(cert, "TLS certificate") if cert else None,
+    )
+
+
+# --- API keys on HTTP -----------------------------------------------------------------------
+
+
+def load_api_keys(inline: str | None, path: Path | None) -> list[str]:
+    """API keys from a comma-separated value (an environment variable) and/or a file of one key
+    per line (``#`` comments allowed). Keys shorter than 16 characters are refused."""
+    keys = [k.strip() for k in (inline or "").split(",") if k.strip()]
+    if path is not None:
+        text = read_secret_file(path, "API key file").decode()
+        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    short = [k for k in keys if len(k) < 16]
+    if short:
+        raise ValueError(
+            f"{len(short)} API key(s) shorter than 16 characters; use long random keys (e.g. `openssl rand -hex 24`)"
+        )
+    return keys
+
+
+def install_api_keys(app, keys: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Requires ``Authorization: Bearer <key>`` on every route but the health probes; answers
+    401 with a JSON ``error`` otherwise. Compares in constant time."""
+    from fastapi.responses import JSONResponse
+
+    if not keys:
+        return
+    encoded = [k.encode() for k in keys]
+
+    @app.middleware("http")
+    async def require_key(request, call_next: Callable[..., Awaitable]):  # type: ignore[no-untyped-def]
+        if request.url.path.startswith(EXEMPT_PREFIXES):
+            return await call_next(request)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and any(
+            hmac.compare_digest(token.encode(), k) for k in encoded
+        ):
+            return await call_next(request)
+        return JSONResponse(
+            {"error": "missing or invalid API key: send the header 'Authorization: Bearer <key>'"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
