@@ -54,6 +54,12 @@ def parse_infer_body(
         if not isinstance(spec, dict) or not all(k in spec for k in ("name", "shape", "datatype")):
             raise TensorError('each input needs "name", "shape" and "datatype"')
         name, dtype, shape = spec["name"], spec["datatype"], spec["shape"]
+        if not isinstance(name, str) or not isinstance(dtype, str):
+            raise TensorError(
+                f'input "name" and "datatype" must be strings, got {name!r} and {dtype!r}'
+            )
+        if not isinstance(spec.get("parameters", {}), dict):
+            raise TensorError(f'input {name!r}: "parameters" must be a JSON object')
         if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
             raise TensorError(
                 f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"
@@ -64,7 +70,12 @@ def parse_infer_body(
             )
         size = (spec.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+            if (
+                isinstance(size, bool)
+                or not isinstance(size, int)
+                or size < 0
+                or offset + size > len(rest)
+            ):
                 raise TensorError(
                     f"input {name!r}: binary_data_size {size!r} runs past the end of the body"
                 )
