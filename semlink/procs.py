@@ -59,6 +59,12 @@ class Processes:
             f"{name} not ready at {url} after {timeout_s:g} s; its log ends with:\n{self.log_tail(name)}"
         )
 
+    def kill(self, name: str) -> None:
+        """SIGKILL: no drain, no goodbye (fault injection)."""
+        proc = self.children.pop(name)
+        proc.kill()
+        proc.wait()
+
     def stop(self, name: str | None = None) -> None:
         names = [name] if name else list(self.children)
         for n in names:
@@ -88,6 +94,13 @@ class Stack:
         }
     )
     pki: dict[str, Path] = field(default_factory=dict)
+    suffix: str = ""
+    """Appended to the link's and device's process names: several stacks can share one server."""
+
+    def sibling(self, suffix: str) -> Stack:
+        """Another link and device on fresh ports, sharing this stack's server and PKI."""
+        ports = {**self.ports, **{k: free_port() for k in ("link", "state", "device")}}
+        return Stack(self.procs, self.repository, self.model, self.tls, ports, self.pki, suffix)
 
     def security_args(self, role: str) -> list[str]:
         """The TLS (or --insecure) flags of ``role`` ("server" or "device")."""
@@ -143,7 +156,7 @@ class Stack:
 
     def start_link(self, *extra: str) -> None:
         self.procs.start(
-            "link",
+            f"link{self.suffix}",
             "link",
             "--listen",
             f"127.0.0.1:{self.ports['link']}",
@@ -153,14 +166,14 @@ class Stack:
             str(self.ports["state"]),
             *extra,
         )
-        self.procs.wait_http("link", self.state_url)
+        self.procs.wait_http(f"link{self.suffix}", self.state_url)
 
     def start_device(self, *extra: str, through_link: bool = True) -> None:
         repo = ["--model-repository", str(self.repository)] if self.repository else []
         target = self.ports["link"] if through_link else self.ports["grpc"]
         state = ["--link-state-url", self.state_url] if through_link else []
         self.procs.start(
-            "device",
+            f"device{self.suffix}",
             "device",
             "--server",
             f"127.0.0.1:{target}",
@@ -173,7 +186,7 @@ class Stack:
             *self.security_args("device"),
             *extra,
         )
-        self.procs.wait_http("device", f"{self.device_url}/v2/health/ready")
+        self.procs.wait_http(f"device{self.suffix}", f"{self.device_url}/v2/health/ready")
 
     def start_all(self, link_args: tuple[str, ...] = (), device_args: tuple[str, ...] = ()) -> None:
         self.start_server()

@@ -156,6 +156,19 @@ def _bench_policy(args: argparse.Namespace) -> int:
     return main(cfg, args.json)
 
 
+def _bench_reliability(args: argparse.Namespace) -> int:
+    from semlink.bench.reliability import ReliabilityBenchConfig, main
+
+    cfg = ReliabilityBenchConfig(
+        devices=args.devices,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        fault_seconds=args.fault_seconds,
+        out=args.out,
+    )
+    return main(cfg, args.json)
+
+
 def _bench_link(args: argparse.Namespace) -> int:
     from semlink.bench.link import main
 
@@ -187,6 +200,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-dir", default=None, help="early-exit folder with policy.onnx")
     p.set_defaults(func=_bench_policy)
+    p = bsub.add_parser("reliability", help="load, faults, fuzzing and access control")
+    p.add_argument("--json", default=None)
+    p.add_argument("--out", default="runs/bench-reliability", help="folder for process logs")
+    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--requests", type=int, default=1000, help="per device in the load test")
+    p.add_argument("--concurrency", type=int, default=4, help="in flight per device")
+    p.add_argument("--fault-seconds", type=float, default=24.0, help="each fault's stream")
+    p.set_defaults(func=_bench_reliability)
     p = bsub.add_parser("link", help="link emulator rate accuracy, 100 kbit/s to 100 Mbit/s")
     p.add_argument("--seconds", type=float, default=10.0, help="measurement per rate")
     p.add_argument("--json", default=None)
