@@ -7,7 +7,9 @@ pass, the device answers from its local best (here: the tail it also holds) and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,9 @@ from server.repository import resolve, scan
 log = logging.getLogger(__name__)
 
 SAFETY_MS = 5.0  # keep this much of the deadline for the local fallback itself
+RETRIES = 1  # extra tries of an offload that found no live server (UNAVAILABLE)
+RETRY_BACKOFF_S = 0.025  # the pause before retry k is uniform in [0, 25 ms * 2^k]
+MIN_TRY_S = 0.05  # retry only if at least this much of the deadline is left after the pause
 # failures that say the server (or the link) is down or drowning, and count towards the breaker
 BREAKER_CODES = (
     grpc.StatusCode.UNAVAILABLE,
@@ -209,19 +214,35 @@ class DeviceService:
                 f"next try in {self.breaker.retry_in_s():.1f} s",
                 {},
             )
-        try:
-            reply = await self.client.infer(request, remaining_s)
-        except grpc.aio.AioRpcError as exc:
-            reason = f"server {exc.code().name}: {exc.details()}"
-            if exc.code() in BREAKER_CODES:
-                self.breaker.failure()
-            else:  # the server answered: it is alive
+        started = time.perf_counter()
+        for attempt in range(1 + RETRIES):
+            left_s = remaining_s - (time.perf_counter() - started)
+            try:
+                reply = await self.client.infer(request, left_s)
+                break
+            except grpc.aio.AioRpcError as exc:
+                # UNAVAILABLE: the request never reached a live server (or its connection broke);
+                # inference is idempotent, so one more try after a jittered pause is safe
+                pause_s = random.uniform(0, RETRY_BACKOFF_S * 2**attempt)
+                if (
+                    exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and attempt < RETRIES
+                    and left_s - pause_s > MIN_TRY_S
+                ):
+                    await asyncio.sleep(pause_s)
+                    continue
+                reason = f"server {exc.code().name}: {exc.details()}"
+                if exc.code() in BREAKER_CODES:
+                    self.breaker.failure()
+                else:  # the server answered: it is alive
+                    self.breaker.success()
+                log.warning(
+                    "request %s: offload failed (%s); answering locally", request.id, reason
+                )
+                return None, reason, {}
+            except ValueError as exc:
                 self.breaker.success()
-            log.warning("request %s: offload failed (%s); answering locally", request.id, reason)
-            return None, reason, {}
-        except ValueError as exc:
-            self.breaker.success()
-            return None, f"bad server answer: {exc}", {}
+                return None, f"bad server answer: {exc}", {}
         self.breaker.success()
         server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
             reply.parameters.get("server_compute_ms", 0.0)
