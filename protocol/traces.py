@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 PACKET_BYTES = 1500
+MAX_TRACE_MS = 7 * 24 * 3600 * 1000  # longest trace period accepted
 BITS_PER_PACKET = PACKET_BYTES * 8
 
 
@@ -61,17 +62,15 @@ class TraceSchedule(Schedule):
             raise TraceError(f"{name}: the trace is empty; it needs at least one timestamp line")
         self.name = name
         self.period = max(int(ts[-1]), 1)
-        # cum[m] = opportunities with timestamp < m, for m in 0..period
-        self._cum = np.searchsorted(ts, np.arange(self.period + 1), side="left")
-        self.per_period = int(np.searchsorted(ts, self.period, side="left"))
-        if self.per_period == 0:  # all timestamps equal the period: count them at its end
-            self.per_period = int(ts.size)
-            self._cum[-1] = self.per_period
+        self._ts = ts
+        # opportunities per period: those before the period's end (the last timestamp opens the
+        # next period); when every timestamp equals the period, all of them at its end
+        self.per_period = int(np.searchsorted(ts, self.period, side="left")) or int(ts.size)
 
     def opportunities_until(self, t_ms: float) -> int:
         whole = int(t_ms) // self.period
         rest = int(t_ms) - whole * self.period
-        return whole * self.per_period + int(self._cum[rest])
+        return whole * self.per_period + int(np.searchsorted(self._ts, rest, side="left"))
 
     def average_bps(self) -> float:
         return self.per_period * BITS_PER_PACKET / self.period * 1000.0
@@ -93,6 +92,11 @@ def parse_mahimahi(text: str, name: str = "trace") -> np.ndarray:
             ) from None
         if value < 0:
             raise TraceError(f"{name}:{lineno}: timestamp {value} is negative")
+        if value > MAX_TRACE_MS:
+            raise TraceError(
+                f"{name}:{lineno}: timestamp {value} is past {MAX_TRACE_MS} ms (a week); "
+                "a trace wraps around, so write one period of it"
+            )
         if value < prev:
             raise TraceError(
                 f"{name}:{lineno}: timestamp {value} is smaller than the previous {prev}; timestamps must not decrease"
