@@ -1,8 +1,11 @@
 """One inference on the device: decide, run the head, send the kept tokens, or answer locally.
+For an early-exit network: walk the device's exits, and at each exit, continue or offload the
+activations as the controller says.
 
 Every request gets exactly one answer. When the server or the link fails, or the deadline would
-pass, the device answers from its local best (here: the tail it also holds) and marks the answer
-``degraded`` with the reason.
+pass, the device answers from its local best (the tail it also holds; for an early-exit network,
+the exit it reached) and marks the answer ``degraded`` with the reason. A circuit breaker keeps a
+dead server from costing a timeout per request.
 """
 
 from __future__ import annotations
