@@ -41,6 +41,13 @@ class DeviceMetrics:
             ["model"],
             registry=r,
         )
+        self.exit_decisions = Counter(
+            "semlink_device_exit_decisions",
+            "Early-exit networks: where each request stopped (device blocks run) and what the "
+            "controller did there (exit, offload)",
+            ["model", "split", "action"],
+            registry=r,
+        )
         self.budget = Histogram(
             "semlink_device_budget_ratio",
             "Token budget alpha chosen",
@@ -88,6 +95,8 @@ class DeviceMetrics:
         self.tokens.labels(m).inc(a.tokens_sent)
         self.payload.labels(m).inc(a.payload_bytes)
         self.request_bytes.labels(m).inc(a.request_bytes)
+        if a.exits:
+            self.exit_decisions.labels(m, str(a.split), a.exits[-1]["action"]).inc()
         self.budget.labels(m).observe(a.budget)
         if a.rate is not None:
             self.rate.labels(m).observe(a.rate)

@@ -70,6 +70,11 @@ def test_never_confident_device_offloads_and_server_finishes_the_network(ee_stac
         final = model(torch.from_numpy(image))[-1].exp().numpy()[0]
     np.testing.assert_allclose(probs(doc), final, atol=2e-3)  # fp16 activations on the wire
     assert ee_stack.link_state()["uplink"]["delivered_bytes"] >= p["request_bytes"]
+    metrics = httpx.get(f"{ee_stack.device_url}/metrics", timeout=5).text
+    assert (
+        'semlink_device_exit_decisions_total{action="offload",model="tiny-ee",split="2"} 1.0'
+        in metrics
+    )
 
 
 def test_confident_device_answers_at_its_first_exit(ee_stack, ee_repository, tmp_path):
