@@ -104,9 +104,10 @@ def choose_operating_point(
     """The sweep point of ``rule`` answering most samples on the device while staying within
     ``max_drop_points`` of the final exit's accuracy, on the validation traces."""
     floor = val.final_correct.mean() - max_drop_points / 100
-    rows = [r for r in rule_sweep(val) if r["rule"] == rule and r["accuracy"] >= floor - 1e-9]
+    sweep = [r for r in rule_sweep(val) if r["rule"] == rule]
+    rows = [r for r in sweep if r["accuracy"] >= floor - 1e-9]
     if not rows:  # nothing qualifies: the most accurate point
-        rows = [max((r for r in rule_sweep(val) if r["rule"] == rule), key=lambda r: r["accuracy"])]
+        rows = [max(sweep, key=lambda r: r["accuracy"])]
     return max(rows, key=lambda r: (r["device_fraction"], r["accuracy"]))
 
 

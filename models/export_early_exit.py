@@ -78,10 +78,10 @@ def example_inputs(model: EarlyExitNet) -> dict[str, Any]:
     return {"image": image, "activations": acts, "logp": logps}
 
 
-def _carry(model: EarlyExitNet, activations: torch.Tensor, logp: torch.Tensor) -> tuple:
+def _carry(model: EarlyExitNet, activations: torch.Tensor, logp: torch.Tensor) -> dict:
     """Inputs of a graph that continues from an exit: the activations, and for recursive networks
     the exit's log p."""
-    return (activations, logp) if model.cfg.recursive else (activations,)
+    return {"activations": activations} | ({"prev_logp": logp} if model.cfg.recursive else {})
 
 
 def export_early_exit_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -93,30 +93,29 @@ def export_early_exit_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> di
     ex = example_inputs(model)
     graphs: dict[str, dict[str, Any]] = {}
 
-    def save(name: str, module: nn.Module, args: tuple, outputs: list[str]) -> None:
-        inputs = (
-            ["image"] if args[0].ndim == 4 and args[0].shape[1:] == ex["image"].shape[1:] else []
-        )
-        inputs = inputs or ["activations", "prev_logp"][: len(args)]
+    def save(
+        name: str, module: nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str]
+    ) -> None:
         B = torch.export.Dim("B", min=1, max=1024)
+        path = out / f"{name}.onnx"
         export_graph(
-            module, args, out / f"{name}.onnx", inputs, outputs, tuple({0: B} for _ in args)
+            module,
+            tuple(inputs.values()),
+            path,
+            list(inputs),
+            outputs,
+            tuple({0: B} for _ in inputs),
         )
-        onnx.checker.check_model(onnx.load(str(out / f"{name}.onnx")), full_check=True)
-        graphs[name] = {"file": f"{name}.onnx", "inputs": inputs, "outputs": outputs}
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        graphs[name] = {"file": path.name, "inputs": list(inputs), "outputs": outputs}
 
+    image = {"image": ex["image"]}
     for s in model.cfg.device_exits:
-        save(f"device_s{s}", _Device(model, s), (ex["image"],), ["activations", "exit_logp"])
-        save(
-            f"server_s{s}",
-            _Server(model, s),
-            _carry(model, ex["activations"][s], ex["logp"][s]),
-            ["logp"],
-        )
-        step_args = (
-            (ex["image"],) if s == 0 else _carry(model, ex["activations"][s - 1], ex["logp"][s - 1])
-        )
-        save(f"step_{s}", _Step(model, s), step_args, ["next_activations", "logp"])
+        save(f"device_s{s}", _Device(model, s), image, ["activations", "exit_logp"])
+        carry = _carry(model, ex["activations"][s], ex["logp"][s])
+        save(f"server_s{s}", _Server(model, s), carry, ["logp"])
+        before = image if s == 0 else _carry(model, ex["activations"][s - 1], ex["logp"][s - 1])
+        save(f"step_{s}", _Step(model, s), before, ["next_activations", "logp"])
     checkpoint.save(
         out / "checkpoint.pt",
         kind="early-exit",

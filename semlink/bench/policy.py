@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from models.offload_policy import PolicySpec
+from models.offload_policy import PolicySpec, rule_action
 from semlink.cli import DEFAULT_EE_DIR
 
 THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 1.01)
@@ -76,8 +76,6 @@ def summarise(outs: list[Any]) -> dict[str, float]:
 
 
 def rule_score(env: Any, episodes: list[Any], spec: Any) -> dict[str, float]:
-    from models.offload_policy import rule_action
-
     return run_policy(env, episodes, lambda obs, last: rule_action(spec, obs, last))
 
 
