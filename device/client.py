@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +15,8 @@ import numpy as np
 from protocol import grpc_service_pb2 as pb
 from protocol import grpc_service_pb2_grpc as pb_grpc
 from protocol.codec import datatype_of, from_bytes, param_value, set_param, to_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,3 +102,44 @@ class ServerClient:
             sum(len(r) for r in request.raw_input_contents),
             rtt,
         )
+
+
+class ServerWatch:
+    """Asks the server ``ServerReady`` every ``period_s`` and logs when it stops or starts
+    answering, so a device pointed at the wrong address says so at once. What it knows is in
+    ``state`` (``unknown`` until the first answer): the device's health probe reports it, the
+    offloads themselves never wait on it."""
+
+    def __init__(self, client: ServerClient, period_s: float = 5.0) -> None:
+        self.client, self.period_s = client, period_s
+        self.state = "unknown"
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._poll())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def check(self) -> str:
+        reachable = await self.client.ready(timeout=min(self.period_s, 2.0))
+        state = "reachable" if reachable else "unreachable"
+        if state != self.state:
+            if reachable:
+                log.info("server %s answers: offloading", self.client.address)
+            else:
+                log.warning(
+                    "server %s is unreachable or not ready: answering on the device (degraded) "
+                    "until it answers; check --server / SEMLINK_DEVICE_SERVER, the link and TLS",
+                    self.client.address,
+                )
+        self.state = state
+        return state
+
+    async def _poll(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self.period_s)

@@ -52,9 +52,9 @@ def create_app(service: DeviceService) -> FastAPI:
 
     @app.get("/v2/health/ready")
     async def ready() -> dict:
-        return {
-            "ready": True
-        }  # the head is loaded before the app starts; offload failures degrade, never block
+        # The model is loaded before the app starts, and a lost server degrades answers, never
+        # blocks them: the device is ready either way and says whether it can offload.
+        return {"ready": True, "server": service.watch.state}
 
     @app.get("/v2")
     async def metadata() -> dict:

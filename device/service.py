@@ -23,7 +23,7 @@ import numpy as np
 
 from device.breaker import CircuitBreaker
 from device.channel_state import ChannelMonitor
-from device.client import ServerClient, build_request
+from device.client import ServerClient, ServerWatch, build_request
 from device.controller import Controller, Decision, ExitState, make_controller
 from device.early_exit import EarlyExitPipeline
 from device.metrics import DeviceMetrics
@@ -99,14 +99,17 @@ class DeviceService:
             settings.server, credentials=credentials, server_name=settings.tls_server_name
         )
         self.counts = {"requests": 0, "offloaded": 0, "degraded": 0}
+        self.watch = ServerWatch(self.client, settings.server_probe_s)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.metrics = DeviceMetrics(self.model.name)
 
     async def start(self) -> None:
         self.monitor.start()
+        self.watch.start()
 
     async def close(self) -> None:
         await self.monitor.stop()
+        await self.watch.stop()
         await self.client.close()
 
     def request_params(self, raw: dict[str, Any]) -> dict[str, Any]:

@@ -62,6 +62,9 @@ class DeviceSettings(BaseSettings):
         64, ge=0, description="HTTP requests in flight per client address (0 = no limit); 429 above"
     )
     state_poll_ms: float = Field(200.0, gt=0.0)
+    server_probe_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="seconds between ServerReady probes (health, logs)"
+    )
 
     breaker_failures: int = Field(
         3, ge=1, le=1000, description="consecutive failed offloads that open the circuit breaker"

@@ -39,3 +39,5 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: the device's link-state polls, five a second
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))

@@ -241,3 +241,11 @@ def test_server_http_speaks_oip(stack):
     assert (
         httpx.post(f"{url}/v2/models/nope/infer", content=body, headers=headers).status_code == 404
     )
+
+
+def test_device_readiness_says_whether_its_server_answers(stack):
+    deadline = time.monotonic() + 10
+    while (doc := httpx.get(f"{stack.device_url}/v2/health/ready").json())["server"] != "reachable":
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.2)
+    assert doc["ready"] is True
