@@ -1,4 +1,5 @@
-"""The device's HTTP front: OIP ``/v2/...`` (JSON and binary tensors) and ``POST /v1/classify``."""
+"""The device's HTTP front: OIP ``/v2/...`` (JSON and binary tensors), ``POST /v1/classify`` and
+the live ``/dashboard``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.responses import HTMLResponse
 
+from device import dashboard
 from device.pipeline import decode_image
 from device.service import Answer, DeviceService
 from protocol.codec import TensorError
@@ -125,14 +128,27 @@ def create_app(service: DeviceService) -> FastAPI:
         image: Annotated[UploadFile, File(description="PNG or JPEG")],
         budget: Annotated[float | None, Form()] = None,
         deadline_ms: Annotated[float | None, Form()] = None,
+        label: Annotated[int | None, Form(description="true class, for the dashboard")] = None,
     ) -> dict:
         data = await image.read(settings.max_body_bytes + 1)
         if len(data) > settings.max_body_bytes:
             raise ClientError(413, f"image exceeds the limit of {settings.max_body_bytes} bytes")
         arr = decode_image(data, service.model.image_shape, settings.max_image_pixels)
         return (
-            await service.classify(arr, {"budget": budget, "deadline_ms": deadline_ms})
+            await service.classify(
+                arr, {"budget": budget, "deadline_ms": deadline_ms, "label": label}
+            )
         ).as_dict()
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard_page() -> str:
+        return dashboard.page()
+
+    @app.get("/dashboard/state")
+    async def dashboard_state() -> dict:
+        """What the dashboard shows: link, controller, accuracy and latency so far, recent
+        requests with the patches they sent."""
+        return service.dashboard.state(service)
 
     @app.get("/v1/stats")
     async def stats() -> dict:

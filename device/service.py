@@ -25,6 +25,7 @@ from device.breaker import CircuitBreaker
 from device.channel_state import ChannelMonitor
 from device.client import ServerClient, ServerWatch, build_request
 from device.controller import Controller, Decision, ExitState, make_controller
+from device.dashboard import Dashboard
 from device.early_exit import EarlyExitPipeline
 from device.metrics import DeviceMetrics
 from device.pipeline import DevicePipeline, check_image
@@ -102,6 +103,7 @@ class DeviceService:
         self.watch = ServerWatch(self.client, settings.server_probe_s)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.metrics = DeviceMetrics(self.model.name)
+        self.dashboard = Dashboard(int(round(self.model.manifest.get("num_patches", 0) ** 0.5)))
 
     async def start(self) -> None:
         self.monitor.start()
@@ -118,6 +120,8 @@ class DeviceService:
         for key in (P.BUDGET, P.RATE, P.DEADLINE_MS, P.SNR_DB):
             if raw.get(key) is not None:
                 out[key] = P.check(key, raw[key])
+        if raw.get(P.LABEL) is not None:
+            out[P.LABEL] = P.check_label(raw[P.LABEL], self.model.num_classes)
         if raw.get(P.REQUEST_ID) is not None:
             out[P.REQUEST_ID] = str(raw[P.REQUEST_ID])[:128]
         return out
@@ -197,8 +201,7 @@ class DeviceService:
             controller={"name": self.controller.name, **self.controller.state()},
             timing_ms=timing,
         )
-        self.metrics.record(answer)
-        _request_log(answer, self.model.name, timing)
+        self._finish(answer, image, params, timing)
         return answer
 
     async def _offload(
@@ -333,9 +336,16 @@ class DeviceService:
             timing_ms=timing,
             exits=trail,
         )
-        self.metrics.record(answer)
-        _request_log(answer, self.model.name, timing)
+        self._finish(answer, image, params, timing)
         return answer
+
+    def _finish(
+        self, answer: Answer, image: np.ndarray, params: dict[str, Any], timing: dict[str, float]
+    ) -> None:
+        """What every answer leaves behind: metrics, the dashboard's view, one log line."""
+        self.metrics.record(answer)
+        self.dashboard.record(answer, image[0], params.get(P.LABEL))
+        _request_log(answer, self.model.name, timing)
 
 
 def _request_log(answer: Answer, model: str, timing: dict[str, float]) -> None:

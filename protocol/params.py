@@ -18,6 +18,7 @@ REQUEST_ID = "request_id"  # also the OIP `id` field; shared across device, link
 TOKEN_FORMAT = "token_format"  # fp16 | int8 | fp32
 CHANNEL = "channel"  # awgn | rayleigh | none: the channel the receiver simulates (JSCC pipelines)
 CHANNELS = ("awgn", "rayleigh", "none")
+LABEL = "label"  # the true class, when the client knows it: the device's dashboard counts accuracy
 
 
 class ParameterError(ValueError):
@@ -61,3 +62,12 @@ def check_channel(value: Any) -> str:
     if value not in CHANNELS:
         raise ParameterError(f"parameter 'channel' must be one of {CHANNELS}, got {value!r}")
     return str(value)
+
+
+def check_label(value: Any, num_classes: int) -> int:
+    """Validates the ``label`` parameter: a class index of the model."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
+        raise ParameterError(
+            f"parameter 'label' must be an integer class index in [0, {num_classes}), got {value!r}"
+        )
+    return value

@@ -43,6 +43,7 @@ class DemoConfig:
     snr_trace: str | None = None
     out: str = "runs/demo"
     seed: int = 0
+    hold: bool = False  # keep the processes up after the summary (for the dashboard) until Ctrl-C
 
 
 def write_snr_trace(path: Path, seconds: float, seed: int) -> None:
@@ -103,13 +104,16 @@ def run_demo(cfg: DemoConfig) -> int:
             f"device HTTP :{ports['device']}, model {model}, controller {cfg.controller}; "
             "device -> server over mutual TLS"
         )
+        print(f"live dashboard: http://127.0.0.1:{ports['device']}/dashboard")
         data = load_digits_canvas("test", cfg.seed)
         rows: list[dict[str, Any]] = []
         t_start = time.perf_counter()
         with httpx.Client(timeout=30.0) as client:
             for i in tqdm(range(min(cfg.requests, len(data))), desc="demo requests", unit="req"):
                 body, headers = build_infer_request(
-                    {"image": data.images[i : i + 1]}, request_id=f"demo-{i}"
+                    {"image": data.images[i : i + 1]},
+                    {"label": int(data.labels[i])},  # the dashboard counts accuracy from it
+                    request_id=f"demo-{i}",
                 )
                 t0 = time.perf_counter()
                 resp = client.post(stack.infer_url(), content=body, headers=headers)
@@ -147,6 +151,12 @@ def run_demo(cfg: DemoConfig) -> int:
         )
         plot_timeline(rows, out / "timeline.png")
         print_summary(summary, out)
+        if cfg.hold:
+            print(
+                f"holding: dashboard at http://127.0.0.1:{ports['device']}/dashboard; Ctrl-C stops"
+            )
+            while True:
+                time.sleep(3600)
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted: stopping server, link and device", file=sys.stderr)

@@ -169,6 +169,30 @@ def _bench_reliability(args: argparse.Namespace) -> int:
     return main(cfg, args.json)
 
 
+def _bench_compare(args: argparse.Namespace) -> int:
+    from semlink.bench.compare import CompareBenchConfig, main
+
+    cfg = CompareBenchConfig(requests=args.requests, burst=args.burst, out=args.out)
+    if args.rates:
+        cfg.rates_mbit = tuple(args.rates)
+    return main(cfg, args.json)
+
+
+def _bench_all(args: argparse.Namespace) -> int:
+    from semlink.bench.report import main
+
+    return main(Path(args.out), args.json, args.only)
+
+
+def _baseline_server(args: argparse.Namespace) -> int:
+    from semlink.bench import baselines
+    from server.settings import DEFAULT_REPOSITORY
+
+    serve = baselines.serve_plain if args.kind == "plain" else baselines.serve_litserve
+    serve(args.port, args.model_repository or DEFAULT_REPOSITORY, args.model)
+    return 0
+
+
 def _bench_link(args: argparse.Namespace) -> int:
     from semlink.bench.link import main
 
@@ -176,8 +200,30 @@ def _bench_link(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks, each against its baselines in the same run")
-    bsub = bench.add_subparsers(dest="what", required=True)
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks, each against its baselines in the same run; alone: all of them and a report",
+    )
+    bench.add_argument("--json", default=None, help="write every benchmark's figures in one file")
+    bench.add_argument(
+        "--out", default="runs/bench", help="folder for report.md, plots and each one's output"
+    )
+    bench.add_argument(
+        "--only", nargs="+", default=None, help="run these benchmarks only (e.g. compare serving)"
+    )
+    bench.set_defaults(func=_bench_all)
+    bsub = bench.add_subparsers(dest="what")
+    p = bsub.add_parser(
+        "compare", help="semlink vs JPEG upload (FastAPI, LitServe), fp32 tokens, local only"
+    )
+    p.add_argument("--json", default=None)
+    p.add_argument("--out", default="runs/bench-compare", help="folder for the plot and logs")
+    p.add_argument("--requests", type=int, default=60, help="sequential requests per system/rate")
+    p.add_argument("--burst", type=int, default=24, help="requests for the throughput figure")
+    p.add_argument(
+        "--rates", type=float, nargs="+", default=None, help="link rates, Mbit/s (0.1 1 10 100)"
+    )
+    p.set_defaults(func=_bench_compare)
     p = bsub.add_parser("serving", help="overhead, wire efficiency, batching, slow-link latency")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--out", default="runs/bench-serving", help="folder for process logs")
@@ -212,6 +258,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="measurement per rate")
     p.add_argument("--json", default=None)
     p.set_defaults(func=_bench_link)
+
+    p = sub.add_parser(
+        "baseline-server",
+        help="what users run instead: JPEG upload, whole model (for `semlink bench compare`)",
+    )
+    p.add_argument("kind", choices=["plain", "litserve"], help="plain FastAPI or LitServe")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-repository", type=Path, default=None)
+    p.add_argument("--model", default="digits-vit")
+    p.set_defaults(func=_baseline_server)
 
     p = sub.add_parser("server", help="the edge server (OIP over gRPC and HTTP)")
     p.add_argument("--model-repository", type=Path, default=None, help="default: the shipped zoo")
@@ -348,4 +404,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--out", default="runs/demo", help="folder for the summary JSON and timeline PNG"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep server, link and device running after the summary (to browse the dashboard)",
+    )
     p.set_defaults(func=_demo)

@@ -1,0 +1,122 @@
+"""``semlink bench``: every benchmark, one after the other, each in its own process, gathered into
+``report.md`` (their tables and plots, the machine they ran on) and, with ``--json``, one JSON
+file holding every benchmark's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from semlink.bench.compare import machine
+
+# name -> (arguments after `semlink bench`, what it shows); each also gets --json and --out
+BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
+    "compare": (
+        ("compare",),
+        "semlink vs JPEG upload (FastAPI, LitServe), fp32 tokens, local only",
+    ),
+    "serving": (("serving",), "serving overhead, wire bytes, dynamic batching, slow-link latency"),
+    "link": (("link", "--seconds", "5"), "link emulator: delivered vs configured rate"),
+    "controller": (("controller",), "Lyapunov control vs the LP optimum and fixed (α, r)"),
+    "policy": (("policy",), "RL offloading vs thresholds, growth rule and oracle"),
+    "reliability": (("reliability",), "load, faults, fuzzing and access control"),
+}
+NO_OUT = {"link"}  # benchmarks without an --out folder
+
+
+def run_one(name: str, out: Path) -> dict:
+    args, _ = BENCHMARKS[name]
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "semlink.cli",
+        "bench",
+        *args,
+        "--json",
+        str(folder / "figures.json"),
+    ]
+    if name not in NO_OUT:
+        cmd += ["--out", str(folder)]
+    t0 = time.perf_counter()
+    with open(folder / "output.txt", "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    figures = folder / "figures.json"
+    return {
+        "name": name,
+        "command": "semlink bench " + " ".join(args),
+        "exit_code": code,
+        "seconds": time.perf_counter() - t0,
+        "figures": json.loads(figures.read_text()) if figures.exists() else None,
+        "output": (folder / "output.txt").read_text(),
+        "plots": sorted(p.relative_to(out).as_posix() for p in folder.glob("*.png")),
+    }
+
+
+def _printed(output: str) -> str:
+    """The benchmark's printed report: its output without progress bars and warnings."""
+    keep = [
+        ln
+        for ln in output.splitlines()
+        if "\r" not in ln and "it/s]" not in ln and "Warning" not in ln and "warn(" not in ln
+    ]
+    return "\n".join(keep).strip()
+
+
+def write_report(runs: list[dict], out: Path, started: str) -> Path:
+    m = machine()
+    total = sum(r["seconds"] for r in runs)
+    lines = [
+        "# semlink benchmark report",
+        "",
+        f"Started {started}; {total / 60:.1f} min in all. Regenerate: `semlink bench --out {out}`.",
+        "",
+        f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}.",
+        "",
+        "| benchmark | what | time | status |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        status = "ok" if r["exit_code"] == 0 else f"failed (exit {r['exit_code']})"
+        lines.append(
+            f"| [{r['name']}](#{r['name']}) | {BENCHMARKS[r['name']][1]} | {r['seconds']:.0f} s | {status} |"
+        )
+    for r in runs:
+        lines += ["", f"## {r['name']}", "", f"`{r['command']}`", ""]
+        text = _printed(r["output"])
+        if r["name"] == "compare" and r["exit_code"] == 0:
+            lines.append(text)  # already Markdown tables
+        else:
+            lines += ["```", text, "```"]
+        lines += [f"![{p}]({p})" for p in r["plots"]]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(out: Path, json_path: str | None, only: list[str] | None = None) -> int:
+    names = only or list(BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    runs = []
+    for name in (bar := tqdm(names, desc="benchmarks", unit="bench")):
+        bar.set_postfix_str(name)
+        runs.append(run_one(name, out))
+    report = write_report(runs, out, started)
+    if json_path:
+        doc = {"machine": machine(), **{r["name"]: r["figures"] for r in runs}}
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
+    failed = [r["name"] for r in runs if r["exit_code"] != 0]
+    print(f"report: {report}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
