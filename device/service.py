@@ -36,7 +36,7 @@ from server.repository import resolve, scan
 
 log = logging.getLogger(__name__)
 
-SAFETY_MS = 5.0  # keep this much of the deadline for the local fallback itself
+SAFETY_MS = 15.0  # keep this much of the deadline for the local fallback and the reply
 RETRIES = 1  # extra tries of an offload that found no live server (UNAVAILABLE)
 RETRY_BACKOFF_S = 0.025  # the pause before retry k is uniform in [0, 25 ms * 2^k]
 MIN_TRY_S = 0.05  # retry only if at least this much of the deadline is left after the pause

@@ -25,6 +25,10 @@ SPLITS = ("train", "val", "test")
 DIGITS_CANVAS = 48
 DIGITS_SCALE = 2
 DIGITS_NOISE = 0.1
+# digits-shifted: the fine-tuning scenario of split learning and ALaST. The same digits, 1.5x
+# larger (24x24) on three times the noise: a model trained on digits-canvas needs adapting.
+SHIFTED_SCALE = 3
+SHIFTED_NOISE = 0.3
 # Normalisation constants of digits-canvas (measured once on the train split, rounded).
 DIGITS_MEAN = 0.034
 DIGITS_STD = 0.187
@@ -49,6 +53,7 @@ class Dataset:
     num_classes: int
     sources: np.ndarray | None = None  # digits-canvas: the 8x8 source digits, (N, 8, 8) in [0, 1]
     seed: int = 0
+    canvas: tuple[float, int] = (DIGITS_NOISE, DIGITS_SCALE)  # digits-*: noise sigma, upscaling
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,7 +70,7 @@ class Dataset:
         if self.sources is None or self.split != "train":
             return self.images
         rng = np.random.default_rng((self.seed, SPLITS.index(self.split), epoch))
-        return _compose_canvas(self.sources, rng, augment)
+        return _compose_canvas(self.sources, rng, augment, *self.canvas)
 
     def placements(self, count: int) -> Dataset:
         """digits-canvas: the split's own digits, each placed ``count`` times at fresh seeded
@@ -76,7 +81,7 @@ class Dataset:
         images = [self.images]
         for p in range(1, count):
             rng = np.random.default_rng((self.seed, SPLITS.index(self.split), 10_000 + p))
-            images.append(_compose_canvas(self.sources, rng))
+            images.append(_compose_canvas(self.sources, rng, False, *self.canvas))
         return Dataset(
             self.name,
             self.split,
@@ -106,15 +111,19 @@ def normalize_digits(canvas: np.ndarray) -> np.ndarray:
 
 
 def _compose_canvas(
-    sources: np.ndarray, rng: np.random.Generator, augment: bool = False
+    sources: np.ndarray,
+    rng: np.random.Generator,
+    augment: bool = False,
+    noise: float = DIGITS_NOISE,
+    scale: int = DIGITS_SCALE,
 ) -> np.ndarray:
     """Places each upscaled source digit on its own noisy canvas. Returns (N, 1, 48, 48)."""
     n = len(sources)
-    size = sources.shape[1] * DIGITS_SCALE
-    digits = np.kron(sources, np.ones((DIGITS_SCALE, DIGITS_SCALE), dtype=np.float32))
+    size = sources.shape[1] * scale
+    digits = np.kron(sources, np.ones((scale, scale), dtype=np.float32))
     if augment:
         digits = _random_affine(digits, rng)
-    canvas = rng.normal(0.0, DIGITS_NOISE, size=(n, DIGITS_CANVAS, DIGITS_CANVAS))
+    canvas = rng.normal(0.0, noise, size=(n, DIGITS_CANVAS, DIGITS_CANVAS))
     canvas = canvas.astype(np.float32)
     ys = rng.integers(0, DIGITS_CANVAS - size + 1, size=n)
     xs = rng.integers(0, DIGITS_CANVAS - size + 1, size=n)
@@ -155,8 +164,9 @@ def split_indices(
     }
 
 
-def load_digits_canvas(split: str, seed: int = 0) -> Dataset:
-    """The embedded default dataset (see module docstring). Deterministic from ``seed``."""
+def load_digits_canvas(split: str, seed: int = 0, shifted: bool = False) -> Dataset:
+    """The embedded default dataset (see module docstring). Deterministic from ``seed``.
+    ``shifted``: digits-shifted, larger digits on noisier canvases (the fine-tuning target)."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
     _check_split(split)
@@ -165,8 +175,10 @@ def load_digits_canvas(split: str, seed: int = 0) -> Dataset:
     labels = digits.target.astype(np.int64)
     idx = split_indices(len(labels), seed)[split]
     rng = np.random.default_rng((seed, SPLITS.index(split), 0))
-    images = _compose_canvas(sources[idx], rng)
-    return Dataset("digits-canvas", split, images, labels[idx], 10, sources[idx], seed)
+    canvas = (SHIFTED_NOISE, SHIFTED_SCALE) if shifted else (DIGITS_NOISE, DIGITS_SCALE)
+    images = _compose_canvas(sources[idx], rng, False, *canvas)
+    name = "digits-shifted" if shifted else "digits-canvas"
+    return Dataset(name, split, images, labels[idx], 10, sources[idx], seed, canvas)
 
 
 def load_cifar10(root: str | Path, split: str, seed: int = 0) -> Dataset:
@@ -272,12 +284,14 @@ def load_dataset(
     name: str, split: str, *, root: str | None = None, seed: int = 0, image_size: int = 64
 ) -> Dataset:
     """Factory over the three datasets; ``root`` is required for the on-disk ones."""
-    if name == "digits-canvas":
-        return load_digits_canvas(split, seed)
+    if name in ("digits-canvas", "digits-shifted"):
+        return load_digits_canvas(split, seed, shifted=name == "digits-shifted")
     if name in ("cifar10", "imagefolder") and root is None:
         raise ValueError(f"dataset {name!r} is read from local disk: pass --data-root PATH")
     if name == "cifar10":
         return load_cifar10(root, split, seed)  # type: ignore[arg-type]
     if name == "imagefolder":
         return load_imagefolder(root, split, image_size, seed)  # type: ignore[arg-type]
-    raise ValueError(f"unknown dataset {name!r}: choose digits-canvas, cifar10 or imagefolder")
+    raise ValueError(
+        f"unknown dataset {name!r}: choose digits-canvas, digits-shifted, cifar10 or imagefolder"
+    )

@@ -56,6 +56,78 @@ def _train_selector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_split(args: argparse.Namespace) -> int:
+    from models.train_split import SplitConfig, train_split
+
+    result = train_split(
+        SplitConfig(
+            method=args.method,
+            xi=args.xi,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            snr_db=args.snr_db,
+            pretrained=args.pretrained,
+            dataset=args.dataset,
+            data_root=args.data_root,
+            seed=args.seed,
+            max_steps=args.max_steps,
+        )
+    )
+    mb = 1e6
+    print(
+        f"{args.method} ξ={args.xi:g}: test accuracy {100 * result['accuracy']:.1f} % "
+        f"(from {100 * result['accuracy_before']:.1f} %), {result['bytes_up'] / mb:.2f} MB up, "
+        f"{result['bytes_down'] / mb:.2f} MB down, {result['seconds']:.0f} s"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _train_finetune(args: argparse.Namespace) -> int:
+    from models.alast import FinetuneConfig, finetune
+
+    result = finetune(
+        FinetuneConfig(
+            alast=args.alast,
+            k=args.k,
+            eta=args.eta,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            pretrained=args.pretrained,
+            dataset=args.dataset,
+            data_root=args.data_root,
+            seed=args.seed,
+            max_steps=args.max_steps,
+        )
+    )
+    print(
+        f"{'ALaST' if args.alast else 'full'} fine-tuning: test accuracy "
+        f"{100 * result['accuracy']:.1f} % (from {100 * result['accuracy_before']:.1f} %), "
+        f"{result['epoch_seconds']:.2f} s/epoch, {result['step_flops'] / 1e9:.2f} GFLOPs/step, "
+        f"{result['step_memory_bytes'] / 1e6:.1f} MB saved for backward/step"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    from models.train_split import DEFAULT_PRETRAINED
+
+    p.add_argument("--dataset", default="digits-shifted", help="the task to adapt to")
+    p.add_argument("--data-root", default=None, help="cifar10 / imagefolder: local folder")
+    p.add_argument("--pretrained", default=str(DEFAULT_PRETRAINED / "checkpoint.pt"))
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap (smoke runs)")
+    p.add_argument("--json", default=None, help="write the result here")
+
+
 def _train_early_exit(args: argparse.Namespace) -> int:
     from models.early_exit import EarlyExitConfig
     from models.train_early_exit import TrainEarlyExitConfig, train_early_exit
@@ -445,6 +517,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap (smoke runs)")
     p.add_argument("--limit-train", type=int, default=None)
     p.set_defaults(func=_train_early_exit)
+
+    p = train.add_parser(
+        "split", help="split learning across a counted message boundary, ADC or a baseline"
+    )
+    _add_finetune_args(p)
+    p.add_argument(
+        "--method",
+        default="adc",
+        choices=["adc", "top-k", "random-k", "quantise", "uncompressed"],
+    )
+    p.add_argument("--xi", type=float, default=0.1, help="compression ratio of the messages")
+    p.add_argument("--snr-db", type=float, default=None, help="AWGN on both directions")
+    p.set_defaults(func=_train_split)
+
+    p = train.add_parser("finetune", help="fine-tune a pretrained ViT, in full or with ALaST")
+    _add_finetune_args(p)
+    p.add_argument("--alast", action="store_true", help="adaptive layer selection (METHODS §7)")
+    p.add_argument("--k", type=int, default=2, help="ALaST: trainable blocks per step")
+    p.add_argument("--eta", type=float, default=0.005, help="ALaST: budget step")
+    p.set_defaults(func=_train_finetune)
 
     p = train.add_parser("policy", help="the RL offloading policy (PPO) on recorded exit traces")
     p.add_argument("--model-dir", default=str(DEFAULT_EE_DIR), help="exported early-exit folder")

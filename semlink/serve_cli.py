@@ -178,6 +178,15 @@ def _bench_compare(args: argparse.Namespace) -> int:
     return main(cfg, args.json)
 
 
+def _bench_split(args: argparse.Namespace) -> int:
+    from semlink.bench.split import SplitBenchConfig, main
+
+    cfg = SplitBenchConfig(
+        epochs=args.epochs, finetune_epochs=args.finetune_epochs, k=args.k, out=args.out
+    )
+    return main(cfg, args.json)
+
+
 def _bench_all(args: argparse.Namespace) -> int:
     from semlink.bench.report import main
 
@@ -246,6 +255,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-dir", default=None, help="early-exit folder with policy.onnx")
     p.set_defaults(func=_bench_policy)
+    p = bsub.add_parser("split", help="ADC split learning vs baselines; ALaST vs full fine-tuning")
+    p.add_argument("--json", default=None)
+    p.add_argument("--out", default="runs/bench-split", help="folder for the plot")
+    p.add_argument("--epochs", type=int, default=4, help="split learning epochs per run")
+    p.add_argument("--finetune-epochs", type=int, default=6, help="full / ALaST epochs")
+    p.add_argument("--k", type=int, default=2, help="ALaST: trainable blocks per step")
+    p.set_defaults(func=_bench_split)
     p = bsub.add_parser("reliability", help="load, faults, fuzzing and access control")
     p.add_argument("--json", default=None)
     p.add_argument("--out", default="runs/bench-reliability", help="folder for process logs")

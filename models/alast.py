@@ -1,0 +1,226 @@
+"""``semlink train finetune [--alast]``: fine-tuning a pretrained ViT, in full or with ALaST
+(METHODS §7, Devoto et al., 2024), and what each costs.
+
+ALaST gives each block ``l`` a compute budget ``b_l`` in [0.5, 1] (start 0.9), updated every step
+from how much the block changes the class token, ``Δ_l = ‖cls_out − cls_in‖²`` (batch mean):
+``b_l += η (Δ_l − Δ_l^prev)``. During training block ``l`` processes only its top ``⌊b_l N⌋``
+patch tokens by the previous block's class attention (the others pass it unchanged), and each step
+only ``K`` blocks, sampled without replacement from ``softmax(b)``, are trainable: the others are
+frozen for that step and get no weight gradient. Blocks below the lowest trainable one run without
+autograd at all. The embedding stays frozen; the final norm and head always train. Inference uses
+every token of every block.
+
+The model is the shipped digits-vit's plain path (embedding, class token, all blocks, head), and
+the task the shift to digits-shifted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from models.checkpoint import load_selector_vit
+from models.data import Dataset, load_dataset
+from models.train_split import DEFAULT_PRETRAINED, batches
+from models.vit import SelectorViT
+
+BUDGET_RANGE = (0.5, 1.0)
+
+
+class PlainViT(nn.Module):
+    """The all-token path of a :class:`SelectorViT`: embedding, class token, blocks, head."""
+
+    def __init__(self, vit: SelectorViT) -> None:
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_head(self.vit.forward_features(images))
+
+
+class ALaST:
+    """Per-block budgets, token pruning by class attention, and the sampled trainable blocks."""
+
+    def __init__(self, model: PlainViT, k: int = 2, eta: float = 0.005, seed: int = 0) -> None:
+        self.model = model
+        self.blocks = model.vit.blocks
+        if not 1 <= k <= len(self.blocks):
+            raise ValueError(f"K must be in [1, {len(self.blocks)}], got {k}")
+        self.k, self.eta = k, eta
+        self.budgets = torch.full((len(self.blocks),), 0.9)
+        self.prev_delta: torch.Tensor | None = None
+        self.g = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> list[int]:
+        """The ``K`` blocks trainable this step, drawn from ``softmax(b)`` without replacement."""
+        p = torch.softmax(self.budgets, dim=0)
+        return sorted(torch.multinomial(p, self.k, replacement=False, generator=self.g).tolist())
+
+    def freeze(self, trainable: list[int]) -> None:
+        """Weight gradients only for the sampled blocks, the final norm and the head."""
+        vit = self.model.vit
+        for p in vit.parameters():
+            p.requires_grad_(False)
+        for i in trainable:
+            self.blocks[i].requires_grad_(True)
+        vit.norm.requires_grad_(True)
+        vit.head.requires_grad_(True)
+
+    def forward(self, images: torch.Tensor, trainable: list[int]) -> torch.Tensor:
+        """Training forward: pruned blocks, no autograd below the lowest trainable block.
+        Updates the budgets from this step's class-token changes."""
+        vit = self.model.vit
+        n = vit.cfg.num_patches
+        deltas = torch.zeros(len(self.blocks))
+        lowest = min(trainable)
+        with torch.no_grad():
+            x = vit.embed(images)
+        attn: torch.Tensor | None = None
+        for i, blk in enumerate(self.blocks):
+            ctx = torch.no_grad() if i < lowest else contextlib.nullcontext()
+            with ctx:
+                cls_in = x[:, 0].detach()
+                keep = math.floor(float(self.budgets[i]) * n)
+                if attn is None or keep >= n:
+                    x, attn_full = blk(x)
+                    attn = attn_full[:, 1:]
+                else:
+                    top = attn.topk(keep, dim=1).indices + 1  # +1: after the class token
+                    idx = torch.cat([torch.zeros_like(top[:, :1]), top], dim=1)
+                    gather = idx[..., None].expand(-1, -1, x.shape[-1])
+                    out, sub_attn = blk(x.gather(1, gather))
+                    x = x.scatter(1, gather, out)  # the unkept tokens pass unchanged
+                    attn = torch.zeros_like(attn).scatter(1, top - 1, sub_attn[:, 1:])
+                deltas[i] = (x[:, 0].detach() - cls_in).pow(2).sum(dim=1).mean()
+        self._update(deltas)
+        return vit.forward_head(vit.norm(x))
+
+    def _update(self, deltas: torch.Tensor) -> None:
+        if self.prev_delta is not None:
+            self.budgets = (self.budgets + self.eta * (deltas - self.prev_delta)).clamp(
+                *BUDGET_RANGE
+            )
+        self.prev_delta = deltas
+
+
+@dataclass
+class FinetuneConfig:
+    alast: bool = False
+    k: int = 2  # ALaST: trainable blocks per step
+    eta: float = 0.005  # ALaST: budget step
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 3e-4
+    pretrained: str = str(DEFAULT_PRETRAINED / "checkpoint.pt")
+    dataset: str = "digits-shifted"
+    data_root: str | None = None
+    seed: int = 0
+    max_steps: int | None = None  # steps per epoch cap (smoke runs)
+    progress: bool = True
+
+
+def accuracy(model: nn.Module, data: Dataset, batch: int = 256) -> float:
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for i in range(0, len(data), batch):
+            logits = model(torch.from_numpy(data.images[i : i + batch]))
+            right += int((logits.argmax(-1).numpy() == data.labels[i : i + batch]).sum())
+    return right / len(data)
+
+
+class Trainer:
+    """One optimiser step of full fine-tuning or of ALaST."""
+
+    def __init__(self, cfg: FinetuneConfig, model: PlainViT) -> None:
+        self.cfg, self.model = cfg, model
+        self.alast = ALaST(model, cfg.k, cfg.eta, cfg.seed) if cfg.alast else None
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        if self.alast is None:
+            logits = self.model(images)
+        else:
+            trainable = self.alast.sample()
+            self.alast.freeze(trainable)
+            logits = self.alast.forward(images, trainable)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+        self.opt.step()  # AdamW skips parameters without a gradient
+        return float(loss.detach())
+
+
+def saved_bytes(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """Bytes autograd keeps for the backward pass of one step (the activation memory, measured
+    on the tensors themselves), plus the weight gradients it produces."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trainer.step(images, labels)
+    grads = sum(
+        p.grad.numel() * p.grad.element_size()
+        for p in trainer.model.parameters()
+        if p.grad is not None
+    )
+    return total + grads
+
+
+def step_flops(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """FLOPs of one training step (forward and backward), counted by torch."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.step(images, labels)
+    return int(counter.get_total_flops())
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tunes; returns accuracy, seconds per epoch, FLOPs and memory per step (means over
+    ``probe`` steps taken after training, so they do not disturb the timing)."""
+    torch.manual_seed(cfg.seed)
+    vit, _ = load_selector_vit(cfg.pretrained)
+    model = PlainViT(vit)
+    train = load_dataset(cfg.dataset, "train", root=cfg.data_root, seed=cfg.seed)
+    test = load_dataset(cfg.dataset, "test", root=cfg.data_root, seed=cfg.seed)
+    trainer = Trainer(cfg, model)
+    rng = np.random.default_rng(cfg.seed)
+    before = accuracy(model, test)
+    epoch_s = []
+    name = "ALaST" if cfg.alast else "full"
+    for epoch in tqdm(range(cfg.epochs), desc=f"fine-tune ({name})", disable=not cfg.progress):
+        model.train()
+        t0 = time.perf_counter()
+        for images, labels in batches(
+            train.epoch(epoch), train.labels, cfg.batch_size, rng, cfg.max_steps
+        ):
+            trainer.step(images, labels)
+        epoch_s.append(time.perf_counter() - t0)
+    acc = accuracy(model, test)
+    model.train()
+    probe = list(batches(train.epoch(cfg.epochs), train.labels, cfg.batch_size, rng, 4))
+    flops = [step_flops(trainer, x, y) for x, y in probe]
+    memory = [saved_bytes(trainer, x, y) for x, y in probe]
+    return {
+        **{k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "accuracy": acc,
+        "accuracy_before": before,
+        "epoch_seconds": float(np.median(epoch_s)),
+        "step_flops": float(np.mean(flops)),
+        "step_memory_bytes": float(np.mean(memory)),
+        "budgets": trainer.alast.budgets.tolist() if trainer.alast else None,
+    }
