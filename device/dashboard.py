@@ -64,6 +64,7 @@ class Dashboard:
 
     def record(self, answer: Answer, image: np.ndarray, truth: int | None) -> None:
         now = self.clock()
+        self.sample_link(answer.channel.get("bandwidth_bps"))
         self.recent.append(Seen(answer, image, truth, now))
         self.latency_ms.append(answer.timing_ms["total_ms"])
         if truth is not None:

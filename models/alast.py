@@ -30,8 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from models.checkpoint import load_selector_vit
-from models.data import Dataset, load_dataset
-from models.train_split import DEFAULT_PRETRAINED, batches
+from models.data import load_dataset
+from models.train_split import DEFAULT_PRETRAINED, accuracy, batches
 from models.vit import SelectorViT
 
 BUDGET_RANGE = (0.5, 1.0)
@@ -127,16 +127,6 @@ class FinetuneConfig:
     seed: int = 0
     max_steps: int | None = None  # steps per epoch cap (smoke runs)
     progress: bool = True
-
-
-def accuracy(model: nn.Module, data: Dataset, batch: int = 256) -> float:
-    model.eval()
-    right = 0
-    with torch.no_grad():
-        for i in range(0, len(data), batch):
-            logits = model(torch.from_numpy(data.images[i : i + batch]))
-            right += int((logits.argmax(-1).numpy() == data.labels[i : i + batch]).sum())
-    return right / len(data)
 
 
 class Trainer:

@@ -22,11 +22,13 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from protocol.sniff import GrpcSniffer
 from protocol.traces import PACKET_BYTES, Schedule
 
 log = logging.getLogger(__name__)
@@ -223,7 +225,7 @@ class LinkEmulator:
         self.active += 1
         to_up, to_client = _Conn(up_w), _Conn(client_w)
         tasks = [
-            self._spawn(self._pump(client_r, self.uplink, to_up)),
+            self._spawn(self._pump(client_r, self.uplink, to_up, self._request_logger(cid))),
             self._spawn(_deliver(to_up)),
             self._spawn(self._pump(up_r, self.downlink, to_client)),
             self._spawn(_deliver(to_client)),
@@ -236,10 +238,47 @@ class LinkEmulator:
                 with contextlib.suppress(Exception):
                     w.close()
 
+    def _request_logger(self, cid: int) -> Callable[[bytes], None]:
+        """One log line per inference request entering the uplink, under the request id the
+        device and the server use (plaintext hops only: see :mod:`protocol.sniff`)."""
+        sniffer = GrpcSniffer()
+
+        def on_chunk(chunk: bytes) -> None:
+            was_readable = sniffer.readable
+            for request_id, model, wire_bytes in sniffer.feed(chunk):
+                ahead = self.uplink.queued
+                log.info(
+                    "request %s: %d B into the uplink, %d B queued ahead",
+                    request_id,
+                    wire_bytes,
+                    ahead,
+                    extra={
+                        "request": {
+                            "request_id": request_id,
+                            "model": model,
+                            "connection": cid,
+                            "wire_bytes": wire_bytes,
+                            "queued_bytes_ahead": ahead,
+                            "capacity_bps": self.uplink.state()["capacity_bps"],
+                        }
+                    },
+                )
+            if was_readable and not sniffer.readable:
+                log.info("connection %d is encrypted (TLS): no per-request lines for it", cid)
+
+        return on_chunk
+
     @staticmethod
-    async def _pump(reader: asyncio.StreamReader, direction: Direction, conn: _Conn) -> None:
+    async def _pump(
+        reader: asyncio.StreamReader,
+        direction: Direction,
+        conn: _Conn,
+        on_chunk: Callable[[bytes], None] | None = None,
+    ) -> None:
         try:
             while chunk := await reader.read(READ_CHUNK):
+                if on_chunk is not None:
+                    on_chunk(chunk)
                 await direction.enqueue(conn, chunk)
         except (ConnectionError, OSError):
             pass

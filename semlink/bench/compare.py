@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from protocol.http_codec import build_infer_request
+from semlink.bench import write_figures
 from semlink.bench.baselines import to_jpeg
 from semlink.procs import Processes, Stack, free_port
 from server.settings import DEFAULT_REPOSITORY
@@ -369,7 +370,5 @@ def main(cfg: CompareBenchConfig, json_path: str | None) -> int:
     report = run(cfg)
     print(format_report(report))
     print(f"plot: {Path(cfg.out) / 'compare.png'}")
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    write_figures(json_path, report)
     return 0

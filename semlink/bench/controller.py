@@ -30,6 +30,7 @@ import numpy as np
 
 from device.controller import CalibrationTable, ChannelState, Constraint, LyapunovController
 from protocol.link import SnrProcess
+from semlink.bench import write_figures
 from semlink.cli import DEFAULT_JSCC_DIR
 
 SETTINGS = (
@@ -269,7 +270,5 @@ def main(cfg: ControllerBenchConfig, json_path: str | None) -> int:
     results = run(cfg)
     print(format_report(results))
     print(f"plot: {Path(cfg.out) / 'controller.png'}")
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=1) + "\n")
+    write_figures(json_path, results)
     return 0

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from models.offload_policy import PolicySpec, rule_action
+from semlink.bench import write_figures
 from semlink.cli import DEFAULT_EE_DIR
 
 THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 1.01)
@@ -228,7 +229,5 @@ def main(cfg: PolicyBenchConfig, json_path: str | None = None) -> int:
     print(format_table(result))
     plot(result, Path(cfg.out) / "policy.png")
     print(f"plot: {Path(cfg.out) / 'policy.png'}")
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    write_figures(json_path, result)
     return 0

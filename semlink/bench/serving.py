@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from models.data import load_digits_canvas
 from protocol import grpc_service_pb2_grpc as pb_grpc
 from protocol.http_codec import build_infer_request
+from semlink.bench import write_figures
 from semlink.procs import Processes, Stack
 from server.repository import resolve, run_tail, scan
 from server.settings import DEFAULT_REPOSITORY
@@ -254,7 +254,5 @@ def format_report(r: dict[str, Any]) -> str:
 def main(cfg: ServingBenchConfig, json_path: str | None) -> int:
     results = run(cfg)
     print(format_report(results))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+    write_figures(json_path, results)
     return 0

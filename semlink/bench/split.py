@@ -8,12 +8,13 @@ matter). Bytes are everything that crossed the split boundary during training, b
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from semlink.bench import write_figures
 
 XIS = (0.05, 0.1, 0.2, 0.3, 0.5)
 BASELINES = ("top-k", "random-k", "quantise")
@@ -221,7 +222,5 @@ def main(cfg: SplitBenchConfig, json_path: str | None) -> int:
     result = run(cfg)
     print(format_report(result))
     print(f"plot: {Path(cfg.out) / 'split.png'}")
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(json_path, result)
     return 0

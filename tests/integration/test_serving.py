@@ -249,3 +249,12 @@ def test_device_readiness_says_whether_its_server_answers(stack):
         assert time.monotonic() < deadline, doc
         time.sleep(0.2)
     assert doc["ready"] is True
+
+
+def test_one_request_id_in_device_link_and_server_logs(stack):
+    image = images(1, seed=9)[0]
+    assert infer(stack, image, request_id="trace-me-7f3a").status_code == 200
+    time.sleep(0.3)  # log lines are written as they happen; give the files a moment
+    logs = stack.procs.log_dir
+    for name in ("device", "link", "server"):
+        assert "trace-me-7f3a" in (logs / f"{name}.log").read_text(), name
