@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -155,6 +156,8 @@ def run_demo(cfg: DemoConfig) -> int:
             print(
                 f"holding: dashboard at http://127.0.0.1:{ports['device']}/dashboard; Ctrl-C stops"
             )
+            for sig in (signal.SIGTERM, signal.SIGINT):  # background jobs ignore SIGINT otherwise
+                signal.signal(sig, _interrupt)
             while True:
                 time.sleep(3600)
         return 0
@@ -163,6 +166,10 @@ def run_demo(cfg: DemoConfig) -> int:
         return 130
     finally:
         procs.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def summarize(

@@ -65,8 +65,10 @@ class Processes:
         proc.kill()
         proc.wait()
 
-    def stop(self, name: str | None = None) -> None:
-        names = [name] if name else list(self.children)
+    def stop(self, *names: str) -> None:
+        """SIGTERM to ``names`` (all children when none is named) at once, then waits for each
+        to drain and exit (SIGKILL after 15 s)."""
+        names = names or tuple(self.children)
         for n in names:
             if self.children[n].poll() is None:
                 self.children[n].terminate()
@@ -154,7 +156,7 @@ class Stack:
         )
         self.procs.wait_http("server", f"{self.server_url}/v2/health/ready")
 
-    def start_link(self, *extra: str) -> None:
+    def start_link(self, *extra: str, wait: bool = True) -> None:
         self.procs.start(
             f"link{self.suffix}",
             "link",
@@ -166,9 +168,13 @@ class Stack:
             str(self.ports["state"]),
             *extra,
         )
+        if wait:
+            self.wait_link()
+
+    def wait_link(self) -> None:
         self.procs.wait_http(f"link{self.suffix}", self.state_url)
 
-    def start_device(self, *extra: str, through_link: bool = True) -> None:
+    def start_device(self, *extra: str, through_link: bool = True, wait: bool = True) -> None:
         repo = ["--model-repository", str(self.repository)] if self.repository else []
         target = self.ports["link"] if through_link else self.ports["grpc"]
         state = ["--link-state-url", self.state_url] if through_link else []
@@ -186,6 +192,10 @@ class Stack:
             *self.security_args("device"),
             *extra,
         )
+        if wait:
+            self.wait_device()
+
+    def wait_device(self) -> None:
         self.procs.wait_http(f"device{self.suffix}", f"{self.device_url}/v2/health/ready")
 
     def start_all(self, link_args: tuple[str, ...] = (), device_args: tuple[str, ...] = ()) -> None:

@@ -12,7 +12,9 @@ them: TLS, HTTP/2 and gRPC framing included), p50/p95 latency of sequential requ
 answered within the deadline (semlink's own systems get it as a request parameter; the others
 just wait), and throughput with 4 requests in flight. A few warm-up requests go first: a
 connection and its TLS session are set up once, not per request. Accuracy is measured on
-the whole test split at 100 Mbit/s and on the first ``requests`` images at the slower rates.
+the whole test split at 100 Mbit/s and on the first ``requests`` images at the slower rates (a
+system that needs more than ``cell_seconds`` for them stops early, after at least 10: sending
+every token in fp32 at 0.1 Mbit/s takes 1.3 s a request).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ FULL_SPLIT_RATE = 100.0  # accuracy on the whole test split is measured here
 DELAY_MS = 10.0
 WARM_UP = 3  # requests before measuring: connections (and TLS sessions) are set up once
 NO_DEADLINE_MS = 600_000.0
+MIN_REQUESTS = 10  # a cell stopped early by cell_seconds still measures this many
 
 
 @dataclass
@@ -49,6 +52,7 @@ class CompareBenchConfig:
     requests: int = 60  # sequential requests per system and rate (the whole split at 100 Mbit/s)
     burst: int = 24  # requests for the throughput figure, ``in_flight`` at a time
     in_flight: int = 4
+    cell_seconds: float = 30.0  # a slow system stops after this long (and at least 10 requests)
     deadline_ms: float = 500.0
     rates_mbit: tuple[float, ...] = RATES_MBIT
     out: str = "runs/bench-compare"
@@ -88,25 +92,50 @@ SYSTEMS = (
 )
 
 
-def start_link(procs: Processes, name: str, upstream: int, rate_mbit: float) -> tuple[int, str]:
-    port, state = free_port(), free_port()
+@dataclass
+class Endpoint:
+    """Where one system at one link rate takes requests, once its processes are ready."""
+
+    url: str
+    state_url: str | None  # the link's state (None: the system does not use the link)
+    names: tuple[str, ...]  # its processes
+    wait: Callable[[], None]
+
+
+def start_system(
+    procs: Processes, base: Stack, baseline_ports: dict[str, int], system: System, rate: float
+) -> Endpoint:
+    """Starts the link (and for semlink the device) of ``system`` at ``rate``, without waiting."""
+    tag = f"{SYSTEMS.index(system)}-{rate:g}"
+    link = ("--rate", f"{rate:g}mbit", "--delay-ms", f"{DELAY_MS:g}")
+    if system.kind == "semlink":
+        stack = replace(base.sibling(f"-{tag}"), model=system.model)
+        stack.start_link(*link, wait=False)
+        stack.start_device(*system.device_args, wait=False)
+
+        def ready() -> None:
+            stack.wait_link()
+            stack.wait_device()
+
+        state = stack.state_url if system.uses_link else None
+        return Endpoint(stack.device_url, state, (f"link-{tag}", f"device-{tag}"), ready)
+    port, state_port = free_port(), free_port()
+    name = f"link-{tag}"
     procs.start(
         name,
         "link",
         "--listen",
         f"127.0.0.1:{port}",
         "--upstream",
-        f"127.0.0.1:{upstream}",
+        f"127.0.0.1:{baseline_ports[system.kind]}",
         "--state-port",
-        str(state),
-        "--rate",
-        f"{rate_mbit:g}mbit",
-        "--delay-ms",
-        f"{DELAY_MS:g}",
+        str(state_port),
+        *link,
     )
-    url = f"http://127.0.0.1:{state}/state"
-    procs.wait_http(name, url)
-    return port, url
+    state_url = f"http://127.0.0.1:{state_port}/state"
+    return Endpoint(
+        f"http://127.0.0.1:{port}", state_url, (name,), lambda: procs.wait_http(name, state_url)
+    )
 
 
 def link_bytes(state_url: str) -> tuple[int, int]:
@@ -181,12 +210,16 @@ def measure(
         for i in range(WARM_UP):
             client.ask(http, len(labels) - 1 - i)
         before = link_bytes(state_url) if state_url else (0, 0)
+        t0 = time.perf_counter()
         for i in tqdm(range(n), desc=desc, unit="req", leave=False):
             label, params, ms = client.ask(http, i)
             rows.append((label == labels[i], ms, bool(params.get("degraded", False))))
+            if i >= MIN_REQUESTS and time.perf_counter() - t0 > cfg.cell_seconds:
+                break
     time.sleep(0.1)  # let the link count the last replies
     after = link_bytes(state_url) if state_url else (0, 0)
-    throughput = asyncio.run(client.burst(cfg.burst, cfg.in_flight))
+    n = len(rows)
+    throughput = asyncio.run(client.burst(min(cfg.burst, n), cfg.in_flight))
     correct, ms, degraded = (np.array(c) for c in zip(*rows, strict=True))
     return {
         "requests": n,
@@ -223,32 +256,23 @@ def run(cfg: CompareBenchConfig) -> dict[str, Any]:
                 str(DEFAULT_REPOSITORY),
             )
             procs.wait_http(f"baseline-{kind}", f"http://127.0.0.1:{port}/health")
-        cells = [(rate, s) for rate in cfg.rates_mbit for s in SYSTEMS]
-        for rate, system in tqdm(cells, desc="systems × link rates", unit="cell"):
-            n = len(data) if rate == FULL_SPLIT_RATE else min(cfg.requests, len(data))
-            tag = f"{SYSTEMS.index(system)}-{rate:g}"
-            started: list[str] = []
+        for system in tqdm(SYSTEMS, desc="systems, each at every link rate", unit="system"):
+            # one link (and device) per rate, started together: start-up overlaps
+            endpoints = [
+                start_system(procs, base, baseline_ports, system, r) for r in cfg.rates_mbit
+            ]
             try:
-                if system.kind == "semlink":
-                    stack = replace(base.sibling(f"-{tag}"), model=system.model)
-                    stack.start_link("--rate", f"{rate:g}mbit", "--delay-ms", f"{DELAY_MS:g}")
-                    started.append(f"link-{tag}")
-                    stack.start_device(*system.device_args)
-                    started.append(f"device-{tag}")
-                    url = stack.device_url
-                    state_url: str | None = stack.state_url if system.uses_link else None
-                else:
-                    port, state_url = start_link(
-                        procs, f"link-{tag}", baseline_ports[system.kind], rate
+                for ready in endpoints:
+                    ready.wait()
+                for rate, ready in zip(cfg.rates_mbit, endpoints, strict=True):
+                    n = len(data) if rate == FULL_SPLIT_RATE else min(cfg.requests, len(data))
+                    client = make_client(system, ready.url, data.images, cfg.deadline_ms)
+                    row = measure(
+                        client, data.labels, n, ready.state_url, cfg, f"{system.name} @ {rate:g}"
                     )
-                    started.append(f"link-{tag}")
-                    url = f"http://127.0.0.1:{port}"
-                client = make_client(system, url, data.images, cfg.deadline_ms)
-                row = measure(client, data.labels, n, state_url, cfg, f"{system.name} @ {rate:g}")
-                results.append({"system": system.name, "rate_mbit": rate, **row})
+                    results.append({"system": system.name, "rate_mbit": rate, **row})
             finally:
-                for name in started:
-                    procs.stop(name)
+                procs.stop(*(name for ready in endpoints for name in ready.names))
     finally:
         procs.stop()
     report = {"machine": machine(), "deadline_ms": cfg.deadline_ms, "results": results}

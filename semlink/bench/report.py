@@ -1,7 +1,8 @@
 """``semlink bench``: every benchmark, one after the other, each in its own process, gathered into
 ``report.md`` (their tables and plots, the machine they ran on) and, with ``--json``, one JSON
-file holding every benchmark's figures. The policy, reliability and split benchmarks run on
-shorter settings than their defaults here, so the report stays within 20 minutes on 2 cores.
+file holding every benchmark's figures. The serving, policy, reliability and split benchmarks
+run on shorter settings than their defaults here, so the report stays within 20 minutes on 2
+cores.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
         ("compare",),
         "semlink vs JPEG upload (FastAPI, LitServe), fp32 tokens, local only",
     ),
-    "serving": (("serving",), "serving overhead, wire bytes, dynamic batching, slow-link latency"),
+    "serving": (
+        ("serving", "--requests", "100"),
+        "serving overhead, wire bytes, dynamic batching, slow-link latency",
+    ),
     "link": (("link", "--seconds", "5"), "link emulator: delivered vs configured rate"),
     "controller": (("controller",), "Lyapunov control vs the LP optimum and fixed (α, r)"),
     "policy": (
