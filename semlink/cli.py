@@ -115,11 +115,9 @@ def _train_finetune(args: argparse.Namespace) -> int:
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
-    from models.train_split import DEFAULT_PRETRAINED
-
     p.add_argument("--dataset", default="digits-shifted", help="the task to adapt to")
     p.add_argument("--data-root", default=None, help="cifar10 / imagefolder: local folder")
-    p.add_argument("--pretrained", default=str(DEFAULT_PRETRAINED / "checkpoint.pt"))
+    p.add_argument("--pretrained", default=str(DEFAULT_MODEL_DIR / "checkpoint.pt"))
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)

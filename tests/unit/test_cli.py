@@ -1,6 +1,8 @@
 """Every entry point runs: training smoke runs of a few steps on tiny data, eval, export, trace."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -196,3 +198,13 @@ def test_early_exit_train_export_eval_cli(tmp_path, capsys):
         for r in result["rules"]
     )
     assert "device rules" in capsys.readouterr().out
+
+
+def test_the_command_line_loads_without_torch():
+    """Device, server and link images have no torch: building the parser must not import it."""
+    code = (
+        "import sys; from semlink.cli import build_parser; build_parser(); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
