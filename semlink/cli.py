@@ -58,6 +58,7 @@ def _train_selector(args: argparse.Namespace) -> int:
 
 def _train_split(args: argparse.Namespace) -> int:
     from models.train_split import SplitConfig, train_split
+    from semlink.bench import write_figures
 
     result = train_split(
         SplitConfig(
@@ -80,13 +81,13 @@ def _train_split(args: argparse.Namespace) -> int:
         f"(from {100 * result['accuracy_before']:.1f} %), {result['bytes_up'] / mb:.2f} MB up, "
         f"{result['bytes_down'] / mb:.2f} MB down, {result['seconds']:.0f} s"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(args.json, result)
     return 0
 
 
 def _train_finetune(args: argparse.Namespace) -> int:
     from models.alast import FinetuneConfig, finetune
+    from semlink.bench import write_figures
 
     result = finetune(
         FinetuneConfig(
@@ -109,8 +110,7 @@ def _train_finetune(args: argparse.Namespace) -> int:
         f"{result['epoch_seconds']:.2f} s/epoch, {result['step_flops'] / 1e9:.2f} GFLOPs/step, "
         f"{result['step_memory_bytes'] / 1e6:.1f} MB saved for backward/step"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(args.json, result)
     return 0
 
 
