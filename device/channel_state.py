@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import httpx
 
+from device.background import Background
 from device.controller.base import ChannelState
 
 log = logging.getLogger(__name__)
 
 
-class ChannelMonitor:
+class ChannelMonitor(Background):
     """Keeps the latest :class:`ChannelState`; unknown (all ``None``) without a state URL."""
 
     def __init__(self, url: str | None, poll_ms: float = 200.0) -> None:
         self.url = url
         self.poll_s = poll_ms / 1000.0
         self.current = ChannelState()
-        self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         if self.url:
-            self._task = asyncio.ensure_future(self._poll())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            super().start()
 
     async def refresh(self, client: httpx.AsyncClient) -> None:
         assert self.url is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from device.background import Background
 from protocol import grpc_service_pb2 as pb
 from protocol import grpc_service_pb2_grpc as pb_grpc
 from protocol.codec import datatype_of, from_bytes, param_value, set_param, to_bytes
@@ -104,7 +104,7 @@ class ServerClient:
         )
 
 
-class ServerWatch:
+class ServerWatch(Background):
     """Asks the server ``ServerReady`` every ``period_s`` and logs when it stops or starts
     answering, so a device pointed at the wrong address says so at once. What it knows is in
     ``state`` (``unknown`` until the first answer): the device's health probe reports it, the
@@ -113,16 +113,6 @@ class ServerWatch:
     def __init__(self, client: ServerClient, period_s: float = 5.0) -> None:
         self.client, self.period_s = client, period_s
         self.state = "unknown"
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._poll())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def check(self) -> str:
         reachable = await self.client.ready(timeout=min(self.period_s, 2.0))

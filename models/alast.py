@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from models.checkpoint import load_selector_vit
 from models.data import load_dataset
-from models.train_split import DEFAULT_PRETRAINED, accuracy, batches
+from models.train_split import Finetuning, accuracy, batches
 from models.vit import SelectorViT
 
 BUDGET_RANGE = (0.5, 1.0)
@@ -114,19 +114,10 @@ class ALaST:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Finetuning):
     alast: bool = False
     k: int = 2  # ALaST: trainable blocks per step
     eta: float = 0.005  # ALaST: budget step
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 3e-4
-    pretrained: str = str(DEFAULT_PRETRAINED / "checkpoint.pt")
-    dataset: str = "digits-shifted"
-    data_root: str | None = None
-    seed: int = 0
-    max_steps: int | None = None  # steps per epoch cap (smoke runs)
-    progress: bool = True
 
 
 class Trainer:

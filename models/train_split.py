@@ -24,20 +24,26 @@ from models.split_learning import COMPRESSORS, Boundary, SplitViT
 DEFAULT_PRETRAINED = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
 
 
-@dataclass
-class SplitConfig:
-    method: str = "adc"  # adc | top-k | random-k | quantise | uncompressed
-    xi: float = 0.1  # compression ratio of the forward (and backward) message
+@dataclass(kw_only=True)
+class Finetuning:
+    """What every fine-tuning run here shares: the pretrained model, the task, the schedule."""
+
     epochs: int = 6
     batch_size: int = 64
     lr: float = 3e-4
-    snr_db: float | None = None  # AWGN on both directions of the boundary
     pretrained: str = str(DEFAULT_PRETRAINED / "checkpoint.pt")
     dataset: str = "digits-shifted"
     data_root: str | None = None
     seed: int = 0
     max_steps: int | None = None  # steps per epoch cap (smoke runs)
     progress: bool = True
+
+
+@dataclass
+class SplitConfig(Finetuning):
+    method: str = "adc"  # adc | top-k | random-k | quantise | uncompressed
+    xi: float = 0.1  # compression ratio of the forward (and backward) message
+    snr_db: float | None = None  # AWGN on both directions of the boundary
 
     def __post_init__(self) -> None:
         if self.method not in COMPRESSORS:
