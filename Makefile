@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the serving layers (torch-free, type-checked) and everything ruff reads
+SERVING := device server protocol runtime link
+SOURCES := semlink models $(SERVING) tests
 
 .PHONY: demo test lint install
 
@@ -17,9 +20,9 @@ demo: $(STAMP)
 	$(VENV)/bin/semlink demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check semlink models device server protocol tests
-	$(VENV)/bin/ruff format --check semlink models device server protocol tests
-	$(VENV)/bin/mypy device server protocol
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/mypy $(addprefix -p semlink.,$(SERVING))
 
 test: lint
 	$(VENV)/bin/pytest

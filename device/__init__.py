@@ -1,0 +1,2 @@
+"""The device runtime: HTTP front, the controllers, the client of the server, the channel monitor,
+metrics and dashboard (``semlink device``)."""

@@ -12,9 +12,11 @@ class Background:
     _task: asyncio.Task | None = None
 
     def start(self) -> None:
+        """Starts polling in the background on the running event loop."""
         self._task = asyncio.ensure_future(self._poll())
 
     async def stop(self) -> None:
+        """Cancels the poll and waits for it to end."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

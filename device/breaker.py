@@ -15,6 +15,10 @@ from collections.abc import Callable
 
 
 class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failed offloads; after ``reset_s`` seconds it lets one
+    trial request through (half-open), which closes it on success or reopens it on failure.
+    """
+
     def __init__(
         self, threshold: int = 3, reset_s: float = 2.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -27,6 +31,7 @@ class CircuitBreaker:
 
     @property
     def state(self) -> str:
+        """``closed``, ``open`` or ``half-open``."""
         if self.opened_at is None:
             return "closed"
         return "half-open" if self.clock() - self.opened_at >= self.reset_s else "open"
@@ -42,9 +47,11 @@ class CircuitBreaker:
         return False
 
     def success(self) -> None:
+        """An offload reached a live server: the breaker closes."""
         self.failures, self.opened_at, self.trial_in_flight = 0, None, False
 
     def failure(self) -> None:
+        """An offload failed for want of a live server; enough of them in a row open the breaker."""
         self.failures += 1
         self.trial_in_flight = False
         if self.opened_at is not None or self.failures >= self.threshold:

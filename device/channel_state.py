@@ -7,8 +7,8 @@ import logging
 
 import httpx
 
-from device.background import Background
-from device.controller.base import ChannelState
+from semlink.device.background import Background
+from semlink.device.controller.base import ChannelState
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,12 @@ class ChannelMonitor(Background):
         self.current = ChannelState()
 
     def start(self) -> None:
+        """Starts polling the link's state, if a state URL is configured."""
         if self.url:
             super().start()
 
     async def refresh(self, client: httpx.AsyncClient) -> None:
+        """Reads the link's ``/state`` once into :attr:`current`."""
         assert self.url is not None
         s = (await client.get(self.url, timeout=1.0)).json()
         self.current = ChannelState(

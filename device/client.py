@@ -11,16 +11,18 @@ from typing import Any
 import grpc
 import numpy as np
 
-from device.background import Background
-from protocol import grpc_service_pb2 as pb
-from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.codec import datatype_of, from_bytes, param_value, set_param, to_bytes
+from semlink.device.background import Background
+from semlink.protocol import grpc_service_pb2 as pb
+from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol.codec import datatype_of, from_bytes, param_value, set_param, to_bytes
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ServerReply:
+    """The server's answer to one offload, and what it cost on the wire."""
+
     logits: np.ndarray  # (1, classes)
     parameters: dict[str, Any]
     request_bytes: int  # serialised ModelInferRequest
@@ -46,6 +48,8 @@ def build_request(
 
 
 class ServerClient:
+    """The device's gRPC client of one server (or of the link emulator in front of it)."""
+
     def __init__(
         self,
         address: str,
@@ -72,9 +76,11 @@ class ServerClient:
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
     async def close(self) -> None:
+        """Closes the channel."""
         await self.channel.close()
 
     async def ready(self, timeout: float = 1.0) -> bool:
+        """Whether the server answers ``ServerReady`` with ready within ``timeout`` seconds."""
         try:
             return (await self.stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout)).ready
         except grpc.aio.AioRpcError:
@@ -115,6 +121,7 @@ class ServerWatch(Background):
         self.state = "unknown"
 
     async def check(self) -> str:
+        """Probes the server once; logs a change of state. Returns ``reachable`` or ``unreachable``."""
         reachable = await self.client.ready(timeout=min(self.period_s, 2.0))
         state = "reachable" if reachable else "unreachable"
         if state != self.state:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from device.service import Answer, DeviceService
+    from semlink.device.service import Answer, DeviceService
 
 RECENT = 12  # requests shown with their images
 HISTORY = 600  # points kept for the charts
@@ -28,11 +28,14 @@ SAMPLE_S = 0.5  # at most one link-rate point per this many seconds
 
 
 def page() -> str:
-    return resources.files("device").joinpath("dashboard.html").read_text()
+    """The dashboard's self-contained HTML page."""
+    return resources.files("semlink.device").joinpath("dashboard.html").read_text()
 
 
 @dataclass
 class Seen:
+    """One answered request as the dashboard shows it."""
+
     answer: Answer
     image: np.ndarray  # (C, H, W) as the model saw it
     truth: int | None
@@ -52,6 +55,8 @@ def thumbnail_png(image: np.ndarray) -> str:
 
 
 class Dashboard:
+    """What the dashboard shows: recent requests, the link's rate, latency and accuracy so far."""
+
     def __init__(self, grid: int, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
         self.grid = grid  # patches per side
         self.clock = clock
@@ -63,6 +68,7 @@ class Dashboard:
         self.right = self.labelled = 0
 
     def record(self, answer: Answer, image: np.ndarray, truth: int | None) -> None:
+        """Keeps one answered request (its image and, if the client sent it, the true label)."""
         now = self.clock()
         self.sample_link(answer.channel.get("bandwidth_bps"))
         self.recent.append(Seen(answer, image, truth, now))
@@ -81,12 +87,14 @@ class Dashboard:
         )
 
     def sample_link(self, bandwidth_bps: float | None) -> None:
+        """Adds a point to the link-rate chart (at most one per sampling period)."""
         now = self.clock() - self.start
         if bandwidth_bps is None or (self.link and now - self.link[-1]["t"] < SAMPLE_S):
             return
         self.link.append({"t": now, "bandwidth_bps": bandwidth_bps})
 
     def state(self, service: DeviceService) -> dict[str, Any]:
+        """Everything the page polls: link, latency, accuracy, controller and recent requests."""
         channel = service.monitor.current
         self.sample_link(channel.bandwidth_bps)
         lat = np.array(self.latency_ms) if self.latency_ms else None

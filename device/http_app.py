@@ -9,13 +9,19 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse
 
-from device import dashboard
-from device.pipeline import decode_image
-from device.service import Answer, DeviceService
-from protocol.codec import TensorError
-from protocol.http_codec import HEADER_LENGTH, build_infer_response, parse_infer_body, wants_binary
-from semlink import http_errors, metrics
-from semlink.http_errors import ClientError
+from semlink.device import dashboard
+from semlink.device.service import Answer, DeviceService
+from semlink.protocol.codec import TensorError
+from semlink.protocol.http_codec import (
+    HEADER_LENGTH,
+    build_infer_response,
+    parse_infer_body,
+    wants_binary,
+)
+from semlink.runtime import errors as http_errors
+from semlink.runtime import metrics
+from semlink.runtime.errors import ClientError
+from semlink.runtime.images import decode_image
 
 
 def answer_parameters(a: Answer) -> dict[str, Any]:
@@ -36,6 +42,9 @@ def answer_parameters(a: Answer) -> dict[str, Any]:
 
 
 def create_app(service: DeviceService) -> FastAPI:
+    """The device's HTTP front: OIP v2 (``/v2/...``), ``/v1/classify`` uploads, ``/metrics``,
+    the dashboard; failures follow the error table.
+    """
     settings = service.settings
     app = FastAPI(title="semlink device", version="0.1.0")
     http_errors.install(app, settings.max_body_bytes, settings.max_concurrent_per_client)
@@ -43,6 +52,7 @@ def create_app(service: DeviceService) -> FastAPI:
     name = service.model.name
 
     def check_model(model_name: str, version: str = "") -> None:
+        """Raises 404 unless the request names the model (and version) this device serves."""
         if model_name != name or (version and version != service.model.version):
             raise ClientError(
                 404,
@@ -51,16 +61,19 @@ def create_app(service: DeviceService) -> FastAPI:
 
     @app.get("/v2/health/live")
     async def live() -> dict:
+        """Liveness: the process answers."""
         return {"live": True}
 
     @app.get("/v2/health/ready")
     async def ready() -> dict:
         # The model is loaded before the app starts, and a lost server degrades answers, never
         # blocks them: the device is ready either way and says whether it can offload.
+        """Readiness, and whether the server is reachable for offloads."""
         return {"ready": True, "server": service.watch.state}
 
     @app.get("/v2")
     async def metadata() -> dict:
+        """OIP server metadata."""
         return {
             "name": "semlink-device",
             "version": "0.1.0",
@@ -69,6 +82,7 @@ def create_app(service: DeviceService) -> FastAPI:
 
     @app.get("/v2/models/{model_name}")
     async def model_metadata(model_name: str) -> dict:
+        """OIP model metadata: the normalised image the device takes, the label it answers."""
         check_model(model_name)
         c, h, w = service.model.image_shape
         return {
@@ -88,12 +102,14 @@ def create_app(service: DeviceService) -> FastAPI:
 
     @app.get("/v2/models/{model_name}/ready")
     async def model_ready(model_name: str) -> dict:
+        """OIP model readiness."""
         check_model(model_name)
         return {"name": name, "ready": True}
 
     @app.post("/v2/models/{model_name}/infer")
     @app.post("/v2/models/{model_name}/versions/{version}/infer")
     async def infer(model_name: str, request: Request, version: str = "") -> Response:
+        """OIP inference: a normalised ``image`` tensor in, label and probabilities out."""
         check_model(model_name, version)
         body = await http_errors.read_body(request, settings.max_body_bytes)
         doc, tensors = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
@@ -130,10 +146,11 @@ def create_app(service: DeviceService) -> FastAPI:
         deadline_ms: Annotated[float | None, Form()] = None,
         label: Annotated[int | None, Form(description="true class, for the dashboard")] = None,
     ) -> dict:
+        """A PNG or JPEG upload in, the answer and what it cost out."""
         data = await image.read(settings.max_body_bytes + 1)
         if len(data) > settings.max_body_bytes:
             raise ClientError(413, f"image exceeds the limit of {settings.max_body_bytes} bytes")
-        arr = decode_image(data, service.model.image_shape, settings.max_image_pixels)
+        arr = decode_image(data, service.model.manifest, settings.max_image_pixels)
         return (
             await service.classify(
                 arr, {"budget": budget, "deadline_ms": deadline_ms, "label": label}
@@ -142,6 +159,7 @@ def create_app(service: DeviceService) -> FastAPI:
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard_page() -> str:
+        """The live dashboard."""
         return dashboard.page()
 
     @app.get("/dashboard/state")
@@ -152,6 +170,7 @@ def create_app(service: DeviceService) -> FastAPI:
 
     @app.get("/v1/stats")
     async def stats() -> dict:
+        """Counts, channel and controller state as JSON."""
         return {
             **service.counts,
             "channel": service.monitor.current.as_dict(),

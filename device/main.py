@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from device.http_app import create_app
-from device.service import DeviceService
-from device.settings import DeviceSettings
-from semlink import security
-from semlink.runner import serve_until_signal, uvicorn_server
+from semlink.device.http_app import create_app
+from semlink.device.service import DeviceService
+from semlink.device.settings import DeviceSettings
+from semlink.runtime import security
+from semlink.runtime.runner import serve_until_signal, uvicorn_server
 
 log = logging.getLogger(__name__)
 
 
 async def serve(settings: DeviceSettings) -> None:
+    """Runs the device until SIGINT/SIGTERM: checks transport and keys, loads the model, serves HTTP."""
     settings.check_transport()
     if settings.insecure:
         log.warning("INSECURE: plaintext gRPC to the server (--insecure)")
@@ -30,6 +31,7 @@ async def serve(settings: DeviceSettings) -> None:
     task: asyncio.Task | None = None
 
     async def start() -> None:
+        """Starts the background tasks and the HTTP server."""
         nonlocal task
         await service.start()
         task = asyncio.ensure_future(http.serve())
@@ -43,6 +45,7 @@ async def serve(settings: DeviceSettings) -> None:
         )
 
     async def stop() -> None:
+        """Finishes in-flight requests, then stops the background tasks."""
         http.should_exit = True  # uvicorn finishes in-flight requests before returning
         if task is not None:
             await task
@@ -52,4 +55,5 @@ async def serve(settings: DeviceSettings) -> None:
 
 
 def main(settings: DeviceSettings) -> None:
+    """Entry point of ``semlink device``."""
     asyncio.run(serve(settings))

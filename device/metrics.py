@@ -6,13 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from semlink.metrics import FRACTION_BUCKETS, LATENCY_BUCKETS
+from semlink.runtime.metrics import FRACTION_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from device.service import Answer
+    from semlink.device.service import Answer
 
 
 class DeviceMetrics:
+    """The device's Prometheus metrics, in a registry of its own."""
+
     def __init__(self, model: str) -> None:
         self.model = model
         self.registry = r = CollectorRegistry()
@@ -88,6 +90,7 @@ class DeviceMetrics:
         )
 
     def record(self, a: Answer) -> None:
+        """Counts one answer: outcome, latency, tokens, bytes and the decisions taken."""
         outcome = "degraded" if a.degraded else a.exit
         m = self.model
         self.requests.labels(m, outcome).inc()

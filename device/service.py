@@ -21,18 +21,19 @@ from typing import Any
 import grpc
 import numpy as np
 
-from device.breaker import CircuitBreaker
-from device.channel_state import ChannelMonitor
-from device.client import ServerClient, ServerWatch, build_request
-from device.controller import Controller, Decision, ExitState, make_controller
-from device.dashboard import Dashboard
-from device.early_exit import EarlyExitPipeline
-from device.metrics import DeviceMetrics
-from device.pipeline import DevicePipeline, check_image
-from device.settings import DeviceSettings
-from protocol import params as P
-from semlink import security
-from server.repository import resolve, scan
+from semlink.device.breaker import CircuitBreaker
+from semlink.device.channel_state import ChannelMonitor
+from semlink.device.client import ServerClient, ServerWatch, build_request
+from semlink.device.controller import Controller, Decision, ExitState, make_controller
+from semlink.device.dashboard import Dashboard
+from semlink.device.metrics import DeviceMetrics
+from semlink.device.settings import DeviceSettings
+from semlink.protocol import params as P
+from semlink.runtime import security
+from semlink.runtime.images import check_image
+from semlink.runtime.pipelines import WireOptions, make_pipeline
+from semlink.runtime.pipelines.base import softmax
+from semlink.runtime.repository import resolve, scan
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +76,22 @@ class Answer:
     exits: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The answer as a JSON-ready dict."""
         return asdict(self)
 
 
 class DeviceService:
+    """One device: its model's pipeline, the controller, the channel monitor, the client of
+    the server with its breaker, metrics and dashboard.
+    """
+
     def __init__(self, settings: DeviceSettings) -> None:
         self.settings = settings
         self.model = resolve(
             scan(settings.model_repository), settings.model_name, settings.model_version
         )
-        self.exits: EarlyExitPipeline | None = None
-        if self.model.is_early_exit:
-            self.exits = EarlyExitPipeline(self.model)
-        else:
-            self.pipeline = DevicePipeline(self.model)
+        self.pipeline = make_pipeline(self.model)
+        self.pipeline.open(self.pipeline.device_graphs(), threads=1)
         self.controller: Controller = make_controller(settings, self.model)
         self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
         credentials = None
@@ -103,13 +106,15 @@ class DeviceService:
         self.watch = ServerWatch(self.client, settings.server_probe_s)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.metrics = DeviceMetrics(self.model.name)
-        self.dashboard = Dashboard(int(round(self.model.manifest.get("num_patches", 0) ** 0.5)))
+        self.dashboard = Dashboard(int(round(self.model.manifest.num_patches**0.5)))
 
     async def start(self) -> None:
+        """Starts the channel monitor and the server probe."""
         self.monitor.start()
         self.watch.start()
 
     async def close(self) -> None:
+        """Stops the background tasks and closes the server channel."""
         await self.monitor.stop()
         await self.watch.stop()
         await self.client.close()
@@ -127,59 +132,78 @@ class DeviceService:
         return out
 
     async def classify(self, image: np.ndarray, raw_params: dict[str, Any]) -> Answer:
+        """One inference of a normalised image (1, C, H, W): the controller decides, the device
+        runs its stretches (one for a token pipeline, up to one per exit for an early-exit
+        network), then answers locally or offloads; a failed offload is answered locally, marked
+        ``degraded`` with the reason. Raises ``TensorError``/``ParameterError`` for bad input."""
         t0 = time.perf_counter()
         params = self.request_params(raw_params)
         image = check_image(image, self.model.image_shape)
-        if self.exits is not None:
-            return await self._classify_early_exit(image, params, t0)
         request_id = params.get(P.REQUEST_ID) or uuid.uuid4().hex
         deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
         channel = self.monitor.current
         decision: Decision = self.controller.decide(params, channel)
-        # The head runs inline: a sub-millisecond ONNX call costs less than a thread hop, and
+        # Stretches run inline: a sub-millisecond ONNX call costs less than a thread hop, and
         # a device serves its own camera, not hundreds of concurrent clients.
-        head_out, indices = self.pipeline.run_head(image, decision.budget)
-        payload = self.pipeline.prepare(
-            head_out, indices, decision.rate, self.settings.token_format
-        )
-        timing = {"device_head_ms": (time.perf_counter() - t0) * 1000.0}
-        wire_params: dict[str, Any] = {
-            P.BUDGET: decision.budget,
-            P.RATE: decision.rate,
-            P.REQUEST_ID: request_id,
-        }
+        stretch, prev_conf, trail = None, None, []
+        action = "offload" if decision.offload else "exit"
+        for k in range(self.pipeline.num_stretches):
+            stretch = self.pipeline.run_stretch(k, image, decision.budget, stretch)
+            if stretch.confidence is None:  # no exit here: the per-request decision stands
+                break
+            state = ExitState(
+                k,
+                self.pipeline.num_stretches,
+                stretch.confidence,
+                prev_conf,
+                (time.perf_counter() - t0) * 1000.0,
+                deadline_ms,
+            )
+            action = self.controller.at_exit(state, channel)
+            trail.append({"exit": k, "confidence": stretch.confidence, "action": action})
+            if action != "continue":
+                break
+            prev_conf = stretch.confidence
+        assert stretch is not None
         snr = params.get(P.SNR_DB, channel.snr_db)
-        if payload.symbols_per_token is not None and snr is not None:
-            # JSCC symbols: the receiver simulates this channel at this SNR
-            wire_params.update({P.SNR_DB: float(snr), P.CHANNEL: self.settings.channel})
+        wire = WireOptions(self.settings.token_format, snr, self.settings.channel)
+        offload = self.pipeline.offload(stretch, decision.budget, decision.rate, wire)
+        timing = {"device_head_ms": (time.perf_counter() - t0) * 1000.0}
         request = build_request(
-            self.model.name, self.model.version, request_id, payload.wire, wire_params
+            self.model.name,
+            self.model.version,
+            request_id,
+            offload.tensors,
+            {**offload.params, P.REQUEST_ID: request_id},
         )
-        reason: str | None = "controller chose local" if not decision.offload else None
-        logits = None
-        payload_bytes = sum(len(r) for r in request.raw_input_contents)
-        request_bytes = request.ByteSize()
-        if decision.offload:
-            logits, reason, _ = await self._offload(
+        logits: np.ndarray | None = None
+        reason: str | None = None
+        reply: dict[str, Any] = {}
+        if action == "offload":
+            logits, reason, reply = await self._offload(
                 request, deadline_ms, timing["device_head_ms"], timing
             )
-        degraded = logits is None and decision.offload
+        offloaded = logits is not None
+        degraded = action == "offload" and not offloaded
         if logits is None:
             t_local = time.perf_counter()
-            logits = self.pipeline.run_tail(payload.local)
+            logits = self.pipeline.answer_locally(stretch, offload)
             timing["device_tail_ms"] = (time.perf_counter() - t_local) * 1000.0
         timing["total_ms"] = (time.perf_counter() - t0) * 1000.0
-        probs = _softmax(logits[0])
+        probs = softmax(logits[0])
+        payload_bytes = sum(len(r) for r in request.raw_input_contents) if offloaded else 0
         self.counts["requests"] += 1
-        self.counts["offloaded"] += int(not degraded and decision.offload)
+        self.counts["offloaded"] += int(offloaded)
         self.counts["degraded"] += int(degraded)
-        offloaded = decision.offload and not degraded
-        outcome = {
-            "payload_bytes": payload_bytes if offloaded else 0,
-            "channel_uses": payload.channel_uses if offloaded else 0.0,
-            "latency_ms": timing["total_ms"],
-        }
-        self.controller.observe(decision, outcome)
+        self.controller.observe(
+            decision,
+            {
+                "payload_bytes": payload_bytes,
+                "channel_uses": (offload.channel_uses or 0.0) if offloaded else 0.0,
+                "latency_ms": timing["total_ms"],
+                "server_queue_ms": reply.get("server_queue_ms"),
+            },
+        )
         answer = Answer(
             request_id=request_id,
             label=int(probs.argmax()),
@@ -187,19 +211,20 @@ class DeviceService:
             exit="server" if offloaded else "device",
             degraded=degraded,
             degraded_reason=reason if degraded else None,
-            budget=decision.budget,
-            rate=decision.rate if payload.symbols_per_token is not None else None,
-            split=int(self.model.manifest["splits"][0]),
-            tokens_sent=int(indices.shape[1]) if offloaded else 0,
-            symbols_per_token=payload.symbols_per_token,
-            channel_uses=payload.channel_uses if offloaded else None,
+            budget=offload.budget,
+            rate=offload.rate,
+            split=offload.split,
+            tokens_sent=offload.tokens if offloaded else 0,
+            symbols_per_token=offload.symbols_per_token,
+            channel_uses=offload.channel_uses if offloaded else None,
             snr_db=float(snr) if snr is not None else None,
-            kept_indices=[int(i) for i in indices[0]],
-            payload_bytes=payload_bytes if offloaded else 0,
-            request_bytes=request_bytes if offloaded else 0,
+            kept_indices=offload.kept_indices,
+            payload_bytes=payload_bytes,
+            request_bytes=request.ByteSize() if offloaded else 0,
             channel=channel.as_dict(),
             controller={"name": self.controller.name, **self.controller.state()},
             timing_ms=timing,
+            exits=trail or None,
         )
         self._finish(answer, image, params, timing)
         return answer
@@ -259,86 +284,6 @@ class DeviceService:
         timing.update(server_ms=server_ms, network_ms=max(reply.round_trip_ms - server_ms, 0.0))
         return reply.logits, None, reply.parameters
 
-    async def _classify_early_exit(
-        self, image: np.ndarray, params: dict[str, Any], t0: float
-    ) -> Answer:
-        """Walks the device's exits; at each the controller exits, continues or offloads."""
-        assert self.exits is not None
-        request_id = params.get(P.REQUEST_ID) or uuid.uuid4().hex
-        deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
-        channel = self.monitor.current
-        decision = self.controller.decide(params, channel)
-        out, prev_conf, trail = None, None, []
-        action = "offload"
-        for k in range(self.exits.num_exits):
-            out = self.exits.step(k, image, out)
-            elapsed = (time.perf_counter() - t0) * 1000.0
-            state = ExitState(
-                k, self.exits.num_exits, out.confidence, prev_conf, elapsed, deadline_ms
-            )
-            action = self.controller.at_exit(state, channel)
-            trail.append({"exit": k, "confidence": out.confidence, "action": action})
-            if action != "continue":
-                break
-            prev_conf = out.confidence
-        assert out is not None
-        timing = {"device_head_ms": (time.perf_counter() - t0) * 1000.0}
-        split = self.exits.split_of(k)
-        logits: np.ndarray | None = None
-        reason: str | None = None
-        reply: dict[str, Any] = {}
-        request = build_request(
-            self.model.name,
-            self.model.version,
-            request_id,
-            self.exits.wire(out, self.settings.token_format),
-            {P.SPLIT: split, P.REQUEST_ID: request_id},
-        )
-        if action == "offload":
-            logits, reason, reply = await self._offload(
-                request, deadline_ms, timing["device_head_ms"], timing
-            )
-        offloaded = logits is not None
-        degraded = action == "offload" and not offloaded
-        probs = out.probabilities if logits is None else _softmax(logits[0])
-        timing["total_ms"] = (time.perf_counter() - t0) * 1000.0
-        self.counts["requests"] += 1
-        self.counts["offloaded"] += int(offloaded)
-        self.counts["degraded"] += int(degraded)
-        payload_bytes = sum(len(r) for r in request.raw_input_contents) if offloaded else 0
-        self.controller.observe(
-            decision,
-            {
-                "payload_bytes": payload_bytes,
-                "latency_ms": timing["total_ms"],
-                "server_queue_ms": reply.get("server_queue_ms"),
-            },
-        )
-        answer = Answer(
-            request_id=request_id,
-            label=int(probs.argmax()),
-            probabilities=[float(p) for p in probs],
-            exit="server" if offloaded else "device",
-            degraded=degraded,
-            degraded_reason=reason if degraded else None,
-            budget=1.0,
-            rate=None,
-            split=split,
-            tokens_sent=0,
-            symbols_per_token=None,
-            channel_uses=None,
-            snr_db=channel.snr_db,
-            kept_indices=[],
-            payload_bytes=payload_bytes,
-            request_bytes=request.ByteSize() if offloaded else 0,
-            channel=channel.as_dict(),
-            controller={"name": self.controller.name, **self.controller.state()},
-            timing_ms=timing,
-            exits=trail,
-        )
-        self._finish(answer, image, params, timing)
-        return answer
-
     def _finish(
         self, answer: Answer, image: np.ndarray, params: dict[str, Any], timing: dict[str, float]
     ) -> None:
@@ -373,8 +318,3 @@ def _request_log(answer: Answer, model: str, timing: dict[str, float]) -> None:
             }
         },
     )
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()

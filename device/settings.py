@@ -8,10 +8,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from server.settings import DEFAULT_REPOSITORY
+from semlink.runtime.repository import DEFAULT_REPOSITORY
 
 
 class DeviceSettings(BaseSettings):
+    """Runtime configuration of a device; every field is also a ``semlink device`` flag."""
+
     model_config = SettingsConfigDict(env_prefix="SEMLINK_DEVICE_", protected_namespaces=())
 
     server: str = Field(

@@ -16,6 +16,8 @@ COPY models /src/models
 COPY device /src/device
 COPY server /src/server
 COPY protocol /src/protocol
+COPY runtime /src/runtime
+COPY link /src/link
 RUN sh /src/install-venv.sh semlink
 
 # ---- runtime ----------------------------------------------------------------------------------

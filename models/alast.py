@@ -29,10 +29,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from models.checkpoint import load_selector_vit
-from models.data import load_dataset
-from models.train_split import Finetuning, accuracy, batches
-from models.vit import SelectorViT
+from semlink.models.checkpoint import load_selector_vit
+from semlink.models.data import load_dataset
+from semlink.models.train_split import Finetuning, accuracy, batches
+from semlink.models.vit import SelectorViT
 
 BUDGET_RANGE = (0.5, 1.0)
 

@@ -20,8 +20,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from models import channel
-from models.data import DIGITS_MEAN, DIGITS_STD
+from semlink.models.data import DIGITS_MEAN, DIGITS_STD
+from semlink.runtime import channel
 
 METHODS = ("jpeg", "raw-digital", "raw-analog")
 

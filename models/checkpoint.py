@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from models.vit import SelectorViT, config_from_dict
+from semlink.models.vit import SelectorViT, config_from_dict
 
 
 def save(path: str | Path, **payload: Any) -> None:

@@ -280,6 +280,22 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def normalisation(dataset: str) -> dict[str, object]:
+    """The manifest's ``normalization`` entry for a model trained on ``dataset``: the statistics
+    its loader normalised with, so serving normalises uploads exactly the same way."""
+    if dataset in ("digits-canvas", "digits-shifted"):
+        mean, std = [DIGITS_MEAN], [DIGITS_STD]
+    elif dataset == "cifar10":
+        mean, std = CIFAR_MEAN.tolist(), CIFAR_STD.tolist()
+    elif dataset == "imagefolder":
+        mean, std = IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()
+    else:
+        raise ValueError(
+            f"unknown dataset {dataset!r}: choose digits-canvas, digits-shifted, cifar10 or imagefolder"
+        )
+    return {"dataset": dataset, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+
 def load_dataset(
     name: str, split: str, *, root: str | None = None, seed: int = 0, image_size: int = 64
 ) -> Dataset:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.vit import Block, PatchEmbed, ViTConfig
+from semlink.models.vit import Block, PatchEmbed, ViTConfig
 
 
 @dataclass

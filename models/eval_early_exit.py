@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data import Dataset
-from models.early_exit import EarlyExitNet, count_segment_flops
-from models.exit_traces import (
+from semlink.models.data import Dataset
+from semlink.models.early_exit import EarlyExitNet, count_segment_flops
+from semlink.models.exit_traces import (
     ExitTraces,
     accuracy_at_flops,
     apply_rule,

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import baselines, semcom
-from models.data import Dataset
-from models.jscc import RATES
-from models.vit import SelectorViT
+from semlink.models import baselines, semcom
+from semlink.models.data import Dataset
+from semlink.models.jscc import RATES
+from semlink.models.vit import SelectorViT
 
 CALIBRATION_VERSION = 1
 # The grid (-10..30 dB) plus -20 and -15 dB, the bottom of the training range: a controller

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data import Dataset
-from models.vit import SelectorViT, num_kept
+from semlink.models.data import Dataset
+from semlink.models.vit import SelectorViT, num_kept
 
 BUDGETS = (0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
 METHODS = ("selector", "random", "attention")

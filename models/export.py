@@ -28,13 +28,14 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from models import checkpoint
-from models.jscc import JSCC
-from models.vit import SelectorViT
+from semlink.models import checkpoint
+from semlink.models.data import normalisation
+from semlink.models.jscc import JSCC
+from semlink.models.vit import SelectorViT
+from semlink.runtime.manifest import MANIFEST_VERSION
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
 DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "zoo"
 DEFAULT_MODEL = "digits-vit"
 
@@ -136,12 +137,14 @@ def _append_budget_slice(path: Path, num_patches: int, first_output: str = "toke
     onnx.save(m, str(path))
 
 
-def export_selector_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def export_selector_pipeline(
+    ckpt_path: str | Path, out_dir: str | Path, dataset: str = "digits-canvas"
+) -> dict[str, Any]:
     """Exports head and tail of a trained selector checkpoint into ``out_dir`` with its manifest.
 
     ``out_dir`` is one version folder of a model repository, e.g. ``zoo/digits-vit/1``. Also
     writes a weights-only copy of the checkpoint (no optimizer or resume state). Returns the
-    manifest.
+    manifest. ``dataset`` names the training data, whose normalisation the manifest carries.
     """
     model, ckpt = checkpoint.load_selector_vit(ckpt_path)
     out = _export_pipeline(model, None, Path(out_dir))
@@ -151,17 +154,19 @@ def export_selector_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict
         state_dict=model.state_dict(),
         metrics=ckpt.get("metrics", {}),
     )
-    return _write_manifest(model, None, out)
+    return _write_manifest(model, None, out, dataset)
 
 
-def export_jscc_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def export_jscc_pipeline(
+    ckpt_path: str | Path, out_dir: str | Path, dataset: str = "digits-canvas"
+) -> dict[str, Any]:
     """The same for a JSCC checkpoint: the encoder joins the head, the decoder the tail."""
-    from models import semcom
+    from semlink.models import semcom
 
     model, ckpt = semcom.load(ckpt_path)
     out = _export_pipeline(model.vit, model.coder, Path(out_dir))
     semcom.save(out / "checkpoint.pt", model, ckpt.get("metrics", {}))
-    return _write_manifest(model.vit, model.coder, out)
+    return _write_manifest(model.vit, model.coder, out, dataset)
 
 
 def _export_pipeline(model: SelectorViT, coder: JSCC | None, out: Path) -> Path:
@@ -193,14 +198,18 @@ def _export_pipeline(model: SelectorViT, coder: JSCC | None, out: Path) -> Path:
     return out
 
 
-def _write_manifest(model: SelectorViT, coder: JSCC | None, out: Path) -> dict[str, Any]:
-    manifest = build_manifest(model, out, coder)
+def _write_manifest(
+    model: SelectorViT, coder: JSCC | None, out: Path, dataset: str
+) -> dict[str, Any]:
+    manifest = build_manifest(model, out, coder, dataset)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("exported %s", out)
     return manifest
 
 
-def build_manifest(model: SelectorViT, out: Path, coder: JSCC | None = None) -> dict[str, Any]:
+def build_manifest(
+    model: SelectorViT, out: Path, coder: JSCC | None = None, dataset: str = "digits-canvas"
+) -> dict[str, Any]:
     """What the server and device need to serve the pipeline without torch."""
     cfg = model.cfg
     digest = hashlib.sha256()
@@ -228,7 +237,7 @@ def build_manifest(model: SelectorViT, out: Path, coder: JSCC | None = None) -> 
             "inputs": {payload: "FP32", "token_mask": "FP32"},
             "outputs": {"logits": "FP32"},
         },
-        "normalization": {"dataset": "digits-canvas"} if cfg.in_chans == 1 else {"dataset": "rgb"},
+        "normalization": normalisation(dataset),
     }
     if coder is not None:
         manifest["jscc"] = {"symbols": coder.cfg.symbols, "channels": ["awgn", "rayleigh", "none"]}

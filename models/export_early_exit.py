@@ -25,11 +25,13 @@ import onnx
 import torch
 from torch import nn
 
-from models import checkpoint
-from models.early_exit import EarlyExitNet, config_dict, count_segment_flops
-from models.eval_early_exit import activation_bytes
-from models.export import MANIFEST_VERSION, export_graph
-from models.train_early_exit import load_early_exit
+from semlink.models import checkpoint
+from semlink.models.data import normalisation
+from semlink.models.early_exit import EarlyExitNet, config_dict, count_segment_flops
+from semlink.models.eval_early_exit import activation_bytes
+from semlink.models.export import export_graph
+from semlink.models.train_early_exit import load_early_exit
+from semlink.runtime.manifest import MANIFEST_VERSION
 
 
 class _Device(nn.Module):
@@ -84,7 +86,9 @@ def _carry(model: EarlyExitNet, activations: torch.Tensor, logp: torch.Tensor) -
     return {"activations": activations} | ({"prev_logp": logp} if model.cfg.recursive else {})
 
 
-def export_early_exit_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def export_early_exit_pipeline(
+    ckpt_path: str | Path, out_dir: str | Path, dataset: str = "digits-canvas"
+) -> dict[str, Any]:
     """Exports every device split's graphs into ``out_dir`` with the manifest and a weights-only
     checkpoint. Returns the manifest."""
     model, ckpt = load_early_exit(ckpt_path)
@@ -123,13 +127,17 @@ def export_early_exit_pipeline(ckpt_path: str | Path, out_dir: str | Path) -> di
         state_dict=model.state_dict(),
         metrics=ckpt.get("metrics", {}),
     )
-    manifest = build_manifest(model, out, graphs, ex)
+    manifest = build_manifest(model, out, graphs, ex, dataset)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def build_manifest(
-    model: EarlyExitNet, out: Path, graphs: dict[str, dict[str, Any]], ex: dict[str, Any]
+    model: EarlyExitNet,
+    out: Path,
+    graphs: dict[str, dict[str, Any]],
+    ex: dict[str, Any],
+    dataset: str = "digits-canvas",
 ) -> dict[str, Any]:
     """What the device and the server need to run the splits without torch."""
     cfg = model.cfg
@@ -150,5 +158,5 @@ def build_manifest(
         "segment_flops": count_segment_flops(model),
         "offload_bytes": activation_bytes(model),
         "graphs": graphs,
-        "normalization": {"dataset": "digits-canvas"} if cfg.in_chans == 1 else {"dataset": "rgb"},
+        "normalization": normalisation(dataset),
     }

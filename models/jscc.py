@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.symbols import channel_uses, normalise, symbol_mask, symbols_kept
+from semlink.runtime.symbols import channel_uses, normalise, symbol_mask, symbols_kept
 
 RATES = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 

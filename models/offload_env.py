@@ -32,15 +32,15 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from models.exit_traces import ExitTraces
-from models.offload_policy import CONTINUE, EXIT, OBS_BOUND, OBS_DIM, observation
-from protocol.traces import (
+from semlink.link.traces import (
     PACKET_BYTES,
     Schedule,
     TraceSchedule,
     rates_to_timestamps,
     synthetic_rates,
 )
+from semlink.models.exit_traces import ExitTraces
+from semlink.runtime.offload_policy import CONTINUE, EXIT, OBS_BOUND, OBS_DIM, observation
 
 ENV_ID = "semlink/Offload-v0"
 
@@ -356,4 +356,4 @@ class OffloadEnv(gym.Env):
 def register() -> None:
     """Registers :data:`ENV_ID` with gymnasium (idempotent)."""
     if ENV_ID not in gym.registry:
-        gym.register(id=ENV_ID, entry_point="models.offload_env:OffloadEnv")
+        gym.register(id=ENV_ID, entry_point="semlink.models.offload_env:OffloadEnv")

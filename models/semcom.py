@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import channel, checkpoint
-from models.data import Dataset
-from models.jscc import JSCC, JSCCConfig, channel_uses, normalise, symbol_mask, symbols_kept
-from models.vit import SelectorViT, ViTConfig, config_from_dict, num_kept
+from semlink.models import checkpoint
+from semlink.models.data import Dataset
+from semlink.models.jscc import JSCC, JSCCConfig, channel_uses, normalise, symbol_mask, symbols_kept
+from semlink.models.vit import SelectorViT, ViTConfig, config_from_dict, num_kept
+from semlink.runtime import channel
 
 
 class SemComModel(nn.Module):

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import channel
-from models.vit import SelectorViT
+from semlink.models.vit import SelectorViT
+from semlink.runtime import channel
 
 FP32_BYTES = 4
 LABEL_BYTES = 1  # a hard label, one byte (classes <= 256)

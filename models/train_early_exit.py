@@ -11,7 +11,7 @@ Every regime gets the same epoch budget, ``epochs``:
 - **mixed**: the same backbone phase, then everything jointly (mean cross-entropy over the exits)
   for the remaining epochs, at ``finetune_lr``.
 
-The backbone phase of disjoint and mixed is identical for one seed, so ``--backbone PATH`` starts
+The backbone phase of disjoint and mixed is identical for one seed, so ``--from-backbone PATH`` starts
 the second phase from a finished backbone phase (a checkpoint this command wrote) instead of
 training it again; the epochs it cost are counted in the checkpoint's metrics all the same.
 """
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import checkpoint
-from models.data import Dataset, load_dataset
-from models.early_exit import EarlyExitConfig, EarlyExitNet, config_dict, config_from_dict
-from models.train_selector import cosine_lr
+from semlink.models import checkpoint
+from semlink.models.data import Dataset, load_dataset
+from semlink.models.early_exit import EarlyExitConfig, EarlyExitNet, config_dict, config_from_dict
+from semlink.models.train_selector import cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ class TrainEarlyExitConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     augment: bool = True
-    backbone: str | None = None
-    """Start the second phase from this finished backbone phase (disjoint / mixed)."""
+    from_backbone: str | None = None
+    """Checkpoint path: start the second phase from its finished backbone phase (disjoint /
+    mixed; same seed and model)."""
     max_steps: int | None = None
     """Stop each epoch after this many steps (smoke tests)."""
     limit_train: int | None = None
@@ -180,8 +181,8 @@ class Trainer:
         steps = math.ceil(n_train / cfg.batch_size)
         if cfg.max_steps is not None:
             steps = min(steps, cfg.max_steps)
-        if cfg.backbone is not None and cfg.regime != "joint":
-            self._load_backbone(cfg.backbone)
+        if cfg.from_backbone is not None and cfg.regime != "joint":
+            self._load_backbone(cfg.from_backbone)
         t0 = time.perf_counter()
         epoch0 = 0
         for phase, epochs, base_lr in self._phases():
@@ -232,7 +233,7 @@ class Trainer:
                 self.metrics["backbone_seconds"] = time.perf_counter() - t0
             log.info("%s %s: validation accuracy per exit %s", cfg.regime, phase, np.round(val, 3))
         elapsed = time.perf_counter() - t0
-        if cfg.backbone is not None:  # the reused backbone phase cost its time in another run
+        if cfg.from_backbone is not None:  # the reused backbone phase cost its time in another run
             elapsed += self.metrics.get("backbone_seconds", 0.0)
         self.metrics["train_seconds"] = elapsed
         self.metrics["val"] = exit_accuracies(self.model, self.val)

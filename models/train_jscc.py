@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import checkpoint, semcom
-from models.data import load_dataset
-from models.jscc import JSCCConfig, symbols_kept
-from models.selector import distillation_loss, hard_keep_mask, sample_budgets
-from models.semcom import SemComModel
-from models.vit import config_from_dict
+from semlink.models import checkpoint, semcom
+from semlink.models.data import load_dataset
+from semlink.models.jscc import JSCCConfig, symbols_kept
+from semlink.models.selector import distillation_loss, hard_keep_mask, sample_budgets
+from semlink.models.semcom import SemComModel
+from semlink.models.vit import config_from_dict
 
 VAL_POINTS = ((10.0, 0.25, 1 / 8), (0.0, 0.25, 1 / 4))
 

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.exit_traces import ExitTraces
-from models.offload_env import CostModel, OffloadEnv, RewardWeights, register
-from models.offload_policy import ACTIONS, OBS_DIM, OBS_NAMES
+from semlink.models.exit_traces import ExitTraces
+from semlink.models.offload_env import CostModel, OffloadEnv, RewardWeights, register
+from semlink.runtime.offload_policy import ACTIONS, OBS_DIM, OBS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def export_policy(policy: Any, path: str | Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    from models.export import export_graph
+    from semlink.models.export import export_graph
 
     module = PolicyLogits(policy).eval()
     obs = torch.rand(4, OBS_DIM)

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import checkpoint
-from models.data import Dataset, load_dataset
-from models.selector import budget_loss, distillation_loss, hard_keep_mask, sample_budgets
-from models.vit import SelectorViT, ViTConfig, num_kept
+from semlink.models import checkpoint
+from semlink.models.data import Dataset, load_dataset
+from semlink.models.selector import budget_loss, distillation_loss, hard_keep_mask, sample_budgets
+from semlink.models.vit import SelectorViT, ViTConfig, num_kept
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.checkpoint import load_selector_vit
-from models.data import Dataset, load_dataset
-from models.split_learning import COMPRESSORS, Boundary, SplitViT
+from semlink.models.checkpoint import load_selector_vit
+from semlink.models.data import Dataset, load_dataset
+from semlink.models.split_learning import COMPRESSORS, Boundary, SplitViT
 
 DEFAULT_PRETRAINED = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
 

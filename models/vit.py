@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.selector import Selector
+from semlink.models.selector import Selector
 
 NEG_INF = -1e9  # additive attention bias for masked keys (finite, so fp16/ONNX stay NaN-free)
 

@@ -37,6 +37,7 @@ class TensorError(ValueError):
 
 
 def datatype_of(array: np.ndarray) -> str:
+    """The OIP datatype name of an array's dtype; raises :class:`TensorError` if it has none."""
     for name, dt in DTYPES.items():
         if array.dtype == dt or array.dtype == dt.newbyteorder("="):
             return name
@@ -102,6 +103,7 @@ class PackedTokens:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the tokens and their scales."""
         return int(self.tokens.nbytes + (0 if self.scale is None else self.scale.nbytes))
 
 
@@ -129,6 +131,7 @@ def unpack_tokens(packed: PackedTokens) -> np.ndarray:
 
 
 def token_format_of(datatype: str) -> str:
+    """``fp16``, ``fp32`` or ``int8`` for a ``tokens`` datatype; raises :class:`TensorError`."""
     formats = {"FP16": "fp16", "FP32": "fp32", "INT8": "int8"}
     if datatype not in formats:
         raise TensorError(f"input 'tokens': datatype must be FP16, FP32 or INT8, got {datatype}")

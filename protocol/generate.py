@@ -1,4 +1,4 @@
-"""Regenerates the gRPC stubs from ``protocol/grpc_service.proto``: ``python -m protocol.generate``.
+"""Regenerates the gRPC stubs from ``protocol/grpc_service.proto``: ``python -m semlink.protocol.generate``.
 
 The stubs are committed (serving images need no protoc); ``tests/unit/test_protocol.py`` fails when
 they are stale.
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = "protocol/grpc_service.proto"
+PROTO = "semlink/protocol/grpc_service.proto"
 OUTPUTS = ("grpc_service_pb2.py", "grpc_service_pb2.pyi", "grpc_service_pb2_grpc.py")
 
 
@@ -30,7 +30,7 @@ def generate(out_root: Path = ROOT) -> list[Path]:
     )
     if rc != 0:
         raise RuntimeError(f"protoc failed with exit code {rc}")
-    return [out_root / "protocol" / name for name in OUTPUTS]
+    return [out_root / "semlink" / "protocol" / name for name in OUTPUTS]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from protocol.codec import DTYPES, MAX_ELEMENTS, TensorError, datatype_of, from_bytes, to_bytes
+from semlink.protocol.codec import (
+    DTYPES,
+    MAX_ELEMENTS,
+    TensorError,
+    datatype_of,
+    from_bytes,
+    to_bytes,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -147,6 +154,7 @@ def build_infer_response(
 
 
 def wants_binary(request: dict[str, Any]) -> bool:
+    """Whether the request asks for binary output tensors (``binary_data_output``)."""
     params = request.get("parameters") or {}
     return bool(params.get("binary_data_output", False))
 

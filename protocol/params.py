@@ -27,11 +27,14 @@ class ParameterError(ValueError):
 
 @dataclass(frozen=True)
 class Range:
+    """The valid range of a numeric parameter; ``low_open`` excludes ``low`` itself."""
+
     low: float
     high: float
     low_open: bool = False
 
     def check(self, name: str, value: Any) -> float:
+        """``value`` as float; raises :class:`ParameterError` naming the range."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParameterError(f"parameter {name!r} must be a number, got {value!r}")
         v = float(value)

@@ -12,11 +12,13 @@ import logging
 import sys
 from pathlib import Path
 
-from semlink import logs
+from semlink.flags import LazyParser, add_dataclass, dataclass_from
+from semlink.runtime import logs
+from semlink.runtime.repository import DEFAULT_REPOSITORY
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
-DEFAULT_JSCC_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit-jscc" / "1"
-DEFAULT_EE_DIR = Path(__file__).resolve().parent.parent / "zoo" / "digits-ee" / "1"
+DEFAULT_MODEL_DIR = DEFAULT_REPOSITORY / "digits-vit" / "1"
+DEFAULT_JSCC_DIR = DEFAULT_REPOSITORY / "digits-vit-jscc" / "1"
+DEFAULT_EE_DIR = DEFAULT_REPOSITORY / "digits-ee" / "1"
 
 log = logging.getLogger("semlink")
 
@@ -36,20 +38,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_selector(args: argparse.Namespace) -> int:
-    from models.train_selector import TrainSelectorConfig, train_selector
+    from semlink.models.train_selector import TrainSelectorConfig, train_selector
 
-    cfg = TrainSelectorConfig(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        image_size=args.image_size,
-        seed=args.seed,
-        backbone_epochs=args.backbone_epochs,
-        selector_epochs=args.selector_epochs,
-        batch_size=args.batch_size,
-        max_steps=args.max_steps,
-        limit_train=args.limit_train,
+    metrics = train_selector(
+        dataclass_from(args, TrainSelectorConfig), args.out, resume=args.resume
     )
-    metrics = train_selector(cfg, args.out, resume=args.resume)
     print(f"checkpoint: {args.out}")
     print(f"training time: {metrics['train_seconds']:.0f} s")
     print("validation accuracy, tokens removed:", json.dumps(metrics["val_best"]))
@@ -57,27 +50,14 @@ def _train_selector(args: argparse.Namespace) -> int:
 
 
 def _train_split(args: argparse.Namespace) -> int:
-    from models.train_split import SplitConfig, train_split
     from semlink.bench import write_figures
+    from semlink.models.train_split import SplitConfig, train_split
 
-    result = train_split(
-        SplitConfig(
-            method=args.method,
-            xi=args.xi,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            snr_db=args.snr_db,
-            pretrained=args.pretrained,
-            dataset=args.dataset,
-            data_root=args.data_root,
-            seed=args.seed,
-            max_steps=args.max_steps,
-        )
-    )
+    cfg = dataclass_from(args, SplitConfig)
+    result = train_split(cfg)
     mb = 1e6
     print(
-        f"{args.method} ξ={args.xi:g}: test accuracy {100 * result['accuracy']:.1f} % "
+        f"{cfg.method} ξ={cfg.xi:g}: test accuracy {100 * result['accuracy']:.1f} % "
         f"(from {100 * result['accuracy_before']:.1f} %), {result['bytes_up'] / mb:.2f} MB up, "
         f"{result['bytes_down'] / mb:.2f} MB down, {result['seconds']:.0f} s"
     )
@@ -86,26 +66,13 @@ def _train_split(args: argparse.Namespace) -> int:
 
 
 def _train_finetune(args: argparse.Namespace) -> int:
-    from models.alast import FinetuneConfig, finetune
     from semlink.bench import write_figures
+    from semlink.models.alast import FinetuneConfig, finetune
 
-    result = finetune(
-        FinetuneConfig(
-            alast=args.alast,
-            k=args.k,
-            eta=args.eta,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            pretrained=args.pretrained,
-            dataset=args.dataset,
-            data_root=args.data_root,
-            seed=args.seed,
-            max_steps=args.max_steps,
-        )
-    )
+    cfg = dataclass_from(args, FinetuneConfig)
+    result = finetune(cfg)
     print(
-        f"{'ALaST' if args.alast else 'full'} fine-tuning: test accuracy "
+        f"{'ALaST' if cfg.alast else 'full'} fine-tuning: test accuracy "
         f"{100 * result['accuracy']:.1f} % (from {100 * result['accuracy_before']:.1f} %), "
         f"{result['epoch_seconds']:.2f} s/epoch, {result['step_flops'] / 1e9:.2f} GFLOPs/step, "
         f"{result['step_memory_bytes'] / 1e6:.1f} MB saved for backward/step"
@@ -114,71 +81,31 @@ def _train_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_finetune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits-shifted", help="the task to adapt to")
-    p.add_argument("--data-root", default=None, help="cifar10 / imagefolder: local folder")
-    p.add_argument("--pretrained", default=str(DEFAULT_MODEL_DIR / "checkpoint.pt"))
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap (smoke runs)")
-    p.add_argument("--json", default=None, help="write the result here")
-
-
 def _train_early_exit(args: argparse.Namespace) -> int:
-    from models.early_exit import EarlyExitConfig
-    from models.train_early_exit import TrainEarlyExitConfig, train_early_exit
+    from semlink.models.train_early_exit import TrainEarlyExitConfig, train_early_exit
 
-    model = EarlyExitConfig(
-        backbone=args.backbone,
-        recursive=not args.plain,
-        device_blocks=args.device_blocks,
-    )
-    cfg = TrainEarlyExitConfig(
-        regime=args.regime,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        image_size=args.image_size,
-        seed=args.seed,
-        epochs=args.epochs,
-        backbone_epochs=args.backbone_epochs,
-        batch_size=args.batch_size,
-        finetune_lr=args.finetune_lr,
-        backbone=args.from_backbone,
-        max_steps=args.max_steps,
-        limit_train=args.limit_train,
-        model=model,
-    )
-    metrics = train_early_exit(cfg, args.out)
+    metrics = train_early_exit(dataclass_from(args, TrainEarlyExitConfig), args.out)
     print(f"checkpoint: {args.out} ({metrics['train_seconds']:.0f} s)")
     print("validation accuracy per exit:", " ".join(f"{a:.3f}" for a in metrics["val"]))
     return 0
 
 
 def _train_policy(args: argparse.Namespace) -> int:
-    from models.train_policy import TrainPolicyConfig, train_policy
+    from semlink.models.train_policy import TrainPolicyConfig, train_policy
 
-    cfg = TrainPolicyConfig(
-        model_dir=args.model_dir,
-        out=args.out,
-        total_timesteps=args.timesteps,
-        device_slowdown=args.device_slowdown,
-        seed=args.seed,
-    )
+    cfg = dataclass_from(args, TrainPolicyConfig)
     metrics = train_policy(cfg)
-    out = args.out or args.model_dir
     print(
-        f"policy: {out}/policy.onnx (PPO, {metrics['timesteps']} steps, {metrics['train_seconds']:.0f} s, "
-        f"validation reward {metrics['val_reward']:.4f})"
+        f"policy: {cfg.out or cfg.model_dir}/policy.onnx (PPO, {metrics['timesteps']} steps, "
+        f"{metrics['train_seconds']:.0f} s, validation reward {metrics['val_reward']:.4f})"
     )
     return 0
 
 
 def _eval_selector(args: argparse.Namespace) -> int:
-    from models import checkpoint
-    from models.data import load_dataset
-    from models.eval_selector import evaluate, format_table, onnx_latency, write
+    from semlink.models import checkpoint
+    from semlink.models.data import load_dataset
+    from semlink.models.eval_selector import evaluate, format_table, onnx_latency, write
 
     model_dir = Path(args.model_dir)
     ckpt_path = Path(args.checkpoint) if args.checkpoint else model_dir / "checkpoint.pt"
@@ -206,10 +133,10 @@ def _eval_selector(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """``semlink export selector|jscc``: ONNX head and tail, manifest, weights-only checkpoint."""
-    from models.export import export_jscc_pipeline, export_selector_pipeline
+    from semlink.models.export import export_jscc_pipeline, export_selector_pipeline
 
     exporter = export_jscc_pipeline if args.what == "jscc" else export_selector_pipeline
-    manifest = exporter(args.checkpoint, args.out)
+    manifest = exporter(args.checkpoint, args.out, args.dataset)
     print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
     return 0
 
@@ -220,10 +147,10 @@ def _regime_name(ckpt: dict) -> str:
 
 
 def _export_early_exit(args: argparse.Namespace) -> int:
-    from models import checkpoint
-    from models.export_early_exit import export_early_exit_pipeline
+    from semlink.models import checkpoint
+    from semlink.models.export_early_exit import export_early_exit_pipeline
 
-    manifest = export_early_exit_pipeline(args.checkpoint, args.out)
+    manifest = export_early_exit_pipeline(args.checkpoint, args.out, args.dataset)
     for path in args.regimes:
         ckpt = checkpoint.load(path)
         dest = Path(args.out) / "regimes" / f"{_regime_name(ckpt)}.pt"
@@ -243,9 +170,9 @@ def _export_early_exit(args: argparse.Namespace) -> int:
 
 
 def _eval_early_exit(args: argparse.Namespace) -> int:
-    from models.data import load_dataset
-    from models.eval_early_exit import evaluate, format_table, plot
-    from models.train_early_exit import load_early_exit
+    from semlink.models.data import load_dataset
+    from semlink.models.eval_early_exit import evaluate, format_table, plot
+    from semlink.models.train_early_exit import load_early_exit
 
     model_dir = Path(args.model_dir)
     default_path = Path(args.checkpoint) if args.checkpoint else model_dir / "checkpoint.pt"
@@ -276,36 +203,25 @@ def _eval_early_exit(args: argparse.Namespace) -> int:
 
 
 def _train_jscc(args: argparse.Namespace) -> int:
-    from models.jscc import RATES
-    from models.train_jscc import TrainJSCCConfig, train_jscc
-
-    def config(rate: float | None) -> TrainJSCCConfig:
-        return TrainJSCCConfig(
-            selector_checkpoint=args.selector_checkpoint,
-            seed=args.seed,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            channel=args.channel,
-            fixed_rate=rate,
-            max_steps=args.max_steps,
-            limit_train=args.limit_train,
-        )
+    from semlink.models.jscc import RATES
+    from semlink.models.train_jscc import TrainJSCCConfig, train_jscc
 
     if args.per_rate:
         out_dir = Path(args.per_rate_dir)
         for rate in RATES:
-            train_jscc(config(rate), out_dir / f"r{rate:g}.pt", resume=args.resume)
+            cfg = dataclass_from(args, TrainJSCCConfig, fixed_rate=rate)
+            train_jscc(cfg, out_dir / f"r{rate:g}.pt", resume=args.resume)
         print(f"per-rate coders: {out_dir}")
         return 0
-    metrics = train_jscc(config(args.fixed_rate), args.out, resume=args.resume)
+    metrics = train_jscc(dataclass_from(args, TrainJSCCConfig), args.out, resume=args.resume)
     print(f"checkpoint: {args.out} ({metrics['train_seconds']:.0f} s)")
     return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from models import semcom
-    from models.data import load_dataset
-    from models.eval_jscc import calibrate
+    from semlink.models import semcom
+    from semlink.models.data import load_dataset
+    from semlink.models.eval_jscc import calibrate
 
     model_dir = Path(args.model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
@@ -321,10 +237,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _eval_jscc(args: argparse.Namespace) -> int:
     import torch
 
-    from models import checkpoint, semcom
-    from models.data import load_dataset
-    from models.eval_jscc import ALPHAS, SNRS, baseline_grid, format_table, plot, summarise
-    from models.jscc import RATES
+    from semlink.models import checkpoint, semcom
+    from semlink.models.data import load_dataset
+    from semlink.models.eval_jscc import ALPHAS, SNRS, baseline_grid, format_table, plot, summarise
+    from semlink.models.jscc import RATES
 
     model, _ = semcom.load(Path(args.model_dir) / "checkpoint.pt")
     test = load_dataset(args.dataset, "test", root=args.data_root, seed=args.seed)
@@ -433,7 +349,7 @@ def _zoo(args: argparse.Namespace) -> int:
             "early-exit",
             "--regime",
             "joint",
-            "--plain",
+            "--no-model.recursive",
             "--out",
             str(ee_work / "joint-plain.pt"),
         ],
@@ -469,7 +385,7 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semlink", description=__doc__)
+    parser = LazyParser(prog="semlink", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="json: one object per line"
@@ -477,77 +393,87 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
-    p = train.add_parser("selector", help="the budget-conditioned token-selection ViT")
-    _add_data_args(p)
-    p.add_argument(
-        "--out", default="runs/selector.pt", help="checkpoint path (written every epoch)"
+
+    def selector(p: argparse.ArgumentParser) -> None:
+        from semlink.models.train_selector import TrainSelectorConfig
+
+        add_dataclass(p, TrainSelectorConfig)
+        p.add_argument("--out", default="runs/selector.pt", help="checkpoint (written every epoch)")
+        p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+
+    p = train.add_parser(
+        "selector", help="the budget-conditioned token-selection ViT", populate=selector
     )
-    p.add_argument("--backbone-epochs", type=int, default=120)
-    p.add_argument("--selector-epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap (smoke runs)")
-    p.add_argument(
-        "--limit-train", type=int, default=None, help="use only N training images (smoke runs)"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.set_defaults(func=_train_selector)
 
+    def early_exit(p: argparse.ArgumentParser) -> None:
+        from semlink.models.train_early_exit import TrainEarlyExitConfig
+
+        add_dataclass(p, TrainEarlyExitConfig)
+        p.add_argument("--out", default="runs/early-exit/mixed.pt", help="checkpoint path")
+
     p = train.add_parser(
-        "early-exit", help="the recursive early-exit network in one training regime"
+        "early-exit",
+        help="the recursive early-exit network in one training regime",
+        populate=early_exit,
     )
-    _add_data_args(p)
-    p.add_argument("--regime", default="mixed", choices=["joint", "disjoint", "mixed"])
-    p.add_argument("--out", default="runs/early-exit/mixed.pt")
-    p.add_argument("--backbone", default="vit", choices=["vit", "cnn"])
-    p.add_argument("--plain", action="store_true", help="plain exits instead of recursive ones")
-    p.add_argument("--device-blocks", type=int, default=4, help="blocks the device holds")
-    p.add_argument("--epochs", type=int, default=90, help="total epochs, equal for every regime")
-    p.add_argument(
-        "--backbone-epochs", type=int, default=60, help="disjoint/mixed: backbone-phase epochs"
-    )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--finetune-lr", type=float, default=1e-3, help="mixed: second-phase rate")
-    p.add_argument(
-        "--from-backbone",
-        default=None,
-        help="disjoint/mixed: reuse the backbone phase of this checkpoint (same seed and model)",
-    )
-    p.add_argument("--max-steps", type=int, default=None, help="steps per epoch cap (smoke runs)")
-    p.add_argument("--limit-train", type=int, default=None)
     p.set_defaults(func=_train_early_exit)
 
+    def split(p: argparse.ArgumentParser) -> None:
+        from semlink.models.train_split import SplitConfig
+
+        add_dataclass(p, SplitConfig)
+        p.add_argument("--json", default=None, help="write the result here")
+
     p = train.add_parser(
-        "split", help="split learning across a counted message boundary, ADC or a baseline"
+        "split",
+        help="split learning across a counted message boundary, ADC or a baseline",
+        populate=split,
     )
-    _add_finetune_args(p)
-    p.add_argument(
-        "--method",
-        default="adc",
-        choices=["adc", "top-k", "random-k", "quantise", "uncompressed"],
-    )
-    p.add_argument("--xi", type=float, default=0.1, help="compression ratio of the messages")
-    p.add_argument("--snr-db", type=float, default=None, help="AWGN on both directions")
     p.set_defaults(func=_train_split)
 
-    p = train.add_parser("finetune", help="fine-tune a pretrained ViT, in full or with ALaST")
-    _add_finetune_args(p)
-    p.add_argument("--alast", action="store_true", help="adaptive layer selection (METHODS §7)")
-    p.add_argument("--k", type=int, default=2, help="ALaST: trainable blocks per step")
-    p.add_argument("--eta", type=float, default=0.005, help="ALaST: budget step")
+    def finetune(p: argparse.ArgumentParser) -> None:
+        from semlink.models.alast import FinetuneConfig
+
+        add_dataclass(p, FinetuneConfig)
+        p.add_argument("--json", default=None, help="write the result here")
+
+    p = train.add_parser(
+        "finetune", help="fine-tune a pretrained ViT, in full or with ALaST", populate=finetune
+    )
     p.set_defaults(func=_train_finetune)
 
-    p = train.add_parser("policy", help="the RL offloading policy (PPO) on recorded exit traces")
-    p.add_argument("--model-dir", default=str(DEFAULT_EE_DIR), help="exported early-exit folder")
-    p.add_argument("--out", default=None, help="where policy.onnx goes (default: --model-dir)")
-    p.add_argument("--timesteps", type=int, default=400_000)
-    p.add_argument(
-        "--device-slowdown",
-        type=float,
-        default=50.0,
-        help="the device is this many times slower than this machine (50: microcontroller-class)",
+    def policy(p: argparse.ArgumentParser) -> None:
+        from semlink.models.train_policy import TrainPolicyConfig
+
+        add_dataclass(
+            p, TrainPolicyConfig, skip=["weights"], defaults={"model_dir": str(DEFAULT_EE_DIR)}
+        )
+
+    p = train.add_parser(
+        "policy", help="the RL offloading policy (PPO) on recorded exit traces", populate=policy
     )
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_policy)
+
+    def jscc(p: argparse.ArgumentParser) -> None:
+        from semlink.models.train_jscc import TrainJSCCConfig
+
+        add_dataclass(
+            p,
+            TrainJSCCConfig,
+            defaults={"selector_checkpoint": str(DEFAULT_MODEL_DIR / "checkpoint.pt")},
+        )
+        p.add_argument("--out", default="runs/jscc.pt", help="checkpoint path")
+        p.add_argument(
+            "--per-rate",
+            action="store_true",
+            help="train one coder per rate of the grid (ablation)",
+        )
+        p.add_argument("--per-rate-dir", default="runs/jscc-per-rate")
+        p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+
+    p = train.add_parser("jscc", help="the nested JSCC coder on a trained selector", populate=jscc)
+    p.set_defaults(func=_train_jscc)
 
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     p = ev.add_parser("selector", help="accuracy vs budget against random and attention top-k")
@@ -567,30 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = ex.add_parser("selector", help="device head and server tail of a selector checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default=str(DEFAULT_MODEL_DIR), help="model repository version folder")
+    p.add_argument(
+        "--dataset",
+        default="digits-canvas",
+        help="what the model was trained on: the manifest carries its normalisation",
+    )
     p.set_defaults(func=_export)
-
-    p = train.add_parser("jscc", help="the nested JSCC coder on a trained selector")
-    p.add_argument("--selector-checkpoint", default=str(DEFAULT_MODEL_DIR / "checkpoint.pt"))
-    p.add_argument("--out", default="runs/jscc.pt")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--channel", default="awgn", choices=["awgn", "rayleigh"])
-    p.add_argument(
-        "--fixed-rate", type=float, default=None, help="train for one rate only (ablation)"
-    )
-    p.add_argument(
-        "--per-rate", action="store_true", help="train one coder per rate of the grid (ablation)"
-    )
-    p.add_argument("--per-rate-dir", default="runs/jscc-per-rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--limit-train", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-    p.set_defaults(func=_train_jscc)
 
     p = ex.add_parser("jscc", help="head with JSCC encoder, tail with JSCC decoder")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default=str(DEFAULT_JSCC_DIR))
+    p.add_argument(
+        "--dataset",
+        default="digits-canvas",
+        help="what the model was trained on: the manifest carries its normalisation",
+    )
     p.set_defaults(func=_export)
 
     p = ev.add_parser(
@@ -618,6 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_EE_DIR))
     p.add_argument(
         "--regimes", nargs="*", default=[], help="comparison checkpoints shipped in OUT/regimes"
+    )
+    p.add_argument(
+        "--dataset",
+        default="digits-canvas",
+        help="what the model was trained on: the manifest carries its normalisation",
     )
     p.set_defaults(func=_export_early_exit)
 

@@ -14,13 +14,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
 
-from protocol.http_codec import build_infer_request
 from semlink.procs import Processes, Stack
+from semlink.protocol.http_codec import build_infer_request
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,31 @@ DEFAULT_MODELS = {
 
 @dataclass
 class DemoConfig:
+    """What ``semlink demo`` runs."""
+
     requests: int = 269
+    """How many test images to send (269: the whole digits-canvas test split)."""
     uplink: str | None = None
+    """Mahimahi trace of the uplink (default: a generated Gilbert-Elliott trace switching between
+    0.3 and 4 Mbit/s)."""
     delay_ms: float = 20.0
+    """One-way delay of the link."""
     budget: float = 0.25
-    controller: str = "fixed"
-    model: str | None = None  # default: by controller, see DEFAULT_MODELS (else digits-vit)
+    """Token budget alpha of the fixed controller."""
+    controller: Literal["fixed", "lyapunov", "rl", "threshold", "growth"] = "fixed"
+    """rl, threshold and growth run the early-exit network digits-ee."""
+    model: str | None = None
+    """Default: digits-vit (fixed), digits-vit-jscc (lyapunov), digits-ee (rl, threshold, growth)."""
     channel_budget: float = 0.02
+    """lyapunov: average channel uses per pixel."""
     snr_trace: str | None = None
+    """'t_ms snr_db' file (default: a generated random walk)."""
     out: str = "runs/demo"
+    """Folder for the summary JSON and the timeline PNG."""
     seed: int = 0
-    hold: bool = False  # keep the processes up after the summary (for the dashboard) until Ctrl-C
+    hold: bool = False
+    """Keep server, link and device running after the summary (to browse the dashboard) until
+    Ctrl-C."""
 
 
 def write_snr_trace(path: Path, seconds: float, seed: int) -> None:
@@ -60,8 +74,8 @@ def write_snr_trace(path: Path, seconds: float, seed: int) -> None:
 def run_demo(cfg: DemoConfig) -> int:
     from tqdm import tqdm
 
-    from models.data import load_digits_canvas
-    from protocol.traces import rates_to_timestamps, synthetic_rates, write_mahimahi
+    from semlink.link.traces import rates_to_timestamps, synthetic_rates, write_mahimahi
+    from semlink.models.data import load_digits_canvas
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the bar
     out = Path(cfg.out)

@@ -109,7 +109,7 @@ class Stack:
         if not self.tls:
             return ["--insecure"]
         if not self.pki:
-            from semlink.security import make_dev_pki
+            from semlink.runtime.security import make_dev_pki
 
             self.pki = make_dev_pki(self.procs.log_dir / "pki")
         k = self.pki

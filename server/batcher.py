@@ -1,12 +1,14 @@
 """Dynamic batching: requests from many devices share one ONNX Runtime call.
 
+One batcher per server graph; it knows nothing of the pipeline but its batch function
+(:meth:`~semlink.runtime.pipelines.base.Pipeline.run_batch`), so tokens, JSCC symbols and
+early-exit activations are batched, bounded and shed alike.
+
 Greedy by default: when the model is idle a request runs at once, together with whatever is
 already waiting (up to ``max_batch_size``); requests that arrive while a batch runs form the
 next one. So a lone request pays no batching delay, and under load batches grow by themselves.
 ``max_queue_delay_ms > 0`` additionally holds a batch open that long for more requests (Triton's
-knob), trading latency for larger batches. Requests that kept different numbers of tokens are padded to the longest
-and masked (``token_mask`` = 0 on padding), which the tail graph excludes from attention, so each
-answer equals the unbatched one. The queue is bounded: past ``max_queue`` waiting requests,
+knob), trading latency for larger batches. The queue is bounded: past ``max_queue`` waiting requests,
 :class:`QueueFull` is raised at once (load shedding) instead of growing memory.
 """
 
@@ -20,35 +22,38 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnxruntime as ort
 
-from server.repository import run_tail
+from semlink.runtime.errors import QueueFull
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(RuntimeError):
-    pass
+Sample = dict[str, np.ndarray]  # one request's unbatched feeds
+BatchFn = Callable[[list[Sample]], np.ndarray]  # samples -> logits (B, classes)
 
 
 @dataclass
 class _Item:
-    tokens: np.ndarray  # (T, d) float32
+    sample: Sample
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class BatchStats:
+    """How many batches ran, how many requests they held, and how often each size occurred."""
+
     batches: int = 0
     requests: int = 0
     size_histogram: dict[int, int] = field(default_factory=dict)
 
 
 class DynamicBatcher:
+    """Collects waiting samples into batches for ``run`` on ``executor``'s threads."""
+
     def __init__(
         self,
-        session: ort.InferenceSession,
+        run: BatchFn,
         executor: ThreadPoolExecutor,
         *,
         max_batch_size: int = 16,
@@ -58,7 +63,7 @@ class DynamicBatcher:
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.session = session
+        self.run = run
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
@@ -68,15 +73,18 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
+        """Starts the batching loop on the running event loop."""
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
+        """Stops the batching loop; waiting requests are cancelled with it."""
         if self._task is not None:
             self._task.cancel()
 
-    async def submit(self, tokens: np.ndarray) -> tuple[np.ndarray, float]:
-        """Logits (classes,) for one request's tokens (T, d), and its queue wait in seconds."""
-        item = _Item(tokens, asyncio.get_running_loop().create_future())
+    async def submit(self, sample: Sample) -> tuple[np.ndarray, float]:
+        """Logits (classes,) for one sample, and its queue wait in seconds; raises
+        :class:`QueueFull` at once when ``max_queue`` samples are already waiting."""
+        item = _Item(sample, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -105,14 +113,13 @@ class DynamicBatcher:
             batch = [it for it in batch if not it.future.cancelled()]
             if not batch:
                 continue
-            tokens, mask = pad([it.tokens for it in batch])
             started = time.perf_counter()
             try:
                 logits = await loop.run_in_executor(
-                    self.executor, run_tail, self.session, tokens, mask
+                    self.executor, self.run, [it.sample for it in batch]
                 )
             except Exception as exc:  # the model failed: every waiter learns it, none hangs
-                log.exception("tail inference failed for a batch of %d", len(batch))
+                log.exception("inference failed for a batch of %d", len(batch))
                 for it in batch:
                     if not it.future.done():
                         it.future.set_exception(exc)
@@ -125,15 +132,3 @@ class DynamicBatcher:
             for i, it in enumerate(batch):
                 if not it.future.done():
                     it.future.set_result((logits[i], started - it.enqueued))
-
-
-def pad(items: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Stacks (T_i, d) token arrays into (B, T_max, d) with a (B, T_max) mask of real tokens."""
-    t_max = max(x.shape[0] for x in items)
-    d = items[0].shape[1]
-    tokens = np.zeros((len(items), t_max, d), np.float32)
-    mask = np.zeros((len(items), t_max), np.float32)
-    for i, x in enumerate(items):
-        tokens[i, : x.shape[0]] = x
-        mask[i, : x.shape[0]] = 1.0
-    return tokens, mask

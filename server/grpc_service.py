@@ -8,13 +8,12 @@ from typing import Any
 
 import grpc
 
-from protocol import grpc_service_pb2 as pb
-from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.codec import TensorError, from_bytes, param_value, set_param, to_bytes
-from protocol.params import ParameterError
-from server.batcher import QueueFull
-from server.core import InferenceCore, NotReady
-from server.repository import ModelNotFound
+from semlink.protocol import grpc_service_pb2 as pb
+from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol.codec import TensorError, from_bytes, param_value, set_param, to_bytes
+from semlink.runtime.errors import INTERNAL, NotReady, kind_of, model_label
+from semlink.runtime.repository import ModelNotFound
+from semlink.server.core import InferenceCore
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +23,27 @@ EXTENSIONS = ["model_repository", "binary_tensor_data", "semlink"]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The OIP RPCs over the shared :class:`~semlink.server.core.InferenceCore`."""
+
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
+        """OIP liveness."""
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
+        """OIP readiness: every model loaded."""
         return pb.ServerReadyResponse(ready=self.core.ready)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
+        """OIP server metadata and extensions."""
         return pb.ServerMetadataResponse(
             name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
         )
@@ -47,6 +51,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
+        """OIP model readiness (false for an unknown model, never an error)."""
         try:
             self.core.model(request.name, request.version)
         except (ModelNotFound, NotReady):
@@ -56,6 +61,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
+        """OIP model metadata: the inputs the model's pipeline takes and the logits it answers."""
         mv = await self._guard(
             context, request.name, self.core.model, request.name, request.version
         )
@@ -64,13 +70,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=mv.name,
             versions=sorted(self.core.models[mv.name]),
             platform="onnxruntime_onnx",
-            inputs=[T(name=n, datatype=d, shape=shape) for n, d, shape in mv.input_metadata()],
+            inputs=[
+                T(name=n, datatype=d, shape=shape)
+                for n, d, shape in self.core.pipeline(mv).inputs()
+            ],
             outputs=[T(name="logits", datatype="FP32", shape=[-1, mv.num_classes])],
         )
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
+        """Every model version in the repository."""
         M = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
             models=[
@@ -83,6 +93,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        """OIP inference through the core; failures become status codes by the error table."""
         inputs = await self._guard(context, request.model_name, decode_inputs, request)
         params = {k: param_value(v) for k, v in request.parameters.items()}
         mv, outputs, extra = await self._guard(
@@ -105,27 +116,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _guard(self, context: grpc.aio.ServicerContext, model: str, fn, *args: Any) -> Any:  # type: ignore[no-untyped-def]
-        """Maps failures to status codes: bad input, unknown model, not ready, overload, bug."""
+        """Runs ``fn``; a failure aborts the call with the error table's status (a bug: INTERNAL,
+        logged with its traceback) and counts under the model's name if the server holds it."""
         try:
             result = fn(*args)
             if hasattr(result, "__await__"):
                 result = await result
             return result
-        except (TensorError, ParameterError) as exc:
-            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except ModelNotFound as exc:
-            code, message = grpc.StatusCode.NOT_FOUND, str(exc)
-        except NotReady as exc:
-            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
-        except QueueFull as exc:
-            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-        except Exception:
-            log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
-            code, message = grpc.StatusCode.INTERNAL, "internal server error (logged on the server)"
-        self.core.metrics.requests.labels(
-            getattr(args[0], "model_name", "") if args else "", code.name.lower()
-        ).inc()
-        await context.abort(code, message)
+        except Exception as exc:
+            kind = kind_of(exc)
+            message = str(exc)
+            if kind is INTERNAL:
+                log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+                message = "internal server error (logged on the server)"
+        self.core.metrics.requests.labels(model_label(model, self.core.models), kind.label).inc()
+        await context.abort(kind.grpc, message)
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, Any]]:
@@ -147,7 +152,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, Any]]:
         else:
             import numpy as np
 
-            from protocol.codec import DTYPES
+            from semlink.protocol.codec import DTYPES
 
             contents = spec.contents
             values = (

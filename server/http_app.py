@@ -4,56 +4,56 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
 
-from protocol.http_codec import HEADER_LENGTH, build_infer_response, parse_infer_body, wants_binary
-from semlink import http_errors, metrics
-from semlink.http_errors import ClientError
-from server.batcher import QueueFull
-from server.core import InferenceCore, NotReady
-from server.grpc_service import EXTENSIONS, SERVER_NAME, SERVER_VERSION
-from server.repository import ModelNotFound, ModelVersion
-
-RETRY_AFTER = {"Retry-After": "1"}
+from semlink.protocol.http_codec import (
+    HEADER_LENGTH,
+    build_infer_response,
+    parse_infer_body,
+    wants_binary,
+)
+from semlink.runtime import errors as http_errors
+from semlink.runtime import metrics
+from semlink.runtime.errors import RETRY_AFTER
+from semlink.server.core import InferenceCore
+from semlink.server.grpc_service import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 
 
 def create_app(core: InferenceCore) -> FastAPI:
+    """The OIP REST routes, metrics and health over ``core``; failures follow the error table."""
     app = FastAPI(title="semlink edge server", version=SERVER_VERSION)
     http_errors.install(
         app, core.settings.max_message_bytes, core.settings.max_concurrent_per_client
     )
     metrics.mount(app, core.metrics.registry)
 
-    def model(name: str, version: str = "") -> ModelVersion:
-        try:
-            return core.model(name, version)
-        except ModelNotFound as exc:
-            raise ClientError(404, str(exc)) from None
-        except NotReady as exc:
-            raise ClientError(503, str(exc), RETRY_AFTER) from None
-
     @app.get("/v2/health/live")
     async def live() -> dict:
+        """Liveness: the process answers."""
         return {"live": True}
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
+        """Readiness: 503 with ``Retry-After`` until every model is loaded."""
         if not core.ready:
             return http_errors.error(503, "models are loading", RETRY_AFTER)
         return Response('{"ready": true}', media_type="application/json")
 
     @app.get("/v2")
     async def metadata() -> dict:
+        """OIP server metadata and extensions."""
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str = "") -> dict:
-        mv = model(name, version)
+        """OIP model metadata: the inputs the model's pipeline takes and the logits it answers."""
+        mv = core.model(name, version)
         return {
             "name": mv.name,
             "versions": sorted(core.models[mv.name]),
             "platform": "onnxruntime_onnx",
             "inputs": [
-                {"name": n, "datatype": d, "shape": shape} for n, d, shape in mv.input_metadata()
+                {"name": n, "datatype": d, "shape": shape}
+                for n, d, shape in core.pipeline(mv).inputs()
             ],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, mv.num_classes]}],
         }
@@ -61,11 +61,13 @@ def create_app(core: InferenceCore) -> FastAPI:
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str = "") -> dict:
-        model(name, version)
+        """OIP model readiness."""
+        core.model(name, version)
         return {"name": name, "ready": True}
 
     @app.post("/v2/repository/index")
     async def repository_index() -> list[dict]:
+        """Every model version in the repository."""
         return [
             {"name": n, "version": v, "state": "READY"}
             for n, vs in sorted(core.models.items())
@@ -75,15 +77,11 @@ def create_app(core: InferenceCore) -> FastAPI:
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str = "") -> Response:
-        model(name, version)
+        """OIP inference (JSON or binary tensors) through the core."""
+        core.model(name, version)
         body = await http_errors.read_body(request, core.settings.max_message_bytes)
         doc, tensors = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
-        try:
-            mv, outputs, extra = await core.infer(
-                name, version, tensors, doc.get("parameters") or {}
-            )
-        except QueueFull as exc:
-            raise ClientError(503, str(exc), RETRY_AFTER) from None
+        mv, outputs, extra = await core.infer(name, version, tensors, doc.get("parameters") or {})
         content, headers = build_infer_response(
             mv.name, mv.version, str(doc.get("id", "")), outputs, extra, wants_binary(doc)
         )

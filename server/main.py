@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from semlink import security
-from semlink.runner import serve_until_signal, uvicorn_server
-from server.core import InferenceCore
-from server.grpc_service import create_server
-from server.http_app import create_app
-from server.settings import ServerSettings
+from semlink.runtime import security
+from semlink.runtime.runner import serve_until_signal, uvicorn_server
+from semlink.server.core import InferenceCore
+from semlink.server.grpc_service import create_server
+from semlink.server.http_app import create_app
+from semlink.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 
 async def serve(settings: ServerSettings) -> None:
+    """Runs the server until SIGINT/SIGTERM: gRPC (TLS unless insecure) and HTTP."""
     settings.check_transport()
     credentials = None
     if settings.insecure:
@@ -44,6 +45,7 @@ async def serve(settings: ServerSettings) -> None:
     http_task: asyncio.Task | None = None
 
     async def start() -> None:
+        """Starts gRPC and HTTP."""
         nonlocal http_task
         await grpc_server.start()
         http_task = asyncio.ensure_future(http.serve())
@@ -59,6 +61,7 @@ async def serve(settings: ServerSettings) -> None:
         log.info("server ready: %d model(s): %s", len(core.models), ", ".join(sorted(core.models)))
 
     async def stop() -> None:
+        """Drains gRPC for ``drain_seconds``, then stops HTTP and the core."""
         await grpc_server.stop(grace=settings.drain_seconds)  # finishes in-flight RPCs
         http.should_exit = True
         if http_task is not None:
@@ -70,4 +73,5 @@ async def serve(settings: ServerSettings) -> None:
 
 
 def main(settings: ServerSettings) -> None:
+    """Entry point of ``semlink server``."""
     asyncio.run(serve(settings))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from semlink.metrics import LATENCY_BUCKETS
+from semlink.runtime.metrics import LATENCY_BUCKETS
 
 
 class ServerMetrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(

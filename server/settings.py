@@ -7,10 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "zoo"
+from semlink.runtime.repository import DEFAULT_REPOSITORY
 
 
 class ServerSettings(BaseSettings):
+    """Runtime configuration of the server; every field is also a ``semlink server`` flag."""
+
     model_config = SettingsConfigDict(env_prefix="SEMLINK_SERVER_", protected_namespaces=())
 
     model_repository: Path = Field(

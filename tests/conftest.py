@@ -13,7 +13,7 @@ DEFAULT_MODEL_DIR = ZOO / "digits-vit" / "1"
 
 @pytest.fixture(scope="session")
 def tiny_cfg():
-    from models.vit import ViTConfig
+    from semlink.models.vit import ViTConfig
 
     return ViTConfig(
         image_size=48,
@@ -31,7 +31,7 @@ def tiny_cfg():
 def tiny_model(tiny_cfg):
     import torch
 
-    from models.vit import SelectorViT
+    from semlink.models.vit import SelectorViT
 
     torch.manual_seed(0)
     model = SelectorViT(tiny_cfg).eval()
@@ -46,7 +46,7 @@ def tiny_model(tiny_cfg):
 def tiny_checkpoint(tmp_path_factory, tiny_model):
     from dataclasses import asdict
 
-    from models import checkpoint
+    from semlink.models import checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     checkpoint.save(
@@ -60,8 +60,8 @@ def tiny_jscc(tiny_model):
     """The tiny ViT with a small JSCC coder (d_c = 16), untrained but deterministic."""
     import torch
 
-    from models.jscc import JSCCConfig
-    from models.semcom import SemComModel
+    from semlink.models.jscc import JSCCConfig
+    from semlink.models.semcom import SemComModel
 
     torch.manual_seed(1)
     model = SemComModel(tiny_model.cfg, JSCCConfig(embed_dim=32, symbols=16, hidden=32))
@@ -71,7 +71,7 @@ def tiny_jscc(tiny_model):
 
 @pytest.fixture(scope="session")
 def tiny_jscc_checkpoint(tmp_path_factory, tiny_jscc):
-    from models import semcom
+    from semlink.models import semcom
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny-jscc.pt"
     semcom.save(path, tiny_jscc, {})
@@ -81,7 +81,7 @@ def tiny_jscc_checkpoint(tmp_path_factory, tiny_jscc):
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory, tiny_checkpoint, tiny_jscc_checkpoint):
     """A model repository with the tiny model as tiny-vit/1 and its JSCC variant as tiny-jscc/1."""
-    from models.export import export_jscc_pipeline, export_selector_pipeline
+    from semlink.models.export import export_jscc_pipeline, export_selector_pipeline
 
     root = tmp_path_factory.mktemp("repo")
     export_selector_pipeline(tiny_checkpoint, root / "tiny-vit" / "1")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from device.controller.base import ChannelState, Controller, Decision, ExitState
-from device.controller.exit_rules import ExitRuleController
-from device.controller.fixed import FixedController
-from device.controller.lyapunov import CalibrationTable, Constraint, LyapunovController
-from device.controller.rl import RLController
+from semlink.device.controller.base import ChannelState, Controller, Decision, ExitState
+from semlink.device.controller.exit_rules import ExitRuleController
+from semlink.device.controller.fixed import FixedController
+from semlink.device.controller.lyapunov import CalibrationTable, Constraint, LyapunovController
+from semlink.device.controller.rl import RLController
+from semlink.runtime.manifest import PipelineKind
 
 if TYPE_CHECKING:
-    from device.settings import DeviceSettings
-    from server.repository import ModelVersion
+    from semlink.device.settings import DeviceSettings
+    from semlink.runtime.repository import ModelVersion
 
 CONTROLLERS = ("fixed", "lyapunov", "rl", "threshold", "growth")
 EXIT_CONTROLLERS = ("rl", "threshold", "growth")  # decide at each exit of an early-exit network
@@ -21,11 +22,11 @@ EXIT_CONTROLLERS = ("rl", "threshold", "growth")  # decide at each exit of an ea
 def make_controller(settings: DeviceSettings, model: ModelVersion) -> Controller:
     """The configured controller for ``model``; the Lyapunov one needs a calibrated JSCC model,
     the exit controllers an early-exit network (and ``rl`` its policy.onnx)."""
-    early_exit = model.manifest.get("kind") == "early-exit"
+    early_exit = model.kind is PipelineKind.EARLY_EXIT
     if (settings.controller in EXIT_CONTROLLERS) != early_exit:
         raise ValueError(
             f"controller {settings.controller!r} does not fit model {model.name!r} "
-            f"({model.manifest.get('kind')}): early-exit networks take one of {EXIT_CONTROLLERS}, "
+            f"({model.kind}): early-exit networks take one of {EXIT_CONTROLLERS}, "
             "token pipelines fixed or lyapunov; set --controller or --model-name accordingly"
         )
     if settings.controller == "rl":
@@ -37,12 +38,12 @@ def make_controller(settings: DeviceSettings, model: ModelVersion) -> Controller
     if settings.controller == "fixed":
         return FixedController(settings.budget, settings.rate)
     if settings.controller == "lyapunov":
-        if "jscc" not in model.manifest:
+        if model.manifest.jscc is None:
             raise ValueError(
                 "the lyapunov controller decides budget and rate from a JSCC calibration table; "
                 f"model {model.name!r} has none: serve digits-vit-jscc (--model-name)"
             )
-        table = CalibrationTable.load(model.path / "calibration.json", model.manifest["model_hash"])
+        table = CalibrationTable.load(model.path / "calibration.json", model.manifest.model_hash)
         mu = settings.lyapunov_mu
         constraints = [Constraint("channel_use", settings.channel_budget, mu)]
         if settings.energy_budget_j is not None:

@@ -17,11 +17,14 @@ class ChannelState:
     queued_bytes: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The state as a JSON-ready dict."""
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class Decision:
+    """What a controller chose for one request."""
+
     budget: float  # alpha in (0, 1]
     rate: float = 1.0  # JSCC rate r in (0, 1]; 1.0 = no JSCC coding
     split: int | None = None  # None = the pipeline's own split
@@ -42,6 +45,7 @@ class ExitState:
 
     @property
     def last(self) -> bool:
+        """Whether this is the device's last exit."""
         return self.k == self.num_exits - 1
 
 

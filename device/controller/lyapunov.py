@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from device.controller.base import ChannelState, Controller, Decision
+from semlink.device.controller.base import ChannelState, Controller, Decision
 
 CALIBRATION_VERSION = 1
 SYMBOL_BITS = 2 * 16  # one complex symbol as two fp16 values on the wire
@@ -50,6 +50,9 @@ class CalibrationTable:
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], chance: float = 0.1) -> CalibrationTable:
+        """The table from calibration rows ``{snr_db, alpha, rate, accuracy, ...}``; SNRs missing
+        for an action count as ``chance`` accuracy.
+        """
         snrs = np.array(sorted({r["snr_db"] for r in rows}))
         actions = sorted({(r["alpha"], r["rate"]) for r in rows})
         index = {a: i for i, a in enumerate(actions)}
@@ -106,6 +109,7 @@ class CalibrationTable:
         return self.accuracy[i]
 
     def bits(self) -> np.ndarray:
+        """Bits on the wire per action (tokens x symbols x bits per symbol)."""
         return self.tokens * self.symbols * SYMBOL_BITS
 
 
@@ -140,6 +144,11 @@ class EnergyModel:
 
 @dataclass
 class LyapunovController(Controller):
+    """Drift-plus-penalty control (METHODS §5): per request, the action (alpha, r) maximising
+    ``V * accuracy - sum_i Z_i * cost_i`` at the current SNR, with one virtual queue ``Z_i`` per
+    long-term average constraint.
+    """
+
     table: CalibrationTable
     constraints: list[Constraint]
     V: float = 10.0
@@ -178,6 +187,7 @@ class LyapunovController(Controller):
         return int(np.argmin(score))
 
     def decide(self, request: dict[str, Any], channel: ChannelState) -> Decision:
+        """The action with the best drift-plus-penalty score at the channel's (or request's) SNR."""
         a = self.choose(request.get("snr_db", channel.snr_db), channel)
         budget = float(request.get("budget", self.table.alphas[a]))
         rate = float(request.get("rate", self.table.rates[a]))
@@ -197,6 +207,7 @@ class LyapunovController(Controller):
             c.queue = max(0.0, c.queue + c.mu * (cost - c.budget))
 
     def observe(self, decision: Decision, outcome: dict[str, Any]) -> None:
+        """Updates the virtual queues with what the request cost."""
         self.update(
             {
                 "channel_use": outcome.get("channel_uses") or 0.0,
@@ -207,6 +218,7 @@ class LyapunovController(Controller):
         )
 
     def state(self) -> dict[str, Any]:
+        """V, the virtual queues and the running averages of each constrained cost."""
         out: dict[str, Any] = {"V": self.V, "requests": self.requests}
         for c in self.constraints:
             out[f"Z_{c.name}"] = c.queue

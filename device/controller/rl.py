@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from device.controller.base import ChannelState, Controller, Decision, ExitState
-from models.offload_policy import ACTIONS, CONTINUE, OFFLOAD, observation
+from semlink.device.controller.base import ChannelState, Controller, Decision, ExitState
+from semlink.runtime.offload_policy import ACTIONS, CONTINUE, OFFLOAD, observation
 
 QUEUE_EMA = 0.2  # weight of the newest server queue delay in the running estimate
 
 
 class RLController(Controller):
+    """The PPO offloading policy (METHODS §6), exported to ONNX, acting at each device exit."""
+
     name = "rl"
 
     def __init__(self, policy_path: str | Path) -> None:
@@ -35,6 +37,7 @@ class RLController(Controller):
         self.decisions = 0
 
     def decide(self, request: dict[str, Any], channel: ChannelState) -> Decision:
+        """Every request runs the early-exit network at full budget; the policy acts at the exits."""
         return Decision(budget=1.0, reason="rl policy at each exit")
 
     def act(self, obs: np.ndarray) -> int:
@@ -43,6 +46,7 @@ class RLController(Controller):
         return int(logits[0].argmax())
 
     def at_exit(self, state: ExitState, channel: ChannelState) -> str:
+        """``exit``, ``continue`` or ``offload`` from the policy's observation of this exit."""
         t0 = time.perf_counter()
         obs = observation(
             state.k,
@@ -64,9 +68,11 @@ class RLController(Controller):
         return ACTIONS[action]
 
     def observe(self, decision: Decision, outcome: dict[str, Any]) -> None:
+        """Follows the server's queueing delay (an exponential moving average) for the observation."""
         if outcome.get("server_queue_ms") is not None:
             q = float(outcome["server_queue_ms"])
             self.queue_ms = (1 - QUEUE_EMA) * self.queue_ms + QUEUE_EMA * q
 
     def state(self) -> dict[str, Any]:
+        """The queue estimate and the last decision's time."""
         return {"queue_ms_estimate": self.queue_ms, "decision_us": self.decision_us}

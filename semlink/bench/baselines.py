@@ -16,9 +16,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from PIL import Image
 
-from device.pipeline import DevicePipeline, decode_image
-from models.data import DIGITS_MEAN, DIGITS_STD
-from server.repository import resolve, scan
+from semlink.models.data import DIGITS_MEAN, DIGITS_STD
+from semlink.runtime.images import decode_image
+from semlink.runtime.pipelines import WireOptions, make_pipeline
+from semlink.runtime.repository import resolve, scan
 
 JPEG_QUALITY = 90
 MAX_PIXELS = 4096 * 4096
@@ -36,14 +37,16 @@ class FullModel:
     """The whole network on ONNX Runtime: decode the upload, run every token through."""
 
     def __init__(self, repository: Path, model: str) -> None:
-        version = resolve(scan(repository), model)
-        self.pipeline = DevicePipeline(version)
-        self.image_shape = version.image_shape
+        self.model = resolve(scan(repository), model)
+        self.pipeline = make_pipeline(self.model)
+        self.pipeline.open(self.pipeline.device_graphs())
 
     def predict(self, upload: bytes) -> int:
-        image = decode_image(upload, self.image_shape, MAX_PIXELS)
-        tokens, _ = self.pipeline.run_head(image, 1.0)
-        return int(self.pipeline.run_tail(tokens).argmax())
+        """The label of one JPEG/PNG upload, every token kept (budget 1)."""
+        image = decode_image(upload, self.model.manifest, MAX_PIXELS)
+        stretch = self.pipeline.run_stretch(0, image, 1.0, None)
+        offload = self.pipeline.offload(stretch, 1.0, 1.0, WireOptions("fp32"))
+        return int(self.pipeline.answer_locally(stretch, offload).argmax())
 
 
 def serve_plain(port: int, repository: Path, model: str) -> None:
@@ -60,13 +63,3 @@ def serve_plain(port: int, repository: Path, model: str) -> None:
         return {"label": full.predict(await request.body())}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
-def serve_litserve(port: int, repository: Path, model: str) -> None:
-    """LitServe's ``POST /predict`` with ``{"image": base64 JPEG}`` -> ``{"label": int}``."""
-    import litserve as ls
-
-    from semlink.bench.litserve_api import JpegAPI
-
-    server = ls.LitServer(JpegAPI(repository, model), accelerator="cpu", workers_per_device=1)
-    server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")

@@ -33,11 +33,11 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from protocol.http_codec import build_infer_request
 from semlink.bench import write_figures
 from semlink.bench.baselines import to_jpeg
 from semlink.procs import Processes, Stack, free_port
-from server.settings import DEFAULT_REPOSITORY
+from semlink.protocol.http_codec import build_infer_request
+from semlink.runtime.repository import DEFAULT_REPOSITORY
 
 RATES_MBIT = (0.1, 1.0, 10.0, 100.0)
 FULL_SPLIT_RATE = 100.0  # accuracy on the whole test split is measured here
@@ -235,7 +235,7 @@ def measure(
 
 
 def run(cfg: CompareBenchConfig) -> dict[str, Any]:
-    from models.data import load_digits_canvas
+    from semlink.models.data import load_digits_canvas
 
     data = load_digits_canvas("test")
     out = Path(cfg.out)

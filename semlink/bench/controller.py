@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from device.controller import CalibrationTable, ChannelState, Constraint, LyapunovController
-from protocol.link import SnrProcess
 from semlink.bench import write_figures
-from semlink.cli import DEFAULT_JSCC_DIR
+from semlink.device.controller import CalibrationTable, ChannelState, Constraint, LyapunovController
+from semlink.link.shaper import SnrProcess
+from semlink.runtime.repository import DEFAULT_REPOSITORY
+
+DEFAULT_JSCC_DIR = DEFAULT_REPOSITORY / "digits-vit-jscc" / "1"
 
 SETTINGS = (
     ("gauss(0,2.5)", 0.0, 2.5),

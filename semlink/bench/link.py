@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from protocol.link import Direction, LinkEmulator, SnrProcess
-from protocol.traces import ConstantSchedule, Schedule
+from semlink.link.shaper import Direction, LinkEmulator, SnrProcess
+from semlink.link.traces import ConstantSchedule, Schedule
 
 RATES_BPS = (1e5, 1e6, 1e7, 1e8)
 

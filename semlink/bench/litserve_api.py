@@ -1,5 +1,5 @@
-"""The LitServe baseline's API, in a module of its own: LitServe pickles it into its worker
-process, and only a module-level class pickles."""
+"""The LitServe baseline: its API in a module of its own (LitServe pickles it into its worker
+process, and only a module-level class pickles) and the server that runs it."""
 
 from __future__ import annotations
 
@@ -29,3 +29,9 @@ class JpegAPI(ls.LitAPI):
 
     def encode_response(self, label: int) -> dict:
         return {"label": label}
+
+
+def serve_litserve(port: int, repository: Path, model: str) -> None:
+    """LitServe's ``POST /predict`` with ``{"image": base64 JPEG}`` -> ``{"label": int}``."""
+    server = ls.LitServer(JpegAPI(repository, model), accelerator="cpu", workers_per_device=1)
+    server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")

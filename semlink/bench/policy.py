@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from models.offload_policy import PolicySpec, rule_action
 from semlink.bench import write_figures
-from semlink.cli import DEFAULT_EE_DIR
+from semlink.runtime.offload_policy import PolicySpec, rule_action
+from semlink.runtime.repository import DEFAULT_REPOSITORY
+
+DEFAULT_EE_DIR = DEFAULT_REPOSITORY / "digits-ee" / "1"
 
 THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 1.01)
 GROWTH = list(
@@ -105,9 +107,9 @@ def onnx_policy(path: Path) -> tuple[Any, float]:
 def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from models.exit_traces import ExitTraces
-    from models.offload_env import REGIMES, TEST_SEEDS, CostModel, OffloadEnv, RewardWeights
-    from models.train_policy import VAL_SEEDS
+    from semlink.models.exit_traces import ExitTraces
+    from semlink.models.offload_env import REGIMES, TEST_SEEDS, CostModel, OffloadEnv, RewardWeights
+    from semlink.models.train_policy import VAL_SEEDS
 
     model_dir = Path(cfg.model_dir)
     meta = json.loads((model_dir / "policy.json").read_text())

@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from protocol.http_codec import build_infer_request
 from semlink.procs import Processes, Stack
+from semlink.protocol.http_codec import build_infer_request
 
 KEY = "bench-key-" + "5c0ffee1" * 3
 RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -316,9 +316,9 @@ def run_security(base: Stack, tmp: Path) -> dict[str, Any]:
     """Each check is one thing an attacker tries; ``failed`` lists those that got through."""
     import grpc
 
-    from protocol import grpc_service_pb2 as pb
-    from protocol import grpc_service_pb2_grpc as pb_grpc
-    from semlink.security import make_dev_pki
+    from semlink.protocol import grpc_service_pb2 as pb
+    from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+    from semlink.runtime.security import make_dev_pki
 
     address = f"127.0.0.1:{base.ports['grpc']}"
 
@@ -372,7 +372,7 @@ def run_security(base: Stack, tmp: Path) -> dict[str, Any]:
 def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from models.data import load_digits_canvas
+    from semlink.models.data import load_digits_canvas
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # thousands of request lines otherwise
     out = Path(cfg.out)

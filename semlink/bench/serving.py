@@ -23,13 +23,13 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from models.data import load_digits_canvas
-from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.http_codec import build_infer_request
 from semlink.bench import write_figures
+from semlink.models.data import load_digits_canvas
 from semlink.procs import Processes, Stack
-from server.repository import resolve, run_tail, scan
-from server.settings import DEFAULT_REPOSITORY
+from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol.http_codec import build_infer_request
+from semlink.runtime.pipelines import make_pipeline
+from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
 
 @dataclass
@@ -48,13 +48,13 @@ def _pct(xs: list[float], q: float) -> float:
 
 def in_process_ms(images: np.ndarray, alpha: float) -> list[float]:
     """Head + tail in one process, batch 1, per image (ms)."""
-    mv = resolve(scan(DEFAULT_REPOSITORY), "digits-vit")
-    head, tail = mv.session("head"), mv.session("tail")
+    pipe = make_pipeline(resolve(scan(DEFAULT_REPOSITORY), "digits-vit"))
+    pipe.open(pipe.device_graphs())
     out = []
     for x in images:
         t0 = time.perf_counter()
-        tokens, _ = head.run(None, {"image": x[None], "alpha": np.array([alpha], np.float32)})
-        run_tail(tail, tokens, np.ones(tokens.shape[:2], np.float32))
+        stretch = pipe.run_stretch(0, x[None], alpha, None)
+        pipe.run_batch("tail", [{"tokens": stretch.outputs["payload"][0]}])
         out.append((time.perf_counter() - t0) * 1000)
     return out
 
@@ -82,7 +82,7 @@ def stream(
 async def _batch_load(
     port: int, tokens: list[np.ndarray], clients: int, per_client: int
 ) -> tuple[float, list[float]]:
-    from device.client import build_request
+    from semlink.device.client import build_request
 
     lat: list[float] = []
 

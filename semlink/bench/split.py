@@ -41,8 +41,8 @@ def _figures(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(cfg: SplitBenchConfig) -> dict[str, Any]:
-    from models.alast import FinetuneConfig, finetune
-    from models.train_split import SplitConfig, train_split
+    from semlink.models.alast import FinetuneConfig, finetune
+    from semlink.models.train_split import SplitConfig, train_split
 
     def split(method: str, xi: float) -> dict[str, Any]:
         c = SplitConfig(method, xi, epochs=cfg.epochs, max_steps=cfg.max_steps, progress=False)

@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from models.data import load_digits_canvas
-from protocol.http_codec import build_infer_request
+from semlink.models.data import load_digits_canvas
 from semlink.procs import free_port
+from semlink.protocol.http_codec import build_infer_request
 from tests.e2e.conftest import ROOT, TAG, compose_command, sh
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from protocol.http_codec import build_infer_request
+from semlink.protocol.http_codec import build_infer_request
 
 CHROMIUM_FLAGS = (
     "--headless",

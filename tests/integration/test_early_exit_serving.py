@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.http_codec import build_infer_request
 from semlink.procs import Processes, Stack, free_port
+from semlink.protocol.http_codec import build_infer_request
 
 MODEL = "tiny-ee"
 
@@ -17,9 +17,9 @@ MODEL = "tiny-ee"
 @pytest.fixture(scope="module")
 def ee_repository(tmp_path_factory):
     """The tiny early-exit ViT (3 blocks, device holds exits 0 and 1) exported as tiny-ee/1."""
-    from models import checkpoint
-    from models.early_exit import EarlyExitConfig, EarlyExitNet, config_dict
-    from models.export_early_exit import export_early_exit_pipeline
+    from semlink.models import checkpoint
+    from semlink.models.early_exit import EarlyExitConfig, EarlyExitNet, config_dict
+    from semlink.models.export_early_exit import export_early_exit_pipeline
 
     torch.manual_seed(0)
     model = EarlyExitNet(
@@ -115,8 +115,8 @@ def rejected(stack: Stack, tensors: dict, split: int):
     """Sends a request straight to the server's gRPC port; returns the error it raised."""
     import grpc
 
-    from device.client import build_request
-    from protocol import grpc_service_pb2_grpc as pb_grpc
+    from semlink.device.client import build_request
+    from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 
     req = build_request(MODEL, "", "x", tensors, {"split": split})
     with (

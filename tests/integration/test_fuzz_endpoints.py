@@ -8,9 +8,9 @@ import grpc
 import httpx
 import pytest
 
-from protocol import grpc_service_pb2 as pb
-from protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.bench.fuzz import fuzz_grpc_port, fuzz_openapi
+from semlink.protocol import grpc_service_pb2 as pb
+from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 
 
 @pytest.mark.parametrize("who", ["device", "server"])

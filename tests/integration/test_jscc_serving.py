@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from protocol import grpc_service_pb2 as pb
-from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.codec import set_param, to_bytes
-from protocol.http_codec import build_infer_request
 from semlink.procs import free_port
+from semlink.protocol import grpc_service_pb2 as pb
+from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol.codec import set_param, to_bytes
+from semlink.protocol.http_codec import build_infer_request
 
 
 @pytest.fixture(scope="module")

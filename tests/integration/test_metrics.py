@@ -3,7 +3,7 @@
 import httpx
 import numpy as np
 
-from protocol.http_codec import build_infer_request
+from semlink.protocol.http_codec import build_infer_request
 
 
 def _metrics(url: str) -> str:

@@ -11,11 +11,11 @@ import httpx
 import numpy as np
 import pytest
 
-from protocol import grpc_service_pb2 as pb
-from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.http_codec import build_infer_request
 from semlink.procs import Processes, Stack
-from semlink.security import make_dev_pki
+from semlink.protocol import grpc_service_pb2 as pb
+from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol.http_codec import build_infer_request
+from semlink.runtime.security import make_dev_pki
 
 SERVER_KEY = "server-key-" + "7f3a9c" * 4
 DEVICE_KEY = "device-key-" + "b41e02" * 4

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from protocol import grpc_service_pb2 as pb
-from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.codec import to_bytes
-from protocol.http_codec import build_infer_request
+from semlink.protocol import grpc_service_pb2 as pb
+from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol.codec import to_bytes
+from semlink.protocol.http_codec import build_infer_request
 
 
 def infer(stack, image: np.ndarray, **params) -> httpx.Response:

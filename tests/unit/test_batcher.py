@@ -6,8 +6,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 
-from server.batcher import DynamicBatcher, QueueFull, pad
-from server.repository import run_tail
+from semlink.runtime.errors import QueueFull
+from semlink.runtime.pipelines.tokens import pad
+from semlink.server.batcher import DynamicBatcher
+
+
+def tail_of(session: ort.InferenceSession):
+    """A batch function over the tiny tail: pad the samples' tokens, mask the padding."""
+
+    def run(samples: list[dict[str, np.ndarray]]) -> np.ndarray:
+        tokens, mask = pad([s["tokens"] for s in samples])
+        return session.run(["logits"], {"tokens": tokens, "token_mask": mask})[0]
+
+    return run
 
 
 def test_pad_masks_the_padding():
@@ -19,12 +30,13 @@ def test_concurrent_requests_are_batched_and_correct(tiny_repository):
     session = ort.InferenceSession(str(tiny_repository / "tiny-vit" / "1" / "tail.onnx"))
     rng = np.random.default_rng(0)
     items = [rng.normal(size=(int(k), 32)).astype(np.float32) for k in rng.integers(1, 37, size=24)]
-    expected = [run_tail(session, x[None], np.ones((1, len(x)), np.float32))[0] for x in items]
+    run = tail_of(session)
+    expected = [run([{"tokens": x}])[0] for x in items]
 
     async def go() -> tuple[list, DynamicBatcher]:
-        b = DynamicBatcher(session, ThreadPoolExecutor(1), max_batch_size=8, max_queue_delay_ms=20)
+        b = DynamicBatcher(run, ThreadPoolExecutor(1), max_batch_size=8, max_queue_delay_ms=20)
         b.start()
-        out = await asyncio.gather(*(b.submit(x) for x in items))
+        out = await asyncio.gather(*(b.submit({"tokens": x}) for x in items))
         await b.stop()
         return out, b
 
@@ -40,9 +52,12 @@ def test_full_queue_sheds_load(tiny_repository):
 
     async def go() -> None:
         b = DynamicBatcher(
-            session, ThreadPoolExecutor(1), max_queue=2
+            tail_of(session), ThreadPoolExecutor(1), max_queue=2
         )  # not started: nothing drains
-        tasks = [asyncio.ensure_future(b.submit(np.zeros((2, 32), np.float32))) for _ in range(3)]
+        tasks = [
+            asyncio.ensure_future(b.submit({"tokens": np.zeros((2, 32), np.float32)}))
+            for _ in range(3)
+        ]
         await asyncio.sleep(0.01)
         assert isinstance(tasks[2].exception(), QueueFull)
         for t in tasks[:2]:

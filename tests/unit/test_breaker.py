@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device.breaker import CircuitBreaker
+from semlink.device.breaker import CircuitBreaker
 
 
 class Clock:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import channel
+from semlink.runtime import channel
 
 N = 100_000
 

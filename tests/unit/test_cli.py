@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import checkpoint
 from semlink.cli import main
+from semlink.models import checkpoint
 
 
 def test_train_selector_smoke_and_resume(tmp_path, capsys):
@@ -141,7 +141,7 @@ def test_trace_cli_writes_a_valid_trace(tmp_path, capsys):
         )
         == 0
     )
-    from protocol.traces import load_trace
+    from semlink.link.traces import load_trace
 
     assert load_trace(out).average_bps() == pytest.approx(2e6, rel=0.02)
     assert "average 2.000 Mbit/s" in capsys.readouterr().out
@@ -156,7 +156,7 @@ def test_shipped_pipeline_serves_and_matches_its_checkpoint():
     model, _ = checkpoint.load_selector_vit(DEFAULT_MODEL_DIR / "checkpoint.pt")
     head = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "head.onnx"))
     tail = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "tail.onnx"))
-    from models.data import load_digits_canvas
+    from semlink.models.data import load_digits_canvas
 
     x = load_digits_canvas("test").images[:8]
     tokens, _ = head.run(None, {"image": x, "alpha": np.full(8, 0.25, np.float32)})
@@ -173,7 +173,7 @@ def test_early_exit_train_export_eval_cli(tmp_path, capsys):
     backbone phase), export, evaluate with the machine-readable JSON of the issue."""
     ckpt, reused, out = tmp_path / "mixed.pt", tmp_path / "disjoint.pt", tmp_path / "ee" / "1"
     smoke = ["--epochs", "2", "--backbone-epochs", "1", "--max-steps", "2", "--limit-train", "32"]
-    smoke += ["--device-blocks", "1"]  # one split: three graphs to export, not twelve
+    smoke += ["--model.device-blocks", "1"]  # one split: three graphs to export, not twelve
     assert main(["train", "early-exit", "--regime", "mixed", "--out", str(ckpt), *smoke]) == 0
     assert (
         main(

@@ -7,10 +7,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from models.data import load_digits_canvas
 from semlink.bench.baselines import FullModel, to_jpeg
 from semlink.bench.compare import SYSTEMS, format_report, targets
-from server.settings import DEFAULT_REPOSITORY
+from semlink.models.data import load_digits_canvas
+from semlink.runtime.repository import DEFAULT_REPOSITORY
 
 
 def test_jpeg_is_the_camera_image_and_the_whole_model_reads_it():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.data import (
+from semlink.models.data import (
     load_cifar10,
     load_dataset,
     load_digits_canvas,

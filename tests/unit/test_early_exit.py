@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.early_exit import EarlyExitConfig, EarlyExitNet, count_segment_flops
-from models.exit_traces import ExitTraces, apply_rule, area_under_curve, early_exit_curve
+from semlink.models.early_exit import EarlyExitConfig, EarlyExitNet, count_segment_flops
+from semlink.models.exit_traces import ExitTraces, apply_rule, area_under_curve, early_exit_curve
 
 TINY = {
     "vit": {"embed_dim": 16, "depth": 3, "num_heads": 2, "device_blocks": 2},
@@ -104,7 +104,7 @@ def test_flop_counter_matches_the_arithmetic_of_a_vit_block():
 
 
 def _train(tmp_path, regime, kind="vit", **kw):
-    from models.train_early_exit import TrainEarlyExitConfig, train_early_exit
+    from semlink.models.train_early_exit import TrainEarlyExitConfig, train_early_exit
 
     cfg = TrainEarlyExitConfig(
         regime=regime,
@@ -122,12 +122,12 @@ def _train(tmp_path, regime, kind="vit", **kw):
 
 @pytest.mark.parametrize("kind", ["vit", "cnn"])
 def test_disjoint_really_freezes_the_backbone(tmp_path, kind):
-    from models import checkpoint
+    from semlink.models import checkpoint
 
     _, first = _train(tmp_path, "mixed", kind)
     ckpt = checkpoint.load(first)
     backbone_phase = ckpt["backbone_state"]
-    _, out = _train(tmp_path / "d", "disjoint", kind, backbone=str(first))
+    _, out = _train(tmp_path / "d", "disjoint", kind, from_backbone=str(first))
     trained = checkpoint.load(out)["state_dict"]
     frozen = [k for k in trained if k.startswith("backbone.") or k.startswith("heads.2.")]
     assert any("running_mean" in k for k in frozen)  # both stems hold BatchNorm
@@ -142,7 +142,7 @@ def test_disjoint_really_freezes_the_backbone(tmp_path, kind):
 
 
 def test_mixed_trains_the_backbone_after_its_first_phase(tmp_path):
-    from models import checkpoint
+    from semlink.models import checkpoint
 
     metrics, out = _train(tmp_path, "mixed")
     ckpt = checkpoint.load(out)
@@ -152,7 +152,7 @@ def test_mixed_trains_the_backbone_after_its_first_phase(tmp_path):
 
 
 def test_joint_trains_everything_from_scratch(tmp_path):
-    from models.train_early_exit import load_early_exit
+    from semlink.models.train_early_exit import load_early_exit
 
     metrics, out = _train(tmp_path, "joint")
     assert [h["phase"] for h in metrics["history"]] == ["joint", "joint"]
@@ -163,7 +163,7 @@ def test_joint_trains_everything_from_scratch(tmp_path):
 def test_backbone_of_another_architecture_is_refused(tmp_path):
     _, first = _train(tmp_path, "mixed")
     with pytest.raises(ValueError, match="does not hold a EarlyExitNet"):
-        _train(tmp_path / "x", "disjoint", "cnn", backbone=str(first))
+        _train(tmp_path / "x", "disjoint", "cnn", from_backbone=str(first))
 
 
 # --- exit rules on hand-made traces ----------------------------------------------------------
@@ -244,9 +244,9 @@ def test_traces_round_trip(tmp_path):
 
 @pytest.fixture(scope="module", params=["vit", "cnn"])
 def exported(request, tmp_path_factory):
-    from models import checkpoint
-    from models.early_exit import config_dict
-    from models.export_early_exit import export_early_exit_pipeline
+    from semlink.models import checkpoint
+    from semlink.models.early_exit import config_dict
+    from semlink.models.export_early_exit import export_early_exit_pipeline
 
     model = tiny(request.param)
     tmp = tmp_path_factory.mktemp(f"ee-{request.param}")

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.vit import num_kept
+from semlink.models.vit import num_kept
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import DTYPES, TensorError, from_bytes
-from protocol.http_codec import parse_infer_body
-from protocol.traces import TraceError, TraceSchedule, parse_mahimahi, parse_rate
+from semlink.link.traces import TraceError, TraceSchedule, parse_mahimahi, parse_rate
+from semlink.protocol.codec import DTYPES, TensorError, from_bytes
+from semlink.protocol.http_codec import parse_infer_body
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 shapes = st.lists(st.integers(-3, 70), max_size=5)

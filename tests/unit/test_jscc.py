@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models import baselines, semcom
-from models.eval_jscc import calibrate, load_calibration
-from models.symbols import channel_uses, normalise, symbol_mask, symbols_kept
 from semlink.cli import main
+from semlink.models import baselines, semcom
+from semlink.models.eval_jscc import calibrate, load_calibration
+from semlink.runtime.symbols import channel_uses, normalise, symbol_mask, symbols_kept
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_jscc_export_matches_pytorch(tiny_repository, tiny_jscc):
 
 
 def test_calibration_is_on_validation_and_versioned(tiny_jscc, tmp_path):
-    from models.data import load_digits_canvas
+    from semlink.models.data import load_digits_canvas
 
     val = load_digits_canvas("val")
     val.images, val.labels = val.images[:20], val.labels[:20]

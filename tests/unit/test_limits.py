@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
-from semlink import http_errors
+from semlink.runtime import errors as http_errors
 
 
 def app_with_limit(limit: int) -> tuple[FastAPI, asyncio.Event]:

@@ -5,7 +5,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from protocol.traces import (
+from semlink.bench.link import measure
+from semlink.link.traces import (
     ConstantSchedule,
     TraceError,
     TraceSchedule,
@@ -14,7 +15,6 @@ from protocol.traces import (
     rates_to_timestamps,
     synthetic_rates,
 )
-from semlink.bench.link import measure
 
 
 def test_parse_mahimahi_reports_the_bad_line():

@@ -3,12 +3,12 @@ import logging
 
 import pytest
 
-from semlink.logs import JsonFormatter, configure
+from semlink.runtime.logs import JsonFormatter, configure
 
 
 def test_json_lines_carry_the_request_fields():
     record = logging.LogRecord(
-        "device.service", logging.INFO, __file__, 1, "request %s", ("r1",), None
+        "semlink.device.service", logging.INFO, __file__, 1, "request %s", ("r1",), None
     )
     record.request = {"request_id": "r1", "request_bytes": 1800}
     doc = json.loads(JsonFormatter().format(record))

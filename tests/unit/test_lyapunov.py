@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from device.controller import CalibrationTable, ChannelState, Constraint, LyapunovController
+from semlink.device.controller import CalibrationTable, ChannelState, Constraint, LyapunovController
 
 
 def table(

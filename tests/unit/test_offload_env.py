@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.exit_traces import ExitTraces
-from models.offload_env import (
+from semlink.link.traces import ConstantSchedule
+from semlink.models.exit_traces import ExitTraces
+from semlink.models.offload_env import (
     REGIMES,
     ChannelRegime,
     CostModel,
@@ -16,8 +17,7 @@ from models.offload_env import (
     RewardWeights,
     delivery_ms,
 )
-from models.offload_policy import CONTINUE, EXIT, OFFLOAD, PolicySpec, rule_action
-from protocol.traces import ConstantSchedule
+from semlink.runtime.offload_policy import CONTINUE, EXIT, OFFLOAD, PolicySpec, rule_action
 
 COSTS = CostModel(device_ms=[10.0, 5.0], server_ms=[2.0, 1.0], offload_bytes=[3000, 1500])
 WEIGHTS = RewardWeights(lam_t=1.0, lam_e=1.0, lam_b=0.01, deadline_ms=100.0)
@@ -67,7 +67,7 @@ def test_gymnasium_env_checker_passes():
 def test_registered_and_made_by_id():
     import gymnasium as gym
 
-    from models.offload_env import ENV_ID, register
+    from semlink.models.offload_env import ENV_ID, register
 
     register()
     e = gym.make(ENV_ID, traces=traces(), costs=COSTS)
@@ -171,7 +171,7 @@ def test_training_entry_point_runs_and_exports_a_matching_policy(tmp_path):
     import onnxruntime as ort
     from stable_baselines3 import PPO
 
-    from models.train_policy import TrainPolicyConfig, train_policy
+    from semlink.models.train_policy import TrainPolicyConfig, train_policy
     from tests.conftest import ZOO
 
     cfg = TrainPolicyConfig(
@@ -199,14 +199,14 @@ def test_training_entry_point_runs_and_exports_a_matching_policy(tmp_path):
 
 
 def shipped_controller():
-    from device.controller import RLController
+    from semlink.device.controller import RLController
     from tests.conftest import ZOO
 
     return RLController(ZOO / "digits-ee" / "1" / "policy.onnx")
 
 
 def test_shipped_policy_exits_when_very_confident():
-    from device.controller import ChannelState, ExitState
+    from semlink.device.controller import ChannelState, ExitState
 
     rl = shipped_controller()
     good = ChannelState(bandwidth_bps=50e6, rtt_ms=10.0, snr_db=25.0)
@@ -214,7 +214,7 @@ def test_shipped_policy_exits_when_very_confident():
 
 
 def test_shipped_policy_never_offloads_without_bandwidth():
-    from device.controller import ChannelState, ExitState
+    from semlink.device.controller import ChannelState, ExitState
 
     rl = shipped_controller()
     dead = ChannelState(bandwidth_bps=0.0, rtt_ms=500.0, snr_db=-10.0)

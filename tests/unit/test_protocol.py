@@ -4,21 +4,21 @@ import json
 import numpy as np
 import pytest
 
-from protocol import params as P
-from protocol.codec import TensorError, from_bytes, pack_tokens, to_bytes, unpack_tokens
-from protocol.generate import OUTPUTS, generate
-from protocol.http_codec import build_infer_request, build_infer_response, parse_infer_body
+from semlink.protocol import params as P
+from semlink.protocol.codec import TensorError, from_bytes, pack_tokens, to_bytes, unpack_tokens
+from semlink.protocol.generate import OUTPUTS, generate
+from semlink.protocol.http_codec import build_infer_request, build_infer_response, parse_infer_body
 
 
 def test_committed_stubs_are_fresh(tmp_path):
-    """Fails when grpc_service.proto changed without `python -m protocol.generate`."""
-    from protocol.generate import ROOT
+    """Fails when grpc_service.proto changed without `python -m semlink.protocol.generate`."""
+    from semlink.protocol.generate import ROOT
 
     generate(tmp_path)
     for name in OUTPUTS:
-        assert filecmp.cmp(tmp_path / "protocol" / name, ROOT / "protocol" / name, shallow=False), (
-            f"protocol/{name} is stale: run `python -m protocol.generate`"
-        )
+        assert filecmp.cmp(
+            tmp_path / "semlink" / "protocol" / name, ROOT / "protocol" / name, shallow=False
+        ), f"protocol/{name} is stale: run `python -m semlink.protocol.generate`"
 
 
 @pytest.mark.parametrize("dtype", ["<f4", "<f2", "<i8", "<i1", "u1"])

@@ -2,9 +2,9 @@
 
 from fastapi.testclient import TestClient
 
-from server.core import InferenceCore
-from server.http_app import create_app
-from server.settings import ServerSettings
+from semlink.server.core import InferenceCore
+from semlink.server.http_app import create_app
+from semlink.server.settings import ServerSettings
 
 
 def test_ready_is_503_with_retry_after_until_models_load(tiny_repository):

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from device.settings import DeviceSettings
-from server.settings import ServerSettings
+from semlink.device.settings import DeviceSettings
+from semlink.server.settings import ServerSettings
 
 
 @pytest.mark.parametrize(

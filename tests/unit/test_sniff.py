@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 import pytest
 
-from device.client import build_request
-from protocol import grpc_service_pb2_grpc as pb_grpc
-from protocol.sniff import GrpcSniffer
+from semlink.device.client import build_request
+from semlink.link.sniff import GrpcSniffer
+from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 
 
 async def _record(n: int) -> bytes:

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.alast import ALaST, FinetuneConfig, PlainViT, Trainer, finetune
-from models.split_learning import (
+from semlink.models.alast import ALaST, FinetuneConfig, PlainViT, Trainer, finetune
+from semlink.models.split_learning import (
     ADC,
     Boundary,
     Compressor,
@@ -19,8 +19,8 @@ from models.split_learning import (
     kmeans,
     sqrt_split,
 )
-from models.train_split import SplitConfig, train_split
-from models.vit import SelectorViT, ViTConfig
+from semlink.models.train_split import SplitConfig, train_split
+from semlink.models.vit import SelectorViT, ViTConfig
 
 
 def tiny_vit() -> SelectorViT:

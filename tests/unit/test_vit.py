@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from models.selector import budget_loss, hard_keep_mask, sample_budgets
-from models.vit import SelectorViT, ViTConfig, config_from_dict, load_timm_state_dict, num_kept
+from semlink.models.selector import budget_loss, hard_keep_mask, sample_budgets
+from semlink.models.vit import (
+    SelectorViT,
+    ViTConfig,
+    config_from_dict,
+    load_timm_state_dict,
+    num_kept,
+)
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.sniff import GrpcSniffer
-from protocol.traces import PACKET_BYTES, Schedule
+from semlink.link.sniff import GrpcSniffer
+from semlink.link.traces import PACKET_BYTES, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Direction:
         self._used = 0
 
     def now_ms(self) -> float:
+        """Milliseconds since this direction started."""
         return (time.monotonic() - self._t0) * 1000.0
 
     async def enqueue(self, conn: _Conn, chunk: bytes | None) -> None:
@@ -127,6 +128,7 @@ class Direction:
         return sum(n for _, n in self._delivered) * 8 / self.window_s
 
     def state(self) -> dict[str, float]:
+        """Capacity, throughput and queue of this direction over the last window."""
         now = self.now_ms()
         capacity = self.schedule.capacity_bps(now, self.window_s * 1000)
         return {
@@ -165,6 +167,7 @@ class SnrProcess:
             self.times, self.values = arr[:, 0], arr[:, 1]
 
     def at(self, t_ms: float) -> float:
+        """The SNR in dB at ``t_ms`` (the trace wraps), or the constant one."""
         if self.times is None:
             return self.constant
         period = max(float(self.times[-1]), 1.0)
@@ -188,6 +191,7 @@ class LinkEmulator:
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int) -> tuple[asyncio.AbstractServer, int]:
+        """Starts shaping and listening on ``host:port``; returns the server and the bound port."""
         for d in (self.uplink, self.downlink):
             self._spawn(d.run())
         server = await asyncio.start_server(self._handle, host, port)
@@ -244,6 +248,7 @@ class LinkEmulator:
         sniffer = GrpcSniffer()
 
         def on_chunk(chunk: bytes) -> None:
+            """Logs each plaintext request that entered the uplink, with what was queued ahead."""
             was_readable = sniffer.readable
             for request_id, model, wire_bytes in sniffer.feed(chunk):
                 ahead = self.uplink.queued
@@ -285,6 +290,7 @@ class LinkEmulator:
         await direction.enqueue(conn, None)
 
     def state(self) -> dict:
+        """The link's state as devices read it from ``/state``."""
         t = self.uplink.now_ms()
         up, down = self.uplink.state(), self.downlink.state()
         return {

@@ -20,10 +20,12 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        """Leaves signals alone: :func:`serve_until_signal` owns them."""
         yield
 
 
 def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server for ``app`` that leaves signal handling to :func:`serve_until_signal`."""
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
     )

@@ -12,7 +12,10 @@ import time
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; a request's fields under ``request``."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
         doc = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",

@@ -47,6 +47,7 @@ def make_dev_pki(
     now = dt.datetime.now(dt.UTC)
 
     def name(cn: str) -> x509.Name:
+        """An X.509 name with this common name."""
         return x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "semlink dev"),
@@ -55,6 +56,7 @@ def make_dev_pki(
         )
 
     def cert(subject: str, key, issuer: str, issuer_key, *, ca: bool, usage=None, sans=()):  # type: ignore[no-untyped-def]
+        """A certificate for ``subject`` signed by ``issuer_key``."""
         b = (
             x509.CertificateBuilder()
             .subject_name(name(subject))
@@ -72,12 +74,14 @@ def make_dev_pki(
         return b.sign(issuer_key, hashes.SHA256())
 
     def san(host: str) -> x509.GeneralName:
+        """A subject alternative name: an IP address or a DNS name."""
         try:
             return x509.IPAddress(ipaddress.ip_address(host))
         except ValueError:
             return x509.DNSName(host)
 
     def write_key(path: Path, key) -> None:  # type: ignore[no-untyped-def]
+        """Writes a private key as unencrypted PKCS#8 PEM, readable by its owner only."""
         data = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -128,6 +132,7 @@ def make_dev_pki(
 
 
 def read_secret_file(path: Path, what: str) -> bytes:
+    """The bytes of a PEM file; raises ``FileNotFoundError`` naming ``what`` and the fix."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{what} {path} does not exist; `semlink certs --out DIR` makes a development set"
@@ -191,6 +196,7 @@ def install_api_keys(app, keys: list[str]) -> None:  # type: ignore[no-untyped-d
 
     @app.middleware("http")
     async def require_key(request, call_next: Callable[..., Awaitable]):  # type: ignore[no-untyped-def]
+        """401 unless the request carries one of the keys (health endpoints are exempt)."""
         if request.url.path.startswith(EXEMPT_PREFIXES):
             return await call_next(request)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

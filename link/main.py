@@ -11,10 +11,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from protocol.link import Direction, LinkEmulator, SnrProcess
-from protocol.traces import ConstantSchedule, Schedule, load_trace, parse_rate
-from semlink import metrics
-from semlink.runner import serve_until_signal, uvicorn_server
+from semlink.link.shaper import Direction, LinkEmulator, SnrProcess
+from semlink.link.traces import ConstantSchedule, Schedule, load_trace, parse_rate
+from semlink.runtime import metrics
+from semlink.runtime.runner import serve_until_signal, uvicorn_server
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class LinkCollector:
         self.link = link
 
     def collect(self):  # type: ignore[no-untyped-def]
+        """The link's state as Prometheus metrics, read at scrape time."""
         state = self.link.state()
         capacity = GaugeMetricFamily(
             "semlink_link_capacity_bits_per_second",
@@ -80,12 +81,14 @@ class LinkCollector:
 
 
 def schedule_from(trace: str | None, rate: str | None) -> Schedule:
+    """The trace's schedule, else a constant rate (10 Mbit/s by default)."""
     if trace:
         return load_trace(trace)
     return ConstantSchedule(parse_rate(rate or "10mbit"))
 
 
 def split_address(addr: str) -> tuple[str, int]:
+    """``(host, port)`` from ``HOST:PORT`` (``[::1]:9001`` too); raises ``ValueError``."""
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"address must be HOST:PORT, got {addr!r}")
@@ -117,6 +120,7 @@ async def serve(settings: LinkSettings) -> None:
     http_task: asyncio.Task | None = None
 
     async def start() -> None:
+        """Starts the proxy and the state server."""
         nonlocal proxy, http_task
         proxy, bound = await link.start(host, port)
         http_task = asyncio.ensure_future(http.serve())
@@ -132,6 +136,7 @@ async def serve(settings: LinkSettings) -> None:
         )
 
     async def stop() -> None:
+        """Stops the proxy, the shaping tasks and the state server."""
         if proxy is not None:
             proxy.close()
         await link.close()

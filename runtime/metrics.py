@@ -15,4 +15,5 @@ def mount(app: FastAPI, registry: CollectorRegistry) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        """The Prometheus text exposition of the registry."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -28,9 +28,11 @@ class Schedule:
     """Cumulative delivery opportunities as a function of time (milliseconds)."""
 
     def opportunities_until(self, t_ms: float) -> int:
+        """Delivery opportunities (1500-byte packets) from time 0 up to ``t_ms``."""
         raise NotImplementedError
 
     def average_bps(self) -> float:
+        """The schedule's average rate in bit/s."""
         raise NotImplementedError
 
     def capacity_bps(self, t_ms: float, window_ms: float = 1000.0) -> float:
@@ -41,15 +43,19 @@ class Schedule:
 
 
 class ConstantSchedule(Schedule):
+    """A constant rate: delivery opportunities evenly spaced."""
+
     def __init__(self, rate_bps: float) -> None:
         if not rate_bps > 0 or math.isinf(rate_bps):
             raise ValueError(f"link rate must be a positive number of bit/s, got {rate_bps}")
         self.rate_bps = float(rate_bps)
 
     def opportunities_until(self, t_ms: float) -> int:
+        """Delivery opportunities (1500-byte packets) from time 0 up to ``t_ms``."""
         return int(t_ms * self.rate_bps / BITS_PER_PACKET / 1000.0)
 
     def average_bps(self) -> float:
+        """The constant rate in bit/s."""
         return self.rate_bps
 
 
@@ -68,11 +74,13 @@ class TraceSchedule(Schedule):
         self.per_period = int(np.searchsorted(ts, self.period, side="left")) or int(ts.size)
 
     def opportunities_until(self, t_ms: float) -> int:
+        """Delivery opportunities from time 0 up to ``t_ms``, the trace repeating."""
         whole = int(t_ms) // self.period
         rest = int(t_ms) - whole * self.period
         return whole * self.per_period + int(np.searchsorted(self._ts, rest, side="left"))
 
     def average_bps(self) -> float:
+        """The trace's average rate over one period, in bit/s."""
         return self.per_period * BITS_PER_PACKET / self.period * 1000.0
 
 
@@ -109,6 +117,7 @@ def parse_mahimahi(text: str, name: str = "trace") -> np.ndarray:
 
 
 def load_trace(path: str | Path) -> TraceSchedule:
+    """Reads a Mahimahi trace file; raises ``FileNotFoundError`` or ``TraceError``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trace file {path} does not exist")
@@ -182,4 +191,5 @@ def synthetic_rates(
 
 
 def write_mahimahi(path: str | Path, timestamps: np.ndarray) -> None:
+    """Writes timestamps (ms) as a Mahimahi trace, one per line."""
     Path(path).write_text("\n".join(str(int(t)) for t in timestamps) + "\n")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from protocol import grpc_service_pb2 as pb
+from semlink.protocol import grpc_service_pb2 as pb
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = 9
@@ -37,6 +37,9 @@ class GrpcSniffer:
         self.streams: dict[int, _Stream] = {}
 
     def feed(self, chunk: bytes) -> list[tuple[str, str, int]]:
+        """Feeds bytes of the device's stream; returns ``(request_id, model, wire bytes)`` of every
+        request completed by them.
+        """
         if not self.readable:
             return []
         self.buf += chunk

@@ -1,25 +1,79 @@
-"""The HTTP error boundary shared by the device and server apps (LitServe-style).
+"""One error table for both fronts, and the HTTP error boundary (LitServe-style).
 
-Client errors become 4xx with ``{"error": message}``; a server that is not ready answers 503 with
-``Retry-After``; anything unexpected is logged with its traceback and becomes a generic 500.
+:data:`ERRORS` maps each failure semlink raises on purpose to its gRPC status, HTTP status and
+metric label; the gRPC servicer and every HTTP app read the same table, so a failure is reported
+alike on both. Client errors become 4xx with ``{"error": message}``; a server that is loading or
+overloaded answers 503 with ``Retry-After`` (gRPC ``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED``);
+anything unexpected is logged with its traceback and becomes a generic 500 (gRPC ``INTERNAL``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from dataclasses import dataclass
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from protocol.codec import TensorError
-from protocol.params import ParameterError
+from semlink.protocol.codec import TensorError
+from semlink.protocol.params import ParameterError
+from semlink.runtime.repository import ModelNotFound
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER = {"Retry-After": "1"}
+UNKNOWN = "unknown"  # the metric label of a model name that is not in the repository
+
+
+class NotReady(RuntimeError):
+    """The server is still loading its models."""
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than the server's ``max_queue``: this one is shed."""
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """How one class of failure crosses each front."""
+
+    grpc: grpc.StatusCode
+    http: int
+    label: str  # the ``outcome`` label of the request metrics
+    retry: bool = False  # whether the client may retry as is (``Retry-After`` on HTTP)
+
+
+INTERNAL = ErrorKind(grpc.StatusCode.INTERNAL, 500, "internal")
+ERRORS: dict[type[Exception], ErrorKind] = {
+    TensorError: ErrorKind(grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_argument"),
+    ParameterError: ErrorKind(grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_argument"),
+    ModelNotFound: ErrorKind(grpc.StatusCode.NOT_FOUND, 404, "not_found"),
+    NotReady: ErrorKind(grpc.StatusCode.UNAVAILABLE, 503, "unavailable", retry=True),
+    QueueFull: ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 503, "resource_exhausted", True),
+}
+
+
+def kind_of(exc: BaseException) -> ErrorKind:
+    """The table's entry for ``exc`` (by class, subclasses included), else :data:`INTERNAL`."""
+    for cls, kind in ERRORS.items():
+        if isinstance(exc, cls):
+            return kind
+    return INTERNAL
+
+
+def model_label(name: str, known: Collection[str]) -> str:
+    """A metric label for a client-supplied model name: the name if the repository holds it,
+    else :data:`UNKNOWN`, so clients cannot grow the label set."""
+    return name if name in known else UNKNOWN
+
 
 class ClientError(Exception):
+    """An HTTP answer other than 200 that a handler raises: status, message, headers."""
+
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -28,6 +82,7 @@ class ClientError(Exception):
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``{"error": message}`` with ``status``."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -38,6 +93,7 @@ def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 
 
     @app.middleware("http")
     async def limit_clients(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """429 with ``Retry-After`` beyond ``max_concurrent_per_client`` requests in flight."""
         client = request.client.host if request.client else "?"
         if max_concurrent_per_client <= 0 or request.url.path.startswith("/v2/health"):
             return await call_next(request)
@@ -58,6 +114,7 @@ def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """413 for a declared body over the limit; a generic 500 for anything unexpected."""
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
             return error(
@@ -73,10 +130,12 @@ def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 
     async def _client(request: Request, exc: ClientError) -> JSONResponse:
         return error(exc.status, exc.message, exc.headers)
 
-    @app.exception_handler(TensorError)
-    @app.exception_handler(ParameterError)
-    async def _bad_input(request: Request, exc: ValueError) -> JSONResponse:
-        return error(400, str(exc))
+    async def _from_table(request: Request, exc: Exception) -> JSONResponse:
+        kind = kind_of(exc)
+        return error(kind.http, str(exc), RETRY_AFTER if kind.retry else None)
+
+    for cls in ERRORS:
+        app.add_exception_handler(cls, _from_table)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

@@ -1,0 +1,157 @@
+"""The package layers, checked: every arrow points down.
+
+    semlink (CLI, demo, bench)  ->  device | server | link  ->  runtime  ->  protocol
+    models (torch, training)    ->  runtime  ->  protocol
+
+Serving code (device, server, link, runtime, protocol) never imports the training package or the
+command line, the device never imports the server (nor the reverse), and no module imports
+itself back through others. Read statically from the files' imports, plus one real import of
+every serving module with torch blocked.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVING = ("device", "server", "link", "runtime", "protocol")
+# what each serving layer may import from semlink, besides itself
+ALLOWED = {
+    "protocol": set(),
+    "runtime": {"protocol"},
+    "device": {"runtime", "protocol"},
+    "server": {"runtime", "protocol"},
+    "link": {"runtime", "protocol"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    """``semlink.x.y`` -> file, for the command line package and the linked layer folders."""
+    out = {}
+    for top in ("semlink", *SERVING, "models"):
+        for path in (ROOT / top).rglob("*.py"):
+            if "_pb2" in path.name:
+                continue
+            rel = path.relative_to(ROOT).with_suffix("")
+            parts = list(rel.parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            name = ".".join(parts if parts[0] == "semlink" else ["semlink", *parts])
+            out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path) -> set[str]:
+    """The semlink modules a file imports, leaving out imports under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text())
+    hidden = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in hidden:
+            continue
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n in MODULES)
+    return found
+
+
+GRAPH = {name: _imports(path) for name, path in MODULES.items()}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in (*SERVING, "models") else "cli"
+
+
+def test_every_layer_file_is_seen():
+    assert {"semlink.device.service", "semlink.server.core", "semlink.runtime.manifest"} <= set(
+        GRAPH
+    )
+
+
+@pytest.mark.parametrize("layer", SERVING)
+def test_serving_layers_import_only_downwards(layer):
+    crossings = [
+        f"{m} -> {d}"
+        for m, deps in GRAPH.items()
+        if _layer(m) == layer
+        for d in sorted(deps)
+        if _layer(d) != layer and _layer(d) not in ALLOWED[layer]
+    ]
+    assert not crossings, f"{layer} may import only {sorted(ALLOWED[layer])}: " + "; ".join(
+        crossings
+    )
+
+
+def test_no_import_cycles():
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in GRAPH:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_serving_imports_without_torch_or_the_command_line():
+    """Importing every serving module with torch, the training package and the CLI blocked."""
+    serving = sorted(m for m in GRAPH if _layer(m) in SERVING)
+    code = (
+        "import sys\n"
+        "for blocked in ('torch', 'semlink.models', 'semlink.cli', 'semlink.serve_cli',"
+        " 'semlink.bench', 'semlink.demo'):\n"
+        "    sys.modules[blocked] = None\n"
+        f"import importlib\nfor m in {serving!r}:\n    importlib.import_module(m)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_every_public_serving_api_has_a_docstring():
+    missing = []
+    for name, path in MODULES.items():
+        if _layer(name) not in SERVING:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            is_def = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            if is_def and not node.name.startswith("_") and ast.get_docstring(node) is None:
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not missing, "public serving code without a docstring:\n" + "\n".join(missing)
