@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SERVING := device server protocol runtime link
 SOURCES := semlink models $(SERVING) tests
 
-.PHONY: demo test lint install
+.PHONY: demo test check lint install
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,3 +26,7 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest
+
+# the inner loop: lint and every test not marked slow (about two minutes)
+check: lint
+	$(VENV)/bin/pytest -m "not slow" -q

@@ -132,10 +132,23 @@ class DeviceService:
         return out
 
     async def classify(self, image: np.ndarray, raw_params: dict[str, Any]) -> Answer:
-        """One inference of a normalised image (1, C, H, W): the controller decides, the device
-        runs its stretches (one for a token pipeline, up to one per exit for an early-exit
-        network), then answers locally or offloads; a failed offload is answered locally, marked
-        ``degraded`` with the reason. Raises ``TensorError``/``ParameterError`` for bad input."""
+        """One inference: the controller decides, the device runs its stretches (one for a token
+        pipeline, up to one per exit for an early-exit network), then answers locally or
+        offloads; a failed offload is answered locally, marked ``degraded`` with the reason.
+
+        Args:
+            image: the normalised image, float32 (1, C, H, W) of the model's input shape.
+            raw_params: the request's semlink parameters (``budget``, ``rate``, ``snr_db``,
+                ``deadline_ms``, ``request_id``, ``label``); unknown keys are ignored.
+
+        Returns:
+            The answer: prediction, where it was made, and what it cost (bytes, tokens,
+            channel uses, timings in ms, the controller's state).
+
+        Raises:
+            TensorError: the image has the wrong shape or non-finite values.
+            ParameterError: a parameter is out of range.
+        """
         t0 = time.perf_counter()
         params = self.request_params(raw_params)
         image = check_image(image, self.model.image_shape)

@@ -47,6 +47,13 @@ class Normalisation:
         std = np.asarray(self.std, np.float32)
         return ((pixels - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
 
+    def invert(self, image: np.ndarray) -> np.ndarray:
+        """A normalised image (C, H, W) -> 8-bit pixels (H, W, C), as a camera would give them."""
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        pixels = image.transpose(1, 2, 0) * std + mean
+        return np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -103,7 +110,18 @@ class Manifest:
 
     @classmethod
     def parse(cls, doc: Any, where: str = "manifest") -> Manifest:
-        """Validates a ``manifest.json`` document; raises :class:`ManifestError` naming the field."""
+        """Validates a ``manifest.json`` document.
+
+        Args:
+            doc: the parsed JSON document.
+            where: what to call it in errors (its path).
+
+        Returns:
+            The typed manifest.
+
+        Raises:
+            ManifestError: a field is missing, mistyped or out of range; the message names it.
+        """
         r = _Reader(doc, where)
         version = r.get("manifest_version", int)
         if version not in SUPPORTED_MANIFEST_VERSIONS:

@@ -284,6 +284,40 @@ def _eval_jscc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    """``semlink sample``: test-split images of each model's dataset as PNG files, with labels."""
+    from PIL import Image
+
+    from semlink.models.data import load_dataset
+    from semlink.runtime.repository import resolve, scan
+
+    models = scan(args.model_repository)
+    for name in sorted(args.model or models):
+        mv = resolve(models, name)
+        norm = mv.manifest.normalisation
+        try:
+            data = load_dataset(norm.dataset, "test")
+        except ValueError as exc:
+            print(f"{name}: skipped ({exc})")
+            continue
+        out = Path(args.out) / name
+        out.mkdir(parents=True, exist_ok=True)
+        labels = {}
+        for i in range(min(args.count, len(data))):
+            pixels = norm.invert(data.images[i])
+            Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(
+                out / f"{i}.png"
+            )
+            labels[f"{i}.png"] = int(data.labels[i])
+        (out / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
+        c, h, w = mv.image_shape
+        print(
+            f"{out}: {len(labels)} {norm.dataset} test images ({w}x{h}, "
+            f"{'grey' if c == 1 else 'RGB'}), labels in labels.json"
+        )
+    return 0
+
+
 def _zoo(args: argparse.Namespace) -> int:
     """Rebuilds the shipped pipelines: the selector ViT, then its JSCC coder, then the early-exit
     network (its three regimes and the plain variant) and its RL offloading policy; each trained,
@@ -564,6 +598,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.set_defaults(func=_eval_jscc)
+
+    p = sub.add_parser(
+        "sample", help="example inputs: test images of each model's dataset, as PNG, with labels"
+    )
+    p.add_argument("--out", default="samples", help="folder; one subfolder per model")
+    p.add_argument("--count", type=int, default=8, help="images per model")
+    p.add_argument("--model", nargs="+", default=None, help="these models only (default: all)")
+    p.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.set_defaults(func=_sample)
 
     p = sub.add_parser("zoo", help="rebuild the shipped pipelines (train, export, calibrate, eval)")
     p.add_argument(

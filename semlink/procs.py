@@ -1,9 +1,15 @@
 """Child processes for the demo, the benchmarks and the integration tests: a server, link
-emulator and device on free loopback ports, each with a log file, all stopped on exit."""
+emulator and device on free loopback ports, each with a log file, all stopped on exit.
+
+Each child leads a process group of its own, and stopping it signals the whole group, so what a
+child starts (LitServe's workers, multiprocessing helpers) stops with it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +23,7 @@ STARTUP_TIMEOUT_S = 90.0
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -33,13 +40,18 @@ class Processes:
     def start(self, name: str, *argv: str) -> None:
         log = (self.log_dir / f"{name}.log").open("w")
         self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", "semlink.cli", *argv], stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "semlink.cli", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it stops its children
         )
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
+        """The end of a child's log."""
         return (self.log_dir / f"{name}.log").read_text()[-chars:]
 
     def check_alive(self) -> None:
+        """Raises with the log's tail if any child has exited."""
         for name, proc in self.children.items():
             if proc.poll() is not None:
                 raise RuntimeError(
@@ -62,7 +74,7 @@ class Processes:
     def kill(self, name: str) -> None:
         """SIGKILL: no drain, no goodbye (fault injection)."""
         proc = self.children.pop(name)
-        proc.kill()
+        _signal_group(proc, signal.SIGKILL)
         proc.wait()
 
     def stop(self, *names: str) -> None:
@@ -71,14 +83,21 @@ class Processes:
         names = names or tuple(self.children)
         for n in names:
             if self.children[n].poll() is None:
-                self.children[n].terminate()
+                _signal_group(self.children[n], signal.SIGTERM)
         for n in names:
             proc = self.children.pop(n)  # a stopped child is no longer expected to be alive
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
+            _signal_group(proc, signal.SIGKILL)  # whatever it started and left behind
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Sends ``sig`` to the child's process group (the child and whatever it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 @dataclass

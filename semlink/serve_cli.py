@@ -9,6 +9,8 @@ subcommand runs.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from semlink.flags import add_dataclass, add_settings, dataclass_from, settings_from
@@ -42,10 +44,31 @@ def _link(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_certs_dir() -> Path:
+    """Where ``semlink certs`` writes by default: the user's config folder, outside any checkout."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "semlink" / "certs"
+
+
+def _inside_checkout(path: Path) -> Path | None:
+    """The git work tree holding ``path``, if any."""
+    for parent in [path.resolve(), *path.resolve().parents]:
+        if (parent / ".git").exists():
+            return parent
+    return None
+
+
 def _certs(args: argparse.Namespace) -> int:
     from semlink.runtime.security import DEFAULT_HOSTS, make_dev_pki
 
-    paths = make_dev_pki(args.out, tuple(args.host or DEFAULT_HOSTS), args.days)
+    out = Path(args.out) if args.out else default_certs_dir()
+    if (tree := _inside_checkout(out)) is not None:
+        print(
+            f"warning: {out} is inside the git checkout {tree}: keep private keys out of "
+            "commits (semlink's .gitignore covers certs/ and *-key.pem)",
+            file=sys.stderr,
+        )
+    paths = make_dev_pki(out, tuple(args.host or DEFAULT_HOSTS), args.days)
     for what, path in paths.items():
         print(f"{what:<12} {path}")
     print(
@@ -221,7 +244,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_link)
 
     p = sub.add_parser("certs", help="a development CA with server and device certificates")
-    p.add_argument("--out", default="certs", help="folder for the PEM files")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for the PEM files (default: $XDG_CONFIG_HOME/semlink/certs, or "
+        "~/.config/semlink/certs; a folder inside a git checkout gets a warning)",
+    )
     p.add_argument(
         "--host",
         action="append",

@@ -82,8 +82,17 @@ class DynamicBatcher:
             self._task.cancel()
 
     async def submit(self, sample: Sample) -> tuple[np.ndarray, float]:
-        """Logits (classes,) for one sample, and its queue wait in seconds; raises
-        :class:`QueueFull` at once when ``max_queue`` samples are already waiting."""
+        """Queues one sample for the next batch.
+
+        Args:
+            sample: the sample's feeds, as the pipeline's ``admit`` made them.
+
+        Returns:
+            Its logits (classes,) and its wait in the queue, in seconds.
+
+        Raises:
+            QueueFull: ``max_queue`` samples are already waiting (at once, nothing queued).
+        """
         item = _Item(sample, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(item)

@@ -88,7 +88,20 @@ class InferenceCore:
     async def infer(
         self, name: str, version: str, inputs: Inputs, parameters: dict[str, Any]
     ) -> tuple[ModelVersion, dict[str, np.ndarray], dict[str, Any]]:
-        """Validates and runs one request; returns the model, outputs and response parameters."""
+        """Validates and runs one request: the model's pipeline admits it, its batcher runs it.
+
+        Args:
+            name: model name; version: model version, ``""`` for the highest.
+            inputs: ``{name: (OIP datatype, array)}`` as decoded from the request.
+            parameters: the request's parameters (``budget``, ``rate``, ``snr_db``, ``split``, ...).
+
+        Returns:
+            The model version, ``{"logits": (B, classes) float32}``, and the response parameters
+            (``server_queue_ms``, ``server_compute_ms`` and the pipeline's own).
+
+        Raises:
+            NotReady, ModelNotFound, TensorError, ParameterError, QueueFull: see the error table.
+        """
         mv = self.model(name, version)
         for key in (P.BUDGET, P.RATE, P.SNR_DB):
             if parameters.get(key) is not None:

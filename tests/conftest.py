@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests that would install Debian packages (docker.io, chromium) or start a daemon do so only
+# in CI (CI=true) or when asked; elsewhere they skip, naming this variable.
+SYSTEM_OPT_IN = "SEMLINK_SYSTEM_TESTS"
+
+
+def may_change_machine() -> bool:
+    """Whether tests may install system packages and start daemons on this machine."""
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get(SYSTEM_OPT_IN) == "1"
+
+
+def system_skip_reason(what: str) -> str:
+    """The one line a test skips with when it would have to change the machine."""
+    return f"{what}: set {SYSTEM_OPT_IN}=1 to let the tests install and start it (CI=true does)"
+
+
 ZOO = ROOT / "zoo"
 DEFAULT_MODEL_DIR = ZOO / "digits-vit" / "1"
 
@@ -87,3 +103,24 @@ def tiny_repository(tmp_path_factory, tiny_checkpoint, tiny_jscc_checkpoint):
     export_selector_pipeline(tiny_checkpoint, root / "tiny-vit" / "1")
     export_jscc_pipeline(tiny_jscc_checkpoint, root / "tiny-jscc" / "1")
     return root
+
+
+# Whole modules of a minute or more between them: `make check` leaves them out, `make test` runs
+# them (see the Makefile). Containers (tests/e2e) are always slow.
+SLOW_MODULES = {
+    "test_reliability.py",
+    "test_bench_compare.py",
+    "test_bench_report.py",
+    "test_dashboard.py",
+    "test_demo.py",
+    "test_fuzz_endpoints.py",
+    "test_early_exit_serving.py",
+    "test_install.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.name in SLOW_MODULES or "e2e" in path.parts:
+            item.add_marker(pytest.mark.slow)

@@ -8,13 +8,18 @@ same machine starts from the cache. The test skips only where no engine can be s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import may_change_machine, system_skip_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL_BASE = "python:3.11-slim"
@@ -45,12 +50,15 @@ def _apt_install(*packages: str) -> None:
     sh("apt-get", "install", "-y", "-q", *packages, timeout=600, env=env)
 
 
-def start_engine(log_dir: Path) -> str | None:
-    """Makes ``docker info`` answer; returns why it cannot, or ``None``."""
+def start_engine(log_dir: Path) -> tuple[str | None, subprocess.Popen | None]:
+    """Makes ``docker info`` answer. Returns why it cannot (or ``None``) and the daemon this
+    started (or ``None``), which the caller stops."""
     if _engine_answers():
-        return None
+        return None, None
+    if not may_change_machine():
+        return system_skip_reason("no Docker engine answers"), None
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "no Docker engine answers, and installing one needs root and apt-get"
+        return "no Docker engine answers, and installing one needs root and apt-get", None
     missing = [
         pkg
         for pkg, exe in (("docker.io", "dockerd"), ("docker-compose", "docker-compose"))
@@ -60,16 +68,29 @@ def start_engine(log_dir: Path) -> str | None:
         if missing:
             _apt_install(*missing)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        return f"could not install {' '.join(missing)}: {exc}"
+        return f"could not install {' '.join(missing)}: {exc}", None
     log = log_dir / "dockerd.log"
     with open(log, "ab") as out:
-        subprocess.Popen(["dockerd"], stdout=out, stderr=out, start_new_session=True)
+        daemon = subprocess.Popen(["dockerd"], stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if _engine_answers():
-            return None
+            return None, daemon
         time.sleep(1)
-    return f"dockerd did not come up within 60 s; its log:\n{log.read_text()[-2000:]}"
+    stop_daemon(daemon)
+    return f"dockerd did not come up within 60 s; its log:\n{log.read_text()[-2000:]}", None
+
+
+def stop_daemon(daemon: subprocess.Popen) -> None:
+    """Stops a dockerd this run started (SIGTERM, then SIGKILL after 30 s), with its group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(daemon.pid, signal.SIGTERM)
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait()
 
 
 def _has_image(ref: str) -> bool:
@@ -90,6 +111,8 @@ def base_image() -> str:
             return OFFICIAL_BASE
     except subprocess.TimeoutExpired:
         pass
+    if shutil.which("debootstrap") is None and not may_change_machine():
+        pytest.skip(system_skip_reason("no base image and no debootstrap to build one"))
     if shutil.which("debootstrap") is None:
         _apt_install("debootstrap")
     sh(str(ROOT / "docker" / "build-base.sh"), LOCAL_BASE, timeout=900)
@@ -104,12 +127,17 @@ def compose_command() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory) -> str:
-    """The base image the images are built on, once an engine answers."""
-    reason = start_engine(tmp_path_factory.mktemp("engine"))
+def engine(tmp_path_factory) -> Iterator[str]:
+    """The base image the images are built on, once an engine answers; a daemon started here
+    is stopped when the session ends."""
+    reason, daemon = start_engine(tmp_path_factory.mktemp("engine"))
     if reason:
         pytest.skip(f"no Docker engine: {reason}")
-    return base_image()
+    try:
+        yield base_image()
+    finally:
+        if daemon is not None:
+            stop_daemon(daemon)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from semlink.bench.compare import SYSTEMS, CompareBenchConfig, run
@@ -24,3 +26,9 @@ def test_every_system_answers_on_one_link_rate(tmp_path):
     assert lit["bytes_up"] > jpeg["bytes_up"] > 300  # base64 in JSON costs a third more
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     assert report["machine"]["cpus"] >= 1
+
+    # every process the benchmark started is gone, LitServe's worker processes included
+    left = subprocess.run(
+        ["pgrep", "-af", "semlink.cli baseline-server"], capture_output=True, text=True
+    )
+    assert left.stdout == "", f"processes left behind: {left.stdout}"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from semlink.protocol.http_codec import build_infer_request
+from tests.conftest import may_change_machine, system_skip_reason
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -34,6 +35,8 @@ def chromium() -> str:
     found = shutil.which("chromium")
     if found:
         return found
+    if not may_change_machine():
+        pytest.skip(system_skip_reason("no chromium"))
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("no chromium, and installing Debian's package needs root and apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

@@ -1,6 +1,8 @@
 """The server's HTTP front before its models are loaded: live, but not ready."""
 
-from fastapi.testclient import TestClient
+import asyncio
+
+import httpx
 
 from semlink.server.core import InferenceCore
 from semlink.server.http_app import create_app
@@ -9,12 +11,17 @@ from semlink.server.settings import ServerSettings
 
 def test_ready_is_503_with_retry_after_until_models_load(tiny_repository):
     core = InferenceCore(ServerSettings(model_repository=tiny_repository))
-    client = TestClient(create_app(core))
-    assert client.get("/v2/health/live").status_code == 200
-    resp = client.get("/v2/health/ready")
-    assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
-    resp = client.post("/v2/models/tiny-vit/infer", content=b"{}")
-    assert resp.status_code == 503 and "loading" in resp.json()["error"]
+    transport = httpx.ASGITransport(app=create_app(core))
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            assert (await client.get("/v2/health/live")).status_code == 200
+            resp = await client.get("/v2/health/ready")
+            assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+            resp = await client.post("/v2/models/tiny-vit/infer", content=b"{}")
+            assert resp.status_code == 503 and "loading" in resp.json()["error"]
+
+    asyncio.run(go())
 
 
 def test_missing_repository_names_the_layout(tmp_path):
