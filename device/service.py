@@ -15,8 +15,10 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -29,6 +31,7 @@ from semlink.device.dashboard import Dashboard
 from semlink.device.metrics import DeviceMetrics
 from semlink.device.settings import DeviceSettings
 from semlink.protocol import params as P
+from semlink.protocol.codec import TensorError
 from semlink.runtime import security
 from semlink.runtime.images import check_image
 from semlink.runtime.pipelines import WireOptions, make_pipeline
@@ -36,6 +39,7 @@ from semlink.runtime.pipelines.base import softmax
 from semlink.runtime.repository import resolve, scan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SAFETY_MS = 15.0  # keep this much of the deadline for the local fallback and the reply
 RETRIES = 1  # extra tries of an offload that found no live server (UNAVAILABLE)
@@ -92,6 +96,8 @@ class DeviceService:
         )
         self.pipeline = make_pipeline(self.model)
         self.pipeline.open(self.pipeline.device_graphs(), threads=1)
+        # CPU work (decoding, the model's stretches) runs here, one at a time, off the event loop
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
         self.controller: Controller = make_controller(settings, self.model)
         self.monitor = ChannelMonitor(settings.link_state_url, settings.state_poll_ms)
         credentials = None
@@ -118,6 +124,12 @@ class DeviceService:
         await self.monitor.stop()
         await self.watch.stop()
         await self.client.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs CPU-bound ``fn(*args)`` on the device's worker thread, off the event loop, so
+        health probes and other requests are answered meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def request_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Validates the semlink parameters a client may set; unknown keys are ignored."""
@@ -131,7 +143,9 @@ class DeviceService:
             out[P.REQUEST_ID] = str(raw[P.REQUEST_ID])[:128]
         return out
 
-    async def classify(self, image: np.ndarray, raw_params: dict[str, Any]) -> Answer:
+    async def classify(
+        self, image: np.ndarray, raw_params: dict[str, Any], started: float | None = None
+    ) -> Answer:
         """One inference: the controller decides, the device runs its stretches (one for a token
         pipeline, up to one per exit for an early-exit network), then answers locally or
         offloads; a failed offload is answered locally, marked ``degraded`` with the reason.
@@ -140,6 +154,8 @@ class DeviceService:
             image: the normalised image, float32 (1, C, H, W) of the model's input shape.
             raw_params: the request's semlink parameters (``budget``, ``rate``, ``snr_db``,
                 ``deadline_ms``, ``request_id``, ``label``); unknown keys are ignored.
+            started: ``time.perf_counter()`` when the request arrived, if work (reading and
+                decoding the upload) came before: it counts against the deadline and total_ms.
 
         Returns:
             The answer: prediction, where it was made, and what it cost (bytes, tokens,
@@ -149,7 +165,7 @@ class DeviceService:
             TensorError: the image has the wrong shape or non-finite values.
             ParameterError: a parameter is out of range.
         """
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if started is None else started
         params = self.request_params(raw_params)
         image = check_image(image, self.model.image_shape)
         request_id = params.get(P.REQUEST_ID) or uuid.uuid4().hex
@@ -161,7 +177,7 @@ class DeviceService:
         stretch, prev_conf, trail = None, None, []
         action = "offload" if decision.offload else "exit"
         for k in range(self.pipeline.num_stretches):
-            stretch = self.pipeline.run_stretch(k, image, decision.budget, stretch)
+            stretch = await self.run(self.pipeline.run_stretch, k, image, decision.budget, stretch)
             if stretch.confidence is None:  # no exit here: the per-request decision stands
                 break
             state = ExitState(
@@ -180,7 +196,9 @@ class DeviceService:
         assert stretch is not None
         snr = params.get(P.SNR_DB, channel.snr_db)
         wire = WireOptions(self.settings.token_format, snr, self.settings.channel)
-        offload = self.pipeline.offload(stretch, decision.budget, decision.rate, wire)
+        offload = await self.run(
+            self.pipeline.offload, stretch, decision.budget, decision.rate, wire
+        )
         timing = {"device_head_ms": (time.perf_counter() - t0) * 1000.0}
         request = build_request(
             self.model.name,
@@ -196,12 +214,19 @@ class DeviceService:
             logits, reason, reply = await self._offload(
                 request, deadline_ms, timing["device_head_ms"], timing
             )
+        if logits is not None and not np.isfinite(logits).all():
+            logits, reason = None, "the server answered non-finite logits"
         offloaded = logits is not None
         degraded = action == "offload" and not offloaded
         if logits is None:
             t_local = time.perf_counter()
-            logits = self.pipeline.answer_locally(stretch, offload)
+            logits = await self.run(self.pipeline.answer_locally, stretch, offload)
             timing["device_tail_ms"] = (time.perf_counter() - t_local) * 1000.0
+            if not np.isfinite(logits).all():  # an answer is never NaN
+                raise TensorError(
+                    "the model's output is not finite for this input; send the image normalised "
+                    "as the model expects (values of a few units, see the model's metadata)"
+                )
         timing["total_ms"] = (time.perf_counter() - t0) * 1000.0
         probs = softmax(logits[0])
         payload_bytes = sum(len(r) for r in request.raw_input_contents) if offloaded else 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -72,9 +73,7 @@ def from_bytes(
         raise TensorError(
             f"input {name!r}: datatype must be {' or '.join(allowed)}, got {datatype}"
         )
-    shape = [int(s) for s in shape]
-    if any(s < 0 for s in shape):
-        raise TensorError(f"input {name!r}: shape {shape} has a negative dimension")
+    shape = check_shape(shape, name)
     if expect_shape is not None:
         ok = len(shape) == len(expect_shape) and all(
             e is None or e == s for s, e in zip(shape, expect_shape, strict=False)
@@ -83,14 +82,61 @@ def from_bytes(
             pretty = [-1 if e is None else e for e in expect_shape]
             raise TensorError(f"input {name!r}: shape must be {pretty} (-1 = any), got {shape}")
     count = math.prod(shape)
-    if count > MAX_ELEMENTS:
-        raise TensorError(f"input {name!r}: {count} elements exceed the limit of {MAX_ELEMENTS}")
     dt = DTYPES[datatype]
     if len(raw) != count * dt.itemsize:
         raise TensorError(
             f"input {name!r}: {datatype} shape {shape} needs {count * dt.itemsize} bytes, got {len(raw)}"
         )
     return np.frombuffer(raw, dtype=dt).reshape(shape)
+
+
+def check_shape(shape: Sequence[Any], name: str = "tensor") -> list[int]:
+    """A tensor shape as a list of ints, each >= 0, of at most :data:`MAX_ELEMENTS` elements in
+    all (counted exactly, so no product can overflow); raises :class:`TensorError`."""
+    if not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in shape):
+        raise TensorError(f"input {name!r}: shape must be a list of integers, got {list(shape)!r}")
+    dims = [int(s) for s in shape]
+    if any(s < 0 for s in dims):
+        raise TensorError(f"input {name!r}: shape {dims} has a negative dimension")
+    if len(dims) > 8:
+        raise TensorError(f"input {name!r}: shape {dims} has more than 8 dimensions")
+    count = math.prod(dims)  # Python integers: exact, whatever the client sent
+    if count > MAX_ELEMENTS or any(s > MAX_ELEMENTS for s in dims):  # [0, 2**62] holds 0 too
+        raise TensorError(f"input {name!r}: {count} elements exceed the limit of {MAX_ELEMENTS}")
+    return dims
+
+
+def from_values(
+    values: Sequence[Any], datatype: str, shape: Sequence[Any], name: str
+) -> np.ndarray:
+    """An array from typed values (OIP JSON ``data`` or gRPC ``*_contents``), validating the
+    shape and that every value fits ``datatype``; raises :class:`TensorError`, never an
+    overflow."""
+    if datatype not in DTYPES:
+        raise TensorError(
+            f"input {name!r}: datatype {datatype!r} is not supported; use one of {sorted(DTYPES)}"
+        )
+    dims = check_shape(shape, name)
+    dt = DTYPES[datatype]
+    if dt.kind in "iu":  # integers: range-checked in exact arithmetic before the cast
+        flat = np.asarray(values, dtype=object).reshape(-1)
+        if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in flat):
+            raise TensorError(f"input {name!r}: {datatype} data must be integers")
+        info = np.iinfo(dt)
+        if flat.size and not (info.min <= min(flat) and max(flat) <= info.max):
+            raise TensorError(
+                f"input {name!r}: {datatype} values must lie in [{info.min}, {info.max}]"
+            )
+    try:
+        with np.errstate(over="ignore"):  # FP16 overflows to inf; callers refuse non-finite input
+            arr = np.asarray(values, dtype=dt)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise TensorError(f"input {name!r}: data does not fit {datatype}: {exc}") from None
+    if arr.size != math.prod(dims):
+        raise TensorError(
+            f"input {name!r}: {arr.size} values do not fit shape {dims} ({math.prod(dims)} values)"
+        )
+    return arr.reshape(dims)
 
 
 @dataclass

@@ -8,17 +8,17 @@ by each input's raw little-endian bytes in order; each such input says its size 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
 
 from semlink.protocol.codec import (
     DTYPES,
-    MAX_ELEMENTS,
     TensorError,
+    check_shape,
     datatype_of,
     from_bytes,
+    from_values,
     to_bytes,
 )
 
@@ -47,6 +47,8 @@ def parse_infer_body(
         request = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TensorError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise TensorError("request body nests JSON too deeply to be an OIP request") from None
     if (
         not isinstance(request, dict)
         or not isinstance(request.get("inputs"), list)
@@ -67,10 +69,11 @@ def parse_infer_body(
             )
         if not isinstance(spec.get("parameters", {}), dict):
             raise TensorError(f'input {name!r}: "parameters" must be a JSON object')
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not isinstance(shape, list):
             raise TensorError(
                 f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"
             )
+        shape = check_shape(shape, name)
         if dtype not in DTYPES:
             raise TensorError(
                 f"input {name!r}: datatype {dtype!r} is not supported; use one of {sorted(DTYPES)}"
@@ -96,17 +99,7 @@ def parse_infer_body(
                 raise TensorError(
                     f'input {name!r} has neither "data" nor parameters.binary_data_size'
                 )
-            if math.prod(shape) > MAX_ELEMENTS:
-                raise TensorError(
-                    f"input {name!r}: {math.prod(shape)} elements exceed the limit of {MAX_ELEMENTS}"
-                )
-            try:
-                arr = np.asarray(spec["data"], dtype=DTYPES[dtype]).reshape(shape)
-            except (ValueError, TypeError) as exc:
-                raise TensorError(
-                    f"input {name!r}: data does not fit {dtype} shape {shape}: {exc}"
-                ) from None
-            tensors[name] = (dtype, arr)
+            tensors[name] = (dtype, from_values(spec["data"], dtype, shape, name))
     if offset != len(rest):
         raise TensorError(
             f"{len(rest) - offset} trailing bytes after the binary inputs; check binary_data_size"

@@ -36,13 +36,18 @@ class Range:
     def check(self, name: str, value: Any) -> float:
         """``value`` as float; raises :class:`ParameterError` naming the range."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParameterError(f"parameter {name!r} must be a number, got {value!r}")
-        v = float(value)
+            raise ParameterError(f"parameter {name!r} must be a number, got {shown(value)}")
+        try:
+            v = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ParameterError(
+                f"parameter {name!r} must be in [{self.low:g}, {self.high:g}], got a {len(str(value))}-digit integer"
+            ) from None
         below = v <= self.low if self.low_open else v < self.low
         if math.isnan(v) or below or v > self.high:
             bracket = "(" if self.low_open else "["
             raise ParameterError(
-                f"parameter {name!r} must be in {bracket}{self.low:g}, {self.high:g}], got {value}"
+                f"parameter {name!r} must be in {bracket}{self.low:g}, {self.high:g}], got {shown(value)}"
             )
         return v
 
@@ -60,10 +65,17 @@ def check(name: str, value: Any) -> float:
     return RANGES[name].check(name, value)
 
 
+def shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error quotes what it refused, never all of
+    a client's megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def check_channel(value: Any) -> str:
     """Validates the ``channel`` parameter."""
     if value not in CHANNELS:
-        raise ParameterError(f"parameter 'channel' must be one of {CHANNELS}, got {value!r}")
+        raise ParameterError(f"parameter 'channel' must be one of {CHANNELS}, got {shown(value)}")
     return str(value)
 
 
@@ -71,6 +83,6 @@ def check_label(value: Any, num_classes: int) -> int:
     """Validates the ``label`` parameter: a class index of the model."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
         raise ParameterError(
-            f"parameter 'label' must be an integer class index in [0, {num_classes}), got {value!r}"
+            f"parameter 'label' must be an integer class index in [0, {num_classes}), got {shown(value)}"
         )
     return value

@@ -143,8 +143,9 @@ def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # a form field of the wrong type is bad input like any other: 400, as the table says
         return error(
-            422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            400, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from semlink.protocol.params import shown
 from semlink.runtime.manifest import Manifest, ManifestError, PipelineKind
 
 log = logging.getLogger(__name__)
@@ -106,13 +107,13 @@ def resolve(
 ) -> ModelVersion:
     """The requested version, or the highest when ``version`` is empty; raises :class:`ModelNotFound`."""
     if name not in models:
-        raise ModelNotFound(f"unknown model {name!r}; available: {sorted(models)}")
+        raise ModelNotFound(f"unknown model {shown(name)}; available: {sorted(models)}")
     versions = models[name]
     if not version:
         return versions[max(versions, key=_version_key)]
     if version not in versions:
         raise ModelNotFound(
-            f"model {name!r} has no version {version!r}; available: {sorted(versions, key=_version_key)}"
+            f"model {name!r} has no version {shown(version)}; available: {sorted(versions, key=_version_key)}"
         )
     return versions[version]
 

@@ -35,13 +35,22 @@ def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
 async def serve_until_signal(
     start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
 ) -> None:
-    """Starts the service, waits for SIGTERM or SIGINT, then stops it (which drains in-flight work)."""
+    """Starts the service, waits for SIGTERM or SIGINT, then stops it (which drains in-flight work).
+
+    If starting fails (a configuration error found while loading), what did start is stopped
+    before the error propagates, so the process exits with its one error line and nothing after.
+    """
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
-    await start()
+    try:
+        await start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await stop()
+        raise
     await stopping.wait()
     log.info("signal received: draining")
     await stop()

@@ -45,12 +45,17 @@ class DemoConfig:
     """One-way delay of the link."""
     budget: float = 0.25
     """Token budget alpha of the fixed controller."""
-    controller: Literal["fixed", "lyapunov", "rl", "threshold", "growth"] = "fixed"
-    """rl, threshold and growth run the early-exit network digits-ee."""
+    controller: Literal["fixed", "lyapunov", "rl", "threshold", "growth"] = "lyapunov"
+    """lyapunov (the default) chooses budget and JSCC rate per request to hold the average
+    latency and channel-use budgets as the link changes; fixed sends the same budget always;
+    rl, threshold and growth run the early-exit network digits-ee."""
     model: str | None = None
     """Default: digits-vit (fixed), digits-vit-jscc (lyapunov), digits-ee (rl, threshold, growth)."""
     channel_budget: float = 0.02
     """lyapunov: average channel uses per pixel."""
+    latency_budget_ms: float | None = 80.0
+    """lyapunov: average latency per request the controller holds (bits / link rate + RTT, from
+    the link's state); None: no latency constraint."""
     snr_trace: str | None = None
     """'t_ms snr_db' file (default: a generated random walk)."""
     out: str = "runs/demo"
@@ -111,6 +116,11 @@ def run_demo(cfg: DemoConfig) -> int:
                 cfg.controller,
                 "--channel-budget",
                 str(cfg.channel_budget),
+                *(
+                    ("--latency-budget-ms", str(cfg.latency_budget_ms))
+                    if cfg.latency_budget_ms is not None and cfg.controller == "lyapunov"
+                    else ()
+                ),
             ),
         )
         ports = stack.ports
@@ -119,7 +129,14 @@ def run_demo(cfg: DemoConfig) -> int:
             f"device HTTP :{ports['device']}, model {model}, controller {cfg.controller}; "
             "device -> server over mutual TLS"
         )
-        print(f"live dashboard: http://127.0.0.1:{ports['device']}/dashboard")
+        print(
+            f"live dashboard: http://127.0.0.1:{ports['device']}/dashboard "
+            + (
+                "(kept up after the run: --hold)"
+                if cfg.hold
+                else "(until the demo ends; --hold keeps it)"
+            )
+        )
         data = load_digits_canvas("test", cfg.seed)
         rows: list[dict[str, Any]] = []
         t_start = time.perf_counter()
@@ -238,35 +255,61 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
 
 
 def plot_timeline(rows: list[dict[str, Any]], path: Path) -> None:
+    """The run over time: the link, what the controller chose, what it cost, and accuracy.
+    Every axis starts at zero (or spans its whole range) and names its unit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = [r["t_s"] for r in rows]
+    t = np.array([r["t_s"] for r in rows])
     jscc = any(r["channel_uses"] is not None for r in rows)
-    panels = 6 if jscc else 4
-    fig, axes = plt.subplots(panels, 1, figsize=(8, 2 * panels), sharex=True)
-    axes[0].plot(t, [(r["bandwidth_bps"] or 0) / 1e6 for r in rows])
-    axes[0].set_ylabel("link Mbit/s")
-    axes[1].plot(t, [r["bytes"] for r in rows], ".")
-    axes[1].set_ylabel("bytes / req")
-    axes[2].plot(t, [r["latency_ms"] for r in rows], ".")
-    axes[2].set_ylabel("latency ms")
-    axes[3].plot(t, np.cumsum([r["correct"] for r in rows]) / np.arange(1, len(rows) + 1))
-    axes[3].set_ylabel("accuracy so far")
-    if jscc:
-        axes[4].plot(t, [r["snr_db"] for r in rows])
-        axes[4].set_ylabel("SNR dB")
-        uses = np.array([r["channel_uses"] or 0.0 for r in rows])
-        axes[5].plot(t, uses, ".", label="per request")
-        axes[5].plot(t, np.cumsum(uses) / np.arange(1, len(rows) + 1), label="running average")
-        axes[5].set_ylabel("channel uses / px")
-        axes[5].legend(fontsize=7)
-    axes[-1].set_xlabel("time (s)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.suptitle("semlink demo timeline")
+    exits = any(r.get("exit_actions") for r in rows)
+    fig, axes = plt.subplots(5, 1, figsize=(8, 11), sharex=True)
+    axes[0].plot(t, [(r["bandwidth_bps"] or 0) / 1e6 for r in rows], color="tab:blue")
+    axes[0].set_ylabel("link rate\n(Mbit/s)")
+    axes[0].set_ylim(bottom=0)
+    ax = axes[1]
+    if exits:  # where the device stopped, and the running share of offloads
+        offload = np.array([r["exit"] == "server" for r in rows], float)
+        ax.plot(t, np.cumsum(offload) / np.arange(1, len(rows) + 1), label="offloaded so far")
+        ax.plot(
+            t,
+            [r["split"] / max(x["split"] for x in rows) for r in rows],
+            ".",
+            ms=3,
+            label="blocks run on the device (share of the most)",
+        )
+        ax.set_ylabel("decision")
+    else:
+        ax.plot(t, [r["budget"] for r in rows], ".", ms=3, label="token budget α")
+        if jscc:
+            ax.plot(t, [r["rate"] for r in rows], ".", ms=3, label="JSCC rate r")
+        ax.plot(
+            t,
+            [r["exit"] == "server" for r in rows],
+            "|",
+            ms=6,
+            alpha=0.4,
+            label="offloaded (1) / local (0)",
+        )
+        ax.set_ylabel("controller's\nchoice")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7, loc="lower left")
+    axes[2].plot(t, [r["bytes"] / 1000 for r in rows], ".", ms=3, color="tab:orange")
+    axes[2].set_ylabel("uplink per request\n(kB)")
+    axes[2].set_ylim(bottom=0)
+    axes[3].plot(t, [r["latency_ms"] for r in rows], ".", ms=3, color="tab:red")
+    axes[3].set_ylabel("latency\n(ms)")
+    axes[3].set_ylim(bottom=0)
+    acc = np.cumsum([r["correct"] for r in rows]) / np.arange(1, len(rows) + 1)
+    axes[4].plot(t, 100 * acc, color="tab:green")
+    axes[4].set_ylabel("accuracy so far\n(%)")
+    axes[4].set_ylim(0, 100)
+    axes[-1].set_xlabel("time since the first request (s)")
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.suptitle("semlink demo: what the controller did as the link changed")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -120,6 +120,11 @@ class InferenceCore:
         finally:
             self.in_flight -= 1
         logits = np.stack([r[0] for r in results]).astype(np.float32)
+        if not np.isfinite(logits).all():  # an answer is never NaN: the input drove the model there
+            raise TensorError(
+                "the model's output is not finite for this input; send values in the range the "
+                "device's head produces (see the model's metadata)"
+            )
         queue_ms = 1000.0 * max(r[1] for r in results)
         total_ms = 1000.0 * (time.perf_counter() - started)
         self.metrics.requests.labels(mv.name, "ok").inc()

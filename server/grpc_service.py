@@ -10,7 +10,14 @@ import grpc
 
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
-from semlink.protocol.codec import TensorError, from_bytes, param_value, set_param, to_bytes
+from semlink.protocol.codec import (
+    TensorError,
+    from_bytes,
+    from_values,
+    param_value,
+    set_param,
+    to_bytes,
+)
 from semlink.runtime.errors import INTERNAL, NotReady, kind_of, model_label
 from semlink.runtime.repository import ModelNotFound
 from semlink.server.core import InferenceCore
@@ -150,30 +157,19 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, Any]]:
                 from_bytes(raw[i], spec.datatype, spec.shape, name=spec.name),
             )
         else:
-            import numpy as np
-
-            from semlink.protocol.codec import DTYPES
-
             contents = spec.contents
             values = (
                 list(contents.fp32_contents)
                 or list(contents.int64_contents)
                 or list(contents.int_contents)
                 or list(contents.fp64_contents)
+                or list(contents.uint_contents)
+                or list(contents.uint64_contents)
             )
-            if spec.datatype not in DTYPES:
-                raise TensorError(
-                    f"input {spec.name!r}: datatype {spec.datatype!r} is not supported"
-                )
-            try:
-                out[spec.name] = (
-                    spec.datatype,
-                    np.asarray(values, dtype=DTYPES[spec.datatype]).reshape(list(spec.shape)),
-                )
-            except ValueError as exc:
-                raise TensorError(
-                    f"input {spec.name!r}: contents do not fit shape {list(spec.shape)}: {exc}"
-                ) from None
+            out[spec.name] = (
+                spec.datatype,
+                from_values(values, spec.datatype, spec.shape, spec.name),
+            )
     return out
 
 

@@ -115,7 +115,7 @@ def test_oip_json_request_and_classify_upload(stack):
         ("byte_count", 400, "needs 9216 bytes, got 9212"),
         ("budget", 400, "(0, 1]"),
         ("unknown_model", 404, "serves model"),
-        ("bad_image", 400, "not a decodable"),
+        ("bad_image", 400, "not a PNG or JPEG"),
         ("too_large", 413, "exceeds the limit"),
         ("no_inputs", 400, "inputs"),
     ],
