@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from typing import Any
 
 import httpx
 
 from semlink.device.background import Background
 from semlink.device.controller.base import ChannelState
+from semlink.protocol.params import shown
+from semlink.runtime.channel import SNR_MAX_DB, SNR_MIN_DB
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +31,10 @@ class ChannelMonitor(Background):
             super().start()
 
     async def refresh(self, client: httpx.AsyncClient) -> None:
-        """Reads the link's ``/state`` once into :attr:`current`."""
+        """Reads the link's ``/state`` once into :attr:`current`; raises ``ValueError`` (and
+        keeps the last good state) for anything that is not a valid channel state."""
         assert self.url is not None
-        s = (await client.get(self.url, timeout=1.0)).json()
-        self.current = ChannelState(
-            bandwidth_bps=s.get("bandwidth_bps"),
-            rtt_ms=s.get("rtt_ms"),
-            snr_db=s.get("snr_db"),
-            queued_bytes=s.get("uplink", {}).get("queued_bytes"),
-        )
+        self.current = parse_state((await client.get(self.url, timeout=1.0)).json())
 
     async def _poll(self) -> None:
         warned = False
@@ -44,7 +43,7 @@ class ChannelMonitor(Background):
                 try:
                     await self.refresh(client)
                     warned = False
-                except (httpx.HTTPError, ValueError) as exc:
+                except Exception as exc:  # noqa: BLE001 - the monitor outlives any bad answer
                     if not warned:
                         log.warning(
                             "link state %s unavailable (%s); keeping the last known state",
@@ -53,3 +52,40 @@ class ChannelMonitor(Background):
                         )
                         warned = True
                 await asyncio.sleep(self.poll_s)
+
+
+# field -> (lowest, highest) value a link may report; a missing field is unknown (None)
+STATE_RANGES = {
+    "bandwidth_bps": (0.0, 1e12),
+    "rtt_ms": (0.0, 600_000.0),
+    "snr_db": (SNR_MIN_DB, SNR_MAX_DB),
+    "queued_bytes": (0.0, 1e12),
+}
+
+
+def parse_state(doc: Any) -> ChannelState:
+    """A :class:`ChannelState` from the link's ``/state`` JSON, every value a finite number in
+    its range (:data:`STATE_RANGES`) or absent; raises ``ValueError`` naming the bad field."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"link state must be a JSON object, got {type(doc).__name__}")
+    uplink = doc.get("uplink", {})
+    if not isinstance(uplink, dict):
+        raise ValueError("link state field 'uplink' must be an object")
+    raw = {**{k: doc.get(k) for k in ("bandwidth_bps", "rtt_ms", "snr_db")}}
+    raw["queued_bytes"] = uplink.get("queued_bytes")
+    values: dict[str, float | None] = {}
+    for key, value in raw.items():
+        low, high = STATE_RANGES[key]
+        if value is None:
+            values[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"link state field {key!r} must be a number, got {shown(value)}")
+        try:
+            v = float(value)
+        except OverflowError:
+            raise ValueError(f"link state field {key!r} is out of range") from None
+        if not (math.isfinite(v) and low <= v <= high):
+            raise ValueError(f"link state field {key!r} must be in [{low:g}, {high:g}], got {v}")
+        values[key] = v
+    return ChannelState(**values)

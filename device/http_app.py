@@ -160,15 +160,26 @@ def create_app(service: DeviceService) -> FastAPI:
         params = {"budget": budget, "deadline_ms": deadline_ms, "label": label}
         return (await service.classify(arr, params, started=started)).as_dict()
 
+    def dashboard_on() -> None:
+        """Raises 404 unless the device was started with ``--dashboard``."""
+        if not settings.dashboard:
+            raise ClientError(
+                404,
+                "the dashboard is off: start the device with --dashboard (it shows recent "
+                "images and answers to whoever reaches this port; set API keys to guard it)",
+            )
+
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard_page() -> str:
-        """The live dashboard."""
+        """The live dashboard (``--dashboard``)."""
+        dashboard_on()
         return dashboard.page()
 
     @app.get("/dashboard/state")
     async def dashboard_state() -> dict:
         """What the dashboard shows: link, controller, accuracy and latency so far, recent
-        requests with the patches they sent."""
+        requests with the patches they sent (``--dashboard``)."""
+        dashboard_on()
         return service.dashboard.state(service)
 
     @app.get("/v1/stats")

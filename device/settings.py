@@ -68,6 +68,11 @@ class DeviceSettings(BaseSettings):
         5.0, gt=0.0, le=3600.0, description="seconds between ServerReady probes (health, logs)"
     )
 
+    dashboard: bool = Field(
+        False,
+        description="serve the live dashboard at /dashboard: it shows every client's recent "
+        "images and answers to whoever can reach this port (behind the API keys when they are set)",
+    )
     breaker_failures: int = Field(
         3, ge=1, le=1000, description="consecutive failed offloads that open the circuit breaker"
     )

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from semlink.link.sniff import GrpcSniffer
-from semlink.link.traces import PACKET_BYTES, Schedule
+from semlink.link.traces import PACKET_BYTES, Schedule, TraceError, quote, read_lines
+from semlink.runtime.channel import SNR_MAX_DB, SNR_MIN_DB
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,35 @@ class Direction:
         }
 
 
+def load_snr_trace(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Times (ms) and SNRs (dB) of a ``t_ms snr_db`` trace, streamed and size-capped; every SNR
+    within the protocol's range, times finite, non-negative and non-decreasing. Raises
+    :class:`TraceError` naming the file and line, when the trace is read, not per request."""
+    times: list[float] = []
+    values: list[float] = []
+    for lineno, line in read_lines(path, "SNR trace"):
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            t, v = (float(x) for x in parts) if len(parts) == 2 else (math.nan, math.nan)
+        except ValueError:
+            t = v = math.nan
+        if not (math.isfinite(t) and math.isfinite(v)):
+            raise TraceError(f"{path}:{lineno}: expected 't_ms snr_db', got {quote(line)}")
+        if not SNR_MIN_DB <= v <= SNR_MAX_DB:
+            raise TraceError(
+                f"{path}:{lineno}: SNR {v:g} dB is outside [{SNR_MIN_DB:g}, {SNR_MAX_DB:g}] dB"
+            )
+        if t < 0 or (times and t < times[-1]):
+            raise TraceError(f"{path}:{lineno}: times must be non-negative and non-decreasing")
+        times.append(t)
+        values.append(v)
+    if not times:
+        raise TraceError(f"{path}: the SNR trace is empty; write one 't_ms snr_db' pair per line")
+    return np.asarray(times), np.asarray(values)
+
+
 class SnrProcess:
     """SNR the link reports: constant, or a stepwise ``t_ms snr_db`` trace that wraps."""
 
@@ -148,23 +179,7 @@ class SnrProcess:
         self.constant = snr_db
         self.times: np.ndarray | None = None
         if trace is not None:
-            rows = []
-            for lineno, line in enumerate(Path(trace).read_text().splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    t, v = line.split()
-                    rows.append((float(t), float(v)))
-                except ValueError:
-                    raise ValueError(
-                        f"{trace}:{lineno}: expected 't_ms snr_db', got {line!r}"
-                    ) from None
-            if not rows:
-                raise ValueError(
-                    f"{trace}: the SNR trace is empty; write one 't_ms snr_db' pair per line"
-                )
-            arr = np.asarray(rows)
-            self.times, self.values = arr[:, 0], arr[:, 1]
+            self.times, self.values = load_snr_trace(trace)
 
     def at(self, t_ms: float) -> float:
         """The SNR in dB at ``t_ms`` (the trace wraps), or the constant one."""

@@ -11,6 +11,7 @@ time. The link emulator asks it at every tick.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -84,25 +85,62 @@ class TraceSchedule(Schedule):
         return self.per_period * BITS_PER_PACKET / self.period * 1000.0
 
 
+MAX_TRACE_BYTES = 64 * 1024 * 1024  # a week of a 100 Mbit/s trace is ~4 GB; real ones are MBs
+QUOTE_CHARS = 40  # an error quotes at most this much of a bad line
+
+
+def quote(line: str) -> str:
+    """A line as an error quotes it: repr, cut to :data:`QUOTE_CHARS`."""
+    return (
+        repr(line) if len(line) <= QUOTE_CHARS else f"{line[:QUOTE_CHARS]!r}... ({len(line)} chars)"
+    )
+
+
+def read_lines(path: str | Path, what: str = "trace") -> Iterator[tuple[int, str]]:
+    """``(line number, stripped line)`` of a text file, streamed, refusing files over
+    :data:`MAX_TRACE_BYTES` before reading and bytes that are not ASCII, naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_TRACE_BYTES:
+        raise TraceError(
+            f"{path}: {size / 1e6:.0f} MB is over the {MAX_TRACE_BYTES / 1e6:.0f} MB a {what} may be; "
+            "a trace wraps around, so one period of it is enough"
+        )
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("ascii").strip()
+            except UnicodeDecodeError:
+                raise TraceError(
+                    f"{path}:{lineno}: not ASCII text ({quote(raw.decode('latin-1').strip())}); "
+                    f"a {what} is plain ASCII numbers, one per line"
+                ) from None
+            yield lineno, line
+
+
 def parse_mahimahi(text: str, name: str = "trace") -> np.ndarray:
     """Parses trace text into timestamps; raises :class:`TraceError` with the line number."""
+    return parse_mahimahi_lines(enumerate((ln.strip() for ln in text.splitlines()), 1), name)
+
+
+def parse_mahimahi_lines(lines: Iterable[tuple[int, str]], name: str = "trace") -> np.ndarray:
+    """Timestamps (ms) from ``(line number, line)`` pairs: plain ASCII digits only (no sign,
+    underscore or other script's digits), non-decreasing, at most a week; raises
+    :class:`TraceError` naming the line and quoting at most :data:`QUOTE_CHARS` of it."""
     out: list[int] = []
     prev = -1
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
+    for lineno, line in lines:
         if not line:
             continue
-        try:
-            value = int(line)
-        except ValueError:
+        if not (line.isascii() and line.isdigit()):
             raise TraceError(
-                f"{name}:{lineno}: {line!r} is not an integer millisecond timestamp"
-            ) from None
-        if value < 0:
-            raise TraceError(f"{name}:{lineno}: timestamp {value} is negative")
-        if value > MAX_TRACE_MS:
+                f"{name}:{lineno}: {quote(line)} is not an integer millisecond timestamp"
+            )
+        if len(line) > 12 or (value := int(line)) > MAX_TRACE_MS:
             raise TraceError(
-                f"{name}:{lineno}: timestamp {value} is past {MAX_TRACE_MS} ms (a week); "
+                f"{name}:{lineno}: timestamp {quote(line)} is past {MAX_TRACE_MS} ms (a week); "
                 "a trace wraps around, so write one period of it"
             )
         if value < prev:
@@ -117,11 +155,9 @@ def parse_mahimahi(text: str, name: str = "trace") -> np.ndarray:
 
 
 def load_trace(path: str | Path) -> TraceSchedule:
-    """Reads a Mahimahi trace file; raises ``FileNotFoundError`` or ``TraceError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"trace file {path} does not exist")
-    return TraceSchedule(parse_mahimahi(path.read_text(), str(path)), str(path))
+    """Reads a Mahimahi trace file, streamed and size-capped; raises ``FileNotFoundError`` or
+    :class:`TraceError`."""
+    return TraceSchedule(parse_mahimahi_lines(read_lines(path), str(path)), str(path))
 
 
 def parse_rate(text: str) -> float:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from semlink.protocol.codec import TensorError
 from semlink.protocol.params import ParameterError
@@ -122,9 +124,13 @@ def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 
             )
         try:
             return await call_next(request)
+        except ClientDisconnect:  # the client left, or BodyLimit answered 413 and stopped it
+            return error(400, "the request body ended early")
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             return error(500, "internal server error (logged on the server)")
+
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(ClientError)
     async def _client(request: Request, exc: ClientError) -> JSONResponse:
@@ -147,6 +153,50 @@ def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 
         return error(
             400, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         )
+
+
+class BodyLimit:
+    """ASGI middleware: counts a request's body as it streams in; once past ``max_body_bytes``
+    it answers 413 itself and tells the app the client left, whatever the framing (a chunked
+    upload declares no length), so no endpoint reads, parses or spools more than the limit."""
+
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
+        self.app, self.max = app, max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Passes the request on with a ``receive`` that counts and a ``send`` that goes
+        quiet once the 413 is out."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received, started, answered = 0, False, False
+
+        async def guarded_send(message: Any) -> None:
+            """The app's reply, unless the 413 went out first."""
+            nonlocal started
+            if answered:  # the 413 went out; what the app says after it goes nowhere
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def counted() -> Any:
+            """The next body message, counted; past the limit, a disconnect."""
+            nonlocal received, answered
+            if answered:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max:
+                    if not started:
+                        await error(413, f"request body exceeds the limit of {self.max} bytes")(
+                            scope, receive, send
+                        )
+                    answered = True
+                    return {"type": "http.disconnect"}  # the app stops reading here
+            return message
+
+        await self.app(scope, counted, guarded_send)
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes:

@@ -29,16 +29,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+# control characters (newline, carriage return, escape, ...) that would let a client's value
+# forge a line or a terminal sequence in a text log
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message``, one line per record whatever the message holds: control
+    characters in the message (a client's request id, say) are escaped; a traceback, which is
+    ours, follows on lines of its own."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        """The line with the message's control characters escaped."""
+        record.message = record.message.translate(_CONTROL)
+        return super().formatMessage(record)
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Configures the root logger once per process."""
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be 'text' or 'json', got {fmt!r}")
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

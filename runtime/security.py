@@ -11,6 +11,7 @@ logged.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hmac
 import ipaddress
@@ -172,11 +173,24 @@ def channel_credentials(ca: Path, cert: Path | None, key: Path | None):  # type:
 
 def load_api_keys(inline: str | None, path: Path | None) -> list[str]:
     """API keys from a comma-separated value (an environment variable) and/or a file of one key
-    per line (``#`` comments allowed). Keys shorter than 16 characters are refused."""
+    per line (``#`` comments allowed, indented or not; blank lines ignored). Keys shorter than 16
+    characters or holding whitespace are refused, naming the line."""
     keys = [k.strip() for k in (inline or "").split(",") if k.strip()]
     if path is not None:
-        text = read_secret_file(path, "API key file").decode()
-        keys += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        try:
+            text = read_secret_file(path, "API key file").decode()
+        except UnicodeDecodeError:
+            raise ValueError(f"API key file {path} is not UTF-8 text") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            key = line.strip()
+            if not key or key.startswith("#"):
+                continue
+            if any(c.isspace() for c in key):
+                raise ValueError(
+                    f"{path}:{number}: an API key holds whitespace; one key per line, "
+                    "comments on lines of their own"
+                )
+            keys.append(key)
     short = [k for k in keys if len(k) < 16]
     if short:
         raise ValueError(
@@ -186,8 +200,10 @@ def load_api_keys(inline: str | None, path: Path | None) -> list[str]:
 
 
 def install_api_keys(app, keys: list[str]) -> None:  # type: ignore[no-untyped-def]
-    """Requires ``Authorization: Bearer <key>`` on every route but the health probes; answers
-    401 with a JSON ``error`` otherwise. Compares in constant time."""
+    """Requires one of the keys on every route but the health probes: ``Authorization: Bearer
+    <key>`` (API clients), or HTTP Basic with the key as the password (a browser: it asks once
+    and sends it with the page's own requests, so the dashboard works with keys on). Answers 401
+    with a JSON ``error`` and both challenges otherwise. Compares in constant time."""
     from fastapi.responses import JSONResponse
 
     if not keys:
@@ -200,12 +216,21 @@ def install_api_keys(app, keys: list[str]) -> None:  # type: ignore[no-untyped-d
         if request.url.path.startswith(EXEMPT_PREFIXES):
             return await call_next(request)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and any(
-            hmac.compare_digest(token.encode(), k) for k in encoded
+        given = token.encode()
+        if scheme.lower() == "basic":  # user:password, the key is the password
+            try:
+                given = base64.b64decode(token, validate=True).partition(b":")[2]
+            except ValueError:
+                given = b""
+        if scheme.lower() in ("bearer", "basic") and any(
+            hmac.compare_digest(given, k) for k in encoded
         ):
             return await call_next(request)
         return JSONResponse(
-            {"error": "missing or invalid API key: send the header 'Authorization: Bearer <key>'"},
+            {
+                "error": "missing or invalid API key: send the header 'Authorization: Bearer "
+                "<key>' (a browser: any user name, the key as password)"
+            },
             status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
+            headers={"WWW-Authenticate": 'Bearer, Basic realm="semlink", charset="UTF-8"'},
         )

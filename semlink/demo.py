@@ -110,6 +110,7 @@ def run_demo(cfg: DemoConfig) -> int:
                 snr_trace,
             ),
             device_args=(
+                "--dashboard",
                 "--budget",
                 str(cfg.budget),
                 "--controller",
@@ -295,7 +296,7 @@ def plot_timeline(rows: list[dict[str, Any]], path: Path) -> None:
         )
         ax.set_ylabel("controller's\nchoice")
     ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper right", ncol=3)
     axes[2].plot(t, [r["bytes"] / 1000 for r in rows], ".", ms=3, color="tab:orange")
     axes[2].set_ylabel("uplink per request\n(kB)")
     axes[2].set_ylim(bottom=0)

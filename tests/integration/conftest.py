@@ -15,7 +15,7 @@ def stack(tiny_repository, tmp_path_factory):
     try:
         s.start_all(
             link_args=("--rate", "50mbit", "--delay-ms", "2"),
-            device_args=("--token-format", "fp32"),
+            device_args=("--token-format", "fp32", "--dashboard"),
         )
         yield s
     finally:

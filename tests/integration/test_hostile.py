@@ -159,3 +159,21 @@ def test_extreme_finite_input_never_gets_a_nan_answer(stack):
             assert np.isfinite(probs["data"]).all()
         else:
             assert r.status_code == 400 and "not finite" in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", "/v2/models/tiny-vit/infer"])
+def test_a_chunked_body_over_the_limit_is_stopped_while_streaming(stack, path):
+    """No Content-Length (chunked): the limit still holds, counted as the body arrives."""
+    sent = 0
+
+    def body():
+        nonlocal sent
+        head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+        yield head
+        for _ in range(64):  # 64 x 128 kB = 8 MiB, twice the device's limit
+            sent += 128 * 1024
+            yield b"\0" * (128 * 1024)
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    r = httpx.post(f"{stack.device_url}{path}", content=body(), headers=headers, timeout=30)
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"], r.text[:200]

@@ -25,12 +25,13 @@ DEVICE_KEY = "device-key-" + "b41e02" * 4
 def secure(tiny_repository, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     (logs / "server.keys").write_text(f"# server API keys\n{SERVER_KEY}\n")
-    (logs / "device.keys").write_text(f"{DEVICE_KEY}\n")
+    # an indented comment is a comment, not a key
+    (logs / "device.keys").write_text(f"  # the device's key\n{DEVICE_KEY}\n")
     s = Stack(Processes(logs), repository=tiny_repository, model="tiny-vit", tls=True)
     try:
         s.start_server("--api-keys-file", str(logs / "server.keys"))
         s.start_link("--rate", "50mbit", "--delay-ms", "1")
-        s.start_device("--api-keys-file", str(logs / "device.keys"))
+        s.start_device("--api-keys-file", str(logs / "device.keys"), "--dashboard")
         yield s
     finally:
         s.procs.stop()
@@ -87,7 +88,7 @@ def test_http_needs_an_api_key_but_health_does_not(secure, who, path, key):
     assert httpx.get(f"{base}/v2/health/ready", timeout=5).status_code == 200
     missing = httpx.get(f"{base}{path}", timeout=5)
     assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]
-    assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.headers["www-authenticate"].startswith("Bearer")
     wrong = httpx.get(f"{base}{path}", headers={"Authorization": "Bearer " + "x" * 30}, timeout=5)
     assert wrong.status_code == 401
     good = httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=5)
@@ -113,3 +114,32 @@ def test_plaintext_needs_to_be_asked_for(role, tmp_path):
     )
     assert proc.returncode == 2
     assert "without TLS" in proc.stderr and "--insecure" in proc.stderr
+
+
+def test_a_browser_reaches_the_dashboard_with_the_key_as_password(secure):
+    """Basic auth (any user, the key as password) is what a browser sends with the page's own
+    polling; without it the page and its state are 401 with a challenge the browser answers."""
+    for path in ("/dashboard", "/dashboard/state"):
+        r = httpx.get(f"{secure.device_url}{path}")
+        assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"]
+        assert (
+            httpx.get(f"{secure.device_url}{path}", auth=("me", "wrong-key-" * 3)).status_code
+            == 401
+        )
+        assert httpx.get(f"{secure.device_url}{path}", auth=("me", DEVICE_KEY)).status_code == 200
+    # the comment line of the keys file is not a key
+    assert (
+        httpx.get(f"{secure.device_url}/v1/stats", auth=("me", "# the device's key")).status_code
+        == 401
+    )
+
+
+def test_the_dashboard_is_off_unless_asked_for(tiny_repository, tmp_path):
+    s = Stack(Processes(tmp_path), repository=tiny_repository, model="tiny-vit")
+    try:
+        s.start_server()
+        s.start_device(through_link=False)
+        r = httpx.get(f"{s.device_url}/dashboard/state")
+        assert r.status_code == 404 and "--dashboard" in r.json()["error"]
+    finally:
+        s.procs.stop()

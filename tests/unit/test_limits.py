@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from semlink.runtime import errors as http_errors
 
@@ -60,3 +60,30 @@ def test_body_over_the_limit_gets_413():
 
     resp = asyncio.run(main())
     assert resp.status_code == 413 and "101 bytes" in resp.json()["error"]
+
+
+def test_a_body_without_a_length_is_stopped_at_the_limit_while_it_streams():
+    """Chunked (no Content-Length): the app sees at most the limit, then the client is gone;
+    the client gets 413."""
+    app = FastAPI()
+    http_errors.install(app, max_body_bytes=1000)
+    seen: list[int] = []
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict:
+        async for chunk in request.stream():
+            seen.append(len(chunk))
+        return {"read": sum(seen)}
+
+    async def chunks():
+        for _ in range(100):  # 100 x 100 bytes: ten times the limit
+            yield b"x" * 100
+
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.post("/upload", content=chunks())
+
+    resp = asyncio.run(main())
+    assert resp.status_code == 413 and "exceeds the limit of 1000" in resp.json()["error"]
+    assert sum(seen) <= 1000  # the app never read past the limit
