@@ -27,7 +27,7 @@ async def serve(settings: DeviceSettings) -> None:
     security.install_api_keys(app, keys)
     if keys:
         log.info("HTTP API requires one of %d API key(s); health probes are open", len(keys))
-    http = uvicorn_server(app, settings.host, settings.http_port)
+    http = uvicorn_server(app, settings.host, settings.http_port, settings.http_header_timeout_s)
     task: asyncio.Task | None = None
 
     async def start() -> None:

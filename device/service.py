@@ -32,6 +32,7 @@ from semlink.device.metrics import DeviceMetrics
 from semlink.device.settings import DeviceSettings
 from semlink.protocol import params as P
 from semlink.protocol.codec import TensorError
+from semlink.protocol.params import ParameterError
 from semlink.runtime import security
 from semlink.runtime.images import check_image
 from semlink.runtime.pipelines import WireOptions, make_pipeline
@@ -78,6 +79,10 @@ class Answer:
     timing_ms: dict[str, float] = field(default_factory=dict)
     # early-exit networks: each device exit reached, its confidence and the controller's action
     exits: list[dict[str, Any]] | None = None
+    # how far the input is from the training data (manifest's input_check), and a warning when
+    # it is too far for the label to be trusted
+    input_distance: float | None = None
+    warning: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The answer as a JSON-ready dict."""
@@ -132,16 +137,44 @@ class DeviceService:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def request_params(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Validates the semlink parameters a client may set; unknown keys are ignored."""
+        """Validates the semlink parameters a client may set; keys semlink does not use are
+        ignored (OIP clients send their own), but a semlink key that cannot apply is refused."""
         out: dict[str, Any] = {}
         for key in (P.BUDGET, P.RATE, P.DEADLINE_MS, P.SNR_DB):
             if raw.get(key) is not None:
                 out[key] = P.check(key, raw[key])
+        if raw.get(P.CHANNEL) is not None:
+            if self.model.manifest.jscc is None:
+                raise ParameterError(
+                    f"parameter 'channel' applies to JSCC pipelines; {self.model.name!r} is a "
+                    f"{self.model.kind} pipeline: leave it out"
+                )
+            out[P.CHANNEL] = P.check_channel(raw[P.CHANNEL])
+        if raw.get(P.SPLIT) is not None:
+            raise ParameterError(
+                "parameter 'split' is the device's to choose (its controller picks the exit); "
+                "leave it out"
+            )
         if raw.get(P.LABEL) is not None:
             out[P.LABEL] = P.check_label(raw[P.LABEL], self.model.num_classes)
         if raw.get(P.REQUEST_ID) is not None:
             out[P.REQUEST_ID] = str(raw[P.REQUEST_ID])[:128]
         return out
+
+    def input_distance(self, image: np.ndarray) -> tuple[float | None, str | None]:
+        """The image's distance from the training inputs and, past the manifest's threshold, a
+        warning for the answer; ``(None, None)`` for a model without an input check."""
+        check = self.model.manifest.input_check
+        if check is None:
+            return None, None
+        distance = check.distance(image[0])
+        if distance <= check.threshold:
+            return distance, None
+        return distance, (
+            f"the input is unlike the data this model was trained on (distance {distance:.1f}, "
+            f"threshold {check.threshold:.1f}; {self.model.manifest.normalisation.dataset}): "
+            "the label may be wrong"
+        )
 
     async def classify(
         self, image: np.ndarray, raw_params: dict[str, Any], started: float | None = None
@@ -168,6 +201,7 @@ class DeviceService:
         t0 = time.perf_counter() if started is None else started
         params = self.request_params(raw_params)
         image = check_image(image, self.model.image_shape)
+        distance, warning = self.input_distance(image)
         request_id = params.get(P.REQUEST_ID) or uuid.uuid4().hex
         deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
         channel = self.monitor.current
@@ -195,7 +229,9 @@ class DeviceService:
             prev_conf = stretch.confidence
         assert stretch is not None
         snr = params.get(P.SNR_DB, channel.snr_db)
-        wire = WireOptions(self.settings.token_format, snr, self.settings.channel)
+        wire = WireOptions(
+            self.settings.token_format, snr, params.get(P.CHANNEL, self.settings.channel)
+        )
         offload = await self.run(
             self.pipeline.offload, stretch, decision.budget, decision.rate, wire
         )
@@ -263,6 +299,8 @@ class DeviceService:
             controller={"name": self.controller.name, **self.controller.state()},
             timing_ms=timing,
             exits=trail or None,
+            input_distance=distance,
+            warning=warning,
         )
         self._finish(answer, image, params, timing)
         return answer

@@ -79,6 +79,12 @@ class DeviceSettings(BaseSettings):
     breaker_reset_s: float = Field(
         2.0, gt=0.0, le=300.0, description="seconds the breaker stays open before a trial request"
     )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=600.0,
+        description="HTTP clients must send a request's headers within this many seconds",
+    )
     insecure: bool = Field(
         False, description="plaintext gRPC to the server: trusted networks and tests only"
     )

@@ -207,6 +207,26 @@ def _write_manifest(
     return manifest
 
 
+def input_check(dataset: str, image_size: int) -> dict[str, Any] | None:
+    """The manifest's ``input_check`` fitted on the dataset's validation split, or ``None``
+    where that split is not at hand (datasets on local disk). Each image counts twice: as the
+    tensor a client sends over OIP, and as it arrives in an upload (8-bit, clipped to [0, 1]),
+    so both are in distribution."""
+    from semlink.models.data import load_dataset
+    from semlink.runtime.input_check import fit
+    from semlink.runtime.manifest import Normalisation
+
+    try:
+        val = load_dataset(dataset, "val", image_size=image_size)
+    except (ValueError, FileNotFoundError) as exc:
+        log.info("no input check in the manifest: %s", exc)
+        return None
+    stats = normalisation(dataset)
+    norm = Normalisation(dataset, tuple(stats["mean"]), tuple(stats["std"]))  # type: ignore[arg-type]
+    uploads = np.concatenate([norm.apply(norm.invert(x) / 255.0) for x in val.images])
+    return fit(np.concatenate([val.images, uploads]))
+
+
 def build_manifest(
     model: SelectorViT, out: Path, coder: JSCC | None = None, dataset: str = "digits-canvas"
 ) -> dict[str, Any]:
@@ -239,6 +259,8 @@ def build_manifest(
         },
         "normalization": normalisation(dataset),
     }
+    if (check := input_check(dataset, cfg.image_size)) is not None:
+        manifest["input_check"] = check
     if coder is not None:
         manifest["jscc"] = {"symbols": coder.cfg.symbols, "channels": ["awgn", "rayleigh", "none"]}
     return manifest

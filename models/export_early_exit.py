@@ -29,7 +29,7 @@ from semlink.models import checkpoint
 from semlink.models.data import normalisation
 from semlink.models.early_exit import EarlyExitNet, config_dict, count_segment_flops
 from semlink.models.eval_early_exit import activation_bytes
-from semlink.models.export import export_graph
+from semlink.models.export import export_graph, input_check
 from semlink.models.train_early_exit import load_early_exit
 from semlink.runtime.manifest import MANIFEST_VERSION
 
@@ -144,7 +144,7 @@ def build_manifest(
     digest = hashlib.sha256()
     for g in graphs.values():
         digest.update((out / g["file"]).read_bytes())
-    return {
+    manifest = {
         "manifest_version": MANIFEST_VERSION,
         "kind": "early-exit",
         "model_hash": digest.hexdigest()[:16],
@@ -160,3 +160,6 @@ def build_manifest(
         "graphs": graphs,
         "normalization": normalisation(dataset),
     }
+    if (check := input_check(dataset, cfg.image_size)) is not None:
+        manifest["input_check"] = check
+    return manifest

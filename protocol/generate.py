@@ -2,10 +2,19 @@
 
 The stubs are committed (serving images need no protoc); ``tests/unit/test_protocol.py`` fails when
 they are stale.
+
+protoc stamps its own versions into the stubs and refuses to load them under anything older (or,
+for protobuf, under another major version). The stubs use only APIs that protobuf 5.26 through
+7.x and grpcio 1.63 and later all have, so :func:`widen` takes those two checks out: semlink then
+installs beside packages that pin protobuf below 7 (tritonclient, for one), as pyproject.toml
+declares and ``tests/integration/test_tritonclient.py`` checks with the oldest protobuf there.
+It also gives the messages a descriptor pool of their own, so semlink's stubs and another OIP
+client's (which define the same ``inference.*`` messages) load in one process.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -30,7 +39,34 @@ def generate(out_root: Path = ROOT) -> list[Path]:
     )
     if rc != 0:
         raise RuntimeError(f"protoc failed with exit code {rc}")
-    return [out_root / "semlink" / "protocol" / name for name in OUTPUTS]
+    paths = [out_root / "semlink" / "protocol" / name for name in OUTPUTS]
+    for path in paths:
+        path.write_text(widen(path.read_text()))
+    return paths
+
+
+_PROTOBUF_CHECK = re.compile(
+    r"from google\.protobuf import runtime_version as _runtime_version\n"
+    r"|_runtime_version\.ValidateProtobufRuntimeVersion\([^)]*\)\n"
+)
+_GRPC_CHECK = re.compile(r"GRPC_GENERATED_VERSION = .*?\n    \)\n", re.S)
+
+
+def widen(code: str) -> str:
+    """Generated code without protoc's exact-version checks, its messages in a descriptor pool
+    of their own (see the module docstring)."""
+    code = _PROTOBUF_CHECK.sub("", code)
+    # tritonclient (and any OIP client) registers the same `inference.*` messages in protobuf's
+    # default pool; a pool of our own lets both load in one process. The wire is unchanged.
+    code = code.replace(
+        "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(",
+        "# a pool of semlink's own: other OIP stubs (tritonclient) define the same messages\n"
+        "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile(",
+    )
+    return _GRPC_CHECK.sub(
+        "# version check removed by semlink.protocol.generate: grpcio>=1.63 runs these stubs\n",
+        code,
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from semlink.runtime.input_check import InputCheck
+
 MANIFEST_VERSION = 2  # 2: normalisation statistics are part of the manifest
 SUPPORTED_MANIFEST_VERSIONS = (MANIFEST_VERSION,)
 
@@ -107,6 +109,7 @@ class Manifest:
     splits: tuple[int, ...] = ()  # token pipelines: blocks the device runs
     jscc: JsccSpec | None = None
     exits: ExitSpec | None = None
+    input_check: InputCheck | None = None  # how far an input is from the training data
 
     @classmethod
     def parse(cls, doc: Any, where: str = "manifest") -> Manifest:
@@ -140,12 +143,17 @@ class Manifest:
         mean, std = norm.floats("mean", shape[0]), norm.floats("std", shape[0])
         if any(s <= 0 for s in std):
             raise ManifestError(f"{where}: normalization.std must be positive, got {list(std)}")
+        try:
+            input_check = InputCheck.from_manifest(doc.get("input_check"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"{where}: {exc}") from None
         common = {
             "kind": kind,
             "model_hash": r.get("model_hash", str),
             "image_shape": (shape[0], shape[1], shape[2]),
             "num_classes": r.positive("num_classes"),
             "normalisation": Normalisation(norm.get("dataset", str), mean, std),
+            "input_check": input_check,
         }
         if kind is PipelineKind.EARLY_EXIT:
             graphs = {

@@ -24,10 +24,72 @@ class _Server(uvicorn.Server):
         yield
 
 
-def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
-    """A uvicorn server for ``app`` that leaves signal handling to :func:`serve_until_signal`."""
+HEADER_TIMEOUT_S = 10.0  # a client has this long to send a request's headers
+
+
+class _HeaderDeadline:
+    """Closes a connection whose client has not finished sending a request's headers within
+    ``header_timeout_s`` of connecting, or of its previous response (slow clients would
+    otherwise hold a socket forever: uvicorn has no header-read timeout of its own)."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        """Accepts the connection and starts its header deadline."""
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        """After each response, the next request's headers get the same deadline."""
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drops the deadline with the connection."""
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        waiting_after = self.cycle  # type: ignore[attr-defined]
+
+        def check() -> None:
+            """Closes the connection if no request's headers completed since arming."""
+            cycle = self.cycle  # type: ignore[attr-defined]
+            if cycle is waiting_after and (cycle is None or cycle.response_complete):
+                self.transport.close()  # type: ignore[attr-defined]
+
+        self._header_timer = self.loop.call_later(self.header_timeout_s, check)  # type: ignore[attr-defined]
+
+
+def _protocol(header_timeout_s: float) -> type:
+    """uvicorn's HTTP/1.1 protocol (httptools if installed, else h11) with a header deadline."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # httptools is optional
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
+    return type(
+        "HeaderDeadlineProtocol", (_HeaderDeadline, base), {"header_timeout_s": header_timeout_s}
+    )
+
+
+def uvicorn_server(
+    app: FastAPI, host: str, port: int, header_timeout_s: float = HEADER_TIMEOUT_S
+) -> uvicorn.Server:
+    """A uvicorn server for ``app`` that leaves signal handling to :func:`serve_until_signal`
+    and closes connections that take over ``header_timeout_s`` to send a request's headers."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http=_protocol(header_timeout_s),
     )
     return _Server(config)
 

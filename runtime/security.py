@@ -146,11 +146,34 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None):  # type: 
     signed (mutual TLS)."""
     import grpc
 
+    key_pem, cert_pem = read_secret_file(key, "TLS key"), read_secret_file(cert, "TLS certificate")
+    check_key_pair(cert_pem, key_pem, cert, key)
     return grpc.ssl_server_credentials(
-        [(read_secret_file(key, "TLS key"), read_secret_file(cert, "TLS certificate"))],
+        [(key_pem, cert_pem)],
         root_certificates=read_secret_file(client_ca, "client CA") if client_ca else None,
         require_client_auth=client_ca is not None,
     )
+
+
+def check_key_pair(cert_pem: bytes, key_pem: bytes, cert: Path, key: Path) -> None:
+    """Raises ``ValueError`` naming the files unless ``cert_pem`` is a PEM certificate and
+    ``key_pem`` the PEM private key of it (gRPC would only say it failed to bind)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ValueError(f"TLS certificate {cert} is not a PEM certificate") from None
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"TLS key {key} is not an unencrypted PEM private key (`semlink certs` writes one)"
+        ) from None
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private.public_key().public_bytes(*fmt) != certificate.public_key().public_bytes(*fmt):
+        raise ValueError(f"TLS key {key} is not the key of certificate {cert}: pass the pair")
 
 
 def channel_credentials(ca: Path, cert: Path | None, key: Path | None):  # type: ignore[no-untyped-def]
@@ -160,6 +183,10 @@ def channel_credentials(ca: Path, cert: Path | None, key: Path | None):  # type:
     if (cert is None) != (key is None):
         raise ValueError(
             "a client certificate needs its key and a key its certificate: set both or neither"
+        )
+    if cert is not None and key is not None:
+        check_key_pair(
+            read_secret_file(cert, "TLS certificate"), read_secret_file(key, "TLS key"), cert, key
         )
     return grpc.ssl_channel_credentials(
         root_certificates=read_secret_file(ca, "CA certificate"),

@@ -19,7 +19,15 @@ from semlink.flags import add_dataclass, add_settings, dataclass_from, settings_
 SECRET_FIELDS = ("api_keys",)
 
 
+def _quiet_grpc_core() -> None:
+    """gRPC's C core logs every failed TLS handshake (a plaintext client retrying every two
+    seconds fills the log with the same OpenSSL line); keep its errors only, unless the user set
+    GRPC_VERBOSITY. Must run before grpc is imported."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def _server(args: argparse.Namespace) -> int:
+    _quiet_grpc_core()
     from semlink.server.main import main
     from semlink.server.settings import ServerSettings
 
@@ -28,6 +36,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _device(args: argparse.Namespace) -> int:
+    _quiet_grpc_core()
     from semlink.device.main import main
     from semlink.device.settings import DeviceSettings
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from semlink.protocol import params as P
 from semlink.protocol.codec import TensorError
+from semlink.protocol.params import ParameterError
 from semlink.runtime.errors import NotReady
 from semlink.runtime.pipelines import Pipeline, make_pipeline
 from semlink.runtime.pipelines.base import Inputs
@@ -106,7 +107,15 @@ class InferenceCore:
         for key in (P.BUDGET, P.RATE, P.SNR_DB):
             if parameters.get(key) is not None:
                 P.check(key, parameters[key])
-        work = self.pipeline(mv).admit(inputs, parameters)
+        if parameters.get(P.CHANNEL) is not None:
+            P.check_channel(parameters[P.CHANNEL])
+        pipeline = self.pipeline(mv)
+        if P.SPLIT in parameters and mv.manifest.exits is None:
+            raise ParameterError(
+                f"model {mv.name!r} has one split ({list(mv.manifest.splits)}); parameter 'split' "
+                "applies to early-exit networks only: leave it out"
+            )
+        work = pipeline.admit(inputs, parameters)
         batcher = self.batchers[(mv.name, mv.version, work.graph)]
         if len(work.samples) > batcher.queue.maxsize:
             raise TensorError(
@@ -131,7 +140,7 @@ class InferenceCore:
         self.metrics.latency.labels(mv.name).observe(total_ms / 1000.0)
         if work.tokens:
             self.metrics.tokens.labels(mv.name).inc(len(work.samples) * work.tokens)
-        request_id = parameters.get(P.REQUEST_ID, "")
+        request_id = str(parameters.get(P.REQUEST_ID, ""))[:128]  # a client's value: bounded
         log.info(
             "request %s: %s v%s, %s, %.2f ms",
             request_id,

@@ -27,7 +27,8 @@ async def serve(settings: ServerSettings) -> None:
             settings.tls_cert, settings.tls_key, settings.tls_client_ca
         )
         log.info(
-            "gRPC over TLS%s",
+            "gRPC over TLS%s; clients that fail the handshake (plaintext, an unknown CA, no "
+            "certificate) are refused without a log line each (GRPC_VERBOSITY=INFO shows them)",
             " with client certificates (mutual TLS)" if settings.tls_client_ca else "",
         )
     keys = security.load_api_keys(
@@ -41,7 +42,7 @@ async def serve(settings: ServerSettings) -> None:
     security.install_api_keys(app, keys)
     if keys:
         log.info("HTTP API requires one of %d API key(s); health probes are open", len(keys))
-    http = uvicorn_server(app, settings.host, settings.http_port)
+    http = uvicorn_server(app, settings.host, settings.http_port, settings.http_header_timeout_s)
     http_task: asyncio.Task | None = None
 
     async def start() -> None:

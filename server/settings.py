@@ -43,6 +43,12 @@ class ServerSettings(BaseSettings):
     drain_seconds: float = Field(
         10.0, ge=0.0, description="grace period for in-flight requests on shutdown"
     )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=600.0,
+        description="HTTP clients must send a request's headers within this many seconds",
+    )
     insecure: bool = Field(
         False, description="serve gRPC without TLS: trusted networks and tests only, logged loudly"
     )

@@ -312,6 +312,36 @@ def run_fuzz(base: Stack, cfg: ReliabilityBenchConfig) -> dict[str, Any]:
     }
 
 
+def run_hostile(base: Stack) -> dict[str, Any]:
+    """The hostile-client classes (:mod:`semlink.bench.hostile`) against a fresh device and the
+    server, with mutual TLS and API keys as deployed."""
+    import grpc
+
+    from semlink.bench import hostile
+
+    s = base.sibling("-hostile")
+    s.start_link("--rate", "50mbit", "--delay-ms", "1")
+    s.start_device("--api-keys-file", str(base.procs.log_dir / "keys"))
+    auth = {"Authorization": f"Bearer {KEY}"}
+    pki = base.pki
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki["ca"].read_bytes(),
+        private_key=pki["client_key"].read_bytes(),
+        certificate_chain=pki["client_cert"].read_bytes(),
+    )
+    try:
+        return {
+            "metrics": hostile.metrics_growth(
+                base.server_url, base.ports["grpc"], auth, credentials=credentials
+            ),
+            "loop": hostile.loop_stall(s.device_url, auth),
+            "bad_inputs": hostile.bad_inputs(s.device_url, s.model, auth),
+            "nan": hostile.nan_answers(s.device_url, s.model, (1, 48, 48), auth),
+        }
+    finally:
+        base.procs.stop("device-hostile", "link-hostile")
+
+
 def run_security(base: Stack, tmp: Path) -> dict[str, Any]:
     """Each check is one thing an attacker tries; ``failed`` lists those that got through."""
     import grpc
@@ -389,6 +419,7 @@ def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
             ("restart", lambda: fault_restart_device(base, cfg, images)),
             ("kill", lambda: fault_kill_server(base, cfg, images)),
             ("fuzz", lambda: run_fuzz(base, cfg)),
+            ("hostile", lambda: run_hostile(base)),
             ("security", lambda: run_security(base, out)),
         ]
         faults = []
@@ -420,10 +451,19 @@ def format_table(r: dict[str, Any]) -> str:
             f"{f['fault']:<18} {f['requests']:>8} {f['answered']:>8} {f['degraded']:>8} "
             f"{f['lost']:>5} {f['duplicated']:>4} {f['recovery_s']:>10.2f}"
         )
-    fz, sec = r["fuzz"], r["security"]
+    fz, sec, ho = r["fuzz"], r["security"], r["hostile"]
+    bad = ho["bad_inputs"]
     lines += [
         "",
         f"fuzz: {fz['cases']} cases, {fz['crashes']} crashes, {fz['server_errors']} server errors",
+        "hostile clients:",
+        f"  /metrics grew {ho['metrics']['metrics_growth_bytes']} B after {ho['metrics']['calls']} "
+        "failed calls with 4 kB random model names",
+        f"  health probe at worst {ho['loop']['probe_max_ms']:.0f} ms while {ho['loop']['uploads']} "
+        f"uploads decoded for {ho['loop']['uploads_s']:.1f} s",
+        f"  {bad['server_errors']} server errors from {bad['cases']} inputs that once reached a 500: "
+        + ", ".join(f"{k} {v}" for k, v in bad["statuses"].items()),
+        f"  {ho['nan']['nan_answers']} NaN answers to {ho['nan']['requests']} extreme images",
         f"security: {sec['checks'] - sec['failed']}/{sec['checks']} checks hold",
     ]
     lines += [f"  {'ok  ' if ok else 'FAIL'} {name}" for name, ok in sec["results"].items()]

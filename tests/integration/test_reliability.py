@@ -41,3 +41,11 @@ def test_every_request_survives_each_fault(result, fault):
 def test_fuzz_and_security(result):
     assert result["fuzz"]["crashes"] == result["fuzz"]["server_errors"] == 0
     assert result["security"]["failed"] == 0, result["security"]["results"]
+
+
+def test_hostile_clients_hold(result):
+    h = result["hostile"]
+    assert h["metrics"]["metrics_growth_bytes"] < 2000  # the unknown-model label once, not 40
+    assert h["loop"]["probe_max_ms"] < 1000 * min(0.5, h["loop"]["uploads_s"] / 2)
+    assert h["bad_inputs"]["server_errors"] == 0, h["bad_inputs"]["statuses"]
+    assert h["nan"]["nan_answers"] == 0

@@ -143,3 +143,14 @@ def test_the_dashboard_is_off_unless_asked_for(tiny_repository, tmp_path):
         assert r.status_code == 404 and "--dashboard" in r.json()["error"]
     finally:
         s.procs.stop()
+
+
+def test_refused_handshakes_do_not_flood_the_server_log(secure):
+    """A plaintext client retrying against the TLS port: refused each time, no OpenSSL line
+    per attempt in the server's log (one line at start-up says how such clients are treated)."""
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            ready(f"127.0.0.1:{secure.ports['grpc']}", None)
+    log = (secure.procs.log_dir / "server.log").read_text()
+    assert "Handshake failed" not in log and "SSL_ERROR" not in log
+    assert "refused without a log line each" in log

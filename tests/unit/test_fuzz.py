@@ -10,13 +10,12 @@ and image headers that announce billions of pixels."""
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from semlink.bench.hostile import png_header
 from semlink.link.traces import TraceError, TraceSchedule, parse_mahimahi, parse_rate
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import params as P
@@ -185,20 +184,6 @@ def test_parameters_validate_or_name_the_range(name, value):
 def RANGES_HOLD(name: str, v: float) -> bool:
     r = P.RANGES[name]
     return (r.low < v if r.low_open else r.low <= v) and v <= r.high
-
-
-def png_header(width: int, height: int, body: bytes = b"") -> bytes:
-    """A PNG whose IHDR announces ``width`` x ``height`` (CRCs right), then ``body`` and an empty
-    image: a few dozen bytes that claim any number of pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    tail = chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + body + tail
 
 
 MANIFEST = resolve(scan(DEFAULT_REPOSITORY), "digits-vit").manifest

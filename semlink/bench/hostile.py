@@ -1,0 +1,172 @@
+"""Hostile clients, for ``semlink bench reliability``: one probe per class of defect that an
+attacker or a faulty client tried before (issue: hardening), each reporting what it measured.
+
+- client values in metrics: failed gRPC calls with long random model names, /metrics size;
+- CPU work on the event loop: uploads that take a second to decode, the health probe's worst
+  latency meanwhile;
+- bad input: requests that once reached a 500 (deep JSON, numbers beyond any float, shapes whose
+  product overflows, a decompression bomb's header, INT8 values that overflow, a chunked body
+  over the limit), counted by status;
+- NaN answers: finite but extreme images, answers with non-finite probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import secrets
+import struct
+import threading
+import time
+import zlib
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from semlink.protocol.http_codec import build_infer_request
+
+
+def png_header(width: int, height: int, body: bytes = b"") -> bytes:
+    """A PNG whose IHDR announces ``width`` x ``height`` (CRCs right), then ``body`` and an empty
+    image: a few dozen bytes that claim any number of pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    tail = chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + body + tail
+
+
+def wide_png(width: int = 8000, height: int = 2000) -> bytes:
+    """Tens of kB that decode to 16 M pixels (sparse noise: about 0.15 s to decode here)."""
+    pixels = np.random.default_rng(0).random((height, width)) > 0.999
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8) * 255).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def metrics_growth(server_url: str, grpc_port: int, headers: dict[str, str], **tls: Any) -> dict:
+    """Bytes /metrics grows by after 40 failed calls with 4 kB random model names."""
+    import grpc
+
+    from semlink.protocol import grpc_service_pb2 as pb
+    from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+
+    before = len(httpx.get(f"{server_url}/metrics", headers=headers, timeout=10).text)
+    address = f"127.0.0.1:{grpc_port}"
+    channel = (
+        grpc.secure_channel(address, tls["credentials"])
+        if tls.get("credentials")
+        else grpc.insecure_channel(address)
+    )
+    with channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(40):
+            request = pb.ModelInferRequest(model_name=secrets.token_hex(2000))
+            request.inputs.add(name="tokens", datatype="FP16", shape=[1, 1, 4])
+            request.raw_input_contents.append(bytes(8))
+            with contextlib.suppress(grpc.RpcError):  # NOT_FOUND, as it should
+                stub.ModelInfer(request, timeout=10)
+    after = len(httpx.get(f"{server_url}/metrics", headers=headers, timeout=10).text)
+    return {"calls": 40, "metrics_growth_bytes": after - before}
+
+
+def loop_stall(device_url: str, headers: dict[str, str], uploads: int = 16) -> dict:
+    """The health probe's worst latency while ``uploads`` slow-to-decode images arrive."""
+    png = wide_png()
+    threads = [
+        threading.Thread(
+            target=lambda: httpx.post(
+                f"{device_url}/v1/classify",
+                files={"image": ("w.png", png)},
+                headers=headers,
+                timeout=120,
+            )
+        )
+        for _ in range(uploads)
+    ]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    probes = []
+    while any(t.is_alive() for t in threads):
+        p0 = time.perf_counter()
+        httpx.get(f"{device_url}/v2/health/live", timeout=30)
+        probes.append(time.perf_counter() - p0)
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    return {
+        "uploads": uploads,
+        "uploads_s": time.perf_counter() - t0,
+        "probe_max_ms": 1000 * max(probes, default=0.0),
+    }
+
+
+def bad_inputs(device_url: str, model: str, headers: dict[str, str]) -> dict:
+    """Status codes of requests that once reached a 500; ``server_errors`` should be 0."""
+    infer = f"{device_url}/v2/models/{model}/infer"
+
+    def oip(datatype: str, shape: list, data: list, params: dict | None = None) -> bytes:
+        spec = {"name": "image", "datatype": datatype, "shape": shape, "data": data}
+        return json.dumps({"inputs": [spec], "parameters": params or {}}).encode()
+
+    def chunked() -> Any:
+        for _ in range(64):
+            yield b"\0" * (128 * 1024)
+
+    cases = {
+        "deep JSON": lambda: httpx.post(
+            infer, content=b"[" * 50_000 + b"]" * 50_000, headers=headers
+        ),
+        "integer beyond float": lambda: httpx.post(
+            infer, content=oip("FP32", [1], [10**400]), headers=headers
+        ),
+        "parameter beyond float": lambda: httpx.post(
+            infer, content=oip("FP32", [1], [0], {"budget": 10**400}), headers=headers
+        ),
+        "overflowing shape": lambda: httpx.post(
+            infer, content=oip("FP32", [0, 2**62, 2**62], []), headers=headers
+        ),
+        "INT8 overflow": lambda: httpx.post(
+            infer, content=oip("INT8", [1], [300]), headers=headers
+        ),
+        "decompression bomb header": lambda: httpx.post(
+            f"{device_url}/v1/classify",
+            files={"image": ("b.png", png_header(100_000, 100_000))},
+            headers=headers,
+        ),
+        "chunked body over the limit": lambda: httpx.post(
+            infer, content=chunked(), headers=headers
+        ),
+        "GIF upload": lambda: httpx.post(
+            f"{device_url}/v1/classify",
+            files={"image": ("a.gif", b"GIF89a" + bytes(40))},
+            headers=headers,
+        ),
+    }
+    statuses = {name: send().status_code for name, send in cases.items()}
+    return {
+        "cases": len(statuses),
+        "server_errors": sum(s >= 500 for s in statuses.values()),
+        "statuses": statuses,
+    }
+
+
+def nan_answers(device_url: str, model: str, shape: tuple[int, ...], headers: dict) -> dict:
+    """Answers with non-finite probabilities to finite but extreme images (should be 0)."""
+    bad = 0
+    for value in (3e38, -3e38, 1e30):
+        body, h = build_infer_request({"image": np.full((1, *shape), value, np.float32)})
+        r = httpx.post(
+            f"{device_url}/v2/models/{model}/infer", content=body, headers={**h, **headers}
+        )
+        if r.status_code == 200:
+            probs = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")
+            bad += not np.isfinite(probs["data"]).all()
+    return {"requests": 3, "nan_answers": bad}
