@@ -9,6 +9,7 @@ from semlink.device.http_app import create_app
 from semlink.device.service import DeviceService
 from semlink.device.settings import DeviceSettings
 from semlink.runtime import security
+from semlink.runtime.cpu_quota import limit_cpu, profile_share
 from semlink.runtime.runner import serve_until_signal, uvicorn_server
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,9 @@ log = logging.getLogger(__name__)
 async def serve(settings: DeviceSettings) -> None:
     """Runs the device until SIGINT/SIGTERM: checks transport and keys, loads the model, serves HTTP."""
     settings.check_transport()
+    share = settings.cpu_quota or profile_share(settings.device_profile)
+    if share is not None:  # before anything loads: the models' threads start under the quota
+        limit_cpu(share, "device")
     if settings.insecure:
         log.warning("INSECURE: plaintext gRPC to the server (--insecure)")
     keys = security.load_api_keys(

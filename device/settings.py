@@ -68,6 +68,17 @@ class DeviceSettings(BaseSettings):
         5.0, gt=0.0, le=3600.0, description="seconds between ServerReady probes (health, logs)"
     )
 
+    device_profile: Literal["none", "phone", "camera"] = Field(
+        "none",
+        description="run this process under a CPU quota, a real slower device: phone = 0.5 of "
+        "a core, camera = 0.1 (needs root for cgroups; in containers use the CPU limit instead)",
+    )
+    cpu_quota: float | None = Field(
+        None,
+        gt=0.0,
+        le=64.0,
+        description="CPU share (cores) of the quota, instead of a profile's",
+    )
     dashboard: bool = Field(
         False,
         description="serve the live dashboard at /dashboard: it shows every client's recent "

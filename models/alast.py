@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from semlink.models.checkpoint import load_selector_vit
-from semlink.models.data import load_dataset
+from semlink.models.datasets import load_dataset
 from semlink.models.train_split import Finetuning, accuracy, batches
 from semlink.models.vit import SelectorViT
 

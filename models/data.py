@@ -278,36 +278,3 @@ def _scan_tree(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-
-
-def normalisation(dataset: str) -> dict[str, object]:
-    """The manifest's ``normalization`` entry for a model trained on ``dataset``: the statistics
-    its loader normalised with, so serving normalises uploads exactly the same way."""
-    if dataset in ("digits-canvas", "digits-shifted"):
-        mean, std = [DIGITS_MEAN], [DIGITS_STD]
-    elif dataset == "cifar10":
-        mean, std = CIFAR_MEAN.tolist(), CIFAR_STD.tolist()
-    elif dataset == "imagefolder":
-        mean, std = IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()
-    else:
-        raise ValueError(
-            f"unknown dataset {dataset!r}: choose digits-canvas, digits-shifted, cifar10 or imagefolder"
-        )
-    return {"dataset": dataset, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
-
-
-def load_dataset(
-    name: str, split: str, *, root: str | None = None, seed: int = 0, image_size: int = 64
-) -> Dataset:
-    """Factory over the three datasets; ``root`` is required for the on-disk ones."""
-    if name in ("digits-canvas", "digits-shifted"):
-        return load_digits_canvas(split, seed, shifted=name == "digits-shifted")
-    if name in ("cifar10", "imagefolder") and root is None:
-        raise ValueError(f"dataset {name!r} is read from local disk: pass --data-root PATH")
-    if name == "cifar10":
-        return load_cifar10(root, split, seed)  # type: ignore[arg-type]
-    if name == "imagefolder":
-        return load_imagefolder(root, split, image_size, seed)  # type: ignore[arg-type]
-    raise ValueError(
-        f"unknown dataset {name!r}: choose digits-canvas, digits-shifted, cifar10 or imagefolder"
-    )

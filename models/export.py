@@ -29,7 +29,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from semlink.models import checkpoint
-from semlink.models.data import normalisation
+from semlink.models.datasets import normalisation
 from semlink.models.jscc import JSCC
 from semlink.models.vit import SelectorViT
 from semlink.runtime.manifest import MANIFEST_VERSION
@@ -212,7 +212,7 @@ def input_check(dataset: str, image_size: int) -> dict[str, Any] | None:
     where that split is not at hand (datasets on local disk). Each image counts twice: as the
     tensor a client sends over OIP, and as it arrives in an upload (8-bit, clipped to [0, 1]),
     so both are in distribution."""
-    from semlink.models.data import load_dataset
+    from semlink.models.datasets import load_dataset
     from semlink.runtime.input_check import fit
     from semlink.runtime.manifest import Normalisation
 

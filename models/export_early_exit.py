@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from semlink.models import checkpoint
-from semlink.models.data import normalisation
+from semlink.models.datasets import normalisation
 from semlink.models.early_exit import EarlyExitNet, config_dict, count_segment_flops
 from semlink.models.eval_early_exit import activation_bytes
 from semlink.models.export import export_graph, input_check

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semlink.models import checkpoint
-from semlink.models.data import Dataset, load_dataset
+from semlink.models.data import Dataset
+from semlink.models.datasets import load_dataset
 from semlink.models.early_exit import EarlyExitConfig, EarlyExitNet, config_dict, config_from_dict
 from semlink.models.train_selector import cosine_lr
 
@@ -45,9 +46,13 @@ class TrainEarlyExitConfig:
     regime: str = "mixed"
     """joint, disjoint or mixed (see the module docstring)."""
     dataset: str = "digits-canvas"
+    """digits-canvas (embedded), cifar10 or imagefolder (from --data-root)."""
     data_root: str | None = None
+    """Folder of cifar10 batches or an ImageFolder tree."""
     image_size: int = 64
+    """Resize target for imagefolder."""
     seed: int = 0
+    """Seeds data, placements and initialisation."""
     epochs: int = 90
     """Total epochs, the same for every regime."""
     backbone_epochs: int = 60
@@ -66,6 +71,7 @@ class TrainEarlyExitConfig:
     max_steps: int | None = None
     """Stop each epoch after this many steps (smoke tests)."""
     limit_train: int | None = None
+    """Use only this many training images (smoke tests)."""
     model: EarlyExitConfig = field(default_factory=EarlyExitConfig)
 
     def __post_init__(self) -> None:

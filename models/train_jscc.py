@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semlink.models import checkpoint, semcom
-from semlink.models.data import load_dataset
+from semlink.models.datasets import load_dataset
 from semlink.models.jscc import JSCCConfig, symbols_kept
 from semlink.models.selector import distillation_loss, hard_keep_mask, sample_budgets
 from semlink.models.semcom import SemComModel
@@ -60,7 +60,9 @@ class TrainJSCCConfig:
     power): keeps the decoder close to identity at high SNR, where the task loss alone let the
     coder settle ~3 points below the uncoded model."""
     max_steps: int | None = None
+    """Stop each epoch after this many steps (smoke tests)."""
     limit_train: int | None = None
+    """Use only this many training images (smoke tests)."""
     augment: bool = True
     jscc: JSCCConfig = field(default_factory=JSCCConfig)
 

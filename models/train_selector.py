@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semlink.models import checkpoint
-from semlink.models.data import Dataset, load_dataset
+from semlink.models.data import Dataset
+from semlink.models.datasets import load_dataset
 from semlink.models.selector import budget_loss, distillation_loss, hard_keep_mask, sample_budgets
 from semlink.models.vit import SelectorViT, ViTConfig, num_kept
 

@@ -18,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from semlink.models.checkpoint import load_selector_vit
-from semlink.models.data import Dataset, load_dataset
+from semlink.models.data import Dataset
+from semlink.models.datasets import load_dataset
 from semlink.models.split_learning import COMPRESSORS, Boundary, SplitViT
 
 DEFAULT_PRETRAINED = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
@@ -32,11 +33,15 @@ class Finetuning:
     batch_size: int = 64
     lr: float = 3e-4
     pretrained: str = str(DEFAULT_PRETRAINED / "checkpoint.pt")
+    """Checkpoint of the model to adapt (the shipped digits-vit)."""
     dataset: str = "digits-shifted"
+    """The task to adapt to: digits-shifted (embedded), cifar10 or imagefolder (--data-root)."""
     data_root: str | None = None
+    """Folder of cifar10 batches or an ImageFolder tree."""
     seed: int = 0
     max_steps: int | None = None  # steps per epoch cap (smoke runs)
     progress: bool = True
+    """Progress bars (quiet anyway when not a terminal)."""
 
 
 @dataclass

@@ -27,8 +27,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default="digits-canvas",
-        choices=["digits-canvas", "cifar10", "imagefolder"],
-        help="embedded digits-canvas (default), or a dataset read from --data-root",
+        choices=["digits-canvas", "digits-scene", "cifar10", "imagefolder"],
+        help="embedded digits-canvas (default) or digits-scene, or a dataset read from --data-root",
     )
     p.add_argument(
         "--data-root", default=None, help="folder of cifar10 batches or an ImageFolder tree"
@@ -104,7 +104,7 @@ def _train_policy(args: argparse.Namespace) -> int:
 
 def _eval_selector(args: argparse.Namespace) -> int:
     from semlink.models import checkpoint
-    from semlink.models.data import load_dataset
+    from semlink.models.datasets import load_dataset
     from semlink.models.eval_selector import evaluate, format_table, onnx_latency, write
 
     model_dir = Path(args.model_dir)
@@ -170,7 +170,7 @@ def _export_early_exit(args: argparse.Namespace) -> int:
 
 
 def _eval_early_exit(args: argparse.Namespace) -> int:
-    from semlink.models.data import load_dataset
+    from semlink.models.datasets import load_dataset
     from semlink.models.eval_early_exit import evaluate, format_table, plot
     from semlink.models.train_early_exit import load_early_exit
 
@@ -220,7 +220,7 @@ def _train_jscc(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from semlink.models import semcom
-    from semlink.models.data import load_dataset
+    from semlink.models.datasets import load_dataset
     from semlink.models.eval_jscc import calibrate
 
     model_dir = Path(args.model_dir)
@@ -238,7 +238,7 @@ def _eval_jscc(args: argparse.Namespace) -> int:
     import torch
 
     from semlink.models import checkpoint, semcom
-    from semlink.models.data import load_dataset
+    from semlink.models.datasets import load_dataset
     from semlink.models.eval_jscc import ALPHAS, SNRS, baseline_grid, format_table, plot, summarise
     from semlink.models.jscc import RATES
 
@@ -288,7 +288,7 @@ def _sample(args: argparse.Namespace) -> int:
     """``semlink sample``: test-split images of each model's dataset as PNG files, with labels."""
     from PIL import Image
 
-    from semlink.models.data import load_dataset
+    from semlink.models.datasets import load_dataset
     from semlink.runtime.repository import resolve, scan
 
     models = scan(args.model_repository)
@@ -316,6 +316,54 @@ def _sample(args: argparse.Namespace) -> int:
             f"{'grey' if c == 1 else 'RGB'}), labels in labels.json"
         )
     return 0
+
+
+# what digits-scene must be for the methods to have something to win (issue: a workload where
+# offloading pays): (figure, target, holds)
+SCENE_TARGETS = (
+    ("jpeg_q90_bytes_mean", "mean JPEG at quality 90 >= 5 kB", lambda v: v >= 5000),
+    ("digit_patch_share", "share of patches touching the digit <= 25 %", lambda v: v <= 0.25),
+    ("knn1_raw_pixel_accuracy", "1-NN on raw pixels <= 40 %", lambda v: v <= 0.40),
+)
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    """``semlink data stats``: the properties that make digits-scene the workload it is."""
+    from semlink.bench import write_figures
+    from semlink.models.scene import stats
+
+    result = stats(args.split, args.seed, args.limit)
+    n = result["n"]
+    lo, hi = wilson(result["knn1_raw_pixel_accuracy"], n)
+    result["knn1_raw_pixel_accuracy_ci95"] = [lo, hi]
+    print(
+        f"{result['dataset']} {args.split}: {n} frames of {result['image_shape']}, "
+        f"{result['patch_tokens']} patch tokens"
+    )
+    shown = {
+        "jpeg_q90_bytes_mean": f"{result['jpeg_q90_bytes_mean']:.0f} B",
+        "digit_patch_share": f"{100 * result['digit_patch_share']:.1f} %",
+        "knn1_raw_pixel_accuracy": f"{100 * result['knn1_raw_pixel_accuracy']:.1f} % "
+        f"(n = {n}, 95 % CI {100 * lo:.1f}-{100 * hi:.1f} %, "
+        f"{result['knn1_train_frames']} training frames)",
+    }
+    for key, target, holds in SCENE_TARGETS:
+        print(f"  {'✓' if holds(result[key]) else '✗ MISSED'} {target}: {shown[key]}")
+    print(
+        f"  training frames' channel mean {result['train_channel_mean']}, "
+        f"std {result['train_channel_std']}"
+    )
+    write_figures(args.json, result)
+    return 0
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``p`` observed on ``n`` samples."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -598,6 +646,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.set_defaults(func=_eval_jscc)
+
+    data = sub.add_parser("data", help="the datasets").add_subparsers(dest="what", required=True)
+    p = data.add_parser(
+        "stats",
+        help="what makes digits-scene the workload it is: JPEG size, digit patch share, 1-NN on pixels",
+    )
+    p.add_argument("--dataset", default="digits-scene", choices=["digits-scene"])
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="measure on this many frames only")
+    p.add_argument("--json", default=None, help="write the figures here")
+    p.set_defaults(func=_data_stats)
 
     p = sub.add_parser(
         "sample", help="example inputs: test images of each model's dataset, as PNG, with labels"

@@ -231,26 +231,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="digits-vit")
     p.set_defaults(func=_baseline_server)
 
-    p = sub.add_parser(
-        "server",
-        help="the edge server (OIP over gRPC and HTTP)",
-        populate=_settings_flags("semlink.server.settings", "ServerSettings"),
+    processes = (
+        (
+            "server",
+            "the edge server (OIP over gRPC and HTTP)",
+            "server.settings.ServerSettings",
+            _server,
+        ),
+        (
+            "device",
+            "the device runtime (HTTP front, head model, controller)",
+            "device.settings.DeviceSettings",
+            _device,
+        ),
+        (
+            "link",
+            "the trace-driven link emulator (a shaping TCP proxy)",
+            "link.main.LinkSettings",
+            _link,
+        ),
     )
-    p.set_defaults(func=_server)
-
-    p = sub.add_parser(
-        "device",
-        help="the device runtime (HTTP front, head model, controller)",
-        populate=_settings_flags("semlink.device.settings", "DeviceSettings"),
-    )
-    p.set_defaults(func=_device)
-
-    p = sub.add_parser(
-        "link",
-        help="the trace-driven link emulator (a shaping TCP proxy)",
-        populate=_settings_flags("semlink.link.main", "LinkSettings"),
-    )
-    p.set_defaults(func=_link)
+    for name, help_, settings, func in processes:
+        module, cls = f"semlink.{settings}".rsplit(".", 1)
+        p = sub.add_parser(name, help=help_, populate=_settings_flags(module, cls))
+        p.set_defaults(func=func)
 
     p = sub.add_parser("certs", help="a development CA with server and device certificates")
     p.add_argument(

@@ -3,11 +3,11 @@ import pytest
 
 from semlink.models.data import (
     load_cifar10,
-    load_dataset,
     load_digits_canvas,
     load_imagefolder,
     split_indices,
 )
+from semlink.models.datasets import load_dataset
 
 
 def test_digits_canvas_shapes_and_sizes():

@@ -1,0 +1,58 @@
+"""The dataset factory: every dataset semlink trains on, by name, and the normalisation its
+loader applies (which the exported manifests carry).
+
+``digits-canvas`` and ``digits-shifted`` live in :mod:`.data`, ``digits-scene`` in :mod:`.scene`,
+CIFAR-10 and ImageFolder trees (read from local disk) in :mod:`.data`.
+"""
+
+from __future__ import annotations
+
+from semlink.models.data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DIGITS_MEAN,
+    DIGITS_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Dataset,
+    load_cifar10,
+    load_digits_canvas,
+    load_imagefolder,
+)
+from semlink.models.scene import SCENE_MEAN, SCENE_STD, load_digits_scene
+
+DATASETS = ("digits-canvas", "digits-scene", "digits-shifted", "cifar10", "imagefolder")
+
+
+def normalisation(dataset: str) -> dict[str, object]:
+    """The manifest's ``normalization`` entry for a model trained on ``dataset``: the statistics
+    its loader normalised with, so serving normalises uploads exactly the same way."""
+    if dataset in ("digits-canvas", "digits-shifted"):
+        mean, std = [DIGITS_MEAN], [DIGITS_STD]
+    elif dataset == "digits-scene":
+        mean, std = list(SCENE_MEAN), list(SCENE_STD)
+    elif dataset == "cifar10":
+        mean, std = CIFAR_MEAN.tolist(), CIFAR_STD.tolist()
+    elif dataset == "imagefolder":
+        mean, std = IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    return {"dataset": dataset, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+
+def load_dataset(
+    name: str, split: str, *, root: str | None = None, seed: int = 0, image_size: int = 64
+) -> Dataset:
+    """One split of the dataset ``name`` (:data:`DATASETS`); ``root`` is required for the
+    on-disk ones, ``image_size`` resizes ImageFolder trees."""
+    if name in ("digits-canvas", "digits-shifted"):
+        return load_digits_canvas(split, seed, shifted=name == "digits-shifted")
+    if name == "digits-scene":
+        return load_digits_scene(split, seed)
+    if name in ("cifar10", "imagefolder") and root is None:
+        raise ValueError(f"dataset {name!r} is read from local disk: pass --data-root PATH")
+    if name == "cifar10":
+        return load_cifar10(root, split, seed)  # type: ignore[arg-type]
+    if name == "imagefolder":
+        return load_imagefolder(root, split, image_size, seed)  # type: ignore[arg-type]
+    raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")

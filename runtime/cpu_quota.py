@@ -1,0 +1,79 @@
+"""Device profiles: a device made really slower than the server by a CPU quota, not a multiplier.
+
+A profile is a share of one CPU. :func:`limit_cpu` moves the calling process (every thread of it:
+ONNX Runtime's too) into a cgroup of its own whose CPU bandwidth is that share: cgroup v2's
+``cpu.max`` or v1's ``cpu.cfs_quota_us``, as the machine has. It needs write access to the cgroup
+file system (root, as on these machines); elsewhere it fails with an error that says so. In
+containers the same profile is the service's CPU limit (``cpus:`` in compose, a CPU limit in
+Kubernetes), which the device then does not set itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PERIOD_US = 100_000
+# profile name -> share of one CPU (None: no limit)
+PROFILES: dict[str, float | None] = {
+    "none": None,  # the machine's own speed
+    "phone": 0.5,  # half a core
+    "camera": 0.1,  # a tenth of a core: the edge camera of the demo, compose and benchmarks
+}
+
+
+class QuotaError(ValueError):
+    """The CPU quota could not be set; the message says why and what to do instead."""
+
+
+def profile_share(name: str) -> float | None:
+    """The CPU share of a named profile; raises ``ValueError`` naming the profiles."""
+    if name not in PROFILES:
+        raise ValueError(f"device profile must be one of {sorted(PROFILES)}, got {name!r}")
+    return PROFILES[name]
+
+
+def limit_cpu(share: float, name: str = "device") -> Path:
+    """Limits this process to ``share`` of one CPU (0 < share <= 64) in a cgroup of its own.
+
+    Returns the cgroup's folder. Raises :class:`QuotaError` when the cgroup file system is not
+    writable here.
+    """
+    if not 0.0 < share <= 64.0:
+        raise ValueError(f"CPU share must be in (0, 64] CPUs, got {share}")
+    quota = max(1000, int(share * PERIOD_US))
+    v2 = (CGROUP_ROOT / "cgroup.controllers").is_file()
+    base = CGROUP_ROOT if v2 else CGROUP_ROOT / "cpu"
+    if not (base / "cgroup.procs").is_file():
+        raise QuotaError(f"no cgroup CPU controller at {base}; run without a device profile")
+    _remove_stale(base)
+    group = base / f"semlink-{name}-{os.getpid()}"
+    try:
+        group.mkdir(exist_ok=True)
+        if v2:
+            (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError as exc:
+        raise QuotaError(
+            f"cannot set a CPU quota in {base} ({exc.strerror or exc}): a device profile needs "
+            "write access to the cgroup file system (root); in a container, give the service a "
+            "CPU limit instead (compose: cpus) and run the device without --device-profile"
+        ) from None
+    log.info("CPU quota: %.2f of one CPU (%d/%d us, %s)", share, quota, PERIOD_US, group)
+    return group
+
+
+def _remove_stale(base: Path) -> None:
+    """Removes semlink cgroups whose processes are gone (an empty cgroup is just a folder)."""
+    for group in base.glob("semlink-*"):
+        with contextlib.suppress(OSError):
+            if not (group / "cgroup.procs").read_text().strip():
+                group.rmdir()
