@@ -1,7 +1,7 @@
 """``digits-scene``: camera-like frames on which token selection, JSCC and offloading have
 something to win (issue: a workload where offloading pays).
 
-Each 112x112 RGB frame (8x8 = 64 patch tokens of 14x14 pixels) is a random crop of a real
+Each 128x128 RGB frame (8x8 = 64 patch tokens of 16x16 pixels) is a random crop of a real
 photograph (the ones scikit-image and scikit-learn ship: nothing is downloaded), flipped and
 colour-jittered, with one handwritten digit from scikit-learn's set rendered on it in a colour
 that contrasts with the background under it, at a random scale and position, among 4-8
@@ -25,8 +25,8 @@ from PIL import Image
 
 from semlink.models.data import SPLITS, Dataset, split_indices
 
-SCENE_SIZE = 112
-SCENE_PATCH = 14  # 8 x 8 = 64 patch tokens
+SCENE_SIZE = 128
+SCENE_PATCH = 16  # 8 x 8 = 64 patch tokens (a power of two: the ViT's conv stem needs one)
 # held-out photographs: test backgrounds only (a mix of colour scenes and grey textures)
 TEST_PHOTOS = ("chelsea.png", "rocket.jpg", "gravel.png", "camera.png", "sklearn:flower.jpg")
 TRAIN_PHOTOS = (
@@ -49,19 +49,19 @@ TRAIN_PHOTOS = (
 )
 # per-channel statistics of training frames (seed 0, 2,048 frames; `semlink data stats` prints
 # them): inputs are (pixel - mean) / std
-SCENE_MEAN = (0.5088, 0.4453, 0.4179)
-SCENE_STD = (0.2588, 0.2475, 0.2539)
+SCENE_MEAN = (0.5069, 0.4472, 0.4205)
+SCENE_STD = (0.2596, 0.2485, 0.2545)
 PLACEMENTS = 8  # validation and test frames per source digit
 
 
 @dataclass(frozen=True)
 class SceneRecipe:
-    """What makes a frame: sizes in pixels of the 112x112 frame."""
+    """What makes a frame: sizes in pixels of the 128x128 frame."""
 
     size: int = SCENE_SIZE
-    digit_px: tuple[int, int] = (36, 56)  # rendered digit side
+    digit_px: tuple[int, int] = (40, 64)  # rendered digit side
     distractors: tuple[int, int] = (4, 8)
-    fragment_px: tuple[int, int] = (14, 28)  # rendered fragment side
+    fragment_px: tuple[int, int] = (16, 32)  # rendered fragment side
     min_contrast: float = 0.45  # luminance gap between the digit's colour and the background
 
 

@@ -11,6 +11,7 @@ from semlink.models.scene import (
     SCENE_MEAN,
     TEST_PHOTOS,
     TRAIN_PHOTOS,
+    SceneDataset,
     compose,
     load_digits_scene,
     nearest_neighbour_accuracy,
@@ -22,7 +23,7 @@ def test_frames_are_deterministic_rgb_with_64_tokens():
     a = load_digits_scene("val", seed=3, placements=1)
     b = load_digits_scene("val", seed=3, placements=1)
     np.testing.assert_array_equal(a.images, b.images)
-    assert a.images.shape[1:] == (3, 112, 112) and a.images.dtype == np.float32
+    assert a.images.shape[1:] == (3, 128, 128) and a.images.dtype == np.float32
     assert a.masks is not None and a.masks.any(axis=(1, 2)).all()  # every frame shows its digit
     assert set(np.unique(a.labels)) == set(range(10))
 
@@ -36,10 +37,19 @@ def test_test_backgrounds_are_never_training_backgrounds():
 def test_splits_hold_their_own_digits_and_train_epochs_are_fresh():
     idx = split_indices(1797, 0)
     assert not set(idx["train"]) & set(idx["test"])
-    train = load_digits_scene("train", placements=1)
-    e1, e2 = train.epoch(1), train.epoch(2)
-    assert e1.shape == train.images.shape and not np.array_equal(e1, e2)
-    np.testing.assert_array_equal(e1, train.epoch(1))  # seeded
+    val = load_digits_scene("val", placements=1)
+    small = SceneDataset(  # a training split of 16 digits: epochs redraw every frame
+        "digits-scene",
+        "train",
+        val.images[:16],
+        val.labels[:16],
+        10,
+        sources=val.sources[:16],
+        pool=val.pool,
+    )
+    e1, e2 = small.epoch(1), small.epoch(2)
+    assert e1.shape == (16, 3, 128, 128) and not np.array_equal(e1, e2)
+    np.testing.assert_array_equal(e1, small.epoch(1))  # seeded
 
 
 @pytest.mark.slow
