@@ -198,7 +198,8 @@ class DeviceService:
             TensorError: the image has the wrong shape or non-finite values.
             ParameterError: a parameter is out of range.
         """
-        t0 = time.perf_counter() if started is None else started
+        entered = time.perf_counter()
+        t0 = entered if started is None else started  # the deadline counts from here
         params = self.request_params(raw_params)
         image = check_image(image, self.model.image_shape)
         distance, warning = self.input_distance(image)
@@ -206,8 +207,8 @@ class DeviceService:
         deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
         channel = self.monitor.current
         decision: Decision = self.controller.decide(params, channel)
-        # Stretches run inline: a sub-millisecond ONNX call costs less than a thread hop, and
-        # a device serves its own camera, not hundreds of concurrent clients.
+        # Stretches run on the device's worker thread (:meth:`run`): the event loop stays free
+        # for health probes and other requests, at a thread hop's cost per stretch.
         stretch, prev_conf, trail = None, None, []
         action = "offload" if decision.offload else "exit"
         for k in range(self.pipeline.num_stretches):
@@ -235,7 +236,9 @@ class DeviceService:
         offload = await self.run(
             self.pipeline.offload, stretch, decision.budget, decision.rate, wire
         )
-        timing = {"device_head_ms": (time.perf_counter() - t0) * 1000.0}
+        timing = {"device_head_ms": (time.perf_counter() - entered) * 1000.0}
+        if started is not None:  # reading and decoding the upload
+            timing["decode_ms"] = (entered - started) * 1000.0
         request = build_request(
             self.model.name,
             self.model.version,
@@ -248,7 +251,7 @@ class DeviceService:
         reply: dict[str, Any] = {}
         if action == "offload":
             logits, reason, reply = await self._offload(
-                request, deadline_ms, timing["device_head_ms"], timing
+                request, deadline_ms, (time.perf_counter() - t0) * 1000.0, timing
             )
         if logits is not None and not np.isfinite(logits).all():
             logits, reason = None, "the server answered non-finite logits"
