@@ -26,6 +26,7 @@ from semlink.models.exit_traces import (
     area_under_curve,
     early_exit_curve,
 )
+from semlink.models.stats import pm
 
 CURVE_TAUS = np.concatenate([np.linspace(0.0, 0.9, 19), 1.0 - np.logspace(-1.3, -4, 12), [1.01]])
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
@@ -178,11 +179,13 @@ def format_table(result: dict[str, Any]) -> str:
         f"{full / 1e6:.2f} MFLOPs/image; exits after blocks {result['exit_blocks']}, "
         f"device holds exits {result['device_exits']}",
         "",
-        f"{'regime':<12} {'final acc':>9} {'AUC':>7}  exit accuracies",
+        f"{'regime':<12} {'final acc %':>11} {'AUC':>7}  exit accuracies "
+        "(± half the 95 % interval of the final one)",
     ]
+    n = result["n_test"]
     for name, r in result["regimes"].items():
         accs = " ".join(f"{a * 100:5.1f}" for a in r["exit_accuracy"])
-        lines.append(f"{name:<12} {r['final_accuracy'] * 100:8.1f}% {r['auc'] * 100:6.2f}  {accs}")
+        lines.append(f"{name:<12} {pm(r['final_accuracy'], n):>11} {r['auc'] * 100:6.2f}  {accs}")
     if "recursive_vs_plain" in result:
         lines += ["", f"{result['default']}, equal compute (MFLOPs)   recursive   plain"]
         for row in result["recursive_vs_plain"]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from semlink.models.data import Dataset
+from semlink.models.stats import pm
 from semlink.models.vit import SelectorViT, num_kept
 
 BUDGETS = (0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
@@ -103,13 +104,14 @@ def onnx_latency(
 
 def format_table(result: dict[str, Any]) -> str:
     """A fixed-width table: one row per budget, one column per method."""
-    acc = result["accuracy"]
+    acc, n = result["accuracy"], result["n_test"]
     lines = [
-        f"{result['dataset']} {result['split']} split, n={result['n_test']}, tokens physically removed",
-        f"{'alpha':>6} {'k':>3} " + " ".join(f"{m:>10}" for m in METHODS),
+        f"{result['dataset']} {result['split']} split, n={n}, tokens physically removed; "
+        "accuracy % ± half the 95 % (Wilson) interval",
+        f"{'alpha':>6} {'k':>3} " + " ".join(f"{m:>12}" for m in METHODS),
     ]
     for key, k in result["kept_tokens"].items():
-        lines.append(f"{key:>6} {k:>3} " + " ".join(f"{100 * acc[m][key]:>9.1f}%" for m in METHODS))
+        lines.append(f"{key:>6} {k:>3} " + " ".join(f"{pm(acc[m][key], n):>12}" for m in METHODS))
     return "\n".join(lines)
 
 

@@ -331,6 +331,7 @@ def _data_stats(args: argparse.Namespace) -> int:
     """``semlink data stats``: the properties that make digits-scene the workload it is."""
     from semlink.bench import write_figures
     from semlink.models.scene import stats
+    from semlink.models.stats import wilson
 
     result = stats(args.split, args.seed, args.limit)
     n = result["n"]
@@ -355,15 +356,6 @@ def _data_stats(args: argparse.Namespace) -> int:
     )
     write_figures(args.json, result)
     return 0
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion ``p`` observed on ``n`` samples."""
-    if n == 0:
-        return 0.0, 1.0
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _zoo(args: argparse.Namespace) -> int:
