@@ -61,6 +61,8 @@ class DemoConfig:
     out: str = "runs/demo"
     """Folder for the summary JSON and the timeline PNG."""
     seed: int = 0
+    device_profile: Literal["none", "phone", "camera"] = "none"
+    """Run the device under a CPU quota (phone: half a core, camera: a tenth; needs root)."""
     hold: bool = False
     """Keep server, link and device running after the summary (to browse the dashboard) until
     Ctrl-C."""
@@ -111,6 +113,8 @@ def run_demo(cfg: DemoConfig) -> int:
             ),
             device_args=(
                 "--dashboard",
+                "--device-profile",
+                cfg.device_profile,
                 "--budget",
                 str(cfg.budget),
                 "--controller",
@@ -215,6 +219,7 @@ def summarize(
         "requests": len(rows),
         "model": model,
         "controller": cfg.controller,
+        "device_profile": cfg.device_profile,
         "accuracy": float(np.mean([r["correct"] for r in rows])),
         "mean_bytes_per_request": float(np.mean([r["bytes"] for r in rows])),
         "mean_tokens_sent": float(np.mean([r["tokens"] for r in rows])),
@@ -252,6 +257,14 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
     if s["avg_channel_uses"] is not None:
         budget = f" (budget {s['channel_budget']:g})" if s["channel_budget"] is not None else ""
         print(f"  channel uses      {s['avg_channel_uses']:.4f} per pixel on average{budget}")
+    share = {
+        "none": "this machine's full speed",
+        "phone": "0.5 of a core",
+        "camera": "0.1 of a core",
+    }
+    print(
+        f"  device profile    {s['device_profile']} ({share[s['device_profile']]}, a real CPU quota)"
+    )
     print(f"  written           {out / 'summary.json'}, {out / 'timeline.png'}")
 
 
