@@ -41,14 +41,21 @@ def normalisation(dataset: str) -> dict[str, object]:
 
 
 def load_dataset(
-    name: str, split: str, *, root: str | None = None, seed: int = 0, image_size: int = 64
+    name: str,
+    split: str,
+    *,
+    root: str | None = None,
+    seed: int = 0,
+    image_size: int = 64,
+    placements: int | None = None,
 ) -> Dataset:
     """One split of the dataset ``name`` (:data:`DATASETS`); ``root`` is required for the
-    on-disk ones, ``image_size`` resizes ImageFolder trees."""
+    on-disk ones, ``image_size`` resizes ImageFolder trees, ``placements`` sets digits-scene's
+    frames per source digit (training: fresh ones every epoch)."""
     if name in ("digits-canvas", "digits-shifted"):
         return load_digits_canvas(split, seed, shifted=name == "digits-shifted")
     if name == "digits-scene":
-        return load_digits_scene(split, seed)
+        return load_digits_scene(split, seed, placements)
     if name in ("cifar10", "imagefolder") and root is None:
         raise ValueError(f"dataset {name!r} is read from local disk: pass --data-root PATH")
     if name == "cifar10":

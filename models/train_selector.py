@@ -68,6 +68,10 @@ class TrainSelectorConfig:
     label_smoothing: float = 0.1
     augment: bool = True
     """digits-canvas: random rotation and scale of each training digit (see Dataset.epoch)."""
+    train_placements: int = 1
+    """digits-scene: fresh frames of each training digit per epoch (8: about 10k an epoch)."""
+    curriculum_epochs: int = 0
+    """digits-scene: epochs from big, uncluttered digits to the full recipe (0: none)."""
     alpha_low: float = 0.05
     alpha_high: float = 1.0
     w_kd: float = 1.0
@@ -123,8 +127,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.train = load_dataset(
-            cfg.dataset, "train", root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
+            cfg.dataset,
+            "train",
+            root=cfg.data_root,
+            seed=cfg.seed,
+            image_size=cfg.image_size,
+            placements=cfg.train_placements,
         )
+        if hasattr(self.train, "curriculum_epochs"):  # digits-scene
+            self.train.curriculum_epochs = cfg.curriculum_epochs
         self.val = load_dataset(
             cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
         )

@@ -8,10 +8,12 @@ import pytest
 from semlink.models.data import split_indices
 from semlink.models.datasets import load_dataset, normalisation
 from semlink.models.scene import (
+    EASY_RECIPE,
     SCENE_MEAN,
     TEST_PHOTOS,
     TRAIN_PHOTOS,
     SceneDataset,
+    SceneRecipe,
     compose,
     load_digits_scene,
     nearest_neighbour_accuracy,
@@ -70,3 +72,23 @@ def test_a_digit_among_clutter_is_not_found_by_its_pixels():
     assert nearest_neighbour_accuracy(train.images, train.labels, val.images, val.labels) < 0.3
     frames, masks = compose(train.sources[:20], train.pool, photographs("train"), rng)
     assert frames.min() >= 0.0 and frames.max() <= 1.0 and masks.mean() < 0.25
+
+
+def test_the_curriculum_goes_from_easy_to_the_full_recipe():
+    full = SceneRecipe()
+    val = load_digits_scene("val", placements=1)
+    small = SceneDataset(
+        "digits-scene",
+        "train",
+        val.images[:8],
+        val.labels[:8],
+        10,
+        sources=val.sources[:8],
+        pool=val.pool,
+        curriculum_epochs=4,
+    )
+    assert small.recipe_at(0) == EASY_RECIPE and small.recipe_at(4) == full
+    mid = small.recipe_at(2)
+    assert full.digit_px[0] < mid.digit_px[0] < EASY_RECIPE.digit_px[0]
+    assert mid.distractors[1] <= full.distractors[1]
+    assert small.epoch(0).shape == (8, 3, 128, 128)
