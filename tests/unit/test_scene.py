@@ -21,6 +21,21 @@ from semlink.models.scene import (
 )
 
 
+def small_train(n: int, **kw) -> SceneDataset:
+    """A training split of ``n`` held-out digits, small enough to redraw in a test."""
+    val = load_digits_scene("val", placements=1)
+    return SceneDataset(
+        "digits-scene",
+        "train",
+        val.images[:n],
+        val.labels[:n],
+        10,
+        sources=val.sources[:n],
+        pool=val.pool,
+        **kw,
+    )
+
+
 def test_frames_are_deterministic_rgb_with_64_tokens():
     a = load_digits_scene("val", seed=3, placements=1)
     b = load_digits_scene("val", seed=3, placements=1)
