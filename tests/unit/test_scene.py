@@ -54,16 +54,7 @@ def test_test_backgrounds_are_never_training_backgrounds():
 def test_splits_hold_their_own_digits_and_train_epochs_are_fresh():
     idx = split_indices(1797, 0)
     assert not set(idx["train"]) & set(idx["test"])
-    val = load_digits_scene("val", placements=1)
-    small = SceneDataset(  # a training split of 16 digits: epochs redraw every frame
-        "digits-scene",
-        "train",
-        val.images[:16],
-        val.labels[:16],
-        10,
-        sources=val.sources[:16],
-        pool=val.pool,
-    )
+    small = small_train(16)  # a training split of 16 digits: epochs redraw every frame
     e1, e2 = small.epoch(1), small.epoch(2)
     assert e1.shape == (16, 3, 128, 128) and not np.array_equal(e1, e2)
     np.testing.assert_array_equal(e1, small.epoch(1))  # seeded
@@ -91,17 +82,7 @@ def test_a_digit_among_clutter_is_not_found_by_its_pixels():
 
 def test_the_curriculum_goes_from_easy_to_the_full_recipe():
     full = SceneRecipe()
-    val = load_digits_scene("val", placements=1)
-    small = SceneDataset(
-        "digits-scene",
-        "train",
-        val.images[:8],
-        val.labels[:8],
-        10,
-        sources=val.sources[:8],
-        pool=val.pool,
-        curriculum_epochs=4,
-    )
+    small = small_train(8, curriculum_epochs=4)
     assert small.recipe_at(0) == EASY_RECIPE and small.recipe_at(4) == full
     mid = small.recipe_at(2)
     assert full.digit_px[0] < mid.digit_px[0] < EASY_RECIPE.digit_px[0]
