@@ -1,8 +1,8 @@
-"""The device's gRPC client to the edge server (through the link emulator)."""
+"""The device's gRPC client of one edge server replica (directly, through the link emulator, or
+through the link emulator as an HTTP CONNECT proxy)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -11,12 +11,34 @@ from typing import Any
 import grpc
 import numpy as np
 
-from semlink.device.background import Background
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol import params as P
 from semlink.protocol.codec import datatype_of, from_bytes, param_value, set_param, to_bytes
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """The load a server reported: requests in it and its recent compute time per request."""
+
+    queue_depth: int
+    service_ms: float
+
+
+def load_from(metadata: Any) -> ServerLoad | None:
+    """The load in a call's trailing metadata, ``None`` when absent or malformed (a server that
+    does not report it, e.g. another OIP server)."""
+    values = dict(metadata or ())
+    try:
+        depth = int(values[P.QUEUE_DEPTH_KEY])
+        service = float(values[P.SERVICE_MS_KEY])
+    except (KeyError, ValueError, TypeError):
+        return None
+    if depth < 0 or not 0.0 <= service < 1e7:
+        return None
+    return ServerLoad(depth, service)
 
 
 @dataclass
@@ -28,6 +50,7 @@ class ServerReply:
     request_bytes: int  # serialised ModelInferRequest
     payload_bytes: int  # raw tensor bytes in it
     round_trip_ms: float
+    load: ServerLoad | None = None  # the server's load as it answered
 
 
 def build_request(
@@ -56,9 +79,11 @@ class ServerClient:
         max_message_bytes: int = 8 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
         server_name: str | None = None,
+        proxy: str | None = None,
     ) -> None:
         """A channel to ``address``: TLS with ``credentials`` (verifying ``server_name`` when
-        given instead of the address's host), plaintext without."""
+        given instead of the address's host), plaintext without; through the HTTP CONNECT proxy
+        ``proxy`` (HOST:PORT, the link emulator) when given."""
         self.address = address
         options: list[tuple[str, str | int]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -68,6 +93,10 @@ class ServerClient:
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
+        if proxy:
+            options.append(("grpc.http_proxy", f"http://{proxy}"))
+        else:  # an http_proxy variable in the environment must not reroute the offloads
+            options.append(("grpc.enable_http_proxy", 0))
         self.channel = (
             grpc.aio.secure_channel(address, credentials, options=options)
             if credentials is not None
@@ -81,15 +110,22 @@ class ServerClient:
 
     async def ready(self, timeout: float = 1.0) -> bool:
         """Whether the server answers ``ServerReady`` with ready within ``timeout`` seconds."""
+        return (await self.probe(timeout))[0]
+
+    async def probe(self, timeout: float = 1.0) -> tuple[bool, ServerLoad | None]:
+        """``ServerReady`` within ``timeout`` seconds: ready or not, and the load it reported."""
         try:
-            return (await self.stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout)).ready
+            call = self.stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout)
+            ready = (await call).ready
+            return ready, load_from(await call.trailing_metadata())
         except grpc.aio.AioRpcError:
-            return False
+            return False, None
 
     async def infer(self, request: pb.ModelInferRequest, timeout_s: float) -> ServerReply:
         """Sends one request; raises ``grpc.aio.AioRpcError`` on failure or deadline."""
         t0 = time.perf_counter()
-        resp = await self.stub.ModelInfer(request, timeout=timeout_s)
+        call = self.stub.ModelInfer(request, timeout=timeout_s)
+        resp = await call
         rtt = (time.perf_counter() - t0) * 1000.0
         if len(resp.outputs) != 1 or len(resp.raw_output_contents) != 1:
             raise ValueError("server answered without exactly one raw 'logits' output")
@@ -107,36 +143,5 @@ class ServerClient:
             request.ByteSize(),
             sum(len(r) for r in request.raw_input_contents),
             rtt,
+            load_from(await call.trailing_metadata()),
         )
-
-
-class ServerWatch(Background):
-    """Asks the server ``ServerReady`` every ``period_s`` and logs when it stops or starts
-    answering, so a device pointed at the wrong address says so at once. What it knows is in
-    ``state`` (``unknown`` until the first answer): the device's health probe reports it, the
-    offloads themselves never wait on it."""
-
-    def __init__(self, client: ServerClient, period_s: float = 5.0) -> None:
-        self.client, self.period_s = client, period_s
-        self.state = "unknown"
-
-    async def check(self) -> str:
-        """Probes the server once; logs a change of state. Returns ``reachable`` or ``unreachable``."""
-        reachable = await self.client.ready(timeout=min(self.period_s, 2.0))
-        state = "reachable" if reachable else "unreachable"
-        if state != self.state:
-            if reachable:
-                log.info("server %s answers: offloading", self.client.address)
-            else:
-                log.warning(
-                    "server %s is unreachable or not ready: answering on the device (degraded) "
-                    "until it answers; check --server / SEMLINK_DEVICE_SERVER, the link and TLS",
-                    self.client.address,
-                )
-        self.state = state
-        return state
-
-    async def _poll(self) -> None:
-        while True:
-            await self.check()
-            await asyncio.sleep(self.period_s)

@@ -101,8 +101,9 @@ class Dashboard:
         return {
             "model": {"name": service.model.name, "version": service.model.version},
             "uptime_s": self.clock() - self.start,
-            "server": service.watch.state,
-            "breaker": service.breaker.state,
+            "server": service.replicas.state,
+            "breaker": service.replicas.breaker_state(),
+            "replicas": service.replicas.snapshot(),
             "channel": channel.as_dict(),
             "controller": {"name": service.controller.name, **service.controller.state()},
             "counts": dict(service.counts),

@@ -36,6 +36,8 @@ def answer_parameters(a: Answer) -> dict[str, Any]:
         out["exit_index"] = a.exits[-1]["exit"]
         out["exit_confidences"] = ",".join(f"{e['confidence']:.4f}" for e in a.exits)
         out["exit_actions"] = ",".join(e["action"] for e in a.exits)
+    for k, v in (a.server or {}).items():  # the replica tried last, its expected delay, tries
+        out[f"server_{k}"] = v
     for group in ("channel", "controller", "timing_ms"):
         for k, v in getattr(a, group).items():
             out[f"{group}.{k}" if group != "timing_ms" else k] = v
@@ -69,8 +71,15 @@ def create_app(service: DeviceService) -> FastAPI:
     async def ready() -> dict:
         # The model is loaded before the app starts, and a lost server degrades answers, never
         # blocks them: the device is ready either way and says whether it can offload.
-        """Readiness, and whether the server is reachable for offloads."""
-        return {"ready": True, "server": service.watch.state}
+        """Readiness, whether some server replica is reachable for offloads, and how many
+        replicas are known and ready."""
+        replicas = service.replicas.replicas.values()
+        return {
+            "ready": True,
+            "server": service.replicas.state,
+            "replicas": len(replicas),
+            "replicas_ready": sum(1 for r in replicas if r.ready),
+        }
 
     @app.get("/v2")
     async def metadata() -> dict:

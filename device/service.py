@@ -4,13 +4,16 @@ activations as the controller says.
 
 Every request gets exactly one answer. When the server or the link fails, or the deadline would
 pass, the device answers from its local best (the tail it also holds; for an early-exit network,
-the exit it reached) and marks the answer ``degraded`` with the reason. A circuit breaker keeps a
-dead server from costing a timeout per request.
+the exit it reached) and marks the answer ``degraded`` with the reason. With several server
+replicas each request goes to the one expected to answer soonest, and to another when its first
+choice is down (:mod:`semlink.device.replicas`); a circuit breaker per replica keeps a dead
+server from costing a timeout per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -25,10 +28,11 @@ import numpy as np
 
 from semlink.device.breaker import CircuitBreaker
 from semlink.device.channel_state import ChannelMonitor
-from semlink.device.client import ServerClient, ServerWatch, build_request
+from semlink.device.client import ServerClient, build_request
 from semlink.device.controller import Controller, Decision, ExitState, make_controller
 from semlink.device.dashboard import Dashboard
 from semlink.device.metrics import DeviceMetrics
+from semlink.device.replicas import ReplicaSet, parse_targets
 from semlink.device.settings import DeviceSettings
 from semlink.protocol import params as P
 from semlink.protocol.codec import TensorError
@@ -43,7 +47,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SAFETY_MS = 15.0  # keep this much of the deadline for the local fallback and the reply
-RETRIES = 1  # extra tries of an offload that found no live server (UNAVAILABLE)
+RETRIES = 1  # extra tries of an offload that found no live server, beyond one per other replica
+MAX_TRIES = 3  # at most this many replicas tried for one request
 RETRY_BACKOFF_S = 0.025  # the pause before retry k is uniform in [0, 25 ms * 2^k]
 MIN_TRY_S = 0.05  # retry only if at least this much of the deadline is left after the pause
 # failures that say the server (or the link) is down or drowning, and count towards the breaker
@@ -52,6 +57,8 @@ BREAKER_CODES = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 )
+# failures after which the request goes to another replica: the server did no work on it
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 @dataclass
@@ -77,6 +84,8 @@ class Answer:
     channel: dict[str, Any]
     controller: dict[str, Any]
     timing_ms: dict[str, float] = field(default_factory=dict)
+    # the replica that answered (or was tried last), its expected delay when chosen, and tries
+    server: dict[str, Any] | None = None
     # early-exit networks: each device exit reached, its confidence and the controller's action
     exits: list[dict[str, Any]] | None = None
     # how far the input is from the training data (manifest's input_check), and a warning when
@@ -110,25 +119,39 @@ class DeviceService:
             credentials = security.channel_credentials(
                 settings.tls_ca, settings.tls_cert, settings.tls_key
             )
-        self.client = ServerClient(
-            settings.server, credentials=credentials, server_name=settings.tls_server_name
+
+        def make_client(address: str, resolved_from: str | None) -> ServerClient:
+            """A channel to one replica, verifying the name it was resolved from (TLS)."""
+            return ServerClient(
+                address,
+                credentials=credentials,
+                server_name=settings.tls_server_name or resolved_from,
+                proxy=settings.proxy,
+            )
+
+        self.replicas = ReplicaSet(
+            parse_targets(settings.server),
+            make_client,
+            lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+            policy=settings.balance,
+            probe_s=settings.server_probe_s,
+            resolve_s=settings.resolve_s,
         )
         self.counts = {"requests": 0, "offloaded": 0, "degraded": 0}
-        self.watch = ServerWatch(self.client, settings.server_probe_s)
-        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.metrics = DeviceMetrics(self.model.name)
         self.dashboard = Dashboard(int(round(self.model.manifest.num_patches**0.5)))
 
     async def start(self) -> None:
-        """Starts the channel monitor and the server probe."""
+        """Resolves the server names, then starts the channel monitor and the replicas' probe."""
+        with contextlib.suppress(Exception):  # a name that does not resolve yet: the loop retries
+            await self.replicas.resolve()
         self.monitor.start()
-        self.watch.start()
+        self.replicas.start()
 
     async def close(self) -> None:
-        """Stops the background tasks and closes the server channel."""
+        """Stops the background tasks and closes the server channels."""
         await self.monitor.stop()
-        await self.watch.stop()
-        await self.client.close()
+        await self.replicas.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -249,9 +272,10 @@ class DeviceService:
         logits: np.ndarray | None = None
         reason: str | None = None
         reply: dict[str, Any] = {}
+        route: dict[str, Any] = {}
         if action == "offload":
             logits, reason, reply = await self._offload(
-                request, deadline_ms, (time.perf_counter() - t0) * 1000.0, timing
+                request, deadline_ms, (time.perf_counter() - t0) * 1000.0, timing, route
             )
         if logits is not None and not np.isfinite(logits).all():
             logits, reason = None, "the server answered non-finite logits"
@@ -301,6 +325,7 @@ class DeviceService:
             channel=channel.as_dict(),
             controller={"name": self.controller.name, **self.controller.state()},
             timing_ms=timing,
+            server=route or None,
             exits=trail or None,
             input_distance=distance,
             warning=warning,
@@ -314,54 +339,68 @@ class DeviceService:
         deadline_ms: float,
         elapsed_ms: float,
         timing: dict[str, float],
+        route: dict[str, Any],
     ) -> tuple[np.ndarray | None, str | None, dict[str, Any]]:
-        """Sends one request within what is left of the deadline. Returns the server's logits
-        (``None`` on failure), the failure's reason, and the reply's parameters."""
+        """Sends one request within what is left of the deadline, to the replica expected to
+        answer soonest, and to the next one while replicas are down and time is left. Returns
+        the server's logits (``None`` on failure), the failure's reason, and the reply's
+        parameters; ``route`` gets the replica, its expected delay and the tries."""
         remaining_s = (deadline_ms - elapsed_ms - SAFETY_MS) / 1000.0
         if remaining_s <= 0:
             return None, f"deadline of {deadline_ms:g} ms leaves no time to offload", {}
-        if not self.breaker.allow():
-            return (
-                None,
-                f"circuit open after {self.breaker.failures} failed offloads; "
-                f"next try in {self.breaker.retry_in_s():.1f} s",
-                {},
-            )
         started = time.perf_counter()
-        for attempt in range(1 + RETRIES):
+        tried: list[str] = []
+        max_tries = min(MAX_TRIES, len(self.replicas.replicas) + RETRIES)
+        reason = "no server replica is known yet"
+        while len(tried) < max(max_tries, 1):
+            chosen = self.replicas.choose(exclude=tried)
+            if chosen is None:
+                if not tried and self.replicas.replicas:
+                    reason = (
+                        f"circuit open on every server replica after failed offloads; "
+                        f"next try in {self.replicas.retry_in_s():.1f} s"
+                    )
+                break
+            replica, expected = chosen
+            first_here = replica.address not in tried  # a breaker counts requests, not tries
+            tried.append(replica.address)
+            route.update(replica=replica.address, expected_ms=round(expected, 3), tries=len(tried))
             left_s = remaining_s - (time.perf_counter() - started)
             try:
-                reply = await self.client.infer(request, left_s)
-                break
+                reply = await replica.infer(request, left_s)
             except grpc.aio.AioRpcError as exc:
-                # UNAVAILABLE: the request never reached a live server (or its connection broke);
-                # inference is idempotent, so one more try after a jittered pause is safe
-                pause_s = random.uniform(0, RETRY_BACKOFF_S * 2**attempt)
+                reason = f"server {exc.code().name}: {exc.details()}"
+                if exc.code() not in BREAKER_CODES:  # the server answered: it is alive
+                    replica.breaker.success()
+                elif first_here:
+                    replica.breaker.failure()
+                # UNAVAILABLE: the request never reached a live server (or its connection
+                # broke); RESOURCE_EXHAUSTED: refused before any work. Inference is idempotent,
+                # so another try (another replica first) after a jittered pause is safe; a
+                # timed-out request is not resent: the server may still be computing it
+                pause_s = random.uniform(0, RETRY_BACKOFF_S * 2 ** (len(tried) - 1))
+                left_s = remaining_s - (time.perf_counter() - started)
+                another = len(set(tried)) < len(self.replicas.replicas)
                 if (
-                    exc.code() == grpc.StatusCode.UNAVAILABLE
-                    and attempt < RETRIES
+                    exc.code() in RETRY_CODES
+                    and (another or exc.code() == grpc.StatusCode.UNAVAILABLE)
                     and left_s - pause_s > MIN_TRY_S
                 ):
                     await asyncio.sleep(pause_s)
                     continue
-                reason = f"server {exc.code().name}: {exc.details()}"
-                if exc.code() in BREAKER_CODES:
-                    self.breaker.failure()
-                else:  # the server answered: it is alive
-                    self.breaker.success()
-                log.warning(
-                    "request %s: offload failed (%s); answering locally", request.id, reason
-                )
-                return None, reason, {}
+                break
             except ValueError as exc:
-                self.breaker.success()
+                replica.breaker.success()
                 return None, f"bad server answer: {exc}", {}
-        self.breaker.success()
-        server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
-            reply.parameters.get("server_compute_ms", 0.0)
-        )
-        timing.update(server_ms=server_ms, network_ms=max(reply.round_trip_ms - server_ms, 0.0))
-        return reply.logits, None, reply.parameters
+            replica.breaker.success()
+            server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
+                reply.parameters.get("server_compute_ms", 0.0)
+            )
+            timing.update(server_ms=server_ms, network_ms=max(reply.round_trip_ms - server_ms, 0.0))
+            return reply.logits, None, reply.parameters
+        if tried:
+            log.warning("request %s: offload failed (%s); answering locally", request.id, reason)
+        return None, reason, {}
 
     def _finish(
         self, answer: Answer, image: np.ndarray, params: dict[str, Any], timing: dict[str, float]

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from semlink.device.replicas import Target, parse_targets
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
 
@@ -17,7 +18,23 @@ class DeviceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEMLINK_DEVICE_", protected_namespaces=())
 
     server: str = Field(
-        "127.0.0.1:8001", description="server (or link emulator) gRPC address HOST:PORT"
+        "127.0.0.1:8001",
+        description="server (or link emulator) gRPC address HOST:PORT; several replicas as a "
+        "comma-separated list or a name that resolves to several addresses (re-resolved every "
+        "resolve_s)",
+    )
+    proxy: str | None = Field(
+        None,
+        description="HOST:PORT of the link emulator to reach the servers through (HTTP "
+        "CONNECT): one shaped uplink to every replica",
+    )
+    balance: Literal["expected-delay", "round-robin"] = Field(
+        "expected-delay",
+        description="which replica gets a request: least expected network + queueing delay, "
+        "or round robin",
+    )
+    resolve_s: float = Field(
+        2.0, gt=0.0, le=3600.0, description="seconds between DNS lookups of the server names"
     )
     link_state_url: str | None = Field(
         None, description="link emulator state endpoint, e.g. http://127.0.0.1:9002/state"
@@ -65,7 +82,11 @@ class DeviceSettings(BaseSettings):
     )
     state_poll_ms: float = Field(200.0, gt=0.0)
     server_probe_s: float = Field(
-        5.0, gt=0.0, le=3600.0, description="seconds between ServerReady probes (health, logs)"
+        1.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds between ServerReady probes of every replica (readiness, load, "
+        "network time)",
     )
 
     device_profile: Literal["none", "phone", "camera"] = Field(
@@ -122,7 +143,12 @@ class DeviceSettings(BaseSettings):
     @field_validator("server")
     @classmethod
     def _addr(cls, v: str) -> str:
-        host, _, port = v.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"server must be HOST:PORT, got {v!r}")
+        parse_targets(v)
+        return v
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        if v is not None:
+            Target.parse(v)
         return v

@@ -25,7 +25,11 @@ class LinkSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEMLINK_LINK_")
 
     listen: str = Field("127.0.0.1:9001", description="HOST:PORT devices connect to")
-    upstream: str = Field("127.0.0.1:8001", description="HOST:PORT of the server's gRPC")
+    upstream: str = Field(
+        "127.0.0.1:8001",
+        description="HOST:PORT of the server's gRPC; several, comma-separated, for replicas a "
+        "device reaches by CONNECT (a name may resolve to several); the first takes the rest",
+    )
     uplink: str | None = Field(None, description="Mahimahi trace towards the server")
     downlink: str | None = Field(None, description="Mahimahi trace towards the device")
     rate: str = Field("10mbit", description="constant rate where no trace is given")
@@ -103,7 +107,7 @@ async def serve(settings: LinkSettings) -> None:
     downlink = schedule_from(settings.downlink, settings.rate)
     snr = SnrProcess(settings.snr_db, settings.snr_trace)
     link = LinkEmulator(
-        split_address(upstream),
+        [split_address(a.strip()) for a in upstream.split(",") if a.strip()],
         Direction("uplink", uplink, delay_ms, queue_bytes),
         Direction("downlink", downlink, delay_ms, queue_bytes),
         snr,

@@ -9,6 +9,13 @@ The queue is bounded in bytes. A TCP proxy cannot drop bytes from the middle of 
 corrupting it, so "drop-tail" is realised the way TCP itself experiences it: when the queue is
 full the proxy stops reading, the kernel's flow control pushes back, and the sender waits.
 
+A device that talks to several server replicas reaches all of them through the one link (its
+uplink is one radio): it sends an HTTP ``CONNECT host:port`` first (gRPC's ``grpc.http_proxy``
+channel argument), and the emulator forwards that connection to the replica it names, if the
+replica is one of its upstreams (a name, or an address that name resolves to now): it is not an
+open proxy. A connection that does not start with ``CONNECT`` goes to the first upstream. The
+CONNECT exchange itself (about 100 B each way) is not shaped.
+
 The emulator reports its state (capacity and measured throughput over the last window, queued
 bytes, RTT estimate, SNR) on ``GET /state`` of a small HTTP endpoint: the device's channel-state
 feedback.
@@ -22,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 TICK_S = 0.001
+MAX_CONNECT_HEADER = 4096  # bytes of a CONNECT request before its blank line; longer is refused
+CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -191,12 +201,20 @@ class SnrProcess:
 
 
 class LinkEmulator:
-    """Accepts on ``listen`` and forwards each connection to ``upstream`` through two Directions."""
+    """Accepts on ``listen`` and forwards each connection through two Directions to the first of
+    ``upstreams``, or to the upstream its ``CONNECT`` request names."""
 
     def __init__(
-        self, upstream: tuple[str, int], uplink: Direction, downlink: Direction, snr: SnrProcess
+        self,
+        upstreams: tuple[str, int] | list[tuple[str, int]],
+        uplink: Direction,
+        downlink: Direction,
+        snr: SnrProcess,
     ) -> None:
-        self.upstream = upstream
+        self.upstreams = [upstreams] if isinstance(upstreams, tuple) else list(upstreams)
+        if not self.upstreams:
+            raise ValueError("the link needs at least one upstream")
+        self.upstream = self.upstreams[0]
         self.uplink = uplink
         self.downlink = downlink
         self.snr = snr
@@ -227,24 +245,91 @@ class LinkEmulator:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def allowed(self, host: str, port: int) -> bool:
+        """Whether ``host:port`` is one of the upstreams: the same name, or an address one of
+        their names resolves to now (replicas come and go behind one name)."""
+        if (host, port) in self.upstreams:
+            return True
+        loop = asyncio.get_running_loop()
+        for name, up_port in self.upstreams:
+            if up_port != port:
+                continue
+            with contextlib.suppress(OSError):
+                infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+                if any(info[4][0] == host for info in infos):
+                    return True
+        return False
+
+    async def _target(
+        self, cid: int, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> tuple[tuple[str, int] | None, bytes, bool]:
+        """Where this connection goes, the bytes already read that belong to it, and whether it
+        came by ``CONNECT`` (then it is answered 200 once connected): the upstream a ``CONNECT``
+        names, else the first upstream; ``None`` when the connection is refused or closed."""
+        try:
+            first = await asyncio.wait_for(client_r.read(READ_CHUNK), CONNECT_TIMEOUT_S)
+        except (TimeoutError, ConnectionError, OSError):
+            return self.upstream, b"", False  # a client that waits for the server to speak
+        if not first.startswith(b"CONNECT "):
+            return self.upstream, first, False
+        head = first
+        while b"\r\n\r\n" not in head and len(head) <= MAX_CONNECT_HEADER:
+            try:
+                more = await asyncio.wait_for(client_r.read(READ_CHUNK), CONNECT_TIMEOUT_S)
+            except (TimeoutError, ConnectionError, OSError):
+                more = b""
+            if not more:
+                return None, b"", True
+            head += more
+        line, _, rest = head.partition(b"\r\n")
+        _, _, after = rest.partition(b"\r\n\r\n")
+        parts = line.decode("latin-1").split()
+        reason = ""
+        target: tuple[str, int] | None = None
+        if len(head) > MAX_CONNECT_HEADER and b"\r\n\r\n" not in head:
+            reason = "CONNECT request too long"
+        elif len(parts) != 3 or not parts[1].rpartition(":")[2].isdigit():
+            reason = "malformed CONNECT request"
+        else:
+            host, _, port = parts[1].rpartition(":")
+            target = (host.strip("[]"), int(port))
+            if not await self.allowed(*target):
+                reason = f"{parts[1]} is not an upstream of this link"
+        if reason:
+            log.warning("connection %d refused: %s", cid, quote(reason))
+            client_w.write(f"HTTP/1.1 403 Forbidden\r\n\r\n{reason}\n".encode())
+            with contextlib.suppress(Exception):
+                await client_w.drain()
+            return None, b"", True
+        return target, after, True
+
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         cid = next(self._ids)
+        target, pending, via_connect = await self._target(cid, client_r, client_w)
+        if target is None:
+            client_w.close()
+            return
         try:
-            up_r, up_w = await asyncio.open_connection(*self.upstream)
+            up_r, up_w = await asyncio.open_connection(*target)
         except OSError as exc:
             log.warning(
                 "connection %d: upstream %s:%d unreachable (%s); closing client",
                 cid,
-                *self.upstream,
+                *target,
                 exc,
             )
+            if via_connect:
+                client_w.write(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
             client_w.close()
             return
+        if via_connect:
+            client_w.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         self.connections += 1
         self.active += 1
         to_up, to_client = _Conn(up_w), _Conn(client_w)
+        on_chunk = self._request_logger(cid)
         tasks = [
-            self._spawn(self._pump(client_r, self.uplink, to_up, self._request_logger(cid))),
+            self._spawn(self._pump(client_r, self.uplink, to_up, on_chunk, pending)),
             self._spawn(_deliver(to_up)),
             self._spawn(self._pump(up_r, self.downlink, to_client)),
             self._spawn(_deliver(to_client)),
@@ -294,8 +379,13 @@ class LinkEmulator:
         direction: Direction,
         conn: _Conn,
         on_chunk: Callable[[bytes], None] | None = None,
+        first: bytes = b"",
     ) -> None:
         try:
+            if first:
+                if on_chunk is not None:
+                    on_chunk(first)
+                await direction.enqueue(conn, first)
             while chunk := await reader.read(READ_CHUNK):
                 if on_chunk is not None:
                     on_chunk(chunk)

@@ -20,6 +20,12 @@ CHANNEL = "channel"  # awgn | rayleigh | none: the channel the receiver simulate
 CHANNELS = ("awgn", "rayleigh", "none")
 LABEL = "label"  # the true class, when the client knows it: the device's dashboard counts accuracy
 
+# The server's load, in the trailing metadata of ServerReady and ModelInfer (and as headers of
+# HTTP /v2/health/ready): how devices pick the replica that will answer soonest. OIP clients
+# ignore them.
+QUEUE_DEPTH_KEY = "semlink-queue-depth"  # requests in the server now (queued or running)
+SERVICE_MS_KEY = "semlink-service-ms"  # recent compute time per request, ms (EWMA)
+
 
 class ParameterError(ValueError):
     """A request parameter out of range or of the wrong type; the message names the fix."""

@@ -144,6 +144,11 @@ BENCHMARKS = {
         "ReliabilityBenchConfig",
         "load, faults, fuzzing and access control",
     ),
+    "replicas": (
+        "replicas",
+        "ReplicasBenchConfig",
+        "several servers: expected-delay choice vs round robin, a replica killed and added",
+    ),
 }
 
 

@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,31 @@ from semlink.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+# weight of the newest request in the service-time average the server reports to devices
+SERVICE_EWMA = 0.2
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the server tells devices about its load, so each can pick the replica that will
+    answer soonest: requests in the server now, and its recent service time per request.
+
+    Exported in the ``semlink-queue-depth`` / ``semlink-service-ms`` gRPC trailing metadata of
+    ``ServerReady`` and ``ModelInfer`` (an OIP client ignores them), in the same HTTP headers of
+    ``/v2/health/ready``, and as the Prometheus gauges ``semlink_server_queue_depth`` and
+    ``semlink_server_service_seconds`` (what an autoscaler reads).
+    """
+
+    queue_depth: int
+    service_ms: float  # EWMA of queue-free time per request (the batch's compute), 0 before any
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The load as (key, value) metadata pairs."""
+        return [
+            (P.QUEUE_DEPTH_KEY, str(self.queue_depth)),
+            (P.SERVICE_MS_KEY, f"{self.service_ms:.3f}"),
+        ]
+
 
 class InferenceCore:
     """The models, their pipelines and batchers, and the one inference path of both fronts."""
@@ -42,7 +68,14 @@ class InferenceCore:
         self.executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ort")
         self.ready = False
         self.in_flight = 0
+        self.service_ms = 0.0
         self.metrics = ServerMetrics()
+        self.metrics.queue_depth.set_function(lambda: self.in_flight)
+        self.metrics.service.set_function(lambda: self.service_ms / 1000.0)
+
+    def load_report(self) -> Load:
+        """The server's load now (see :class:`Load`)."""
+        return Load(self.in_flight, self.service_ms)
 
     async def load(self) -> None:
         """Scans the repository; opens every version's server graphs, one batcher each."""
@@ -136,6 +169,12 @@ class InferenceCore:
             )
         queue_ms = 1000.0 * max(r[1] for r in results)
         total_ms = 1000.0 * (time.perf_counter() - started)
+        compute_ms = max(total_ms - queue_ms, 0.0)
+        self.service_ms = (
+            compute_ms
+            if self.service_ms == 0.0
+            else (1 - SERVICE_EWMA) * self.service_ms + SERVICE_EWMA * compute_ms
+        )
         self.metrics.requests.labels(mv.name, "ok").inc()
         self.metrics.latency.labels(mv.name).observe(total_ms / 1000.0)
         if work.tokens:
@@ -161,7 +200,7 @@ class InferenceCore:
         )
         reply = {
             "server_queue_ms": queue_ms,
-            "server_compute_ms": max(total_ms - queue_ms, 0.0),
+            "server_compute_ms": compute_ms,
             **work.reply,
         }
         return mv, {"logits": logits}, reply

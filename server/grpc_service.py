@@ -44,7 +44,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        """OIP readiness: every model loaded."""
+        """OIP readiness: every model loaded; the trailing metadata carries the server's load."""
+        context.set_trailing_metadata(self.core.load_report().headers())
         return pb.ServerReadyResponse(ready=self.core.ready)
 
     async def ServerMetadata(
@@ -120,6 +121,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(to_bytes(arr))
         for k, v in extra.items():
             set_param(response.parameters, k, v)
+        context.set_trailing_metadata(self.core.load_report().headers())
         return response
 
     async def _guard(self, context: grpc.aio.ServicerContext, model: str, fn, *args: Any) -> Any:  # type: ignore[no-untyped-def]
@@ -137,7 +139,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
                 message = "internal server error (logged on the server)"
         self.core.metrics.requests.labels(model_label(model, self.core.models), kind.label).inc()
-        await context.abort(kind.grpc, message)
+        await context.abort(
+            kind.grpc, message, trailing_metadata=tuple(self.core.load_report().headers())
+        )
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, Any]]:

@@ -32,10 +32,15 @@ def create_app(core: InferenceCore) -> FastAPI:
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        """Readiness: 503 with ``Retry-After`` until every model is loaded."""
+        """Readiness: 503 with ``Retry-After`` until every model is loaded; the
+        ``semlink-queue-depth`` / ``semlink-service-ms`` headers carry the server's load."""
         if not core.ready:
             return http_errors.error(503, "models are loading", RETRY_AFTER)
-        return Response('{"ready": true}', media_type="application/json")
+        return Response(
+            '{"ready": true}',
+            media_type="application/json",
+            headers=dict(core.load_report().headers()),
+        )
 
     @app.get("/v2")
     async def metadata() -> dict:

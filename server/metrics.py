@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from semlink.runtime.metrics import LATENCY_BUCKETS
 
@@ -33,5 +33,15 @@ class ServerMetrics:
             "Requests per tail call",
             ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "semlink_server_queue_depth",
+            "Inference requests in the server now (queued or running): the autoscaling signal",
+            registry=r,
+        )
+        self.service = Gauge(
+            "semlink_server_service_seconds",
+            "Recent compute time per request (EWMA), queueing excluded",
             registry=r,
         )

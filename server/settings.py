@@ -40,6 +40,13 @@ class ServerSettings(BaseSettings):
         description="HTTP requests in flight per client address (0 = no limit); 429 above",
     )
     threads: int = Field(2, ge=1, le=64, description="ONNX Runtime worker threads")
+    cpu_quota: float | None = Field(
+        None,
+        gt=0.0,
+        le=64.0,
+        description="run under a CPU quota of this many cores (cgroups, root): a weaker replica "
+        "for tests and capacity benchmarks",
+    )
     drain_seconds: float = Field(
         10.0, ge=0.0, description="grace period for in-flight requests on shutdown"
     )

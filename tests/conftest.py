@@ -116,6 +116,7 @@ SLOW_MODULES = {
     "test_fuzz_endpoints.py",
     "test_early_exit_serving.py",
     "test_install.py",
+    "test_replica_churn.py",
 }
 
 

@@ -64,6 +64,7 @@ class Outcome:
     answered_s: float = 0.0
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
+    replica: str = ""  # the server replica that answered, if one did
 
 
 async def ask(
@@ -93,6 +94,8 @@ async def ask(
             if p.get("request_id") != rid:
                 out.status = -1  # an answer to somebody else's request
             out.degraded, out.exit = bool(p["degraded"]), p["exit"]
+            if out.exit == "server":
+                out.replica = str(p.get("server_replica", ""))
         return out
 
 

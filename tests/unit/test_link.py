@@ -70,3 +70,60 @@ def test_link_follows_a_trace():
 def test_link_adds_the_one_way_delay():
     m = asyncio.run(measure(ConstantSchedule(1e7), 0.5, delay_ms=80.0))
     assert 75.0 <= m["first_byte_ms"] <= 200.0
+
+
+def test_connect_reaches_an_allowed_upstream_and_an_open_proxy_is_refused():
+    """A device reaches each replica through its one link by HTTP CONNECT; the link forwards only
+    to its upstreams (by name, or an address the name resolves to), and plain connections still
+    go to the first upstream."""
+    from semlink.link.shaper import Direction, LinkEmulator, SnrProcess
+
+    async def run() -> tuple[bytes, bytes, bytes, bytes]:
+        async def echo(tag: bytes):
+            async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                w.write(tag + await r.readexactly(5))
+                await w.drain()
+                w.close()
+
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            return server, server.sockets[0].getsockname()[1]
+
+        (a, pa), (b, pb) = await echo(b"A:"), await echo(b"B:")
+        fast = ConstantSchedule(1e8)
+        link = LinkEmulator(
+            [("127.0.0.1", pa), ("localhost", pb)],
+            Direction("uplink", fast, 0.0, 100_000),
+            Direction("downlink", fast, 0.0, 100_000),
+            SnrProcess(),
+        )
+        server, port = await link.start("127.0.0.1", 0)
+
+        async def dial(first: bytes, then: bytes = b"") -> bytes:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(first)
+            await w.drain()
+            if then:
+                head = await r.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                w.write(then)
+            data = await asyncio.wait_for(r.read(), 5)
+            w.close()
+            return data
+
+        plain = await dial(b"hello")
+        # "localhost" is an upstream name: its address is allowed by what the name resolves to
+        by_address = await dial(f"CONNECT 127.0.0.1:{pb} HTTP/1.1\r\n\r\n".encode(), b"howdy")
+        by_name = await dial(
+            f"CONNECT localhost:{pb} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), b"hi!!!"
+        )
+        refused = await dial(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+        server.close()
+        await link.close()
+        a.close()
+        b.close()
+        return plain, by_address, by_name, refused
+
+    plain, by_address, by_name, refused = asyncio.run(run())
+    assert plain == b"A:hello"
+    assert by_address == b"B:howdy" and by_name == b"B:hi!!!"
+    assert refused.startswith(b"HTTP/1.1 403") and b"not an upstream" in refused
