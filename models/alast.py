@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from semlink.models import distributed
 from semlink.models.checkpoint import load_selector_vit
 from semlink.models.datasets import load_dataset
 from semlink.models.train_split import Finetuning, accuracy, batches
@@ -138,6 +139,7 @@ class Trainer:
             logits = self.alast.forward(images, trainable)
         loss = F.cross_entropy(logits, labels)
         loss.backward()
+        distributed.current().average_gradients(self.model.parameters())
         self.opt.step()  # AdamW skips parameters without a gradient
         return float(loss.detach())
 
@@ -179,18 +181,26 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root, seed=cfg.seed)
     test = load_dataset(cfg.dataset, "test", root=cfg.data_root, seed=cfg.seed)
     trainer = Trainer(cfg, model)
+    dist = distributed.current()  # data-parallel under torchrun, else one process
+    dist.sync_parameters(model)
     rng = np.random.default_rng(cfg.seed)
     before = accuracy(model, test)
     epoch_s = []
     name = "ALaST" if cfg.alast else "full"
-    for epoch in tqdm(range(cfg.epochs), desc=f"fine-tune ({name})", disable=not cfg.progress):
+    bar = tqdm(
+        range(cfg.epochs),
+        desc=f"fine-tune ({name})",
+        disable=not cfg.progress or not dist.is_main,
+    )
+    for epoch in bar:
         model.train()
         t0 = time.perf_counter()
         for images, labels in batches(
             train.epoch(epoch), train.labels, cfg.batch_size, rng, cfg.max_steps
         ):
-            trainer.step(images, labels)
+            trainer.step(*dist.shard(images, labels))  # this rank's slice of the global batch
         epoch_s.append(time.perf_counter() - t0)
+    dist.average_buffers(model)
     acc = accuracy(model, test)
     model.train()
     probe = list(batches(train.epoch(cfg.epochs), train.labels, cfg.batch_size, rng, 4))

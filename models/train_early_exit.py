@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semlink.models import checkpoint
+from semlink.models import checkpoint, distributed
 from semlink.models.data import Dataset
 from semlink.models.datasets import load_dataset
 from semlink.models.early_exit import EarlyExitConfig, EarlyExitNet, config_dict, config_from_dict
@@ -130,6 +130,8 @@ class Trainer:
         cfg.model.num_classes = self.train.num_classes
         cfg.model.__post_init__()
         self.model = EarlyExitNet(cfg.model)
+        self.dist = distributed.current()  # data-parallel under torchrun, else one process
+        self.dist.sync_parameters(self.model)
         self.metrics: dict = {"history": [], "regime": cfg.regime}
         self.backbone_state: dict | None = None
 
@@ -204,7 +206,13 @@ class Trainer:
             opt = self._optimizer(params, base_lr)
             total = epochs * steps
             warmup = min(5 * steps, total // 10 + 1)
-            for epoch in tqdm(range(epochs), desc=f"{cfg.regime}: {phase}", unit="epoch"):
+            bar = tqdm(
+                range(epochs),
+                desc=f"{cfg.regime}: {phase}",
+                unit="epoch",
+                disable=None if self.dist.is_main else True,
+            )
+            for epoch in bar:
                 self.model.train()
                 if phase == "heads":
                     self.model.backbone.eval()
@@ -216,14 +224,19 @@ class Trainer:
                     for g in opt.param_groups:
                         g["lr"] = cosine_lr(epoch * steps + i, total, base_lr, warmup)
                     idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                    loss = self._loss(
-                        phase, torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
+                    x, y = self.dist.shard(  # this rank's slice of the global batch
+                        torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
                     )
+                    loss = self._loss(phase, x, y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    self.dist.average_gradients(params)
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                     opt.step()
                     losses.append(loss.item())
+                self.dist.average_buffers(self.model)
+                total_loss, count = self.dist.all_sum([sum(losses), len(losses)])
+                losses = [total_loss / max(count, 1)]  # the mean over every rank's steps
                 val = exit_accuracies(self.model, self.val)
                 self.metrics["history"].append(
                     {
@@ -244,6 +257,8 @@ class Trainer:
         self.metrics["train_seconds"] = elapsed
         self.metrics["val"] = exit_accuracies(self.model, self.val)
         self.metrics["epochs"] = cfg.epochs
+        if not self.dist.is_main:  # one writer
+            return self.metrics
         checkpoint.save(
             self.out,
             kind="early-exit",

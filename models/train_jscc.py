@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semlink.models import checkpoint, semcom
+from semlink.models import checkpoint, distributed, semcom
 from semlink.models.datasets import load_dataset
 from semlink.models.jscc import JSCCConfig, symbols_kept
 from semlink.models.selector import distillation_loss, hard_keep_mask, sample_budgets
@@ -92,6 +92,8 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
     for p in teacher.parameters():
         p.requires_grad_(False)
     model.freeze_device()
+    dist = distributed.current()  # data-parallel under torchrun, else one process
+    dist.sync_parameters(model)
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root, seed=cfg.seed)
     val = load_dataset(cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -119,6 +121,7 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
         unit="epoch",
         initial=start_epoch,
         total=cfg.epochs,
+        disable=None if dist.is_main else True,
     )
     for epoch in bar:
         model.train()
@@ -133,7 +136,7 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x, y = torch.from_numpy(images[idx]), torch.from_numpy(train.labels[idx])
+            x, y = dist.shard(torch.from_numpy(images[idx]), torch.from_numpy(train.labels[idx]))
             b = len(y)
             alpha = sample_budgets(b, cfg.alpha_low, 1.0, gen)
             with torch.no_grad():
@@ -151,9 +154,13 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
             loss = F.cross_entropy(logits, y) + cfg.w_kd * kd + cfg.w_rec * rec
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(loss.item())
+        dist.average_buffers(model)
+        total_loss, count = dist.all_sum([sum(losses), len(losses)])
+        losses = [total_loss / max(count, 1)]  # the mean over every rank's steps
         val_points = (
             VAL_POINTS
             if cfg.fixed_rate is None
@@ -175,6 +182,8 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
             best, best_state = score, copy.deepcopy(model.state_dict())
         metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
+        if not dist.is_main:  # one writer
+            continue
         semcom.save(
             out,
             model,

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semlink.models import checkpoint
+from semlink.models import checkpoint, distributed
 from semlink.models.data import Dataset
 from semlink.models.datasets import load_dataset
 from semlink.models.selector import budget_loss, distillation_loss, hard_keep_mask, sample_budgets
@@ -147,6 +147,8 @@ class Trainer:
         )
         cfg.model.__post_init__()
         self.model = SelectorViT(cfg.model)
+        self.dist = distributed.current()  # data-parallel under torchrun, else one process
+        self.dist.sync_parameters(self.model)
         self.teacher: SelectorViT | None = None
         self.phase, self.epoch = "backbone", 0
         self.metrics: dict = {"history": []}
@@ -170,6 +172,8 @@ class Trainer:
     # --- resume ----------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
+        if not self.dist.is_main:  # one writer
+            return
         checkpoint.save(
             path,
             config=asdict(self.cfg.model),
@@ -261,6 +265,7 @@ class Trainer:
                 unit="epoch",
                 initial=self.epoch,
                 total=epochs,
+                disable=None if self.dist.is_main else True,
             )
             for epoch in bar:
                 self.model.train()
@@ -277,8 +282,9 @@ class Trainer:
                             step, total, base_lr, warmup=min(5 * steps_per_epoch, total // 10 + 1)
                         )
                     idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                    x = torch.from_numpy(images[idx])
-                    y = torch.from_numpy(labels[idx])
+                    x, y = self.dist.shard(  # this rank's slice of the global batch
+                        torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
+                    )
                     loss = (
                         self._backbone_loss(x, y)
                         if name == "backbone"
@@ -286,10 +292,14 @@ class Trainer:
                     )
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    self.dist.average_gradients(self.model.parameters())
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
                     self.opt.step()
                     losses.append(loss.item())
                 self.epoch = epoch + 1
+                self.dist.average_buffers(self.model)
+                total_loss, count = self.dist.all_sum([sum(losses), len(losses)])
+                losses = [total_loss / max(count, 1)]  # the mean over every rank's steps
                 val = self._validate()
                 score = float(np.mean(list(val.values())))
                 self.metrics["history"].append(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from semlink.models import distributed
 from semlink.models.checkpoint import load_selector_vit
 from semlink.models.data import Dataset
 from semlink.models.datasets import load_dataset
@@ -99,10 +100,16 @@ def train_split(cfg: SplitConfig) -> dict[str, Any]:
     server_params += [vit.server_cls_token, *vit.norm.parameters(), *vit.head.parameters()]
     opts = [torch.optim.AdamW(ps, lr=cfg.lr) for ps in (device_params, server_params)]
     rng = np.random.default_rng(cfg.seed)
+    dist = distributed.current()  # data-parallel under torchrun, else one process
+    dist.sync_parameters(model)
     start = accuracy(model, test)
     t0 = time.perf_counter()
     history = []
-    bar = tqdm(range(cfg.epochs), desc=f"split {cfg.method} ξ={cfg.xi:g}", disable=not cfg.progress)
+    bar = tqdm(
+        range(cfg.epochs),
+        desc=f"split {cfg.method} ξ={cfg.xi:g}",
+        disable=not cfg.progress or not dist.is_main,
+    )
     for epoch in bar:
         model.train()
         losses = []
@@ -111,11 +118,18 @@ def train_split(cfg: SplitConfig) -> dict[str, Any]:
         ):
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
+            images, labels = dist.shard(images, labels)  # this rank's slice of the global batch
             loss, _ = boundary.step(model, images, labels, train.num_classes)
+            dist.average_gradients(model.parameters())
             for opt in opts:
                 opt.step()
             losses.append(float(loss))
-        history.append({"epoch": epoch, "loss": float(np.mean(losses))})
+        total_loss, count = dist.all_sum([sum(losses), len(losses)])
+        history.append({"epoch": epoch, "loss": total_loss / max(count, 1)})
+    dist.average_buffers(model)
+    # every rank's messages crossed the boundary: the bytes of the whole run
+    up, down = dist.all_sum([boundary.bytes_up, boundary.bytes_down])
+    boundary.bytes_up, boundary.bytes_down = int(up), int(down)
     return {
         **{k: v for k, v in asdict(cfg).items() if k != "progress"},
         "accuracy": accuracy(model, test),

@@ -674,11 +674,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _under_torchrun(args: argparse.Namespace) -> int:
+    """A training command as one of ``torchrun``'s processes: rank 0 prints, logs and writes
+    (checkpoints, figures); the others train their slice quietly. The RL policy trains on rank
+    0 alone (PPO here is one process; the others end at once)."""
+    from semlink.models import distributed
+
+    if not distributed.quiet_unless_main():
+        if args.func is _train_policy:
+            log.warning(
+                "train policy runs on rank 0 only; rank %d ends", distributed.rank_from_env()
+            )
+            return 0
+        if getattr(args, "json", None):
+            args.json = None
+    result = int(args.func(args) or 0)
+    if args.func is not _train_policy:
+        distributed.current().barrier()  # nobody leaves before rank 0 has written
+    return result
+
+
+TRAIN_COMMANDS = ("selector", "early-exit", "split", "finetune", "policy", "jscc")
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     try:
+        if (
+            args.command == "train"
+            and args.what in TRAIN_COMMANDS
+            and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        ):
+            return _under_torchrun(args)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

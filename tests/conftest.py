@@ -117,6 +117,7 @@ SLOW_MODULES = {
     "test_early_exit_serving.py",
     "test_install.py",
     "test_replica_churn.py",
+    "test_torchrun.py",
 }
 
 
