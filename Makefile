@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # the serving layers (torch-free, type-checked) and everything ruff reads
 SERVING := device server protocol runtime link
-SOURCES := semlink models $(SERVING) tests
+SOURCES := semlink models $(SERVING) tests deploy
 
 .PHONY: demo test check lint install
 
