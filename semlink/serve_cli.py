@@ -144,6 +144,11 @@ BENCHMARKS = {
         "ReliabilityBenchConfig",
         "load, faults, fuzzing and access control",
     ),
+    "capacity": (
+        "capacity",
+        "CapacityBenchConfig",
+        "service time per pipeline, devices per server, the formula against real replicas",
+    ),
     "replicas": (
         "replicas",
         "ReplicasBenchConfig",

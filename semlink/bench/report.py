@@ -41,6 +41,14 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
         ("split", "--epochs", "2", "--finetune-epochs", "4"),
         "ADC split learning vs baselines; ALaST vs full fine-tuning (short schedules)",
     ),
+    "replicas": (
+        ("replicas",),
+        "several servers: expected-delay choice vs round robin; a replica killed and added",
+    ),
+    "capacity": (
+        ("capacity",),
+        "service time per pipeline, devices per server, the formula against real replicas",
+    ),
 }
 NO_OUT = {"link"}  # benchmarks without an --out folder
 

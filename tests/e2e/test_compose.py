@@ -39,16 +39,17 @@ class ComposeStack:
         self.ports = {
             name: free_port()
             for name in (
-                "SERVER_HTTP_PORT",
                 "DEVICE_A_PORT",
                 "DEVICE_B_PORT",
                 "LINK_A_STATE_PORT",
                 "LINK_B_STATE_PORT",
             )
         }
+        server_port = free_port()  # replicas take the ports from here up
         self.env = {
             **os.environ,
             **{k: str(v) for k, v in self.ports.items()},
+            "SERVER_HTTP_PORTS": f"{server_port}-{server_port + 9}",
             "SEMLINK_TAG": TAG,
             "SEMLINK_BASE_IMAGE": base_image,
         }
@@ -60,14 +61,16 @@ class ComposeStack:
     def url(self, port: str) -> str:
         return f"http://127.0.0.1:{self.ports[port]}"
 
-    def container(self, service: str) -> str:
-        return self("ps", "-q", service).stdout.strip()
+    def containers(self, service: str) -> list[str]:
+        return self("ps", "-q", service).stdout.split()
 
     def health(self, service: str) -> str:
-        out = sh(
-            "docker", "inspect", "--format", "{{.State.Health.Status}}", self.container(service)
-        )
-        return out.stdout.strip()
+        """The service's health: every replica's, ``healthy`` only if all are."""
+        states = {
+            sh("docker", "inspect", "--format", "{{.State.Health.Status}}", c).stdout.strip()
+            for c in self.containers(service)
+        }
+        return states.pop() if len(states) == 1 else ",".join(sorted(states))
 
     def wait_healthy(self, *services: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -256,3 +259,52 @@ def test_bad_configuration_exits_or_reports_unhealthy_with_a_clear_line(images, 
     finally:
         for c in containers:
             sh("docker", "rm", "--force", c, check=False)
+
+
+def test_scaled_servers_share_the_load_and_a_killed_replica_loses_nothing(stack, digits):
+    """`--scale server=3`: both devices reach every replica through their own link, spread
+    their requests over them, and a replica killed under load costs no request."""
+    import concurrent.futures as cf
+
+    stack("up", "--detach", "--no-build", "--scale", "server=3", timeout=300)
+    try:
+        stack.wait_healthy("server", timeout_s=180)
+        devices = [stack.url("DEVICE_A_PORT"), stack.url("DEVICE_B_PORT")]
+        deadline = time.monotonic() + 30
+        while not all(
+            httpx.get(f"{u}/v2/health/ready", timeout=5).json()["replicas_ready"] == 3
+            for u in devices
+        ):
+            assert time.monotonic() < deadline, "devices did not find the three replicas"
+            time.sleep(0.5)
+        victim = stack.containers("server")[0]
+
+        def one(i: int) -> dict:
+            url = devices[i % 2]
+            body, headers = build_infer_request(
+                {"image": digits.images[i % len(digits.images)][None]}, request_id=f"scale-{i}"
+            )
+            try:
+                resp = httpx.post(
+                    f"{url}/v2/models/digits-vit/infer", content=body, headers=headers, timeout=30
+                )
+            except httpx.HTTPError as exc:
+                return {"status": 0, "error": repr(exc)}
+            return {"status": resp.status_code, **resp.json().get("parameters", {})}
+
+        n = 240
+        with cf.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(one, i) for i in range(n)]
+            time.sleep(2.0)
+            sh("docker", "kill", victim)  # no drain: SIGKILL mid-stream
+            answers = [f.result() for f in futures]
+        lost = [a for a in answers if a["status"] != 200]
+        assert not lost, lost[:3]
+        replicas = {a["server_replica"] for a in answers if a.get("exit") == "server"}
+        assert len(replicas) >= 2, replicas
+        degraded = sum(bool(a.get("degraded")) for a in answers)
+        print(f"{n} requests over {len(replicas)} replicas, one killed: {degraded} degraded")
+        assert degraded <= n // 20
+    finally:
+        stack("up", "--detach", "--no-build", "--scale", "server=1", timeout=300)
+        stack.wait_healthy("server", timeout_s=180)
