@@ -57,6 +57,15 @@ BREAKER_CODES = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 )
+# the spans a semlink server reports in its reply's parameters (server/grpc_service.py)
+SERVER_SPANS = (
+    "server_decode_ms",
+    "server_admit_ms",
+    "server_queue_ms",
+    "server_hop_ms",
+    "server_ort_ms",
+    "server_handler_ms",
+)
 # failures after which the request goes to another replica: the server did no work on it
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -138,6 +147,7 @@ class DeviceService:
             resolve_s=settings.resolve_s,
         )
         self.counts = {"requests": 0, "offloaded": 0, "degraded": 0}
+        self._recent_stretch_s = float("inf")  # the first stretch runs on the worker thread
         self.metrics = DeviceMetrics(self.model.name)
         self.dashboard = Dashboard(int(round(self.model.manifest.num_patches**0.5)))
 
@@ -158,6 +168,18 @@ class DeviceService:
         """Runs CPU-bound ``fn(*args)`` on the device's worker thread, off the event loop, so
         health probes and other requests are answered meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _stretch(self, k: int, image: np.ndarray, budget: float, prev: Any) -> Any:
+        """Runs the model's stretch ``k``: inline on the event loop while stretches take under
+        ``inline_max_ms`` (a thread hop costs as much as a small head), else on the worker
+        thread, so that a slow device (a CPU quota, a big head) never stalls the HTTP front."""
+        t0 = time.perf_counter()
+        if self._recent_stretch_s <= self.settings.inline_max_ms / 1000.0:
+            out = self.pipeline.run_stretch(k, image, budget, prev)
+        else:
+            out = await self.run(self.pipeline.run_stretch, k, image, budget, prev)
+        self._recent_stretch_s = time.perf_counter() - t0
+        return out
 
     def request_params(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Validates the semlink parameters a client may set; keys semlink does not use are
@@ -225,17 +247,16 @@ class DeviceService:
         t0 = entered if started is None else started  # the deadline counts from here
         params = self.request_params(raw_params)
         image = check_image(image, self.model.image_shape)
-        distance, warning = self.input_distance(image)
         request_id = params.get(P.REQUEST_ID) or uuid.uuid4().hex
         deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
         channel = self.monitor.current
         decision: Decision = self.controller.decide(params, channel)
-        # Stretches run on the device's worker thread (:meth:`run`): the event loop stays free
-        # for health probes and other requests, at a thread hop's cost per stretch.
+        # Stretches run inline while they are quick, else on the device's worker thread
+        # (:meth:`_stretch`): the event loop stays free for health probes and other requests.
         stretch, prev_conf, trail = None, None, []
         action = "offload" if decision.offload else "exit"
         for k in range(self.pipeline.num_stretches):
-            stretch = await self.run(self.pipeline.run_stretch, k, image, decision.budget, stretch)
+            stretch = await self._stretch(k, image, decision.budget, stretch)
             if stretch.confidence is None:  # no exit here: the per-request decision stands
                 break
             state = ExitState(
@@ -252,14 +273,19 @@ class DeviceService:
                 break
             prev_conf = stretch.confidence
         assert stretch is not None
+        head_done = time.perf_counter()
         snr = params.get(P.SNR_DB, channel.snr_db)
         wire = WireOptions(
             self.settings.token_format, snr, params.get(P.CHANNEL, self.settings.channel)
         )
-        offload = await self.run(
-            self.pipeline.offload, stretch, decision.budget, decision.rate, wire
-        )
-        timing = {"device_head_ms": (time.perf_counter() - entered) * 1000.0}
+        # packing is numpy slicing and casting, no model: on the event loop, a thread hop saved
+        offload = self.pipeline.offload(stretch, decision.budget, decision.rate, wire)
+        packed = time.perf_counter()
+        timing = {
+            "device_head_ms": (packed - entered) * 1000.0,  # stretches and packing
+            "head_ms": (head_done - entered) * 1000.0,
+            "pack_ms": (packed - head_done) * 1000.0,
+        }
         if started is not None:  # reading and decoding the upload
             timing["decode_ms"] = (entered - started) * 1000.0
         request = build_request(
@@ -269,14 +295,22 @@ class DeviceService:
             offload.tensors,
             {**offload.params, P.REQUEST_ID: request_id},
         )
+        timing["serialise_ms"] = (time.perf_counter() - packed) * 1000.0
         logits: np.ndarray | None = None
         reason: str | None = None
         reply: dict[str, Any] = {}
         route: dict[str, Any] = {}
         if action == "offload":
-            logits, reason, reply = await self._offload(
-                request, deadline_ms, (time.perf_counter() - t0) * 1000.0, timing, route
+            sending = asyncio.ensure_future(
+                self._offload(
+                    request, deadline_ms, (time.perf_counter() - t0) * 1000.0, timing, route
+                )
             )
+            await asyncio.sleep(0)  # the request leaves; the input check runs while it travels
+            distance, warning = self.input_distance(image)
+            logits, reason, reply = await sending
+        else:
+            distance, warning = self.input_distance(image)
         if logits is not None and not np.isfinite(logits).all():
             logits, reason = None, "the server answered non-finite logits"
         offloaded = logits is not None
@@ -396,7 +430,14 @@ class DeviceService:
             server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
                 reply.parameters.get("server_compute_ms", 0.0)
             )
-            timing.update(server_ms=server_ms, network_ms=max(reply.round_trip_ms - server_ms, 0.0))
+            timing.update(
+                server_ms=server_ms,
+                network_ms=max(reply.round_trip_ms - server_ms, 0.0),
+                rpc_ms=reply.round_trip_ms,
+            )
+            for key in SERVER_SPANS:  # where the server's time went, as it reports it
+                if isinstance(reply.parameters.get(key), (int, float)):
+                    timing[key] = float(reply.parameters[key])
             return reply.logits, None, reply.parameters
         if tried:
             log.warning("request %s: offload failed (%s); answering locally", request.id, reason)

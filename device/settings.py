@@ -75,6 +75,13 @@ class DeviceSettings(BaseSettings):
     )
     lyapunov_v: float = Field(10.0, gt=0.0, description="lyapunov: accuracy weight V")
     lyapunov_mu: float = Field(100.0, gt=0.0, description="lyapunov: queue step mu")
+    inline_max_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=100.0,
+        description="run the model on the event loop while a stretch takes under this long "
+        "(saves a thread hop); slower ones run on the worker thread; 0 = never",
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest upload, in pixels")
     max_concurrent_per_client: int = Field(

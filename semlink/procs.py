@@ -22,6 +22,23 @@ import httpx
 STARTUP_TIMEOUT_S = 90.0
 
 
+@contextlib.contextmanager
+def pinned(cpus: set[int]):  # type: ignore[no-untyped-def]
+    """Runs the block with every thread of this process on the cores ``cpus`` (the load
+    generator off the server's cores), restoring each thread's cores after."""
+    before = {}
+    for tid in map(int, os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError):
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+    try:
+        yield
+    finally:
+        for tid, mask in before.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, mask)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
@@ -37,13 +54,15 @@ class Processes:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, *argv: str) -> None:
+    def start(self, name: str, *argv: str, cpus: set[int] | None = None) -> None:
+        """Starts ``semlink *argv`` as ``name``, on the CPU cores ``cpus`` only when given."""
         log = (self.log_dir / f"{name}.log").open("w")
         self.children[name] = subprocess.Popen(
             [sys.executable, "-m", "semlink.cli", *argv],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopping it stops its children
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
@@ -160,7 +179,7 @@ class Stack:
     def link_state(self) -> dict:
         return httpx.get(self.state_url, timeout=2.0).json()
 
-    def start_server(self, *extra: str) -> None:
+    def start_server(self, *extra: str, cpus: set[int] | None = None) -> None:
         repo = ["--model-repository", str(self.repository)] if self.repository else []
         self.procs.start(
             "server",
@@ -172,6 +191,7 @@ class Stack:
             str(self.ports["http"]),
             *self.security_args("server"),
             *extra,
+            cpus=cpus,
         )
         self.procs.wait_http("server", f"{self.server_url}/v2/health/ready")
 

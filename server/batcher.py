@@ -7,6 +7,13 @@ early-exit activations are batched, bounded and shed alike.
 Greedy by default: when the model is idle a request runs at once, together with whatever is
 already waiting (up to ``max_batch_size``); requests that arrive while a batch runs form the
 next one. So a lone request pays no batching delay, and under load batches grow by themselves.
+
+A lone request runs *inline* (on the event loop, without the queue, the batching task's wake-up
+and the hop to a worker thread, which on a small model cost as much as the model itself) when
+the batcher is idle, nothing waits, the previous request arrived at least two runs' time ago (so
+requests are not coming in faster than one model run: under load they queue and batch), and a
+recent run took under ``inline_max_ms`` (the event loop is busy for that long; a slower model
+always goes through the worker threads). ``inline_max_ms = 0`` turns inlining off.
 ``max_queue_delay_ms > 0`` additionally holds a batch open that long for more requests (Triton's
 knob), trading latency for larger batches. The queue is bounded: past ``max_queue`` waiting requests,
 :class:`QueueFull` is raised at once (load shedding) instead of growing memory.
@@ -39,6 +46,18 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+@dataclass(frozen=True)
+class Done:
+    """One sample's answer and where its time went, in seconds: waiting in the queue, the hop
+    to a worker thread, and the model's run of the batch it was in."""
+
+    logits: np.ndarray
+    queue_s: float
+    hop_s: float
+    run_s: float
+    batch_size: int
+
+
 @dataclass
 class BatchStats:
     """How many batches ran, how many requests they held, and how often each size occurred."""
@@ -60,6 +79,7 @@ class DynamicBatcher:
         max_queue_delay_ms: float = 0.0,
         max_queue: int = 1024,
         on_batch: Callable[[int], None] | None = None,
+        inline_max_ms: float = 0.0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -70,6 +90,11 @@ class DynamicBatcher:
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
         self.stats = BatchStats()
         self.on_batch = on_batch
+        self.inline_max_s = inline_max_ms / 1000.0
+        self._recent_run_s = float("inf")  # last batch's run time: inline only once known quick
+        self._busy = False  # a batch is running (on a worker, or inline)
+        self._stopped = False
+        self._last_arrival = -float("inf")
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -78,21 +103,33 @@ class DynamicBatcher:
 
     async def stop(self) -> None:
         """Stops the batching loop; waiting requests are cancelled with it."""
+        self._stopped = True  # nothing runs inline either
         if self._task is not None:
             self._task.cancel()
 
-    async def submit(self, sample: Sample) -> tuple[np.ndarray, float]:
+    async def submit(self, sample: Sample) -> Done:
         """Queues one sample for the next batch.
 
         Args:
             sample: the sample's feeds, as the pipeline's ``admit`` made them.
 
         Returns:
-            Its logits (classes,) and its wait in the queue, in seconds.
+            Its logits (classes,) and where its time went (:class:`Done`).
 
         Raises:
             QueueFull: ``max_queue`` samples are already waiting (at once, nothing queued).
         """
+        now = time.perf_counter()
+        gap, self._last_arrival = now - self._last_arrival, now
+        if (
+            not self._busy
+            and not self._stopped
+            and self.queue.empty()
+            and self.max_delay == 0.0
+            and self._recent_run_s <= self.inline_max_s
+            and gap >= 2 * self._recent_run_s
+        ):
+            return self._inline(sample)
         item = _Item(sample, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(item)
@@ -123,9 +160,10 @@ class DynamicBatcher:
             if not batch:
                 continue
             started = time.perf_counter()
+            self._busy = True
             try:
-                logits = await loop.run_in_executor(
-                    self.executor, self.run, [it.sample for it in batch]
+                logits, began, ran = await loop.run_in_executor(
+                    self.executor, self._timed, [it.sample for it in batch]
                 )
             except Exception as exc:  # the model failed: every waiter learns it, none hangs
                 log.exception("inference failed for a batch of %d", len(batch))
@@ -133,11 +171,36 @@ class DynamicBatcher:
                     if not it.future.done():
                         it.future.set_exception(exc)
                 continue
-            self.stats.batches += 1
-            self.stats.requests += len(batch)
-            self.stats.size_histogram[len(batch)] = self.stats.size_histogram.get(len(batch), 0) + 1
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
+            finally:
+                self._busy = False
+            self._recent_run_s = ran
+            self._count(len(batch))
             for i, it in enumerate(batch):
                 if not it.future.done():
-                    it.future.set_result((logits[i], started - it.enqueued))
+                    it.future.set_result(
+                        Done(logits[i], started - it.enqueued, began - started, ran, len(batch))
+                    )
+
+    def _inline(self, sample: Sample) -> Done:
+        """Runs a lone sample on the event loop (see the module's docstring)."""
+        self._busy = True
+        try:
+            logits, _, ran = self._timed([sample])
+        finally:
+            self._busy = False
+        self._recent_run_s = ran
+        self._count(1)
+        return Done(logits[0], 0.0, 0.0, ran, 1)
+
+    def _count(self, size: int) -> None:
+        self.stats.batches += 1
+        self.stats.requests += size
+        self.stats.size_histogram[size] = self.stats.size_histogram.get(size, 0) + 1
+        if self.on_batch is not None:
+            self.on_batch(size)
+
+    def _timed(self, samples: list[Sample]) -> tuple[np.ndarray, float, float]:
+        """Runs a batch on a worker thread: its logits, when the thread began, how long it ran."""
+        began = time.perf_counter()
+        logits = self.run(samples)
+        return logits, began, time.perf_counter() - began

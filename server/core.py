@@ -93,6 +93,7 @@ class InferenceCore:
                         max_batch_size=self.settings.max_batch_size,
                         max_queue_delay_ms=self.settings.max_queue_delay_ms,
                         max_queue=self.settings.max_queue,
+                        inline_max_ms=self.settings.inline_max_ms,
                         on_batch=self.metrics.batch.labels(name).observe,
                     )
                     batcher.start()
@@ -136,6 +137,7 @@ class InferenceCore:
         Raises:
             NotReady, ModelNotFound, TensorError, ParameterError, QueueFull: see the error table.
         """
+        entered = time.perf_counter()
         mv = self.model(name, version)
         for key in (P.BUDGET, P.RATE, P.SNR_DB):
             if parameters.get(key) is not None:
@@ -161,15 +163,21 @@ class InferenceCore:
             results = await asyncio.gather(*(batcher.submit(s) for s in work.samples))
         finally:
             self.in_flight -= 1
-        logits = np.stack([r[0] for r in results]).astype(np.float32)
+        logits = np.stack([r.logits for r in results]).astype(np.float32)
         if not np.isfinite(logits).all():  # an answer is never NaN: the input drove the model there
             raise TensorError(
                 "the model's output is not finite for this input; send values in the range the "
                 "device's head produces (see the model's metadata)"
             )
-        queue_ms = 1000.0 * max(r[1] for r in results)
+        queue_ms = 1000.0 * max(r.queue_s for r in results)
         total_ms = 1000.0 * (time.perf_counter() - started)
         compute_ms = max(total_ms - queue_ms, 0.0)
+        spans = {  # where the time went (the slowest sample's, for a multi-sample request)
+            "server_admit_ms": 1000.0 * (started - entered),
+            "server_hop_ms": 1000.0 * max(r.hop_s for r in results),
+            "server_ort_ms": 1000.0 * max(r.run_s for r in results),
+            "server_batch": max(r.batch_size for r in results),
+        }
         self.service_ms = (
             compute_ms
             if self.service_ms == 0.0
@@ -201,6 +209,7 @@ class InferenceCore:
         reply = {
             "server_queue_ms": queue_ms,
             "server_compute_ms": compute_ms,
+            **spans,
             **work.reply,
         }
         return mv, {"logits": logits}, reply

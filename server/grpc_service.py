@@ -4,6 +4,7 @@ status codes with a message naming the fix, never a traceback."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -101,8 +102,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        """OIP inference through the core; failures become status codes by the error table."""
+        """OIP inference through the core; failures become status codes by the error table.
+        The reply's parameters say where the server's time went (``server_decode_ms``,
+        ``server_admit_ms``, ``server_queue_ms``, ``server_hop_ms``, ``server_ort_ms``,
+        ``server_handler_ms``: receipt of the decoded message to the reply built)."""
+        entered = time.perf_counter()
         inputs = await self._guard(context, request.model_name, decode_inputs, request)
+        decoded = time.perf_counter()
         params = {k: param_value(v) for k, v in request.parameters.items()}
         mv, outputs, extra = await self._guard(
             context,
@@ -119,6 +125,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for name, arr in outputs.items():
             response.outputs.add(name=name, datatype="FP32", shape=list(arr.shape))
             response.raw_output_contents.append(to_bytes(arr))
+        extra["server_decode_ms"] = 1000.0 * (decoded - entered)
+        extra["server_handler_ms"] = 1000.0 * (time.perf_counter() - entered)
         for k, v in extra.items():
             set_param(response.parameters, k, v)
         context.set_trailing_metadata(self.core.load_report().headers())

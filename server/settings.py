@@ -28,6 +28,13 @@ class ServerSettings(BaseSettings):
         le=1000.0,
         description="extra wait for a fuller batch; 0 = greedy (see server/batcher.py)",
     )
+    inline_max_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=100.0,
+        description="a lone request on an idle model whose batches take under this long runs on "
+        "the event loop, skipping the queue and the thread hop; 0 = never (server/batcher.py)",
+    )
     max_queue: int = Field(
         1024, ge=1, description="waiting requests per model before shedding load"
     )

@@ -1,10 +1,13 @@
 """``semlink bench serving``: the serving system against its baselines, measured in one run.
 
 1. *Overhead*: device -> server -> device round trip at batch 1 (real processes, no link) against
-   calling the same head and tail ONNX Runtime sessions in one process.
+   calling the same head and tail ONNX Runtime sessions in one process, and where the time
+   goes: the spans the device measures (head, packing, serialising, the gRPC call) and those
+   the server reports in each reply (decoding, admission, queue, thread hop, model, handler).
 2. *Wire efficiency*: bytes the link emulator carried towards the server / raw payload bytes.
 3. *Batching*: 16 concurrent gRPC clients against the server with dynamic batching (max batch
-   16) and without (max batch 1): requests per second, p99 latency.
+   16) and without (max batch 1): requests per second, p99 latency. The server runs on core 0
+   and the load generator on the other cores (CPU affinity), so the speed-up is the server's.
 4. *Through a 1 Mbit/s link with 20 ms RTT* (10 ms each way): semlink at alpha = 0.25 (fp16 and
    int8 tokens) against sending all tokens in fp32: p50 end-to-end latency and test accuracy.
    The headline ratio uses the faster semlink variant within one point of accuracy.
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,7 @@ from tqdm import tqdm
 
 from semlink.bench import write_figures
 from semlink.models.data import load_digits_canvas
-from semlink.procs import Processes, Stack
+from semlink.procs import Processes, Stack, pinned
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.protocol.http_codec import build_infer_request
 from semlink.runtime.pipelines import make_pipeline
@@ -40,6 +44,22 @@ class ServingBenchConfig:
     batch_requests: int = 100  # per client
     link_rate: str = "1mbit"
     link_delay_ms: float = 10.0  # one way: 20 ms RTT
+
+
+# the spans of one request (device's answer timing, server's reply parameters), in order
+SPANS = (
+    "head_ms",
+    "pack_ms",
+    "serialise_ms",
+    "rpc_ms",
+    "server_decode_ms",
+    "server_admit_ms",
+    "server_queue_ms",
+    "server_hop_ms",
+    "server_ort_ms",
+    "server_handler_ms",
+    "total_ms",
+)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -129,6 +149,11 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
     results["overhead_ms_p50"] = (
         results["overhead"]["device_round_trip_p50_ms"] - results["overhead"]["in_process_p50_ms"]
     )
+    results["spans_p50_ms"] = {
+        k: _pct([float(r[k]) for r in rows if isinstance(r.get(k), (int, float))], 50)
+        for k in SPANS
+        if any(isinstance(r.get(k), (int, float)) for r in rows)
+    }
 
     # 2. wire efficiency through a fast link
     procs = Processes(out / "wire")
@@ -157,15 +182,23 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
         for x in images[:32]
     ]
     batching = {}
+    cores = sorted(os.sched_getaffinity(0))
+    server_cores = {cores[0]} if len(cores) > 1 else None
+    load_cores = set(cores[1:]) if len(cores) > 1 else set(cores)
+    results["batching_cores"] = {
+        "server": sorted(server_cores or cores),
+        "load": sorted(load_cores),
+    }
     for label, max_batch in (("batched", "16"), ("unbatched", "1")):
         procs = Processes(out / f"batch-{label}")
         stack = Stack(procs)
         try:
-            stack.start_server("--max-batch-size", max_batch)
-            asyncio.run(_batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, 5))  # warm-up
-            rps, lat = asyncio.run(
-                _batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, cfg.batch_requests)
-            )
+            stack.start_server("--max-batch-size", max_batch, "--threads", "1", cpus=server_cores)
+            with pinned(load_cores):
+                asyncio.run(_batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, 5))
+                rps, lat = asyncio.run(
+                    _batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, cfg.batch_requests)
+                )
         finally:
             procs.stop()
         batching[label] = {"requests_per_s": rps, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
@@ -216,6 +249,40 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
     return results
 
 
+def _span_lines(spans: dict[str, float]) -> list[str]:
+    """Where one request's time goes (medians over the requests, so they need not add up)."""
+    if not spans:
+        return []
+    g = spans.get
+    server_other = g("server_handler_ms", 0.0) - sum(
+        g(k, 0.0)
+        for k in (
+            "server_decode_ms",
+            "server_admit_ms",
+            "server_queue_ms",
+            "server_hop_ms",
+            "server_ort_ms",
+        )
+    )
+    device_other = g("total_ms", 0.0) - sum(
+        g(k, 0.0) for k in ("head_ms", "pack_ms", "serialise_ms", "rpc_ms")
+    )
+    return [
+        "   where the round trip goes (p50 of each span):",
+        f"     device: input check, controller and head model  {g('head_ms', 0.0):7.3f}",
+        f"     device: pack tokens + serialise request         "
+        f"{g('pack_ms', 0.0) + g('serialise_ms', 0.0):7.3f}",
+        f"     gRPC call (client to client)                     {g('rpc_ms', 0.0):7.3f}",
+        f"       server: decode {g('server_decode_ms', 0.0):.3f}, admit "
+        f"{g('server_admit_ms', 0.0):.3f}, queue {g('server_queue_ms', 0.0):.3f}, thread hop "
+        f"{g('server_hop_ms', 0.0):.3f}, model {g('server_ort_ms', 0.0):.3f}, "
+        f"rest {server_other:.3f}",
+        f"       gRPC stacks, HTTP/2, loopback (call - handler)  "
+        f"{g('rpc_ms', 0.0) - g('server_handler_ms', 0.0):7.3f}",
+        f"     device: replica choice, reply decode, answer     {device_other:7.3f}",
+    ]
+
+
 def format_report(r: dict[str, Any]) -> str:
     o, w, b, lk = r["overhead"], r["wire"], r["batching"], r["link"]
     lines = [
@@ -225,6 +292,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"   head + tail in one process (baseline)   {o['in_process_p50_ms']:8.2f}",
         f"   device -> server -> device (gRPC)       {o['device_round_trip_p50_ms']:8.2f}   overhead {r['overhead_ms_p50']:.2f} ms (target <= 1.5)",
         f"   client HTTP -> device -> server         {o['client_http_p50_ms']:8.2f}",
+        *_span_lines(r.get("spans_p50_ms", {})),
         "",
         f"2. wire: {w['wire_bytes_per_request']:.0f} B on the link per {w['payload_bytes_per_request']:.0f} B payload"
         f"   ratio {r['wire_ratio']:.3f} (target <= 1.05)",
@@ -235,8 +303,10 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(
             f"   {k:<40} {b[k]['requests_per_s']:7.0f}   {b[k]['p50_ms']:7.2f}   {b[k]['p99_ms']:7.2f}"
         )
+    cores = r.get("batching_cores", {})
     lines += [
-        f"   speedup {r['batching_speedup']:.2f}x (target >= 2)",
+        f"   speedup {r['batching_speedup']:.2f}x (target >= 2); server on cores "
+        f"{cores.get('server')}, load generator on {cores.get('load')}",
         "",
         f"4. {r['config']['link_rate']} link, {2 * r['config']['link_delay_ms']:g} ms RTT       p50 ms    p95 ms   accuracy   bytes/req",
     ]

@@ -41,8 +41,9 @@ def test_concurrent_requests_are_batched_and_correct(tiny_repository):
         return out, b
 
     results, batcher = asyncio.run(go())
-    for (logits, _), exp in zip(results, expected, strict=True):
-        np.testing.assert_allclose(logits, exp, atol=1e-5)
+    for done, exp in zip(results, expected, strict=True):
+        np.testing.assert_allclose(done.logits, exp, atol=1e-5)
+        assert done.queue_s >= 0 and done.hop_s >= 0 and done.run_s > 0 and done.batch_size >= 1
     assert batcher.stats.requests == 24 and batcher.stats.batches < 24
     assert max(batcher.stats.size_histogram) <= 8
 
@@ -64,3 +65,28 @@ def test_full_queue_sheds_load(tiny_repository):
             t.cancel()
 
     asyncio.run(go())
+
+
+def test_a_lone_request_on_a_quick_idle_model_runs_inline_others_are_batched(tiny_repository):
+    session = ort.InferenceSession(str(tiny_repository / "tiny-vit" / "1" / "tail.onnx"))
+    x = np.ones((4, 32), np.float32)
+    expected = tail_of(session)([{"tokens": x}])[0]
+
+    async def go(inline_max_ms: float) -> list:
+        b = DynamicBatcher(tail_of(session), ThreadPoolExecutor(1), inline_max_ms=inline_max_ms)
+        b.start()
+        first = await b.submit({"tokens": x})  # how long a batch takes is not known yet
+        await asyncio.sleep(0.01)  # idle a while
+        lone = await b.submit({"tokens": x})
+        crowd = await asyncio.gather(*(b.submit({"tokens": x}) for _ in range(6)))
+        await b.stop()
+        return [first, lone, *crowd]
+
+    first, lone, *crowd = asyncio.run(go(inline_max_ms=50.0))
+    assert first.hop_s > 0  # through the worker thread
+    assert lone.hop_s == 0 and lone.queue_s == 0 and lone.batch_size == 1  # inline
+    assert max(d.batch_size for d in crowd) > 1  # the rest queued behind it and were batched
+    for d in (first, lone, *crowd):
+        np.testing.assert_allclose(d.logits, expected, atol=1e-5)
+    never = asyncio.run(go(inline_max_ms=0.0))
+    assert all(d.hop_s > 0 for d in never)
