@@ -144,6 +144,11 @@ BENCHMARKS = {
         "ReliabilityBenchConfig",
         "load, faults, fuzzing and access control",
     ),
+    "front": (
+        "front",
+        "FrontBenchConfig",
+        "the device's HTTP front against the server alone, under locust",
+    ),
     "capacity": (
         "capacity",
         "CapacityBenchConfig",

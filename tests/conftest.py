@@ -118,6 +118,7 @@ SLOW_MODULES = {
     "test_install.py",
     "test_replica_churn.py",
     "test_torchrun.py",
+    "test_bench_front.py",
 }
 
 

@@ -41,6 +41,10 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
         ("split", "--epochs", "2", "--finetune-epochs", "4"),
         "ADC split learning vs baselines; ALaST vs full fine-tuning (short schedules)",
     ),
+    "front": (
+        ("front",),
+        "the device's HTTP front against the server alone, under locust",
+    ),
     "replicas": (
         ("replicas",),
         "several servers: expected-delay choice vs round robin; a replica killed and added",
