@@ -20,22 +20,38 @@ import numpy as np
 import torch
 
 from semlink.models.data import Dataset
-from semlink.models.stats import pm
+from semlink.models.stats import Difference, paired_bootstrap, pm
 from semlink.models.vit import SelectorViT, num_kept
 
 BUDGETS = (0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
 METHODS = ("selector", "random", "attention")
 
 
+# the differences the targets of METHODS §1 / the workload issue rest on:
+# (name, (method, budget), (method, budget), target in points, "above" or "within")
+TARGETS = (
+    ("selector at 0.25 vs all tokens", ("selector", "0.25"), ("selector", "1"), -2.0, "within"),
+    ("random at 0.25 vs all tokens", ("random", "0.25"), ("selector", "1"), -20.0, "below"),
+    (
+        "selector vs class attention at 0.15",
+        ("selector", "0.15"),
+        ("attention", "0.15"),
+        2.0,
+        "above",
+    ),
+)
+
+
 @torch.no_grad()
-def accuracy_by_method(
+def correct_by_method(
     model: SelectorViT, data: Dataset, alpha: float, seed: int = 0, batch_size: int = 256
-) -> dict[str, float]:
-    """Accuracy (fraction) of each ranking method at one budget, kept tokens only."""
+) -> dict[str, np.ndarray]:
+    """Per-sample correctness (bool, in the data's order) of each ranking method at one budget,
+    kept tokens only."""
     model.eval()
     k = num_kept(alpha, model.cfg.num_patches)
     gen = torch.Generator().manual_seed(seed)
-    correct = dict.fromkeys(METHODS, 0)
+    correct: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     for x, y in data.batches(batch_size):
         images = torch.from_numpy(x)
         out = model.forward_device(images, torch.full((len(y),), float(alpha)))
@@ -46,8 +62,18 @@ def accuracy_by_method(
         }
         for name, key in rankings.items():
             kept, _ = model.select(out.tokens, key, k)
-            correct[name] += int((model.forward_tail(kept).argmax(1).numpy() == y).sum())
-    return {name: c / len(data) for name, c in correct.items()}
+            correct[name].append(model.forward_tail(kept).argmax(1).numpy() == y)
+    return {name: np.concatenate(c) for name, c in correct.items()}
+
+
+def accuracy_by_method(
+    model: SelectorViT, data: Dataset, alpha: float, seed: int = 0, batch_size: int = 256
+) -> dict[str, float]:
+    """Accuracy (fraction) of each ranking method at one budget, kept tokens only."""
+    return {
+        name: float(c.mean())
+        for name, c in correct_by_method(model, data, alpha, seed, batch_size).items()
+    }
 
 
 def evaluate(
@@ -57,10 +83,22 @@ def evaluate(
     from tqdm import tqdm
 
     acc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
+    per_sample: dict[tuple[str, str], np.ndarray] = {}
     for alpha in tqdm(budgets, desc="eval budgets", unit="budget"):
-        for name, value in accuracy_by_method(model, data, alpha, seed).items():
-            acc[name][f"{alpha:g}"] = value
+        for name, c in correct_by_method(model, data, alpha, seed).items():
+            acc[name][f"{alpha:g}"] = float(c.mean())
+            per_sample[(name, f"{alpha:g}")] = c
     kept = {f"{a:g}": num_kept(a, model.cfg.num_patches) for a in budgets}
+    targets = []
+    for label, a, b, target, kind in TARGETS:
+        if a not in per_sample or b not in per_sample:
+            continue
+        d = paired_bootstrap(per_sample[a], per_sample[b], seed=seed)
+        # met on the point estimate; the interval beside it says how sure that is
+        met = d.diff <= target if kind == "below" else d.diff >= target
+        targets.append(
+            {"name": label, "target": target, "kind": kind, "met": bool(met), **d.as_dict()}
+        )
     return {
         "dataset": data.name,
         "split": data.split,
@@ -69,6 +107,7 @@ def evaluate(
         "kept_tokens": kept,
         "accuracy": acc,
         "all_tokens": acc["selector"].get("1", None),
+        "targets": targets,
     }
 
 
@@ -112,6 +151,16 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for key, k in result["kept_tokens"].items():
         lines.append(f"{key:>6} {k:>3} " + " ".join(f"{pm(acc[m][key], n):>12}" for m in METHODS))
+    if result.get("targets"):
+        lines += ["", "paired differences (95 % bootstrap interval over the same images):"]
+    for t in result.get("targets", []):
+        d = Difference(t["diff"], t["lo"], t["hi"], t["n"])
+        goal = {
+            "within": f"within {-t['target']:g} points",
+            "below": f"at least {-t['target']:g} points below",
+            "above": f"at least {t['target']:g} points above",
+        }[t["kind"]]
+        lines.append(f"  {t['name']:<38} {d}  target {goal}: {'met' if t['met'] else 'MISSED'}")
     return "\n".join(lines)
 
 

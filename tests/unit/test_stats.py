@@ -16,3 +16,22 @@ def test_wilson_matches_the_textbook_values():
 
 def test_pm_prints_the_half_width():
     assert pm(0.967, 269) == "96.7±2.2"
+
+
+def test_paired_bootstrap_separates_a_real_gap_and_calls_a_small_one_a_tie():
+    import numpy as np
+
+    from semlink.models.stats import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    truth = rng.random(2000) < 0.9
+    worse = truth & (rng.random(2000) > 0.1)  # loses about 9 points, on the same samples
+    gap = paired_bootstrap(truth, worse)
+    assert 7 < gap.diff < 11 and gap.lo > 0 and not gap.tie
+    flip = truth.copy()
+    flip[:3] = ~flip[:3]  # three samples differ: no difference to speak of
+    same = paired_bootstrap(truth, flip)
+    assert same.tie and abs(same.diff) < 0.2
+    assert "(tie)" in str(same) and "points [" in str(gap)
+    with pytest.raises(ValueError, match="equal 1-D"):
+        paired_bootstrap([1, 0], [1])
