@@ -239,7 +239,16 @@ def _eval_jscc(args: argparse.Namespace) -> int:
 
     from semlink.models import checkpoint, semcom
     from semlink.models.datasets import load_dataset
-    from semlink.models.eval_jscc import ALPHAS, SNRS, baseline_grid, format_table, plot, summarise
+    from semlink.models.eval_jscc import (
+        ALPHAS,
+        SNRS,
+        baseline_grid,
+        format_headline,
+        format_table,
+        headline_comparison,
+        plot,
+        summarise,
+    )
     from semlink.models.jscc import RATES
 
     model, _ = semcom.load(Path(args.model_dir) / "checkpoint.pt")
@@ -275,7 +284,10 @@ def _eval_jscc(args: argparse.Namespace) -> int:
         "grid": grid,
     }
     result["summary"] = summarise(result)
+    result["headline"] = headline_comparison(model, classifier, test, args.channel, args.seed)
     print(format_table(result))
+    print()
+    print(format_headline(result["headline"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -158,3 +158,32 @@ def test_jpeg_baseline_fits_the_budget_or_fails():
     )
     out, ok = baselines.reconstruct("raw-analog", img[None], 0.01, 10.0)
     assert ok.all() and out.shape == (1, 48, 48)
+
+
+def test_quantised_tokens_keep_each_tokens_range_and_the_level_count():
+    from semlink.models.eval_jscc import quantise_tokens
+
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(3, 5, 32)).astype(np.float32)
+    q8, q1 = quantise_tokens(tokens, 8), quantise_tokens(tokens, 1)
+    span = tokens.max(-1, keepdims=True) - tokens.min(-1, keepdims=True)
+    assert np.abs(q8 - tokens).max() <= (span / 255).max() / 2 + 1e-6
+    assert all(len(np.unique(row)) <= 2 for row in q1.reshape(-1, 32))
+
+
+def test_headline_compares_jscc_with_the_noiseless_model_and_digital_baselines(
+    tiny_model, tiny_jscc
+):
+    from semlink.models.data import load_digits_canvas
+    from semlink.models.eval_jscc import format_headline, headline_comparison
+
+    test = load_digits_canvas("test")
+    test.images, test.labels = test.images[:40], test.labels[:40]
+    generous = headline_comparison(tiny_jscc, tiny_model, test, point=(30.0, 1.0, 1.0))
+    assert generous["token_value_bits"] >= 1  # at 30 dB and full rate the tokens fit digitally
+    tight = headline_comparison(tiny_jscc, tiny_model, test)  # 10 dB, alpha 0.25, r 1/8
+    assert tight["token_value_bits"] < 1 and tight["accuracy"]["tokens-digital"] == 0.1
+    for h in (generous, tight):
+        assert set(h["accuracy"]) == {"noiseless", "jscc", "tokens-digital", "jpeg"}
+        assert h["n"] == 40 and set(h["jscc_minus"]) == {"noiseless", "tokens-digital", "jpeg"}
+    assert "JSCC minus this" in format_headline(tight)
