@@ -65,6 +65,10 @@ class TrainEarlyExitConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     augment: bool = True
+    train_placements: int = 1
+    """digits-scene: fresh frames of each training digit per epoch (8: about 10k an epoch)."""
+    curriculum_epochs: int = 0
+    """digits-scene: epochs from big, uncluttered digits to the full recipe (0: none)."""
     from_backbone: str | None = None
     """Checkpoint path: start the second phase from its finished backbone phase (disjoint /
     mixed; same seed and model)."""
@@ -119,11 +123,17 @@ class Trainer:
         self.cfg, self.out = cfg, out
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.train, self.val = (
-            load_dataset(
-                cfg.dataset, split, root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
-            )
-            for split in ("train", "val")
+        self.train = load_dataset(
+            cfg.dataset,
+            "train",
+            root=cfg.data_root,
+            seed=cfg.seed,
+            image_size=cfg.image_size,
+            placements=cfg.train_placements,
+            curriculum_epochs=cfg.curriculum_epochs,
+        )
+        self.val = load_dataset(
+            cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
         )
         c, h, _ = self.train.image_shape
         cfg.model.in_chans, cfg.model.image_size = c, h

@@ -64,6 +64,10 @@ class TrainJSCCConfig:
     limit_train: int | None = None
     """Use only this many training images (smoke tests)."""
     augment: bool = True
+    train_placements: int = 1
+    """digits-scene: fresh frames of each training digit per epoch (8: about 10k an epoch)."""
+    curriculum_epochs: int = 0
+    """digits-scene: epochs from big, uncluttered digits to the full recipe (0: none)."""
     jscc: JSCCConfig = field(default_factory=JSCCConfig)
 
 
@@ -94,7 +98,14 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
     model.freeze_device()
     dist = distributed.current()  # data-parallel under torchrun, else one process
     dist.sync_parameters(model)
-    train = load_dataset(cfg.dataset, "train", root=cfg.data_root, seed=cfg.seed)
+    train = load_dataset(
+        cfg.dataset,
+        "train",
+        root=cfg.data_root,
+        seed=cfg.seed,
+        placements=cfg.train_placements,
+        curriculum_epochs=cfg.curriculum_epochs,
+    )
     val = load_dataset(cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

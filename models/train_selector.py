@@ -133,9 +133,8 @@ class Trainer:
             seed=cfg.seed,
             image_size=cfg.image_size,
             placements=cfg.train_placements,
+            curriculum_epochs=cfg.curriculum_epochs,
         )
-        if hasattr(self.train, "curriculum_epochs"):  # digits-scene
-            self.train.curriculum_epochs = cfg.curriculum_epochs
         self.val = load_dataset(
             cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
         )

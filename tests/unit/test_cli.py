@@ -208,3 +208,27 @@ def test_the_command_line_loads_without_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("dataset", ["digits-canvas", "digits-scene"])
+def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
+    """`semlink zoo` runs these in order: each must parse with the real command line (flags of
+    the dataset's recipe included), and the digits-scene pipelines get names of their own."""
+    import argparse
+
+    from semlink.cli import build_parser, zoo_steps
+
+    steps = zoo_steps(
+        argparse.Namespace(dataset=dataset, out=str(tmp_path), work=str(tmp_path), resume=True)
+    )
+    assert len(steps) >= 12
+    parser = build_parser()
+    for argv in steps:
+        args = parser.parse_args(argv)
+        assert callable(args.func)
+        if getattr(args, "dataset", None) is not None:
+            assert args.dataset == dataset
+    outs = " ".join(a for argv in steps for a in argv)
+    prefix = "scene" if dataset == "digits-scene" else "digits"
+    for name in ("vit", "vit-jscc", "ee"):
+        assert f"{prefix}-{name}" in outs
