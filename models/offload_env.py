@@ -53,9 +53,13 @@ class CostModel:
     device_ms: list[float]
     server_ms: list[float]
     offload_bytes: list[int]
-    device_slowdown: float = 50.0
-    """The device is this many times slower than the machine the graphs were measured on (a
-    microcontroller-class device against an x86 core); ``device_ms`` is already multiplied by it."""
+    device_slowdown: float = 1.0
+    """A multiplier on measured device times (1: none). Cost models measured under a device
+    profile need none; older ones multiplied this machine's times by an assumed 50."""
+    device_profile: str = "none"
+    """The device profile (CPU quota, see :mod:`semlink.runtime.cpu_quota`) the device's times
+    were measured under: the step graphs ran in a process limited to that share of a core."""
+    device_cpu_share: float | None = None
     device_power_w: float = 0.5
     """Active power of the device's compute (assumed; a low-power SoC under load)."""
     radio_power_w: float = 1.0
@@ -64,49 +68,40 @@ class CostModel:
 
     @classmethod
     def measure(
-        cls, model_dir: str | Path, device_slowdown: float = 50.0, repeats: int = 200
+        cls, model_dir: str | Path, device_profile: str = "camera", repeats: int = 200
     ) -> CostModel:
-        """Times each step graph (device) and server graph with ONNX Runtime, batch 1, 1 thread;
-        the median of ``repeats`` runs after warm-up."""
+        """Times each step graph (the device's) and server graph with ONNX Runtime, batch 1, 1
+        thread. The server graphs run in this process; the step graphs run in a child process
+        under the device profile's CPU quota (cgroups: see :mod:`semlink.runtime.cpu_quota`),
+        ``repeats`` back to back after warm-up, and each costs the total time over
+        ``repeats``: a quota is a budget per period, so only sustained work shows the device's
+        speed (a lone sub-millisecond run may fit a period's budget whole)."""
+        import multiprocessing
         import platform
 
         import onnxruntime as ort
 
+        from semlink.runtime.cpu_quota import profile_share
+
+        share = profile_share(device_profile)
         model_dir = Path(model_dir)
         manifest = json.loads((model_dir / "manifest.json").read_text())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-
-        def timed(name: str, feeds: dict[str, np.ndarray]) -> tuple[float, list[np.ndarray]]:
-            sess = ort.InferenceSession(
-                str(model_dir / manifest["graphs"][name]["file"]),
-                opts,
-                providers=["CPUExecutionProvider"],
+        exits = list(manifest["device_exits"])
+        ctx = multiprocessing.get_context("spawn")  # a fresh process: the quota is its own
+        with ctx.Pool(1) as pool:
+            device_ms, feeds_per_exit = pool.apply(
+                _time_steps, (str(model_dir), exits, share, repeats)
             )
-            feeds = {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}
-            for _ in range(10):
-                out = sess.run(None, feeds)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                sess.run(None, feeds)
-                times.append(time.perf_counter() - t0)
-            return 1000.0 * float(np.median(times)), out
-
-        c, h, w = manifest["image_shape"]
-        x: np.ndarray = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(np.float32)
-        device_ms, server_ms = [], []
-        feeds: dict[str, np.ndarray] = {"image": x}
-        for j in manifest["device_exits"]:
-            ms, (acts, logp) = timed(f"step_{j}", feeds)
-            device_ms.append(ms * device_slowdown)
-            feeds = {"activations": acts, "prev_logp": logp}
-            server_ms.append(timed(f"server_s{j}", feeds)[0])
+        server_ms = [
+            _timed(model_dir, manifest, f"server_s{j}", feeds, repeats, sustained=False)[0]
+            for j, feeds in zip(exits, feeds_per_exit, strict=True)
+        ]
         return cls(
             device_ms=device_ms,
             server_ms=server_ms,
-            offload_bytes=[int(manifest["offload_bytes"][j]) for j in manifest["device_exits"]],
-            device_slowdown=device_slowdown,
+            offload_bytes=[int(manifest["offload_bytes"][j]) for j in exits],
+            device_profile=device_profile,
+            device_cpu_share=share,
             measured_on=f"{platform.processor() or platform.machine()}, onnxruntime {ort.__version__}",
         )
 
@@ -121,6 +116,60 @@ class CostModel:
                 f"cost model {path} does not exist; `semlink train policy` measures one"
             )
         return cls(**json.loads(path.read_text()))
+
+
+def _timed(
+    model_dir: Path,
+    manifest: dict[str, Any],
+    name: str,
+    feeds: dict[str, np.ndarray],
+    repeats: int,
+    sustained: bool,
+) -> tuple[float, list[np.ndarray]]:
+    """One graph at batch 1 on one thread: the median run (or, ``sustained``, the mean over
+    ``repeats`` back-to-back runs) in ms, and its outputs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(
+        str(model_dir / manifest["graphs"][name]["file"]), opts, providers=["CPUExecutionProvider"]
+    )
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}
+    for _ in range(10):
+        out = sess.run(None, feeds)
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    ms = 1000.0 * (total / repeats if sustained else float(np.median(times)))
+    return ms, out
+
+
+def _time_steps(
+    model_dir: str, exits: list[int], share: float | None, repeats: int
+) -> tuple[list[float], list[dict[str, np.ndarray]]]:
+    """In a child process under the CPU quota ``share`` (none: this machine's speed): each
+    device step graph's sustained time, and the feeds its server graph takes."""
+    if share is not None:
+        from semlink.runtime.cpu_quota import limit_cpu
+
+        limit_cpu(share, "costs")
+    path = Path(model_dir)
+    manifest = json.loads((path / "manifest.json").read_text())
+    c, h, w = manifest["image_shape"]
+    x: np.ndarray = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(np.float32)
+    feeds: dict[str, np.ndarray] = {"image": x}
+    device_ms, server_feeds = [], []
+    for j in exits:
+        ms, (acts, logp) = _timed(path, manifest, f"step_{j}", feeds, repeats, sustained=True)
+        device_ms.append(ms)
+        feeds = {"activations": acts, "prev_logp": logp}
+        server_feeds.append(feeds)
+    return device_ms, server_feeds
 
 
 @dataclass

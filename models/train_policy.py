@@ -56,7 +56,9 @@ class TrainPolicyConfig:
     """Episodes are a handful of steps with one reward at the end: no discounting."""
     eval_every: int = 20_000
     eval_episodes: int = 2000
-    device_slowdown: float = 50.0
+    device_profile: str = "camera"
+    """The device's CPU quota while its compute costs are measured (none | phone | camera;
+    cgroups, root): the costs the policy trades off are measured, not multiplied."""
     seed: int = 0
     weights: RewardWeights | None = None
 
@@ -137,11 +139,12 @@ def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     traces = ExitTraces.load(model_dir / "traces" / "val.npz")
     costs_path = out / "costs.json"
-    costs = CostModel.measure(model_dir, cfg.device_slowdown)
+    costs = CostModel.measure(model_dir, cfg.device_profile)
     costs.save(costs_path)
     log.info(
-        "measured costs: device %s ms, server %s ms",
+        "measured costs: device %s ms (profile %s), server %s ms",
         np.round(costs.device_ms, 2),
+        costs.device_profile,
         np.round(costs.server_ms, 2),
     )
     weights = cfg.weights or RewardWeights()

@@ -18,7 +18,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PERIOD_US = 100_000
+PERIOD_US = 10_000  # a 10 ms period: throttling in small steps (the quota is at least 1 ms)
 # profile name -> share of one CPU (None: no limit)
 PROFILES: dict[str, float | None] = {
     "none": None,  # the machine's own speed

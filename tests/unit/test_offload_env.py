@@ -225,3 +225,17 @@ def test_shipped_policy_never_offloads_without_bandwidth():
         if action == "exit":
             break
         prev = conf
+
+
+def test_costs_are_measured_under_the_device_profile_not_multiplied():
+    from semlink.models.offload_env import CostModel
+    from tests.conftest import ZOO
+
+    costs = CostModel.measure(ZOO / "digits-ee" / "1", "camera", repeats=20)
+    assert costs.device_profile == "camera" and costs.device_cpu_share == 0.1
+    assert costs.device_slowdown == 1.0  # no multiplier: the quota made the device slow
+    assert len(costs.device_ms) == len(costs.server_ms) == 4
+    assert all(ms > 0 for ms in costs.device_ms + costs.server_ms)
+    # a cost model written before profiles (a multiplier of 50) still loads
+    old = CostModel.load(ZOO / "digits-ee" / "1" / "costs.json")
+    assert old.device_slowdown == 50.0 and old.device_profile == "none"
