@@ -4,6 +4,7 @@ the same run, and can save them as JSON (``--json``)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,4 +14,17 @@ def write_figures(path: str | None, figures: Any) -> None:
     ``None``."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+        Path(path).write_text(json.dumps(figures, indent=2, default=str) + "\n")
+
+
+def run_and_report(
+    bench: Callable[[Any], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+    cfg: Any,
+    json_path: str | None,
+) -> int:
+    """The ``main`` of a benchmark: runs it, prints its table, writes its figures when asked."""
+    result = bench(cfg)
+    print(table(result))
+    write_figures(json_path, result)
+    return 0

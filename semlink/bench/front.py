@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from semlink.bench import run_and_report
 from semlink.procs import Processes, Stack
 
 
@@ -182,9 +183,4 @@ def format_table(r: dict[str, Any]) -> str:
 
 def main(cfg: FrontBenchConfig, json_path: str | None = None) -> int:
     """Runs the benchmark, prints its table, writes the JSON when asked."""
-    result = bench(cfg)
-    print(format_table(result))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1, default=str) + "\n")
-    return 0
+    return run_and_report(bench, format_table, cfg, json_path)

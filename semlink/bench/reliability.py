@@ -21,7 +21,6 @@ API keys on, as deployed).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -34,6 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from semlink.bench import run_and_report
 from semlink.procs import Processes, Stack
 from semlink.protocol.http_codec import build_infer_request
 
@@ -474,9 +474,5 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def main(cfg: ReliabilityBenchConfig, json_path: str | None = None) -> int:
-    result = bench(cfg)
-    print(format_table(result))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1, default=str) + "\n")
-    return 0
+    """Runs the benchmark, prints its table, writes the JSON when asked."""
+    return run_and_report(bench, format_table, cfg, json_path)

@@ -23,7 +23,6 @@ real difference between the replicas.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from semlink.bench import run_and_report
 from semlink.bench.reliability import Outcome, handled_ids, stream
 from semlink.procs import Processes, free_port
 
@@ -312,9 +312,4 @@ def format_table(r: dict[str, Any]) -> str:
 
 def main(cfg: ReplicasBenchConfig, json_path: str | None = None) -> int:
     """Runs the benchmark, prints its table, writes the JSON when asked."""
-    result = bench(cfg)
-    print(format_table(result))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1, default=str) + "\n")
-    return 0
+    return run_and_report(bench, format_table, cfg, json_path)

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from semlink.bench import write_figures
+from semlink.device.service import SERVER_SPANS
 from semlink.models.data import load_digits_canvas
 from semlink.procs import Processes, Stack, pinned
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -47,19 +48,7 @@ class ServingBenchConfig:
 
 
 # the spans of one request (device's answer timing, server's reply parameters), in order
-SPANS = (
-    "head_ms",
-    "pack_ms",
-    "serialise_ms",
-    "rpc_ms",
-    "server_decode_ms",
-    "server_admit_ms",
-    "server_queue_ms",
-    "server_hop_ms",
-    "server_ort_ms",
-    "server_handler_ms",
-    "total_ms",
-)
+SPANS = ("head_ms", "pack_ms", "serialise_ms", "rpc_ms", *SERVER_SPANS, "total_ms")
 
 
 def _pct(xs: list[float], q: float) -> float:
