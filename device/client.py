@@ -3,6 +3,9 @@ through the link emulator as an HTTP CONNECT proxy)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -39,6 +42,20 @@ def load_from(metadata: Any) -> ServerLoad | None:
     if depth < 0 or not 0.0 <= service < 1e7:
         return None
     return ServerLoad(depth, service)
+
+
+def load_from_parameters(parameters: dict[str, Any]) -> ServerLoad | None:
+    """The load a semlink server also puts in every reply's parameters (what a stream, which has
+    no trailing metadata per message, carries)."""
+    depth, service = parameters.get("server_queue_depth"), parameters.get("server_service_ms")
+    if isinstance(depth, int) and isinstance(service, (int, float)) and depth >= 0:
+        return ServerLoad(depth, float(service))
+    return None
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """The error a unary call would have raised, for failures on a stream."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
 @dataclass
@@ -80,10 +97,13 @@ class ServerClient:
         credentials: grpc.ChannelCredentials | None = None,
         server_name: str | None = None,
         proxy: str | None = None,
+        stream: bool = False,
     ) -> None:
         """A channel to ``address``: TLS with ``credentials`` (verifying ``server_name`` when
         given instead of the address's host), plaintext without; through the HTTP CONNECT proxy
-        ``proxy`` (HOST:PORT, the link emulator) when given."""
+        ``proxy`` (HOST:PORT, the link emulator) when given. With ``stream``, offloads share one
+        ``ModelStreamInfer`` stream (opened on first use, reopened after it breaks) instead of
+        a call each: the per-call setup of both gRPC stacks is paid once."""
         self.address = address
         options: list[tuple[str, str | int]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -103,9 +123,21 @@ class ServerClient:
             else grpc.aio.insecure_channel(address, options=options)
         )
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.stream = stream
+        self._call: Any = None  # the open ModelStreamInfer call
+        self._reader: asyncio.Task | None = None
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._ids = itertools.count()
+        self._opening = asyncio.Lock()
 
     async def close(self) -> None:
-        """Closes the channel."""
+        """Closes the stream (if any) and the channel."""
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
         await self.channel.close()
 
     async def ready(self, timeout: float = 1.0) -> bool:
@@ -122,11 +154,18 @@ class ServerClient:
             return False, None
 
     async def infer(self, request: pb.ModelInferRequest, timeout_s: float) -> ServerReply:
-        """Sends one request; raises ``grpc.aio.AioRpcError`` on failure or deadline."""
+        """Sends one request; raises ``grpc.aio.AioRpcError`` on failure or deadline (on a
+        stream too: a failed answer carries its status code, a broken stream is
+        ``UNAVAILABLE``, a late one ``DEADLINE_EXCEEDED``)."""
         t0 = time.perf_counter()
-        call = self.stub.ModelInfer(request, timeout=timeout_s)
-        resp = await call
+        if self.stream:
+            resp, trailing = await self._stream_infer(request, timeout_s), None
+        else:
+            call = self.stub.ModelInfer(request, timeout=timeout_s)
+            resp = await call
+            trailing = await call.trailing_metadata()
         rtt = (time.perf_counter() - t0) * 1000.0
+        parameters = {k: param_value(v) for k, v in resp.parameters.items()}
         if len(resp.outputs) != 1 or len(resp.raw_output_contents) != 1:
             raise ValueError("server answered without exactly one raw 'logits' output")
         out = resp.outputs[0]
@@ -139,9 +178,67 @@ class ServerClient:
         )
         return ServerReply(
             logits,
-            {k: param_value(v) for k, v in resp.parameters.items()},
+            parameters,
             request.ByteSize(),
             sum(len(r) for r in request.raw_input_contents),
             rtt,
-            load_from(await call.trailing_metadata()),
+            load_from(trailing) or load_from_parameters(parameters),
         )
+
+    async def _stream_infer(
+        self, request: pb.ModelInferRequest, timeout_s: float
+    ) -> pb.ModelInferResponse:
+        """One request on the shared stream, matched to its answer by a stream-unique id (the
+        caller's request id rides in the parameters, as on a unary call)."""
+        call = await self._open()
+        key = f"s{next(self._ids)}"
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiting[key] = answer
+        try:
+            own_id, request.id = request.id, key
+            try:
+                await call.write(request)
+            finally:
+                request.id = own_id
+            message = await asyncio.wait_for(answer, timeout_s)
+        except TimeoutError:
+            raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        except grpc.aio.AioRpcError:
+            raise
+        except Exception as exc:  # the stream broke while writing
+            raise _rpc_error(grpc.StatusCode.UNAVAILABLE, f"stream broken: {exc}") from None
+        finally:
+            self._waiting.pop(key, None)
+        if message.error_message:
+            code = (
+                param_value(message.infer_response.parameters["error_code"])
+                if ("error_code" in message.infer_response.parameters)
+                else "UNKNOWN"
+            )
+            status = getattr(grpc.StatusCode, str(code), grpc.StatusCode.UNKNOWN)
+            raise _rpc_error(status, message.error_message)
+        return message.infer_response
+
+    async def _open(self) -> Any:
+        """The open stream, opening one (and its reader) if there is none."""
+        async with self._opening:
+            if self._call is None or self._call.done():
+                self._call = self.stub.ModelStreamInfer()
+                self._reader = asyncio.ensure_future(self._read(self._call))
+            return self._call
+
+    async def _read(self, call: Any) -> None:
+        """Hands each answer to its waiter; when the stream ends, every waiter learns it."""
+        reason = "stream closed by the server"
+        try:
+            async for message in call:
+                waiter = self._waiting.get(message.infer_response.id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(message)
+        except grpc.aio.AioRpcError as exc:
+            reason = f"stream broken: {exc.code().name} {exc.details()}"
+        except asyncio.CancelledError:
+            reason = "stream closed"
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(_rpc_error(grpc.StatusCode.UNAVAILABLE, reason))

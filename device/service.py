@@ -136,6 +136,7 @@ class DeviceService:
                 credentials=credentials,
                 server_name=settings.tls_server_name or resolved_from,
                 proxy=settings.proxy,
+                stream=settings.transport == "stream",
             )
 
         self.replicas = ReplicaSet(

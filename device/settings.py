@@ -33,6 +33,10 @@ class DeviceSettings(BaseSettings):
         description="which replica gets a request: least expected network + queueing delay, "
         "or round robin",
     )
+    transport: Literal["stream", "unary"] = Field(
+        "unary",
+        description="offloads on one ModelStreamInfer stream per replica, or a ModelInfer call each",
+    )
     resolve_s: float = Field(
         2.0, gt=0.0, le=3600.0, description="seconds between DNS lookups of the server names"
     )

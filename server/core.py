@@ -207,6 +207,9 @@ class InferenceCore:
             },
         )
         reply = {
+            # the load, for clients on a stream (no trailing metadata per message)
+            "server_queue_depth": self.in_flight,
+            "server_service_ms": self.service_ms,
             "server_queue_ms": queue_ms,
             "server_compute_ms": compute_ms,
             **spans,

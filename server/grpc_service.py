@@ -3,6 +3,7 @@ status codes with a message naming the fix, never a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "semlink-server"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["model_repository", "binary_tensor_data", "semlink"]
+STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream in the server at once
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -71,9 +73,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         """OIP model metadata: the inputs the model's pipeline takes and the logits it answers."""
-        mv = await self._guard(
-            context, request.name, self.core.model, request.name, request.version
-        )
+        try:
+            mv = await self._guard(request.name, self.core.model, request.name, request.version)
+        except Failure as failure:
+            await context.abort(failure.kind.grpc, failure.message)
         T = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=mv.name,
@@ -106,12 +109,64 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         The reply's parameters say where the server's time went (``server_decode_ms``,
         ``server_admit_ms``, ``server_queue_ms``, ``server_hop_ms``, ``server_ort_ms``,
         ``server_handler_ms``: receipt of the decoded message to the reply built)."""
+        load = tuple(self.core.load_report().headers())
+        try:
+            response = await self._answer(request)
+        except Failure as failure:
+            await context.abort(failure.kind.grpc, failure.message, trailing_metadata=load)
+        context.set_trailing_metadata(self.core.load_report().headers())
+        return response
+
+    async def ModelStreamInfer(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Triton's streaming extension: each request on the stream is answered on it, in the
+        order answers are ready, matched by ``id``; a failed request gets ``error_message`` (and
+        its status code in the parameter ``error_code``) and the stream stays open. At most
+        ``STREAM_IN_FLIGHT`` requests of one stream are in the server at once: the stream is
+        read no further until one is answered (a client cannot grow the server's memory)."""
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        writing = asyncio.Lock()
+        tasks: set[asyncio.Task] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                try:
+                    message = pb.ModelStreamInferResponse(
+                        infer_response=await self._answer(request)
+                    )
+                except Failure as failure:
+                    failed = pb.ModelInferResponse(
+                        model_name=request.model_name,
+                        model_version=request.model_version,
+                        id=request.id,
+                    )
+                    set_param(failed.parameters, "error_code", failure.kind.grpc.name)
+                    message = pb.ModelStreamInferResponse(
+                        error_message=failure.message, infer_response=failed
+                    )
+                async with writing:
+                    await context.write(message)
+            finally:
+                slots.release()
+
+        while True:
+            await slots.acquire()
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                break
+            task = asyncio.ensure_future(answer(request))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """One request through the core; raises :class:`Failure` (kind and message)."""
         entered = time.perf_counter()
-        inputs = await self._guard(context, request.model_name, decode_inputs, request)
+        inputs = await self._guard(request.model_name, decode_inputs, request)
         decoded = time.perf_counter()
         params = {k: param_value(v) for k, v in request.parameters.items()}
         mv, outputs, extra = await self._guard(
-            context,
             request.model_name,
             self.core.infer,
             request.model_name,
@@ -129,12 +184,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         extra["server_handler_ms"] = 1000.0 * (time.perf_counter() - entered)
         for k, v in extra.items():
             set_param(response.parameters, k, v)
-        context.set_trailing_metadata(self.core.load_report().headers())
         return response
 
-    async def _guard(self, context: grpc.aio.ServicerContext, model: str, fn, *args: Any) -> Any:  # type: ignore[no-untyped-def]
-        """Runs ``fn``; a failure aborts the call with the error table's status (a bug: INTERNAL,
-        logged with its traceback) and counts under the model's name if the server holds it."""
+    async def _guard(self, model: str, fn, *args: Any) -> Any:  # type: ignore[no-untyped-def]
+        """Runs ``fn``; a failure becomes a :class:`Failure` with the error table's kind (a
+        bug: INTERNAL, logged with its traceback), counted under the model's name if the server
+        holds it."""
         try:
             result = fn(*args)
             if hasattr(result, "__await__"):
@@ -147,9 +202,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
                 message = "internal server error (logged on the server)"
         self.core.metrics.requests.labels(model_label(model, self.core.models), kind.label).inc()
-        await context.abort(
-            kind.grpc, message, trailing_metadata=tuple(self.core.load_report().headers())
-        )
+        raise Failure(kind, message)
+
+
+class Failure(Exception):
+    """A request that failed, with its kind in the error table and the message for the client."""
+
+    def __init__(self, kind: Any, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, Any]]:

@@ -258,3 +258,41 @@ def test_one_request_id_in_device_link_and_server_logs(stack):
     logs = stack.procs.log_dir
     for name in ("device", "link", "server"):
         assert "trace-me-7f3a" in (logs / f"{name}.log").read_text(), name
+
+
+def test_a_stream_answers_each_request_and_a_bad_one_does_not_close_it(stack):
+    """ModelStreamInfer: answers matched by id, a bad request answered with error_message and its
+    status code, the stream still serving after it."""
+
+    def request(rid: str, shape=(1, 4, 32)) -> pb.ModelInferRequest:
+        req = pb.ModelInferRequest(model_name="tiny-vit", id=rid)
+        req.inputs.add(name="tokens", datatype="FP16", shape=list(shape))
+        req.raw_input_contents.append(to_bytes(np.zeros(shape, np.float16)))
+        return req
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports['grpc']}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        sent = [request("a"), request("b", (1, 4, 31)), request("c")]
+        answers = {m.infer_response.id: m for m in stub.ModelStreamInfer(iter(sent), timeout=10)}
+    assert sorted(answers) == ["a", "b", "c"]
+    assert (
+        answers["a"].infer_response.outputs[0].shape == [1, 10] and not answers["a"].error_message
+    )
+    assert "[B, T, 32]" in answers["b"].error_message
+    assert answers["b"].infer_response.parameters["error_code"].string_param == "INVALID_ARGUMENT"
+    assert answers["c"].infer_response.parameters["server_queue_depth"].int64_param >= 0
+
+
+def test_a_device_on_a_stream_offloads_and_degrades_like_one_on_calls(stack):
+    streamed = stack.sibling("-stream")
+    streamed.start_device("--transport", "stream", "--token-format", "fp32", through_link=False)
+    image = images(1)[0]
+    try:
+        expected = infer(stack, image).json()["outputs"]
+        for i in range(5):
+            doc = infer(streamed, image, request_id=f"stream-{i}").json()
+            assert doc["parameters"]["exit"] == "server" and not doc["parameters"]["degraded"]
+            assert doc["id"] == f"stream-{i}"
+            assert doc["outputs"] == expected
+    finally:
+        stack.procs.stop("device-stream")

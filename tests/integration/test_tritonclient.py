@@ -106,6 +106,17 @@ def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path):
             out = c.infer("digits-vit", [inp], outputs=[tc.InferRequestedOutput("logits")],
                           parameters={{"budget": 0.25}})
             np.save("{tmp_path / "logits.npy"}", out.as_numpy("logits"))
+            # the streaming extension: tritonclient's start_stream / async_stream_infer
+            import queue
+            answers = queue.Queue()
+            c.start_stream(callback=lambda result, error: answers.put((result, error)))
+            c.async_stream_infer("digits-vit", [inp], request_id="stream-1",
+                                 outputs=[tc.InferRequestedOutput("logits")])
+            result, error = answers.get(timeout=30)
+            assert error is None, error
+            assert result.get_response().id == "stream-1"
+            np.save("{tmp_path / "stream.npy"}", result.as_numpy("logits"))
+            c.stop_stream()
             print(c.get_model_metadata("digits-vit").inputs[0].name)
             """
         )
@@ -117,6 +128,7 @@ def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path):
         )
         assert done.stdout.strip() == "tokens"
         np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, atol=2e-2)
+        np.testing.assert_allclose(np.load(tmp_path / "stream.npy"), expected, atol=2e-2)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -156,3 +156,20 @@ async def test_localhost_is_one_replica_not_one_per_address_family():
     await rs.resolve()
     assert list(rs.replicas) == ["127.0.0.1:65000"]
     await rs.close()
+
+
+@run
+async def test_a_stream_to_no_server_fails_fast_as_unavailable_like_a_call():
+    import grpc
+    import numpy as np
+
+    from semlink.device.client import build_request
+    from semlink.procs import free_port
+
+    client = ServerClient(f"127.0.0.1:{free_port()}", stream=True)
+    request = build_request("m", "", "r1", {"tokens": np.zeros((1, 4, 32), np.float16)}, {})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.infer(request, 2.0)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert request.id == "r1"  # the stream's own id never leaks into the caller's request
+    await client.close()
