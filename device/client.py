@@ -188,14 +188,16 @@ class ServerClient:
     async def _stream_infer(
         self, request: pb.ModelInferRequest, timeout_s: float
     ) -> pb.ModelInferResponse:
-        """One request on the shared stream, matched to its answer by a stream-unique id (the
-        caller's request id rides in the parameters, as on a unary call)."""
+        """One request on the shared stream, matched to its answer by a stream-unique id."""
         call = await self._open()
-        key = f"s{next(self._ids)}"
+        # unique on this stream, and still the caller's id to whoever reads the wire (the link's
+        # request log): "<request id>/<n>"
+        own_id = request.id
+        key = f"{own_id}/{next(self._ids)}"
         answer: asyncio.Future = asyncio.get_running_loop().create_future()
         self._waiting[key] = answer
         try:
-            own_id, request.id = request.id, key
+            request.id = key
             try:
                 await call.write(request)
             finally:
@@ -237,6 +239,9 @@ class ServerClient:
                     waiter.set_result(message)
         except grpc.aio.AioRpcError as exc:
             reason = f"stream broken: {exc.code().name} {exc.details()}"
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # an OIP server without streams
+                log.warning("%s does not stream (%s); offloading by calls", self.address, reason)
+                self.stream = False
         except asyncio.CancelledError:
             reason = "stream closed"
         for waiter in self._waiting.values():

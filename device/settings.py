@@ -34,8 +34,9 @@ class DeviceSettings(BaseSettings):
         "or round robin",
     )
     transport: Literal["stream", "unary"] = Field(
-        "unary",
-        description="offloads on one ModelStreamInfer stream per replica, or a ModelInfer call each",
+        "stream",
+        description="offloads on one ModelStreamInfer stream per replica (about 0.3 ms less per "
+        "round trip), or a ModelInfer call each (for servers without the streaming extension)",
     )
     resolve_s: float = Field(
         2.0, gt=0.0, le=3600.0, description="seconds between DNS lookups of the server names"

@@ -69,6 +69,7 @@ class InferenceCore:
         self.ready = False
         self.in_flight = 0
         self.service_ms = 0.0
+        self.draining = False  # set on shutdown: streams end after the request in hand
         self.metrics = ServerMetrics()
         self.metrics.queue_depth.set_function(lambda: self.in_flight)
         self.metrics.service.set_function(lambda: self.service_ms / 1000.0)

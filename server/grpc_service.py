@@ -124,7 +124,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         order answers are ready, matched by ``id``; a failed request gets ``error_message`` (and
         its status code in the parameter ``error_code``) and the stream stays open. At most
         ``STREAM_IN_FLIGHT`` requests of one stream are in the server at once: the stream is
-        read no further until one is answered (a client cannot grow the server's memory)."""
+        read no further until one is answered (a client cannot grow the server's memory).
+        When the server shuts down, a stream ends (status OK) after answering the request in
+        hand, so its client opens the next one elsewhere instead of waiting out the drain."""
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         writing = asyncio.Lock()
         tasks: set[asyncio.Task] = set()
@@ -158,6 +160,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             task = asyncio.ensure_future(answer(request))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            if self.core.draining:  # shutting down: answer what came, then end the stream
+                break
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:

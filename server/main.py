@@ -66,6 +66,7 @@ async def serve(settings: ServerSettings) -> None:
 
     async def stop() -> None:
         """Drains gRPC for ``drain_seconds``, then stops HTTP and the core."""
+        core.draining = True  # open streams end at their next request: clients move on
         await grpc_server.stop(grace=settings.drain_seconds)  # finishes in-flight RPCs
         http.should_exit = True
         if http_task is not None:
