@@ -132,6 +132,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task] = set()
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            """Answers one request of the stream on it, then frees its slot."""
             try:
                 try:
                     message = pb.ModelStreamInferResponse(
