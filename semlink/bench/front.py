@@ -38,6 +38,8 @@ class FrontBenchConfig:
     seconds: float = 20.0
     """Length of each locust run (after a warm-up of a quarter of it)."""
     model: str = "digits-vit"
+    transport: str = "stream"
+    """The device's offload transport: stream (its default) or unary."""
     out: str = "runs/bench-front"
 
 
@@ -118,7 +120,7 @@ def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
     ]
     _bodies(out / "tokens", [{"tokens": t} for t in tokens])
     _bodies(out / "images", [{"image": x} for x in images])
-    warm = FrontBenchConfig(cfg.users, max(cfg.seconds / 4, 2.0), cfg.model, cfg.out)
+    warm = FrontBenchConfig(cfg.users, max(cfg.seconds / 4, 2.0), cfg.model, cfg.transport, cfg.out)
     result: dict[str, Any] = {
         "config": asdict(cfg),
         "cores": {"system": sorted(sut), "locust": sorted(tool)},
@@ -142,6 +144,8 @@ def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
             "--insecure",
             "--max-concurrent-per-client",
             "0",
+            "--transport",
+            cfg.transport,
             cpus=sut,
         )
         stack.wait_device()
