@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from semlink.bench import write_figures
 from semlink.bench.baselines import to_jpeg
+from semlink.models.stats import pm
 from semlink.procs import Processes, Stack, free_port
 from semlink.protocol.http_codec import build_infer_request
 from semlink.runtime.repository import DEFAULT_REPOSITORY
@@ -345,7 +346,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"**{rate:g} Mbit/s**", "", head, "|" + " --- |" * 8]
         for r in (r for r in report["results"] if r["rate_mbit"] == rate):
             lines.append(
-                f"| {r['system']} | {100 * r['accuracy']:.1f} % (n={r['requests']}) "
+                f"| {r['system']} | {pm(r['accuracy'], r['requests'])} % (n={r['requests']}) "
                 f"| {r['bytes_up']:.0f} / {r['bytes_down']:.0f} | {r['p50_ms']:.1f} "
                 f"| {r['p95_ms']:.1f} | {100 * r['within_deadline']:.0f} % | {r['degraded']} "
                 f"| {r['throughput_rps']:.1f} |"

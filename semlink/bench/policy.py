@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from semlink.bench import write_figures
+from semlink.models.stats import pm
 from semlink.runtime.offload_policy import PolicySpec, rule_action
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
@@ -70,6 +71,7 @@ def summarise(outs: list[Any]) -> dict[str, float]:
     return {
         "reward": float(np.mean([o.reward for o in outs])),
         "accuracy": float(np.mean([o.correct for o in outs])),
+        "n": len(outs),
         "latency_ms": float(np.mean([o.latency_ms for o in outs])),
         "p95_latency_ms": float(np.percentile([o.latency_ms for o in outs], 95)),
         "energy_mj": float(1000 * np.mean([o.energy_j for o in outs])),
@@ -168,12 +170,13 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
-        f"{'regime':<8} {'policy':<24} {'reward':>7} {'acc':>6} {'lat ms':>7} {'p95 ms':>7} "
+        f"{'regime':<8} {'policy':<24} {'reward':>7} {'acc % (95 % CI)':>14} {'lat ms':>7} {'p95 ms':>7} "
         f"{'energy mJ':>9} {'bytes':>6} {'offload':>7}  params"
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['regime']:<8} {r['policy']:<24} {r['reward']:7.4f} {r['accuracy'] * 100:5.1f}% "
+            f"{r['regime']:<8} {r['policy']:<24} {r['reward']:7.4f} "
+            f"{pm(r['accuracy'], r['n']):>14} "
             f"{r['latency_ms']:7.1f} {r['p95_latency_ms']:7.1f} {r['energy_mj']:9.1f} {r['bytes']:6.0f} "
             f"{r['offloaded'] * 100:6.1f}%  {r.get('params', '')}"
         )

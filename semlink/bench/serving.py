@@ -30,6 +30,7 @@ from tqdm import tqdm
 from semlink.bench import write_figures
 from semlink.device.service import SERVER_SPANS
 from semlink.models.data import load_digits_canvas
+from semlink.models.stats import pm
 from semlink.procs import Processes, Stack, pinned
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.protocol.http_codec import build_infer_request
@@ -226,6 +227,7 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
             "p50_ms": _pct([r["client_ms"] for r in rows], 50),
             "p95_ms": _pct([r["client_ms"] for r in rows], 95),
             "accuracy": float(np.mean([r["correct"] for r in rows])),
+            "n": len(rows),
             "bytes_per_request": float(np.mean([r["request_bytes"] for r in rows])),
             "degraded": int(sum(bool(r["degraded"]) for r in rows)),
         }
@@ -310,7 +312,7 @@ def format_report(r: dict[str, Any]) -> str:
     for k in ("all-tokens-fp32", "semlink-fp16", "semlink-int8"):
         v = lk[k]
         lines.append(
-            f"   {k:<32} {v['p50_ms']:8.1f}  {v['p95_ms']:8.1f}   {100 * v['accuracy']:6.1f} %  {v['bytes_per_request']:9.0f}"
+            f"   {k:<32} {v['p50_ms']:8.1f}  {v['p95_ms']:8.1f}  {pm(v['accuracy'], v['n']):>9} %  {v['bytes_per_request']:9.0f}"
         )
     lines.append(
         f"   {r['link_variant']}: latency ratio {r['link_latency_ratio']:.3f} (target <= 0.333), accuracy loss {r['accuracy_loss_points']:.1f} points (target <= 1)"

@@ -68,5 +68,5 @@ def test_targets_compare_each_controller_with_the_jpeg_upload():
     report["targets"] = targets(report)
     report["machine"] = {"processor": "x86_64", "cpus": 2, "platform": "Linux", "python": "3.11"}
     text = format_report(report)
-    assert "**0.1 Mbit/s**" in text and "| JPEG → FastAPI, full model | 97.0 %" in text
+    assert "**0.1 Mbit/s**" in text and "| JPEG → FastAPI, full model | 97.0±" in text
     assert "✗ semlink Lyapunov (JSCC)" in text
