@@ -144,6 +144,11 @@ BENCHMARKS = {
         "ReliabilityBenchConfig",
         "load, faults, fuzzing and access control",
     ),
+    "profile": (
+        "profile",
+        "ProfileBenchConfig",
+        "the device profile: the whole model on the device (CPU quota) against the server",
+    ),
     "front": (
         "front",
         "FrontBenchConfig",

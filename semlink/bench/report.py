@@ -41,6 +41,10 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
         ("split", "--epochs", "2", "--finetune-epochs", "4"),
         "ADC split learning vs baselines; ALaST vs full fine-tuning (short schedules)",
     ),
+    "profile": (
+        ("profile",),
+        "the device profile: the whole model under the CPU quota against the server",
+    ),
     "front": (
         ("front",),
         "the device's HTTP front against the server alone, under locust",

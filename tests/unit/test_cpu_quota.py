@@ -46,3 +46,12 @@ def test_profiles_name_their_share():
     assert profile_share("none") is None and profile_share("camera") == 0.1
     with pytest.raises(ValueError, match="device profile must be one of"):
         profile_share("toaster")
+
+
+def test_profile_bench_times_the_whole_model_under_the_quota_and_without():
+    from semlink.bench.profile import ProfileBenchConfig, bench, format_table
+
+    r = bench(ProfileBenchConfig(repeats=5))
+    assert r["cpu_share"] == 0.1 and r["device_ms"] > 0 and r["server_ms"] > 0
+    assert r["ratio"] == r["device_ms"] / r["server_ms"]
+    assert "slower (target >= 8x" in format_table(r)
