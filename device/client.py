@@ -129,6 +129,7 @@ class ServerClient:
         self._waiting: dict[str, asyncio.Future] = {}
         self._ids = itertools.count()
         self._opening = asyncio.Lock()
+        self._writing = asyncio.Lock()  # one write at a time on a stream (gRPC's rule)
 
     async def close(self) -> None:
         """Closes the stream (if any) and the channel."""
@@ -199,7 +200,8 @@ class ServerClient:
         try:
             request.id = key
             try:
-                await call.write(request)
+                async with self._writing:
+                    await call.write(request)
             finally:
                 request.id = own_id
             message = await asyncio.wait_for(answer, timeout_s)
