@@ -45,8 +45,8 @@ def load_from(metadata: Any) -> ServerLoad | None:
 
 
 def load_from_parameters(parameters: dict[str, Any]) -> ServerLoad | None:
-    """The load a semlink server also puts in every reply's parameters (what a stream, which has
-    no trailing metadata per message, carries)."""
+    """The load a semlink server puts in every reply's parameters, ``None`` from a server that
+    does not."""
     depth, service = parameters.get("server_queue_depth"), parameters.get("server_service_ms")
     if isinstance(depth, int) and isinstance(service, (int, float)) and depth >= 0:
         return ServerLoad(depth, float(service))
@@ -160,11 +160,9 @@ class ServerClient:
         ``UNAVAILABLE``, a late one ``DEADLINE_EXCEEDED``)."""
         t0 = time.perf_counter()
         if self.stream:
-            resp, trailing = await self._stream_infer(request, timeout_s), None
+            resp = await self._stream_infer(request, timeout_s)
         else:
-            call = self.stub.ModelInfer(request, timeout=timeout_s)
-            resp = await call
-            trailing = await call.trailing_metadata()
+            resp = await self.stub.ModelInfer(request, timeout=timeout_s)
         rtt = (time.perf_counter() - t0) * 1000.0
         parameters = {k: param_value(v) for k, v in resp.parameters.items()}
         if len(resp.outputs) != 1 or len(resp.raw_output_contents) != 1:
@@ -183,7 +181,7 @@ class ServerClient:
             request.ByteSize(),
             sum(len(r) for r in request.raw_input_contents),
             rtt,
-            load_from(trailing) or load_from_parameters(parameters),
+            load_from_parameters(parameters),
         )
 
     async def _stream_infer(

@@ -294,7 +294,10 @@ class LinkEmulator:
             host, _, port = parts[1].rpartition(":")
             target = (host.strip("[]"), int(port))
             if not await self.allowed(*target):
-                reason = f"{parts[1]} is not an upstream of this link"
+                reason = (
+                    f"{parts[1]} is not an upstream of this link; add it (or a name that "
+                    "resolves to it) to the link's --upstream list"
+                )
         if reason:
             log.warning("connection %d refused: %s", cid, quote(reason))
             client_w.write(f"HTTP/1.1 403 Forbidden\r\n\r\n{reason}\n".encode())

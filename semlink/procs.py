@@ -22,6 +22,35 @@ import httpx
 STARTUP_TIMEOUT_S = 90.0
 
 
+def split_cores() -> tuple[set[int] | None, set[int]]:
+    """This machine's cores as (the system under test's, the load generator's): the first core
+    and the rest, or ``(None, all)`` on a single core (nothing to separate)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, set(cores)
+    return {cores[0]}, set(cores[1:])
+
+
+def start_replica(
+    procs: Processes, name: str, grpc_port: int, http_port: int, quota: float | None = None
+) -> None:
+    """A plaintext ``semlink server`` on loopback with one worker thread, under a CPU quota of
+    ``quota`` cores when given, waited for until it is ready."""
+    procs.start(
+        name,
+        "server",
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--threads",
+        "1",
+        "--insecure",
+        *(["--cpu-quota", str(quota)] if quota else []),
+    )
+    procs.wait_http(name, f"http://127.0.0.1:{http_port}/v2/health/ready")
+
+
 @contextlib.contextmanager
 def pinned(cpus: set[int]):  # type: ignore[no-untyped-def]
     """Runs the block with every thread of this process on the cores ``cpus`` (the load
@@ -213,7 +242,13 @@ class Stack:
     def wait_link(self) -> None:
         self.procs.wait_http(f"link{self.suffix}", self.state_url)
 
-    def start_device(self, *extra: str, through_link: bool = True, wait: bool = True) -> None:
+    def start_device(
+        self,
+        *extra: str,
+        through_link: bool = True,
+        wait: bool = True,
+        cpus: set[int] | None = None,
+    ) -> None:
         repo = ["--model-repository", str(self.repository)] if self.repository else []
         target = self.ports["link"] if through_link else self.ports["grpc"]
         state = ["--link-state-url", self.state_url] if through_link else []
@@ -230,6 +265,7 @@ class Stack:
             *state,
             *self.security_args("device"),
             *extra,
+            cpus=cpus,
         )
         if wait:
             self.wait_device()

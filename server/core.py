@@ -40,10 +40,12 @@ class Load:
     """What the server tells devices about its load, so each can pick the replica that will
     answer soonest: requests in the server now, and its recent service time per request.
 
-    Exported in the ``semlink-queue-depth`` / ``semlink-service-ms`` gRPC trailing metadata of
-    ``ServerReady`` and ``ModelInfer`` (an OIP client ignores them), in the same HTTP headers of
-    ``/v2/health/ready``, and as the Prometheus gauges ``semlink_server_queue_depth`` and
-    ``semlink_server_service_seconds`` (what an autoscaler reads).
+    Exported in every inference reply's parameters (``server_queue_depth``,
+    ``server_service_ms``: on a call and on a stream alike), in the ``semlink-queue-depth`` /
+    ``semlink-service-ms`` gRPC trailing metadata of ``ServerReady`` and of failed calls (an OIP
+    client ignores them), in the same HTTP headers of ``/v2/health/ready``, and as the
+    Prometheus gauges ``semlink_server_queue_depth`` and ``semlink_server_service_seconds``
+    (what an autoscaler reads).
     """
 
     queue_depth: int
@@ -55,6 +57,10 @@ class Load:
             (P.QUEUE_DEPTH_KEY, str(self.queue_depth)),
             (P.SERVICE_MS_KEY, f"{self.service_ms:.3f}"),
         ]
+
+    def parameters(self) -> dict[str, int | float]:
+        """The load as reply parameters."""
+        return {"server_queue_depth": self.queue_depth, "server_service_ms": self.service_ms}
 
 
 class InferenceCore:
@@ -208,9 +214,7 @@ class InferenceCore:
             },
         )
         reply = {
-            # the load, for clients on a stream (no trailing metadata per message)
-            "server_queue_depth": self.in_flight,
-            "server_service_ms": self.service_ms,
+            **self.load_report().parameters(),
             "server_queue_ms": queue_ms,
             "server_compute_ms": compute_ms,
             **spans,

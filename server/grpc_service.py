@@ -108,14 +108,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """OIP inference through the core; failures become status codes by the error table.
         The reply's parameters say where the server's time went (``server_decode_ms``,
         ``server_admit_ms``, ``server_queue_ms``, ``server_hop_ms``, ``server_ort_ms``,
-        ``server_handler_ms``: receipt of the decoded message to the reply built)."""
-        load = tuple(self.core.load_report().headers())
+        ``server_handler_ms``: receipt of the decoded message to the reply built) and the
+        server's load (``server_queue_depth``, ``server_service_ms``)."""
         try:
-            response = await self._answer(request)
-        except Failure as failure:
+            return await self._answer(request)
+        except Failure as failure:  # the load rides along: a full server says how full
+            load = tuple(self.core.load_report().headers())
             await context.abort(failure.kind.grpc, failure.message, trailing_metadata=load)
-        context.set_trailing_metadata(self.core.load_report().headers())
-        return response
+            raise  # abort raises; this line is for readers and type checkers
 
     async def ModelStreamInfer(
         self, request_iterator: Any, context: grpc.aio.ServicerContext

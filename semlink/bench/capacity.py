@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from semlink.bench import run_and_report
-from semlink.procs import Processes, free_port
+from semlink.procs import Processes, free_port, start_replica
 
 
 @dataclass
@@ -90,21 +90,8 @@ class Replicas:
 
     def start(self, count: int) -> None:
         for i in range(len(self.ports), count):
-            grpc_port, http_port = free_port(), free_port()
-            self.procs.start(
-                f"server-{i}",
-                "server",
-                "--grpc-port",
-                str(grpc_port),
-                "--http-port",
-                str(http_port),
-                "--threads",
-                "1",
-                "--cpu-quota",
-                str(self.quota),
-                "--insecure",
-            )
-            self.procs.wait_http(f"server-{i}", f"http://127.0.0.1:{http_port}/v2/health/ready")
+            grpc_port = free_port()
+            start_replica(self.procs, f"server-{i}", grpc_port, free_port(), self.quota)
             self.ports.append(grpc_port)
 
     def replica_set(self, count: int) -> Any:

@@ -21,14 +21,14 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semlink.bench import run_and_report
-from semlink.procs import Processes, Stack
+from semlink.procs import Processes, Stack, split_cores
 
 
 @dataclass
@@ -107,8 +107,7 @@ def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
     from semlink.models.datasets import load_dataset
     from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
-    cores = sorted(os.sched_getaffinity(0))
-    sut, tool = ({cores[0]}, set(cores[1:])) if len(cores) > 1 else (set(cores), set(cores))
+    sut, tool = split_cores()
     mv = resolve(scan(DEFAULT_REPOSITORY), cfg.model)
     data = load_dataset(mv.manifest.normalisation.dataset, "test")
     head = mv.session("head")
@@ -120,7 +119,7 @@ def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
     ]
     _bodies(out / "tokens", [{"tokens": t} for t in tokens])
     _bodies(out / "images", [{"image": x} for x in images])
-    warm = FrontBenchConfig(cfg.users, max(cfg.seconds / 4, 2.0), cfg.model, cfg.transport, cfg.out)
+    warm = replace(cfg, seconds=max(cfg.seconds / 4, 2.0))
     result: dict[str, Any] = {
         "config": asdict(cfg),
         "cores": {"system": sorted(sut), "locust": sorted(tool)},
@@ -132,23 +131,14 @@ def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
         stack.start_server("--threads", "1", cpus=sut)
         locust(stack.server_url, path, out / "tokens", warm, tool)
         result["server_alone"] = locust(stack.server_url, path, out / "tokens", cfg, tool)
-        procs.start(
-            "device",
-            "device",
-            "--server",
-            f"127.0.0.1:{stack.ports['grpc']}",
-            "--http-port",
-            str(stack.ports["device"]),
-            "--model-name",
-            cfg.model,
-            "--insecure",
+        stack.start_device(
             "--max-concurrent-per-client",
             "0",
             "--transport",
             cfg.transport,
+            through_link=False,
             cpus=sut,
         )
-        stack.wait_device()
         locust(stack.device_url, path, out / "images", warm, tool)
         result["device_front"] = locust(stack.device_url, path, out / "images", cfg, tool)
     finally:

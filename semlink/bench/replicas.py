@@ -36,7 +36,7 @@ import numpy as np
 
 from semlink.bench import run_and_report
 from semlink.bench.reliability import Outcome, handled_ids, stream
-from semlink.procs import Processes, free_port
+from semlink.procs import Processes, free_port, start_replica
 
 
 @dataclass
@@ -71,25 +71,8 @@ class Fleet:
     def targets(self) -> str:
         return ",".join(f"127.0.0.1:{p}" for p in self.grpc)
 
-    def start_server(self, i: int, quota: float | None = None, wait: bool = True) -> None:
-        extra = ["--cpu-quota", str(quota)] if quota else []
-        self.procs.start(
-            f"server-{i}",
-            "server",
-            "--grpc-port",
-            str(self.grpc[i]),
-            "--http-port",
-            str(self.http[i]),
-            "--threads",
-            "1",
-            "--insecure",
-            *extra,
-        )
-        if wait:
-            self.wait_server(i)
-
-    def wait_server(self, i: int) -> None:
-        self.procs.wait_http(f"server-{i}", f"http://127.0.0.1:{self.http[i]}/v2/health/ready")
+    def start_server(self, i: int, quota: float | None = None) -> None:
+        start_replica(self.procs, f"server-{i}", self.grpc[i], self.http[i], quota)
 
     def start_links(self) -> None:
         for d, (port, state) in enumerate(self.links):

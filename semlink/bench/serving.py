@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from semlink.bench import write_figures
 from semlink.device.service import SERVER_SPANS
 from semlink.models.data import load_digits_canvas
 from semlink.models.stats import pm
-from semlink.procs import Processes, Stack, pinned
+from semlink.procs import Processes, Stack, pinned, split_cores
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.protocol.http_codec import build_infer_request
 from semlink.runtime.pipelines import make_pipeline
@@ -179,11 +178,9 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
         for x in images[:32]
     ]
     batching = {}
-    cores = sorted(os.sched_getaffinity(0))
-    server_cores = {cores[0]} if len(cores) > 1 else None
-    load_cores = set(cores[1:]) if len(cores) > 1 else set(cores)
+    server_cores, load_cores = split_cores()
     results["batching_cores"] = {
-        "server": sorted(server_cores or cores),
+        "server": sorted(server_cores or load_cores),
         "load": sorted(load_cores),
     }
     for label, max_batch in (("batched", "16"), ("unbatched", "1")):

@@ -127,3 +127,4 @@ def test_connect_reaches_an_allowed_upstream_and_an_open_proxy_is_refused():
     assert plain == b"A:hello"
     assert by_address == b"B:howdy" and by_name == b"B:hi!!!"
     assert refused.startswith(b"HTTP/1.1 403") and b"not an upstream" in refused
+    assert b"--upstream" in refused  # the refusal names the fix
