@@ -15,7 +15,8 @@ fresh positions and noise every epoch (``Dataset.epoch(e)``); validation and tes
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,25 @@ class Dataset:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield images[idx], self.labels[idx]
+
+
+def epochs_ahead(
+    data: Dataset, epochs: Iterable[int], augment: bool = False, ahead: bool = True
+) -> Iterator[np.ndarray]:
+    """Training images of each of ``epochs`` in turn (:meth:`Dataset.epoch`); with ``ahead`` the
+    next epoch's are composed in a background thread while the caller trains on this one."""
+    if not ahead:
+        yield from (data.epoch(e, augment) for e in epochs)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="epoch-ahead") as pool:
+        todo = iter(epochs)
+        first = next(todo, None)
+        pending = None if first is None else pool.submit(data.epoch, first, augment)
+        while pending is not None:
+            images = pending.result()
+            following = next(todo, None)
+            pending = None if following is None else pool.submit(data.epoch, following, augment)
+            yield images
 
 
 def normalize_digits(canvas: np.ndarray) -> np.ndarray:

@@ -49,16 +49,18 @@ def load_dataset(
     image_size: int = 64,
     placements: int | None = None,
     curriculum_epochs: int = 0,
+    workers: int = 0,
 ) -> Dataset:
     """One split of the dataset ``name`` (:data:`DATASETS`); ``root`` is required for the
     on-disk ones, ``image_size`` resizes ImageFolder trees, ``placements`` sets digits-scene's
     frames per source digit (training: fresh ones every epoch) and ``curriculum_epochs`` the
-    epochs its training frames take to go from big uncluttered digits to the full recipe."""
+    epochs its training frames take to go from big uncluttered digits to the full recipe, and
+    ``workers`` how many processes compose them (the frames are the same for any number)."""
     if name in ("digits-canvas", "digits-shifted"):
         return load_digits_canvas(split, seed, shifted=name == "digits-shifted")
     if name == "digits-scene":
         scene = load_digits_scene(split, seed, placements)
-        scene.curriculum_epochs = curriculum_epochs
+        scene.curriculum_epochs, scene.workers = curriculum_epochs, workers
         return scene
     if name in ("cifar10", "imagefolder") and root is None:
         raise ValueError(f"dataset {name!r} is read from local disk: pass --data-root PATH")

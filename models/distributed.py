@@ -15,8 +15,8 @@ up to floating-point order, per-slice BatchNorm statistics and per-process rando
 Parameters start equal (broadcast from rank 0), BatchNorm buffers are averaged before each
 validation, and only rank 0 writes checkpoints, progress bars and logs.
 
-The backend is gloo: the trainers run on CPU (on a GPU machine NCCL would need the trainers to
-place their tensors on the GPU, which they do not). ``--nnodes``/``--rdzv-endpoint`` work as
+The backend is gloo, on CPU. A single process trains on a GPU with ``--device cuda`` (or ``auto``:
+:func:`training_device`); several processes on GPUs (NCCL) are not wired up. ``--nnodes``/``--rdzv-endpoint`` work as
 ``torchrun`` documents, the machines reaching each other on the rendezvous port.
 """
 
@@ -116,6 +116,21 @@ class Distributed:
         """Waits for every rank."""
         if self.enabled:
             dist.barrier()
+
+
+def training_device(name: str) -> torch.device:
+    """Where a trainer computes: ``cpu``, ``cuda`` (an error when none is there) or ``auto`` (the
+    GPU when there is one). Under ``torchrun`` only ``cpu``: the process group is gloo's."""
+    if name not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise ValueError("device cuda asked for, but torch sees no GPU here: use cpu or auto")
+    if name == "cpu" or not cuda:
+        return torch.device("cpu")
+    if current().enabled:
+        raise ValueError("under torchrun the trainers run on cpu (gloo): drop --device")
+    return torch.device("cuda")
 
 
 def rank_from_env() -> int:

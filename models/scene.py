@@ -17,6 +17,8 @@ training split draws fresh placements every epoch (:meth:`SceneDataset.epoch`).
 from __future__ import annotations
 
 import functools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,9 @@ TRAIN_PHOTOS = (
 SCENE_MEAN = (0.5069, 0.4472, 0.4205)
 SCENE_STD = (0.2596, 0.2485, 0.2545)
 PLACEMENTS = 8  # validation and test frames per source digit
+# training frames are composed in seeded chunks of this many, so an epoch's frames are the same
+# whether one process composes them or several (``SceneDataset.workers``)
+CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ EASY_RECIPE = SceneRecipe(digit_px=(72, 96), distractors=(0, 1), min_contrast=0.
 
 @functools.cache
 def _photo(name: str) -> np.ndarray:
-    """A bundled photograph as float32 (H, W, 3) in [0, 1] (grey ones replicated)."""
+    """A bundled photograph as uint8 (H, W, 3) (grey ones replicated)."""
     if name.startswith("sklearn:"):
         from sklearn.datasets import load_sample_image
 
@@ -97,7 +102,7 @@ def _photo(name: str) -> np.ndarray:
 
         with Image.open(Path(skimage.data.__file__).parent / name) as img:
             arr = np.asarray(img.convert("RGB"))
-    return arr.astype(np.float32) / 255.0
+    return np.ascontiguousarray(arr, np.uint8)
 
 
 def photographs(split: str) -> list[np.ndarray]:
@@ -111,15 +116,16 @@ def _background(photos: list[np.ndarray], rng: np.random.Generator, size: int) -
     h, w = photo.shape[:2]
     side = int(rng.uniform(0.5, 1.0) * min(h, w))
     y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    crop = Image.fromarray((photo[y : y + side, x : x + side] * 255).astype(np.uint8))
-    bg = np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255.0
+    crop = Image.fromarray(photo[y : y + side, x : x + side])
+    small = crop.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    bg = np.asarray(small, np.float32) / 255.0
     if rng.random() < 0.5:
         bg = bg[:, ::-1]
     gain = rng.uniform(0.8, 1.2) * rng.uniform(0.9, 1.1, size=3)  # brightness, colour cast
     mean = bg.mean()
     bg = (bg - mean) * rng.uniform(0.7, 1.3) + mean  # contrast
-    noise = rng.normal(0.0, 0.03, size=bg.shape)  # a camera's sensor noise
-    return np.clip(bg * gain + noise.astype(np.float32), 0.0, 1.0)
+    noise = rng.standard_normal(bg.shape, dtype=np.float32) * 0.03  # a camera's sensor noise
+    return np.clip(bg * gain.astype(np.float32) + noise, 0.0, 1.0)
 
 
 def _render(glyph: np.ndarray, side: int) -> np.ndarray:
@@ -191,6 +197,22 @@ def normalise(frames: np.ndarray) -> np.ndarray:
     return ((frames - mean) / std).astype(np.float32)
 
 
+def _compose_chunk(
+    job: tuple[np.ndarray, np.ndarray, tuple[int, ...], SceneRecipe],
+) -> np.ndarray:
+    """Normalised training frames of one chunk: (sources, pool, seed key, recipe)."""
+    sources, pool, key, recipe = job
+    frames, _ = compose(sources, pool, photographs("train"), np.random.default_rng(key), recipe)
+    return normalise(frames)
+
+
+@functools.cache
+def _executor(workers: int) -> ProcessPoolExecutor:
+    """One pool of composing processes per size, for the life of the program (spawned, not
+    forked: the trainer's threads and CUDA context stay out of the children)."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 @dataclass
 class SceneDataset(Dataset):
     """A digits-scene split; ``masks`` mark the digit's pixels (for ``semlink data stats``)."""
@@ -199,6 +221,7 @@ class SceneDataset(Dataset):
     pool: np.ndarray | None = None  # the split's digits, the distractors' source
     recipe: SceneRecipe = field(default_factory=SceneRecipe)
     curriculum_epochs: int = 0  # train epochs to go from EASY_RECIPE to ``recipe``; 0: none
+    workers: int = 0  # processes composing training frames (0 or 1: this one)
 
     def recipe_at(self, epoch: int) -> SceneRecipe:
         """The recipe of training epoch ``epoch``: along the curriculum, then ``recipe``."""
@@ -207,13 +230,24 @@ class SceneDataset(Dataset):
         return EASY_RECIPE.towards(self.recipe, epoch / self.curriculum_epochs)
 
     def epoch(self, epoch: int, augment: bool = False) -> np.ndarray:
-        """Training frames of ``epoch``: fresh backgrounds, placements and clutter each time."""
+        """Training frames of ``epoch``: fresh backgrounds, placements and clutter each time,
+        composed by ``workers`` processes when there are more than one (same frames either way:
+        each chunk of :data:`CHUNK` frames has its own seed)."""
         if self.split != "train" or self.sources is None or self.pool is None:
             return self.images
-        rng = np.random.default_rng((self.seed, SPLITS.index(self.split), 1000 + epoch))
         recipe = self.recipe_at(epoch)
-        frames, _ = compose(self.sources, self.pool, photographs("train"), rng, recipe)
-        return normalise(frames)
+        jobs = [
+            (
+                self.sources[start : start + CHUNK],
+                self.pool,
+                (self.seed, SPLITS.index(self.split), 1000 + epoch, start // CHUNK),
+                recipe,
+            )
+            for start in range(0, len(self.sources), CHUNK)
+        ]
+        if self.workers > 1:
+            return np.concatenate(list(_executor(self.workers).map(_compose_chunk, jobs)))
+        return np.concatenate([_compose_chunk(job) for job in jobs])
 
     def placements(self, count: int) -> Dataset:
         """Already several placements per digit (validation and test): itself."""

@@ -52,7 +52,8 @@ class SemComModel(nn.Module):
         re, im = normalise(re, im, mask)
 
         def normal(shape: tuple[int, ...]) -> torch.Tensor:
-            return torch.randn(shape, generator=generator, device=patches.device)
+            # drawn on the CPU (the generator's device), so a seed gives the same noise anywhere
+            return torch.randn(shape, generator=generator).to(patches.device)
 
         re, im = channel.apply(kind, re, im, snr_db.reshape(-1, 1, 1), normal, power=1.0)
         return self.coder.decoder(re * mask, im * mask)
@@ -117,7 +118,8 @@ def accuracy_grid(
 
     model.eval()
     vit = model.vit
-    x = torch.from_numpy(data.images)
+    device = next(model.parameters()).device
+    x = torch.from_numpy(data.images).to(device)
     y = data.labels
     c, h, w = data.image_shape
     gen = torch.Generator().manual_seed(seed)
@@ -128,15 +130,19 @@ def accuracy_grid(
     for alpha, rate in bar:
         k = num_kept(alpha, vit.cfg.num_patches)
         if alpha not in kept_by_alpha:
-            out = vit.forward_device(x, torch.full((len(y),), float(alpha)))
+            out = vit.forward_device(x, torch.full((len(y),), float(alpha), device=device))
             kept_by_alpha[alpha] = vit.select(out.tokens, out.key, k)[0]
         patches = kept_by_alpha[alpha]
         m = symbols_kept(model.d_c, rate)
         for snr in snrs:
             received = model.transmit(
-                patches, torch.full((len(y),), m), torch.full((len(y),), float(snr)), kind, gen
+                patches,
+                torch.full((len(y),), m, device=device),
+                torch.full((len(y),), float(snr), device=device),
+                kind,
+                gen,
             )
-            acc = float((vit.forward_tail(received).argmax(1).numpy() == y).mean())
+            acc = float((vit.forward_tail(received).argmax(1).cpu().numpy() == y).mean())
             rows.append(
                 {
                     "snr_db": float(snr),

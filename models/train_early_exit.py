@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed
-from semlink.models.data import Dataset
+from semlink.models.data import Dataset, epochs_ahead
 from semlink.models.datasets import load_dataset
 from semlink.models.early_exit import EarlyExitConfig, EarlyExitNet, config_dict, config_from_dict
 from semlink.models.train_selector import cosine_lr
@@ -72,6 +72,11 @@ class TrainEarlyExitConfig:
     from_backbone: str | None = None
     """Checkpoint path: start the second phase from its finished backbone phase (disjoint /
     mixed; same seed and model)."""
+    device: str = "cpu"
+    """cpu, cuda or auto (the GPU when there is one)."""
+    data_workers: int = 0
+    """digits-scene: processes composing training frames, the next epoch's while this one trains
+    (0: composed in this process between epochs; the frames are the same either way)."""
     max_steps: int | None = None
     """Stop each epoch after this many steps (smoke tests)."""
     limit_train: int | None = None
@@ -103,10 +108,11 @@ def multi_exit_loss(
 def exit_accuracies(model: EarlyExitNet, data: Dataset, batch_size: int = 256) -> list[float]:
     """Accuracy of every exit on ``data``."""
     model.eval()
+    device = next(model.parameters()).device
     correct = np.zeros(model.num_exits)
     for x, y in data.batches(batch_size):
-        outs = model(torch.from_numpy(x))
-        correct += [(o.argmax(1).numpy() == y).sum() for o in outs]
+        outs = model(torch.from_numpy(x).to(device))
+        correct += [(o.argmax(1).cpu().numpy() == y).sum() for o in outs]
     return (correct / len(data)).tolist()
 
 
@@ -131,6 +137,7 @@ class Trainer:
             image_size=cfg.image_size,
             placements=cfg.train_placements,
             curriculum_epochs=cfg.curriculum_epochs,
+            workers=cfg.data_workers,
         )
         self.val = load_dataset(
             cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
@@ -139,7 +146,8 @@ class Trainer:
         cfg.model.in_chans, cfg.model.image_size = c, h
         cfg.model.num_classes = self.train.num_classes
         cfg.model.__post_init__()
-        self.model = EarlyExitNet(cfg.model)
+        self.device = distributed.training_device(cfg.device)
+        self.model = EarlyExitNet(cfg.model).to(self.device)
         self.dist = distributed.current()  # data-parallel under torchrun, else one process
         self.dist.sync_parameters(self.model)
         self.metrics: dict = {"history": [], "regime": cfg.regime}
@@ -222,11 +230,17 @@ class Trainer:
                 unit="epoch",
                 disable=None if self.dist.is_main else True,
             )
-            for epoch in bar:
+            frames = epochs_ahead(
+                self.train,
+                (epoch0 + e for e in range(epochs)),
+                cfg.augment,
+                ahead=cfg.data_workers > 0,
+            )
+            for epoch, all_images in zip(bar, frames, strict=True):
                 self.model.train()
                 if phase == "heads":
                     self.model.backbone.eval()
-                images = self.train.epoch(epoch0 + epoch, augment=cfg.augment)[:n_train]
+                images = all_images[:n_train]
                 labels = self.train.labels[:n_train]
                 order = torch.randperm(n_train, generator=self.gen).numpy()
                 losses = []
@@ -237,7 +251,7 @@ class Trainer:
                     x, y = self.dist.shard(  # this rank's slice of the global batch
                         torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
                     )
-                    loss = self._loss(phase, x, y)
+                    loss = self._loss(phase, x.to(self.device), y.to(self.device))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     self.dist.average_gradients(params)
@@ -248,6 +262,15 @@ class Trainer:
                 total_loss, count = self.dist.all_sum([sum(losses), len(losses)])
                 losses = [total_loss / max(count, 1)]  # the mean over every rank's steps
                 val = exit_accuracies(self.model, self.val)
+                log.info(
+                    "%s %s epoch %d/%d: loss %.3f, validation accuracy per exit %s",
+                    cfg.regime,
+                    phase,
+                    epoch + 1,
+                    epochs,
+                    losses[0],
+                    np.round(val, 3),
+                )
                 self.metrics["history"].append(
                     {
                         "phase": phase,

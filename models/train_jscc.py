@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed, semcom
+from semlink.models.data import epochs_ahead
 from semlink.models.datasets import load_dataset
 from semlink.models.jscc import JSCCConfig, symbols_kept
 from semlink.models.selector import distillation_loss, hard_keep_mask, sample_budgets
@@ -59,6 +60,11 @@ class TrainJSCCConfig:
     """Weight of the token reconstruction loss (MSE of decoded vs sent tokens, relative to their
     power): keeps the decoder close to identity at high SNR, where the task loss alone let the
     coder settle ~3 points below the uncoded model."""
+    device: str = "cpu"
+    """cpu, cuda or auto (the GPU when there is one)."""
+    data_workers: int = 0
+    """digits-scene: processes composing training frames, the next epoch's while this one trains
+    (0: composed in this process between epochs; the frames are the same either way)."""
     max_steps: int | None = None
     """Stop each epoch after this many steps (smoke tests)."""
     limit_train: int | None = None
@@ -92,6 +98,8 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
     cfg.jscc.embed_dim = vit_cfg.embed_dim
     model = SemComModel(vit_cfg, cfg.jscc)
     model.vit.load_state_dict(base["state_dict"])
+    device = distributed.training_device(cfg.device)
+    model.to(device)
     teacher = copy.deepcopy(model.vit).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -105,6 +113,7 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
         seed=cfg.seed,
         placements=cfg.train_placements,
         curriculum_epochs=cfg.curriculum_epochs,
+        workers=cfg.data_workers,
     )
     val = load_dataset(cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -134,10 +143,13 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
         total=cfg.epochs,
         disable=None if dist.is_main else True,
     )
-    for epoch in bar:
+    frames = epochs_ahead(
+        train, range(start_epoch, cfg.epochs), cfg.augment, ahead=cfg.data_workers > 0
+    )
+    for epoch, all_images in zip(bar, frames, strict=True):
         model.train()
         model.vit.eval()  # frozen stem batch-norm statistics stay as trained
-        images = train.epoch(epoch, augment=cfg.augment)[:n_train]
+        images = all_images[:n_train]
         order = torch.randperm(n_train, generator=gen).numpy()
         losses = []
         for i in range(steps):
@@ -148,14 +160,16 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x, y = dist.shard(torch.from_numpy(images[idx]), torch.from_numpy(train.labels[idx]))
+            x, y = x.to(device), y.to(device)
             b = len(y)
-            alpha = sample_budgets(b, cfg.alpha_low, 1.0, gen)
+            alpha = sample_budgets(b, cfg.alpha_low, 1.0, gen).to(device)
             with torch.no_grad():
                 out_dev = model.vit.forward_device(x, alpha)
                 keep = hard_keep_mask(out_dev.key, alpha)
                 t_logits = teacher.forward_tail(out_dev.tokens[:, 1:], keep)
             snr = torch.rand(b, generator=gen) * (cfg.snr_high - cfg.snr_low) + cfg.snr_low
             m = sample_symbols(b, model.d_c, cfg.fixed_rate, gen)
+            snr, m = snr.to(device), m.to(device)
             sent = out_dev.tokens[:, 1:]
             received = model.transmit(sent, m, snr, cfg.channel, gen)
             logits = model.vit.forward_tail(received, keep)

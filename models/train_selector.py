@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed
-from semlink.models.data import Dataset
+from semlink.models.data import Dataset, epochs_ahead
 from semlink.models.datasets import load_dataset
 from semlink.models.selector import budget_loss, distillation_loss, hard_keep_mask, sample_budgets
 from semlink.models.vit import SelectorViT, ViTConfig, num_kept
@@ -81,6 +81,14 @@ class TrainSelectorConfig:
     margin: float = 0.02
     w_out: float = 1.0
     w_in: float = 0.5
+    restart_selector: bool = False
+    """With ``--resume``: run the budget phase again from its start, the checkpoint's finished
+    backbone (its teacher), under this run's selector settings."""
+    device: str = "cpu"
+    """cpu, cuda or auto (the GPU when there is one)."""
+    data_workers: int = 0
+    """digits-scene: processes composing training frames, the next epoch's while this one trains
+    (0: composed in this process between epochs; the frames are the same either way)."""
     max_steps: int | None = None
     """Stop each phase after this many steps (smoke tests)."""
     limit_train: int | None = None
@@ -99,10 +107,11 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 def hard_accuracy(model: SelectorViT, data: Dataset, alpha: float, batch_size: int = 256) -> float:
     """Accuracy with exactly ``ceil(alpha*N)`` tokens physically removed from the transmission."""
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for x, y in data.batches(batch_size):
-        logits = model(torch.from_numpy(x), alpha)
-        correct += int((logits.argmax(1).numpy() == y).sum())
+        logits = model(torch.from_numpy(x).to(device), alpha)
+        correct += int((logits.argmax(1).cpu().numpy() == y).sum())
     return correct / len(data)
 
 
@@ -134,6 +143,7 @@ class Trainer:
             image_size=cfg.image_size,
             placements=cfg.train_placements,
             curriculum_epochs=cfg.curriculum_epochs,
+            workers=cfg.data_workers,
         )
         self.val = load_dataset(
             cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
@@ -145,7 +155,8 @@ class Trainer:
             self.train.num_classes,
         )
         cfg.model.__post_init__()
-        self.model = SelectorViT(cfg.model)
+        self.device = distributed.training_device(cfg.device)
+        self.model = SelectorViT(cfg.model).to(self.device)
         self.dist = distributed.current()  # data-parallel under torchrun, else one process
         self.dist.sync_parameters(self.model)
         self.teacher: SelectorViT | None = None
@@ -193,6 +204,9 @@ class Trainer:
     def resume(self, path: Path) -> None:
         ckpt = checkpoint.load(path)
         r = ckpt["resume"]
+        if self.cfg.restart_selector:
+            self._restart_selector(path, ckpt)
+            return
         self.model.load_state_dict(r["model"])
         self.phase, self.epoch, self.best = r["phase"], r["epoch"], r["best"]
         self.metrics = ckpt["metrics"]
@@ -202,6 +216,19 @@ class Trainer:
         self.opt.load_state_dict(r["optimizer"])
         self.state_dict_best = ckpt["state_dict"] if self.best >= 0 else None
         log.info("resumed %s at phase %s epoch %d", path, self.phase, self.epoch)
+
+    def _restart_selector(self, path: Path, ckpt: dict) -> None:
+        teacher = ckpt["resume"]["teacher"]
+        if teacher is None:
+            raise ValueError(f"{path} has not finished its backbone phase: nothing to restart from")
+        self.model.load_state_dict(teacher)
+        self.phase, self.epoch, self.best = "backbone", self.cfg.backbone_epochs, -1.0
+        history = [h for h in ckpt["metrics"]["history"] if h["phase"] == "backbone"]
+        # the backbone's training time (older checkpoints: everything they trained, the budget
+        # phase discarded here included)
+        seconds = ckpt["metrics"].get("backbone_seconds", ckpt["metrics"]["train_seconds"])
+        self.metrics = {"history": history, "train_seconds": seconds, "backbone_seconds": seconds}
+        log.info("restarting the budget phase of %s from its finished backbone", path)
 
     def _start_selector_phase(self, teacher_state: dict | None = None) -> None:
         self.teacher = copy.deepcopy(self.model).eval()
@@ -215,7 +242,7 @@ class Trainer:
     # --- steps -----------------------------------------------------------------------------
 
     def _backbone_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = self.model.forward_device(x, torch.ones(x.shape[0]))
+        out = self.model.forward_device(x, torch.ones(x.shape[0], device=x.device))
         logits = self.model.forward_tail(out.tokens[:, 1:])
         return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
 
@@ -224,7 +251,7 @@ class Trainer:
         assert self.teacher is not None
         with torch.no_grad():
             t_logits, importance = teacher_importance(self.teacher, x)
-        alpha = sample_budgets(x.shape[0], cfg.alpha_low, cfg.alpha_high, self.gen)
+        alpha = sample_budgets(x.shape[0], cfg.alpha_low, cfg.alpha_high, self.gen).to(x.device)
         out = self.model.forward_device(x, alpha)
         keep = hard_keep_mask(out.key.detach(), alpha)  # dropped patches masked out = removed
         logits = self.model.forward_tail(out.tokens[:, 1:], keep)
@@ -255,6 +282,10 @@ class Trainer:
             if name == "backbone" and self.phase == "selector":
                 continue
             if name == "selector" and self.phase == "backbone":
+                self.metrics.setdefault(
+                    "backbone_seconds",
+                    self.metrics.get("train_seconds", 0.0) + time.perf_counter() - t0,
+                )
                 self._start_selector_phase()
                 self.epoch = 0
             total = epochs * steps_per_epoch
@@ -266,9 +297,17 @@ class Trainer:
                 total=epochs,
                 disable=None if self.dist.is_main else True,
             )
-            for epoch in bar:
+            # the budget phase's frames go on from the backbone's (past its curriculum)
+            offset = 0 if name == "backbone" else cfg.backbone_epochs
+            frames = epochs_ahead(
+                self.train,
+                (offset + e for e in range(self.epoch, epochs)),
+                cfg.augment,
+                ahead=cfg.data_workers > 0,
+            )
+            for epoch, all_images in zip(bar, frames, strict=True):
                 self.model.train()
-                images = self.train.epoch(epoch, augment=cfg.augment)[:n_train]
+                images = all_images[:n_train]
                 labels = self.train.labels[:n_train]
                 order = torch.randperm(n_train, generator=self.gen).numpy()
                 losses = []
@@ -284,6 +323,7 @@ class Trainer:
                     x, y = self.dist.shard(  # this rank's slice of the global batch
                         torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
                     )
+                    x, y = x.to(self.device), y.to(self.device)
                     loss = (
                         self._backbone_loss(x, y)
                         if name == "backbone"

@@ -232,3 +232,30 @@ def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
     prefix = "scene" if dataset == "digits-scene" else "digits"
     for name in ("vit", "vit-jscc", "ee"):
         assert f"{prefix}-{name}" in outs
+
+
+def test_train_selector_restarts_its_budget_phase_from_the_finished_backbone(tmp_path):
+    out = tmp_path / "s.pt"
+    argv = ["train", "selector", "--out", str(out), "--backbone-epochs", "1"]
+    tiny = ["--max-steps", "2", "--limit-train", "64", "--batch-size", "16"]
+    assert main([*argv, "--selector-epochs", "1", *tiny]) == 0
+    teacher = checkpoint.load(out)["resume"]["teacher"]
+    # a second budget phase of 2 epochs from the same backbone, not from where the first ended
+    assert main([*argv, "--selector-epochs", "2", *tiny, "--resume", "--restart-selector"]) == 0
+    ckpt = checkpoint.load(out)
+    assert ckpt["resume"]["phase"] == "selector" and ckpt["resume"]["epoch"] == 2
+    assert [h["phase"] for h in ckpt["metrics"]["history"]] == ["backbone", "selector", "selector"]
+    for name, value in ckpt["resume"]["teacher"].items():
+        assert torch.equal(value, teacher[name]), name
+
+
+def test_train_device_flag_refuses_what_is_not_here(tmp_path):
+    from semlink.models.distributed import training_device
+
+    assert training_device("cpu").type == "cpu"
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="cpu, cuda or auto"):
+        training_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU"):
+            training_device("cuda")

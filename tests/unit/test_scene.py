@@ -88,3 +88,21 @@ def test_the_curriculum_goes_from_easy_to_the_full_recipe():
     assert full.digit_px[0] < mid.digit_px[0] < EASY_RECIPE.digit_px[0]
     assert mid.distractors[1] <= full.distractors[1]
     assert small.epoch(0).shape == (8, 3, 128, 128)
+
+
+def test_an_epoch_is_the_same_composed_by_one_process_or_several():
+    # more than one chunk of CHUNK frames, so the per-chunk seeds are exercised
+    inline, pooled = small_train(600), small_train(600, workers=2)
+    assert np.array_equal(inline.epoch(40), pooled.epoch(40))
+    assert not np.array_equal(inline.epoch(40), inline.epoch(41))
+
+
+def test_epochs_ahead_gives_each_epoch_in_order():
+    from semlink.models.data import epochs_ahead
+
+    data = small_train(8)
+    ahead = list(epochs_ahead(data, [3, 4, 5]))
+    assert len(ahead) == 3
+    for epoch, images in zip([3, 4, 5], ahead, strict=True):
+        assert np.array_equal(images, data.epoch(epoch))
+    assert list(epochs_ahead(data, [])) == []
