@@ -33,7 +33,13 @@ from tqdm import tqdm
 from semlink.models import checkpoint, distributed
 from semlink.models.data import Dataset, epochs_ahead
 from semlink.models.datasets import load_dataset
-from semlink.models.early_exit import EarlyExitConfig, EarlyExitNet, config_dict, config_from_dict
+from semlink.models.early_exit import (
+    EarlyExitConfig,
+    EarlyExitNet,
+    ViTBackbone,
+    config_dict,
+    config_from_dict,
+)
 from semlink.models.train_selector import cosine_lr
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,9 @@ class TrainEarlyExitConfig:
     """digits-scene: fresh frames of each training digit per epoch (8: about 10k an epoch)."""
     curriculum_epochs: int = 0
     """digits-scene: epochs from big, uncluttered digits to the full recipe (0: none)."""
+    init_from: str | None = None
+    """Selector ViT checkpoint (``semlink train selector``): start the ViT backbone from its stem,
+    class token, positions and blocks (a warm start; the model's sizes must match it)."""
     from_backbone: str | None = None
     """Checkpoint path: start the second phase from its finished backbone phase (disjoint /
     mixed; same seed and model)."""
@@ -182,6 +191,25 @@ class Trainer:
             return multi_exit_loss([self.model.forward_final(x)], y, ls)
         return multi_exit_loss(self.model(x), y, ls)
 
+    def _init_from_selector(self, path: str) -> None:
+        if not isinstance(self.model.backbone, ViTBackbone):
+            raise ValueError("--init-from needs the vit backbone")
+        state = checkpoint.load(path)["state_dict"]
+        own = self.model.backbone.state_dict()
+        shared = {k: v for k, v in state.items() if k in own}
+        missing = sorted(set(own) - set(shared))
+        if missing:
+            raise ValueError(f"{path} lacks backbone weights {missing[:3]}: not a selector ViT")
+        wrong = [k for k, v in shared.items() if v.shape != own[k].shape]
+        if wrong:
+            raise ValueError(
+                f"{path} does not fit this model ({wrong[0]}: {tuple(shared[wrong[0]].shape)} "
+                f"against {tuple(own[wrong[0]].shape)}): match --model.embed-dim, depth, "
+                "heads and patch size to it"
+            )
+        self.model.backbone.load_state_dict(shared)
+        log.info("backbone starts from the selector ViT %s", path)
+
     def _load_backbone(self, path: str) -> None:
         ckpt = checkpoint.load(path)
         state = ckpt.get("backbone_state")
@@ -209,6 +237,8 @@ class Trainer:
             steps = min(steps, cfg.max_steps)
         if cfg.from_backbone is not None and cfg.regime != "joint":
             self._load_backbone(cfg.from_backbone)
+        if cfg.init_from is not None:
+            self._init_from_selector(cfg.init_from)
         t0 = time.perf_counter()
         epoch0 = 0
         for phase, epochs, base_lr in self._phases():

@@ -166,6 +166,31 @@ def test_backbone_of_another_architecture_is_refused(tmp_path):
         _train(tmp_path / "x", "disjoint", "cnn", from_backbone=str(first))
 
 
+def test_init_from_a_selector_vit_starts_the_backbone_from_its_weights(tmp_path, tiny_checkpoint):
+    from semlink.models import checkpoint
+    from semlink.models.train_early_exit import TrainEarlyExitConfig, Trainer
+
+    model = EarlyExitConfig(embed_dim=32, depth=3, num_heads=2, device_blocks=2)
+    cfg = TrainEarlyExitConfig(init_from=str(tiny_checkpoint), model=model)
+    trainer = Trainer(cfg, tmp_path / "ee.pt")
+    trainer._init_from_selector(cfg.init_from)
+    selector = checkpoint.load(tiny_checkpoint)["state_dict"]
+    own = trainer.model.backbone.state_dict()
+    assert {"cls_token", "pos_embed", "blocks.2.mlp.fc2.weight"} <= set(own)
+    for k, v in own.items():
+        torch.testing.assert_close(v, selector[k], msg=k)
+    for sizes, message in [
+        ({"embed_dim": 64, "depth": 3}, "does not fit this model"),  # wider than the selector's
+        ({"embed_dim": 32, "depth": 6}, "lacks backbone weights"),  # deeper
+    ]:
+        other = TrainEarlyExitConfig(
+            init_from=str(tiny_checkpoint),
+            model=EarlyExitConfig(num_heads=2, device_blocks=2, **sizes),
+        )
+        with pytest.raises(ValueError, match=message):
+            Trainer(other, tmp_path / "o.pt")._init_from_selector(str(tiny_checkpoint))
+
+
 # --- exit rules on hand-made traces ----------------------------------------------------------
 
 
