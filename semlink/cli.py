@@ -381,25 +381,32 @@ class ZooRecipe:
     selector: tuple[str, ...] = ()
     jscc: tuple[str, ...] = ()
     early_exit: tuple[str, ...] = ()
+    regimes: bool = True
+    """Train the early-exit network in every regime (mixed, disjoint, joint, plain) to compare
+    them; False: the joint recursive network alone, its backbone started from the selector ViT."""
 
 
 ZOO_RECIPES = {
     "digits-canvas": ZooRecipe("digits", "."),
     # 128x128 RGB, 64 tokens of 16x16; fresh frames each epoch, a curriculum from big uncluttered
-    # digits to the full recipe (from scratch on the full recipe the ViT stayed at chance)
+    # digits to the full recipe (from scratch on the full recipe the ViT stayed at chance). On a
+    # GPU add --device cuda --data-workers 12 to the training steps (the frames are the same).
     "digits-scene": ZooRecipe(
         "scene",
         "scene",
         selector=(
             *("--model.image-size", "128", "--model.in-chans", "3", "--model.patch-size", "16"),
-            *("--train-placements", "8", "--curriculum-epochs", "30"),
-            *("--backbone-epochs", "80", "--selector-epochs", "10"),
+            *("--train-placements", "8", "--curriculum-epochs", "30", "--data-workers", "2"),
+            *("--backbone-epochs", "80", "--selector-epochs", "25"),
         ),
-        jscc=("--train-placements", "8"),
+        jscc=("--train-placements", "8", "--epochs", "30", "--data-workers", "2"),
+        # from scratch the early-exit ViT needs ~40 epochs (3 h a regime on 2 CPU cores): a
+        # warm start from the selector's backbone, 5 joint epochs
         early_exit=(
-            *("--model.patch-size", "16", "--train-placements", "8"),
-            *("--curriculum-epochs", "30"),
+            *("--model.patch-size", "16", "--model.embed-dim", "96", "--train-placements", "8"),
+            *("--epochs", "5", "--lr", "5e-4", "--data-workers", "2"),
         ),
+        regimes=False,
     ),
 }
 
@@ -469,6 +476,28 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
     mixed, joint = str(ee_work / "mixed.pt"), str(ee_work / "joint.pt")
     reuse = ["--from-backbone", mixed]
     ee_train = ["train", "early-exit", *data, *recipe.early_exit]
+    ee_eval = [
+        "eval",
+        "early-exit",
+        *data,
+        "--model-dir",
+        str(ee),
+        "--traces",
+        str(ee / "traces"),
+        "--json",
+        str(ee / "eval.json"),
+        "--plot",
+        str(ee / "eval.png"),
+    ]
+    if not recipe.regimes:
+        warm = ["--init-from", str(work / "selector.pt")]
+        return [
+            *steps,
+            [*ee_train, *warm, "--regime", "joint", "--out", joint],
+            ["export", "early-exit", *data, "--checkpoint", joint, "--out", str(ee)],
+            ee_eval,
+            ["train", "policy", "--model-dir", str(ee)],
+        ]
     steps += [
         [*ee_train, "--regime", "mixed", "--out", mixed],
         [
@@ -499,19 +528,7 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
             "--regimes",
             *(str(ee_work / f"{r}.pt") for r in ("mixed", "disjoint", "joint-plain")),
         ],
-        [
-            "eval",
-            "early-exit",
-            *data,
-            "--model-dir",
-            str(ee),
-            "--traces",
-            str(ee / "traces"),
-            "--json",
-            str(ee / "eval.json"),
-            "--plot",
-            str(ee / "eval.png"),
-        ],
+        ee_eval,
         ["train", "policy", "--model-dir", str(ee)],
     ]
     return steps

@@ -221,7 +221,7 @@ def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
     steps = zoo_steps(
         argparse.Namespace(dataset=dataset, out=str(tmp_path), work=str(tmp_path), resume=True)
     )
-    assert len(steps) >= 12
+    assert len(steps) >= 11
     parser = build_parser()
     for argv in steps:
         args = parser.parse_args(argv)
