@@ -24,20 +24,31 @@ from semlink.protocol.http_codec import build_infer_request
 
 log = logging.getLogger(__name__)
 
+# each controller's pipeline, after the dataset's prefix (scene-…, digits-…)
 DEFAULT_MODELS = {
-    "lyapunov": "digits-vit-jscc",
-    "rl": "digits-ee",
-    "threshold": "digits-ee",
-    "growth": "digits-ee",
+    "fixed": "vit",
+    "lyapunov": "vit-jscc",
+    "rl": "ee",
+    "threshold": "ee",
+    "growth": "ee",
 }
+PREFIXES = {"digits-scene": "scene", "digits-canvas": "digits"}
+
+
+def default_model(dataset: str, controller: str) -> str:
+    """The shipped pipeline a controller runs on a dataset, e.g. ``scene-vit-jscc``."""
+    return f"{PREFIXES[dataset]}-{DEFAULT_MODELS[controller]}"
 
 
 @dataclass
 class DemoConfig:
     """What ``semlink demo`` runs."""
 
-    requests: int = 269
-    """How many test images to send (269: the whole digits-canvas test split)."""
+    dataset: Literal["digits-scene", "digits-canvas"] = "digits-scene"
+    """Whose test frames, and whose pipelines (scene-… or digits-…)."""
+    requests: int = 300
+    """How many test images to send, the first of the split (digits-scene has 2,152,
+    digits-canvas 269)."""
     uplink: str | None = None
     """Mahimahi trace of the uplink (default: a generated Gilbert-Elliott trace switching between
     0.3 and 4 Mbit/s)."""
@@ -48,9 +59,9 @@ class DemoConfig:
     controller: Literal["fixed", "lyapunov", "rl", "threshold", "growth"] = "lyapunov"
     """lyapunov (the default) chooses budget and JSCC rate per request to hold the average
     latency and channel-use budgets as the link changes; fixed sends the same budget always;
-    rl, threshold and growth run the early-exit network digits-ee."""
+    rl, threshold and growth run the dataset's early-exit network."""
     model: str | None = None
-    """Default: digits-vit (fixed), digits-vit-jscc (lyapunov), digits-ee (rl, threshold, growth)."""
+    """Default: the dataset's …-vit (fixed), …-vit-jscc (lyapunov), …-ee (rl, threshold, growth)."""
     channel_budget: float = 0.02
     """lyapunov: average channel uses per pixel."""
     latency_budget_ms: float | None = 80.0
@@ -82,12 +93,12 @@ def run_demo(cfg: DemoConfig) -> int:
     from tqdm import tqdm
 
     from semlink.link.traces import rates_to_timestamps, synthetic_rates, write_mahimahi
-    from semlink.models.data import load_digits_canvas
+    from semlink.models.datasets import load_dataset
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the bar
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = cfg.model or DEFAULT_MODELS.get(cfg.controller, "digits-vit")
+    model = cfg.model or default_model(cfg.dataset, cfg.controller)
     uplink = cfg.uplink
     if uplink is None:
         uplink = str(out / "uplink.trace")
@@ -142,7 +153,7 @@ def run_demo(cfg: DemoConfig) -> int:
                 else "(until the demo ends; --hold keeps it)"
             )
         )
-        data = load_digits_canvas("test", cfg.seed)
+        data = load_dataset(cfg.dataset, "test", seed=cfg.seed)
         rows: list[dict[str, Any]] = []
         t_start = time.perf_counter()
         with httpx.Client(timeout=30.0) as client:

@@ -44,5 +44,5 @@ def test_demo_with_the_lyapunov_controller(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())["summary"]
-    assert summary["model"] == "digits-vit-jscc" and summary["channel_budget"] == 0.02
+    assert summary["model"] == "scene-vit-jscc" and summary["channel_budget"] == 0.02
     assert summary["avg_channel_uses"] > 0 and "channel uses" in proc.stdout
