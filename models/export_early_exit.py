@@ -87,11 +87,18 @@ def _carry(model: EarlyExitNet, activations: torch.Tensor, logp: torch.Tensor) -
 
 
 def export_early_exit_pipeline(
-    ckpt_path: str | Path, out_dir: str | Path, dataset: str = "digits-canvas"
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    dataset: str = "digits-canvas",
+    device_blocks: int | None = None,
 ) -> dict[str, Any]:
     """Exports every device split's graphs into ``out_dir`` with the manifest and a weights-only
-    checkpoint. Returns the manifest."""
+    checkpoint. ``device_blocks`` moves where the device's part ends (default: the checkpoint's;
+    training does not depend on it, every exit is trained alike). Returns the manifest."""
     model, ckpt = load_early_exit(ckpt_path)
+    if device_blocks is not None:
+        model.cfg.device_blocks = device_blocks
+        model.cfg.__post_init__()  # checks it against the exits
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ex = example_inputs(model)

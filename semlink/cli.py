@@ -151,7 +151,9 @@ def _export_early_exit(args: argparse.Namespace) -> int:
     from semlink.models import checkpoint
     from semlink.models.export_early_exit import export_early_exit_pipeline
 
-    manifest = export_early_exit_pipeline(args.checkpoint, args.out, args.dataset)
+    manifest = export_early_exit_pipeline(
+        args.checkpoint, args.out, args.dataset, args.device_blocks
+    )
     for path in args.regimes:
         ckpt = checkpoint.load(path)
         dest = Path(args.out) / "regimes" / f"{_regime_name(ckpt)}.pt"
@@ -381,6 +383,7 @@ class ZooRecipe:
     selector: tuple[str, ...] = ()
     jscc: tuple[str, ...] = ()
     early_exit: tuple[str, ...] = ()
+    export_early_exit: tuple[str, ...] = ()
     regimes: bool = True
     """Train the early-exit network in every regime (mixed, disjoint, joint, plain) to compare
     them; False: the joint recursive network alone, its backbone started from the selector ViT."""
@@ -406,6 +409,8 @@ ZOO_RECIPES = {
             *("--model.patch-size", "16", "--model.embed-dim", "96", "--train-placements", "8"),
             *("--epochs", "5", "--lr", "5e-4", "--data-workers", "2"),
         ),
+        # the device holds the selector pipeline's two blocks: exits after blocks 1 and 2
+        export_early_exit=("--device-blocks", "2"),
         regimes=False,
     ),
 }
@@ -494,7 +499,10 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
         return [
             *steps,
             [*ee_train, *warm, "--regime", "joint", "--out", joint],
-            ["export", "early-exit", *data, "--checkpoint", joint, "--out", str(ee)],
+            [
+                *("export", "early-exit", *data, "--checkpoint", joint, "--out", str(ee)),
+                *recipe.export_early_exit,
+            ],
             ee_eval,
             ["train", "policy", "--model-dir", str(ee)],
         ]
@@ -695,6 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--regimes", nargs="*", default=[], help="comparison checkpoints shipped in OUT/regimes"
     )
     p.add_argument(
+        "--device-blocks",
+        type=int,
+        default=None,
+        help="blocks the device holds (its exits and splits); default: the checkpoint's",
+    )
+    p.add_argument(
         "--dataset",
         default="digits-canvas",
         help="what the model was trained on: the manifest carries its normalisation",
@@ -750,9 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dataset",
-        default="digits-canvas",
+        default="digits-scene",
         choices=sorted(ZOO_RECIPES),
-        help="whose pipelines: digits-canvas (digits-*) or digits-scene (scene-*)",
+        help="whose pipelines: digits-scene (scene-*, the default) or digits-canvas (digits-*)",
     )
     p.add_argument("--work", default="runs", help="folder for the training checkpoints")
     p.add_argument("--resume", action="store_true")

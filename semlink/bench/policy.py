@@ -32,7 +32,7 @@ from semlink.models.stats import pm
 from semlink.runtime.offload_policy import PolicySpec, rule_action
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
-DEFAULT_EE_DIR = DEFAULT_REPOSITORY / "digits-ee" / "1"
+DEFAULT_EE_DIR = DEFAULT_REPOSITORY / "scene-ee" / "1"
 
 THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 1.01)
 GROWTH = list(

@@ -24,7 +24,7 @@ TARGET_RATIO = 8.0
 
 @dataclass
 class ProfileBenchConfig:
-    model: str = "digits-vit"
+    model: str = "scene-vit"
     """A pipeline of the shipped zoo."""
     profile: str = "camera"
     """none | phone | camera (the device's CPU quota)."""

@@ -304,3 +304,18 @@ def test_exported_graphs_match_pytorch(exported):
         np.testing.assert_allclose(logp, full[s].numpy(), atol=1e-4)
         acts = torch.from_numpy(step_acts)
     assert manifest["offload_bytes"][0] == int(np.prod(manifest["activation_shapes"][0])) * 2 + 40
+
+
+def test_export_can_move_where_the_device_part_ends(tmp_path):
+    from semlink.models import checkpoint
+    from semlink.models.early_exit import config_dict
+    from semlink.models.export_early_exit import export_early_exit_pipeline
+
+    model = tiny("vit")  # 3 blocks, the device holds 2
+    checkpoint.save(tmp_path / "m.pt", config=config_dict(model.cfg), state_dict=model.state_dict())
+    manifest = export_early_exit_pipeline(tmp_path / "m.pt", tmp_path / "out", device_blocks=1)
+    assert manifest["device_exits"] == [0]
+    assert set(manifest["graphs"]) == {"device_s0", "server_s0", "step_0"}
+    assert checkpoint.load(tmp_path / "out" / "checkpoint.pt")["config"]["device_blocks"] == 1
+    with pytest.raises(ValueError, match="device_blocks must be in"):
+        export_early_exit_pipeline(tmp_path / "m.pt", tmp_path / "bad", device_blocks=3)
