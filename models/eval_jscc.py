@@ -17,6 +17,7 @@ import torch
 
 from semlink.models import baselines, semcom
 from semlink.models.data import Dataset
+from semlink.models.datasets import normalisation
 from semlink.models.jscc import RATES
 from semlink.models.stats import Difference, paired_bootstrap, pm
 from semlink.models.vit import SelectorViT
@@ -82,7 +83,9 @@ def baseline_grid(
     """Accuracy of each baseline per (SNR, channel uses); failed transmissions count as guesses."""
     from tqdm import tqdm
 
-    pixels = baselines.to_uint8(data.images)
+    stats = normalisation(data.name)
+    mean, std = stats["mean"], stats["std"]
+    pixels = baselines.to_uint8(data.images, mean, std)  # type: ignore[arg-type]
     chance = 1.0 / data.num_classes
     rows = []
     for method in baselines.METHODS:
@@ -91,7 +94,8 @@ def baseline_grid(
                 rec, ok = baselines.reconstruct(method, pixels, u, snr, seed)
                 acc = np.full(len(pixels), chance)
                 if ok.any():
-                    logits = classifier(torch.from_numpy(baselines.from_uint8(rec[ok])), 1.0)
+                    received = baselines.from_uint8(rec[ok], mean, std)  # type: ignore[arg-type]
+                    logits = classifier(torch.from_numpy(received), 1.0)
                     acc[ok] = (logits.argmax(1).numpy() == data.labels[ok]).astype(float)
                 rows.append(
                     {
@@ -328,10 +332,15 @@ def headline_comparison(
         scores["tokens-digital"] = right(vit.forward_tail(torch.from_numpy(quantised)))
     else:
         scores["tokens-digital"] = np.full(len(y), chance)
-    rec, ok = baselines.reconstruct("jpeg", baselines.to_uint8(data.images), uses, snr, seed)
+    stats = normalisation(data.name)
+    mean, std = stats["mean"], stats["std"]
+    pixels = baselines.to_uint8(data.images, mean, std)  # type: ignore[arg-type]
+    rec, ok = baselines.reconstruct("jpeg", pixels, uses, snr, seed)
     jpeg = np.full(len(y), chance)
     if ok.any():
-        jpeg[ok] = right(classifier(torch.from_numpy(baselines.from_uint8(rec[ok])), 1.0))[ok]
+        received = baselines.from_uint8(rec[ok], mean, std)  # type: ignore[arg-type]
+        guesses = classifier(torch.from_numpy(received), 1.0).argmax(1).numpy()
+        jpeg[ok] = (guesses == y[ok]).astype(np.float64)
     scores["jpeg"] = jpeg
     return {
         "snr_db": snr,

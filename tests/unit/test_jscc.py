@@ -187,3 +187,20 @@ def test_headline_compares_jscc_with_the_noiseless_model_and_digital_baselines(
         assert set(h["accuracy"]) == {"noiseless", "jscc", "tokens-digital", "jpeg"}
         assert h["n"] == 40 and set(h["jscc_minus"]) == {"noiseless", "tokens-digital", "jpeg"}
     assert "JSCC minus this" in format_headline(tight)
+
+
+def test_baselines_keep_colour_and_round_trip_the_normalisation():
+    from semlink.models.scene import SCENE_MEAN, SCENE_STD
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((2, 32, 32, 3)) * 255).astype(np.uint8)
+    images = baselines.from_uint8(pixels, SCENE_MEAN, SCENE_STD)
+    assert images.shape == (2, 3, 32, 32)
+    assert np.array_equal(baselines.to_uint8(images, SCENE_MEAN, SCENE_STD), pixels)
+    rec = baselines.jpeg_at_budget(pixels[0], 8 * 20_000)
+    assert rec is not None and rec.shape == (32, 32, 3)
+    # raw pixels: three bytes a pixel, so a 4x4 image's worth of bits gives 4x4 in colour
+    assert baselines.raw_digital(pixels[0], 8 * 3 * 16).shape == (32, 32, 3)
+    assert baselines.raw_digital(pixels[0], 8 * 2) is None
+    out, ok = baselines.reconstruct("raw-analog", pixels, 0.01, 10.0)
+    assert ok.all() and out.shape == pixels.shape and out.dtype == np.uint8
