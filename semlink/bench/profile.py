@@ -39,14 +39,15 @@ def full_model_ms(model: str, share: float | None, repeats: int) -> float:
     from semlink.runtime.pipelines import WireOptions, make_pipeline
     from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
+    mv = resolve(scan(DEFAULT_REPOSITORY), model)
+    # the frames are drawn before the quota: composing them is not the device's work
+    images = load_dataset(mv.manifest.normalisation.dataset, "test").images[:16]
     if share is not None:
         from semlink.runtime.cpu_quota import limit_cpu
 
         limit_cpu(share, "profile")
-    mv = resolve(scan(DEFAULT_REPOSITORY), model)
     pipe = make_pipeline(mv)
     pipe.open(pipe.device_graphs(), threads=1)
-    images = load_dataset(mv.manifest.normalisation.dataset, "test").images[:16]
 
     def answer(image: np.ndarray) -> None:
         stretch = None
