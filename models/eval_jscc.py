@@ -73,6 +73,12 @@ def load_calibration(path: str | Path, model_hash: str) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def _statistics(data: Dataset) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std ``data`` was normalised with (the baselines undo it)."""
+    stats = normalisation(data.name)
+    return list(stats["mean"]), list(stats["std"])  # type: ignore[call-overload]
+
+
 def baseline_grid(
     classifier: SelectorViT,
     data: Dataset,
@@ -83,9 +89,8 @@ def baseline_grid(
     """Accuracy of each baseline per (SNR, channel uses); failed transmissions count as guesses."""
     from tqdm import tqdm
 
-    stats = normalisation(data.name)
-    mean, std = stats["mean"], stats["std"]
-    pixels = baselines.to_uint8(data.images, mean, std)  # type: ignore[arg-type]
+    mean, std = _statistics(data)
+    pixels = baselines.to_uint8(data.images, mean, std)
     chance = 1.0 / data.num_classes
     rows = []
     for method in baselines.METHODS:
@@ -94,7 +99,7 @@ def baseline_grid(
                 rec, ok = baselines.reconstruct(method, pixels, u, snr, seed)
                 acc = np.full(len(pixels), chance)
                 if ok.any():
-                    received = baselines.from_uint8(rec[ok], mean, std)  # type: ignore[arg-type]
+                    received = baselines.from_uint8(rec[ok], mean, std)
                     logits = classifier(torch.from_numpy(received), 1.0)
                     acc[ok] = (logits.argmax(1).numpy() == data.labels[ok]).astype(float)
                 rows.append(
@@ -332,14 +337,13 @@ def headline_comparison(
         scores["tokens-digital"] = right(vit.forward_tail(torch.from_numpy(quantised)))
     else:
         scores["tokens-digital"] = np.full(len(y), chance)
-    stats = normalisation(data.name)
-    mean, std = stats["mean"], stats["std"]
-    pixels = baselines.to_uint8(data.images, mean, std)  # type: ignore[arg-type]
+    mean, std = _statistics(data)
+    pixels = baselines.to_uint8(data.images, mean, std)
     rec, ok = baselines.reconstruct("jpeg", pixels, uses, snr, seed)
     jpeg = np.full(len(y), chance)
     if ok.any():
-        received = baselines.from_uint8(rec[ok], mean, std)  # type: ignore[arg-type]
-        guesses = classifier(torch.from_numpy(received), 1.0).argmax(1).numpy()
+        decoded = baselines.from_uint8(rec[ok], mean, std)
+        guesses = classifier(torch.from_numpy(decoded), 1.0).argmax(1).numpy()
         jpeg[ok] = (guesses == y[ok]).astype(np.float64)
     scores["jpeg"] = jpeg
     return {

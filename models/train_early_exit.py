@@ -99,6 +99,10 @@ class TrainEarlyExitConfig:
             raise ValueError(
                 f"backbone_epochs must be in [1, epochs-1] = [1, {self.epochs - 1}], got {self.backbone_epochs}"
             )
+        if self.init_from is not None and self.from_backbone is not None:
+            raise ValueError(
+                "--init-from and --from-backbone both set the backbone's weights: pass one"
+            )
 
 
 def multi_exit_loss(
@@ -193,7 +197,7 @@ class Trainer:
 
     def _init_from_selector(self, path: str) -> None:
         if not isinstance(self.model.backbone, ViTBackbone):
-            raise ValueError("--init-from needs the vit backbone")
+            raise ValueError("--init-from needs the vit backbone: drop --model.backbone cnn")
         state = checkpoint.load(path)["state_dict"]
         own = self.model.backbone.state_dict()
         shared = {k: v for k, v in state.items() if k in own}

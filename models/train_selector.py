@@ -368,6 +368,11 @@ class Trainer:
 def train_selector(cfg: TrainSelectorConfig, out: str | Path, resume: bool = False) -> dict:
     """Trains (or resumes) and writes the checkpoint to ``out``. Returns the metrics."""
     out = Path(out)
+    if cfg.restart_selector and not (resume and out.is_file()):
+        raise ValueError(
+            f"--restart-selector restarts the budget phase of an existing checkpoint: pass "
+            f"--resume and an --out that exists (got {'no --resume' if not resume else out})"
+        )
     trainer = Trainer(cfg, out)
     if resume and out.is_file():
         trainer.resume(out)

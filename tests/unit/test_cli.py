@@ -234,7 +234,7 @@ def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
         assert f"{prefix}-{name}" in outs
 
 
-def test_train_selector_restarts_its_budget_phase_from_the_finished_backbone(tmp_path):
+def test_train_selector_restarts_its_budget_phase_from_the_finished_backbone(tmp_path, capsys):
     out = tmp_path / "s.pt"
     argv = ["train", "selector", "--out", str(out), "--backbone-epochs", "1"]
     tiny = ["--max-steps", "2", "--limit-train", "64", "--batch-size", "16"]
@@ -247,6 +247,9 @@ def test_train_selector_restarts_its_budget_phase_from_the_finished_backbone(tmp
     assert [h["phase"] for h in ckpt["metrics"]["history"]] == ["backbone", "selector", "selector"]
     for name, value in ckpt["resume"]["teacher"].items():
         assert torch.equal(value, teacher[name]), name
+    # nothing to restart from: refused before any work, with the fix
+    assert main(["train", "selector", "--out", str(tmp_path / "new.pt"), "--restart-selector"])
+    assert "pass --resume" in capsys.readouterr().err
 
 
 def test_train_device_flag_refuses_what_is_not_here(tmp_path):

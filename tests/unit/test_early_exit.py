@@ -189,6 +189,8 @@ def test_init_from_a_selector_vit_starts_the_backbone_from_its_weights(tmp_path,
         )
         with pytest.raises(ValueError, match=message):
             Trainer(other, tmp_path / "o.pt")._init_from_selector(str(tiny_checkpoint))
+    with pytest.raises(ValueError, match="pass one"):  # two sources for the same weights
+        TrainEarlyExitConfig(regime="mixed", init_from="a.pt", from_backbone="b.pt")
 
 
 # --- exit rules on hand-made traces ----------------------------------------------------------
