@@ -114,6 +114,7 @@ async def serve(settings: LinkSettings) -> None:
     )
     app = FastAPI(title="semlink link emulator")
     app.get("/state")(link.state)
+    app.post("/replay")(link.replay)
     app.get("/health")(lambda: {"live": True})
     registry = CollectorRegistry()
     registry.register(LinkCollector(link))

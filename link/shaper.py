@@ -47,6 +47,7 @@ READ_CHUNK = 64 * 1024
 TICK_S = 0.001
 MAX_CONNECT_HEADER = 4096  # bytes of a CONNECT request before its blank line; longer is refused
 CONNECT_TIMEOUT_S = 5.0
+MAX_QUEUE_DELAY_MS = 60_000.0  # the longest queue delay the link reports (ms)
 
 
 @dataclass
@@ -84,8 +85,13 @@ class Direction:
         self._used = 0
 
     def now_ms(self) -> float:
-        """Milliseconds since this direction started."""
+        """Milliseconds since this direction started (or was last replayed)."""
         return (time.monotonic() - self._t0) * 1000.0
+
+    def replay(self) -> None:
+        """Restarts the schedule from its beginning now; what is queued stays queued."""
+        self._t0 = time.monotonic()
+        self._used = self.schedule.opportunities_until(0.0)
 
     async def enqueue(self, conn: _Conn, chunk: bytes | None) -> None:
         """Queues a chunk (``None`` = end of stream), waiting while the queue is full."""
@@ -147,7 +153,11 @@ class Direction:
             "capacity_bps": capacity,
             "throughput_bps": self.throughput_bps(),
             "queued_bytes": float(self.queued),
-            "queue_delay_ms": self.queued * 8 / max(capacity, 1.0) * 1000.0,
+            # over a window without capacity (a trace's outage) the drain time is unknown: the
+            # estimate stops at MAX_QUEUE_DELAY_MS rather than dividing by nothing
+            "queue_delay_ms": min(
+                self.queued * 8 / max(capacity, 1.0) * 1000.0, MAX_QUEUE_DELAY_MS
+            ),
             "delivered_bytes": float(self.delivered_total),
             "average_bps": self.schedule.average_bps(),
         }
@@ -396,6 +406,14 @@ class LinkEmulator:
         except (ConnectionError, OSError):
             pass
         await direction.enqueue(conn, None)
+
+    def replay(self) -> dict:
+        """Restarts both directions' traces (and the SNR trace, which follows the uplink's
+        clock) from their beginning, so runs measured one after another see the same stretch
+        of a trace; returns the state after."""
+        self.uplink.replay()
+        self.downlink.replay()
+        return self.state()
 
     def state(self) -> dict:
         """The link's state as devices read it from ``/state``."""
