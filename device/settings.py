@@ -58,10 +58,11 @@ class DeviceSettings(BaseSettings):
     deadline_ms: float = Field(
         2000.0, gt=0.0, le=600_000.0, description="default end-to-end deadline"
     )
-    controller: Literal["fixed", "lyapunov", "rl", "threshold", "growth"] = Field(
+    controller: Literal["fixed", "lyapunov", "rl", "threshold", "growth", "local"] = Field(
         "fixed",
         description="fixed | lyapunov (JSCC pipelines, reads calibration.json) | "
-        "rl | threshold | growth (early-exit networks, e.g. digits-ee)",
+        "rl | threshold | growth (early-exit networks, e.g. digits-ee) | "
+        "local (any pipeline: the device answers alone, never offloading)",
     )
     exit_threshold: float = Field(
         0.9, ge=0.0, le=1.01, description="threshold/growth: exit when confidence reaches this"

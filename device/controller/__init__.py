@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from semlink.device.controller.base import ChannelState, Controller, Decision, ExitState
 from semlink.device.controller.exit_rules import ExitRuleController
 from semlink.device.controller.fixed import FixedController
+from semlink.device.controller.local import LocalController
 from semlink.device.controller.lyapunov import CalibrationTable, Constraint, LyapunovController
 from semlink.device.controller.rl import RLController
 from semlink.runtime.manifest import PipelineKind
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from semlink.device.settings import DeviceSettings
     from semlink.runtime.repository import ModelVersion
 
-CONTROLLERS = ("fixed", "lyapunov", "rl", "threshold", "growth")
+CONTROLLERS = ("fixed", "lyapunov", "rl", "threshold", "growth", "local")
 EXIT_CONTROLLERS = ("rl", "threshold", "growth")  # decide at each exit of an early-exit network
 
 
@@ -23,6 +24,8 @@ def make_controller(settings: DeviceSettings, model: ModelVersion) -> Controller
     """The configured controller for ``model``; the Lyapunov one needs a calibrated JSCC model,
     the exit controllers an early-exit network (and ``rl`` its policy.onnx)."""
     early_exit = model.kind is PipelineKind.EARLY_EXIT
+    if settings.controller == "local":  # any pipeline: the device answers by itself
+        return LocalController()
     if (settings.controller in EXIT_CONTROLLERS) != early_exit:
         raise ValueError(
             f"controller {settings.controller!r} does not fit model {model.name!r} "
@@ -67,6 +70,7 @@ __all__ = [
     "ExitRuleController",
     "ExitState",
     "FixedController",
+    "LocalController",
     "LyapunovController",
     "RLController",
     "make_controller",

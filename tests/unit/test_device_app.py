@@ -45,3 +45,29 @@ def test_a_form_field_of_the_wrong_type_is_a_400(device):
         data={"budget": "a lot"},
     )
     assert r.status_code == 400 and "budget" in r.json()["error"]
+
+
+@pytest.mark.parametrize("model", ["digits-vit", "digits-ee"])
+def test_the_local_controller_answers_every_request_on_the_device(model):
+    from semlink.models.data import load_digits_canvas
+
+    data = load_digits_canvas("test")
+    settings = DeviceSettings(
+        insecure=True, server="127.0.0.1:9", model_name=model, controller="local"
+    )
+
+    async def go() -> list:
+        service = DeviceService(settings)
+        try:
+            return [await service.classify(data.images[i : i + 1], {}) for i in range(20)]
+        finally:
+            await service.close()
+
+    answers = asyncio.run(go())
+    # never offloaded, so never degraded: the device answered by design, not for want of a server
+    assert all(a.exit == "device" and not a.degraded and a.payload_bytes == 0 for a in answers)
+    assert all(a.budget == 1.0 for a in answers)  # every token: the whole model
+    if model == "digits-ee":  # every device block ran; the last device exit answered
+        assert all([e["action"] for e in a.exits] == ["continue"] * 3 + ["exit"] for a in answers)
+    right = sum(a.label == y for a, y in zip(answers, data.labels[:20], strict=True))
+    assert right >= 17
