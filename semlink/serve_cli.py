@@ -188,13 +188,24 @@ def _bench_all(args: argparse.Namespace) -> int:
 
 
 def _baseline_server(args: argparse.Namespace) -> int:
+    from semlink.bench.baselines import Tls
     from semlink.runtime.repository import DEFAULT_REPOSITORY
 
     if args.kind == "plain":
         from semlink.bench.baselines import serve_plain as serve
     else:
         from semlink.bench.litserve_api import serve_litserve as serve
-    serve(args.port, args.model_repository or DEFAULT_REPOSITORY, args.model)
+    if (args.tls_cert is None) != (args.tls_key is None) or (
+        args.tls_client_ca is not None and args.tls_cert is None
+    ):
+        print(
+            "error: HTTPS needs both --tls-cert and --tls-key (and --tls-client-ca only with "
+            "them); give none of the three for plain HTTP",
+            file=sys.stderr,
+        )
+        return 2
+    tls = Tls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    serve(args.port, args.model_repository or DEFAULT_REPOSITORY, args.model, tls)
     return 0
 
 
@@ -248,7 +259,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=["plain", "litserve"], help="plain FastAPI or LitServe")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-repository", type=Path, default=None)
-    p.add_argument("--model", default="digits-vit")
+    p.add_argument("--model", default="scene-vit")
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve HTTPS")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca", type=Path, default=None, help="admit only clients this CA signed"
+    )
     p.set_defaults(func=_baseline_server)
 
     processes = (

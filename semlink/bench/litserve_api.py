@@ -8,7 +8,7 @@ from pathlib import Path
 
 import litserve as ls
 
-from semlink.bench.baselines import FullModel
+from semlink.bench.baselines import FullModel, Tls
 
 
 class JpegAPI(ls.LitAPI):
@@ -31,7 +31,14 @@ class JpegAPI(ls.LitAPI):
         return {"label": label}
 
 
-def serve_litserve(port: int, repository: Path, model: str) -> None:
-    """LitServe's ``POST /predict`` with ``{"image": base64 JPEG}`` -> ``{"label": int}``."""
+def serve_litserve(port: int, repository: Path, model: str, tls: Tls | None = None) -> None:
+    """LitServe's ``POST /predict`` with ``{"image": base64 JPEG}`` -> ``{"label": int}``,
+    on HTTPS when ``tls`` is given (LitServe hands the settings to uvicorn)."""
     server = ls.LitServer(JpegAPI(repository, model), accelerator="cpu", workers_per_device=1)
-    server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
+    server.run(
+        host="127.0.0.1",
+        port=port,
+        generate_client_file=False,
+        log_level="warning",
+        **(tls.uvicorn_args() if tls else {}),
+    )

@@ -1,31 +1,53 @@
 """``semlink bench compare`` end to end on a short run: every system answers through its own link
-(the JPEG baselines behind real FastAPI and LitServe processes), and the figures add up."""
+(the JPEG baselines behind real FastAPI and LitServe processes on mutual TLS), a trace link is
+replayed for each system, and the figures add up."""
 
 from __future__ import annotations
 
 import subprocess
 
+import numpy as np
 import pytest
 
 from semlink.bench.compare import SYSTEMS, CompareBenchConfig, run
+from semlink.link.traces import rates_to_timestamps, write_mahimahi
 
 pytestmark = pytest.mark.slow
 
 
-def test_every_system_answers_on_one_link_rate(tmp_path):
-    report = run(CompareBenchConfig(requests=6, burst=4, rates_mbit=(20.0,), out=str(tmp_path)))
-    rows = {r["system"]: r for r in report["results"]}
-    assert set(rows) == {s.name for s in SYSTEMS}
-    for name, r in rows.items():
-        assert r["requests"] == 6 and r["accuracy"] >= 0.5, (name, r)
-        assert r["p50_ms"] > 0 and r["throughput_rps"] > 0
-    assert rows["small model, local only"]["bytes_up"] == 0
-    fp32, fixed = rows["all tokens, fp32"], rows["semlink fixed (α 0.25, int8)"]
+def test_every_system_answers_on_a_rate_and_a_trace(tmp_path):
+    trace = tmp_path / "Test-LTE.up"
+    write_mahimahi(str(trace), rates_to_timestamps(np.full(20, 4e6), 100))
+    cfg = CompareBenchConfig(
+        dataset="digits-canvas",
+        requests=6,
+        other_requests=5,
+        rates_mbit=(20.0,),
+        traces=(str(trace),),
+        device_profile="none",
+        out=str(tmp_path),
+    )
+    report = run(cfg)
+    assert [lk["name"] for lk in report["links"]] == ["20 Mbit/s", "Test-LTE"]
+    rows = {(r["system"], r["link"]): r for r in report["results"]}
+    alone = {s.name for s in SYSTEMS if s.kind == "local"}
+    for s in SYSTEMS:
+        for link in ("device alone",) if s.name in alone else ("20 Mbit/s", "Test-LTE"):
+            r = rows[(s.name, link)]
+            assert r["requests"] >= 5 and r["accuracy"] >= 0.5, (s.name, link, r)
+            assert r["p50_ms"] > 0 and len(r["correct"]) == r["requests"]
+        w = report["whole_split"][s.name]  # the whole fixture split, every system
+        assert w["requests"] == 269 and w["accuracy"] >= 0.9 and w["throughput_rps"] > 0
+    lte = {name: r for (name, link), r in rows.items() if link == "Test-LTE"}
+    fp32, fixed = lte["all tokens, fp32"], lte["semlink fixed (α 0.25, int8)"]
     assert fp32["bytes_up"] > 5 * fixed["bytes_up"] > 0  # 36 fp32 tokens vs 9 int8 ones
-    jpeg, lit = rows["JPEG → FastAPI, full model"], rows["JPEG → LitServe, full model"]
-    assert lit["bytes_up"] > jpeg["bytes_up"] > 300  # base64 in JSON costs a third more
+    assert fixed["offloaded"] == 1.0 and fixed["degraded"] == 0
+    q50, q90 = lte["JPEG q50 → FastAPI"], lte["JPEG q90 → FastAPI"]
+    lit = lte["JPEG q90 → LitServe"]
+    assert lit["bytes_up"] > q90["bytes_up"] > q50["bytes_up"] > 300  # base64 costs a third more
+    kinds = {t["kind"] for t in report["targets"]}
+    assert kinds == {"jpeg", "deadline", "local"}
     assert (tmp_path / "compare.png").stat().st_size > 10_000
-    assert report["machine"]["cpus"] >= 1
 
     # every process the benchmark started is gone, LitServe's worker processes included
     left = subprocess.run(
