@@ -1,8 +1,11 @@
 """``semlink bench``: every benchmark, one after the other, each in its own process, gathered into
-``report.md`` (their tables and plots, the machine they ran on) and, with ``--json``, one JSON
-file holding every benchmark's figures. The serving, policy, reliability and split benchmarks
-run on shorter settings than their defaults here, so the report stays within 20 minutes on 2
-cores.
+``report.md`` (their tables and plots, the machine they ran on, when each ran) and, with
+``--json``, one JSON file holding every benchmark's figures. The serving, policy and
+reliability benchmarks run on shorter settings than their defaults here.
+
+The report is kept up to date benchmark by benchmark: each run leaves ``<name>/run.json`` in the
+output folder, and ``--only NAME`` reruns that one and rewrites ``report.md`` with it and every
+other benchmark's last run found there (each section says when it ran).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
         "load, faults, fuzzing and access control",
     ),
     "split": (
-        ("split", "--epochs", "2", "--finetune-epochs", "4"),
-        "ADC split learning vs baselines; ALaST vs full fine-tuning (short schedules)",
+        ("split",),
+        "ADC split learning vs baselines; ALaST vs full fine-tuning (digits-scene-shifted)",
     ),
     "profile": (
         ("profile",),
@@ -59,6 +62,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
 }
 NO_OUT = {"link"}  # benchmarks without an --out folder
+MARKDOWN = {"compare", "split"}  # benchmarks whose output is Markdown already
 
 
 def run_one(name: str, out: Path) -> dict:
@@ -76,43 +80,63 @@ def run_one(name: str, out: Path) -> dict:
     ]
     if name not in NO_OUT:
         cmd += ["--out", str(folder)]
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     t0 = time.perf_counter()
     with open(folder / "output.txt", "w") as out_, open(folder / "progress.log", "w") as err:
         code = subprocess.run(cmd, stdout=out_, stderr=err).returncode
     figures = folder / "figures.json"
-    return {
+    run = {
         "name": name,
         "command": "semlink bench " + " ".join(args),
+        "started": started,
         "exit_code": code,
         "seconds": time.perf_counter() - t0,
         "figures": json.loads(figures.read_text()) if figures.exists() else None,
         "output": (folder / "output.txt").read_text(),  # the report; progress went to stderr
         "plots": sorted(p.relative_to(out).as_posix() for p in folder.glob("*.png")),
     }
+    (folder / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    return run
+
+
+def earlier_runs(out: Path, skip: list[str]) -> list[dict]:
+    """The last run of every benchmark not in ``skip`` that ``out`` holds (its ``run.json``)."""
+    found = []
+    for name in BENCHMARKS:
+        path = out / name / "run.json"
+        if name not in skip and path.is_file():
+            found.append(json.loads(path.read_text()))
+    return found
 
 
 def write_report(runs: list[dict], out: Path, started: str) -> Path:
+    """``out/report.md``: a table of the runs (in :data:`BENCHMARKS` order), then each one's
+    command, output and plots."""
     m = machine()
+    runs = sorted(runs, key=lambda r: list(BENCHMARKS).index(r["name"]))
     total = sum(r["seconds"] for r in runs)
     lines = [
         "# semlink benchmark report",
         "",
-        f"Started {started}; {total / 60:.1f} min in all. Regenerate: `semlink bench --out {out}`.",
+        f"Written {started}; {total / 60:.1f} min of benchmarks in all. Regenerate: "
+        f"`semlink bench --out {out}` (all), `semlink bench --only NAME --out {out}` (one, "
+        "keeping the others' last runs).",
         "",
         f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}.",
         "",
-        "| benchmark | what | time | status |",
-        "| --- | --- | --- | --- |",
+        "| benchmark | what | ran | time | status |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         status = "ok" if r["exit_code"] == 0 else f"failed (exit {r['exit_code']})"
         lines.append(
-            f"| [{r['name']}](#{r['name']}) | {BENCHMARKS[r['name']][1]} | {r['seconds']:.0f} s | {status} |"
+            f"| [{r['name']}](#{r['name']}) | {BENCHMARKS[r['name']][1]} "
+            f"| {r.get('started', '?')} | {r['seconds']:.0f} s | {status} |"
         )
     for r in runs:
         lines += ["", f"## {r['name']}", "", f"`{r['command']}`", ""]
         text = r["output"].strip()
-        if r["name"] == "compare" and r["exit_code"] == 0:
+        if r["name"] in MARKDOWN and r["exit_code"] == 0:
             lines.append(text)  # already Markdown tables
         else:
             lines += ["```", text, "```"]
@@ -133,7 +157,7 @@ def main(out: Path, json_path: str | None, only: list[str] | None = None) -> int
     for name in (bar := tqdm(names, desc="benchmarks", unit="bench")):
         bar.set_postfix_str(name)
         runs.append(run_one(name, out))
-    report = write_report(runs, out, started)
+    report = write_report(runs + earlier_runs(out, names), out, started)
     if json_path:
         doc = {"machine": machine(), **{r["name"]: r["figures"] for r in runs}}
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

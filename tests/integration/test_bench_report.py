@@ -24,6 +24,20 @@ def test_report_and_json_gather_each_benchmark(tmp_path, monkeypatch):
     assert "it/s" not in md  # progress bars stay in progress.log
 
 
+def test_one_benchmark_rerun_keeps_the_others_last_runs_in_the_report(tmp_path, monkeypatch):
+    args = ("link", "--seconds", "0.3")
+    monkeypatch.setitem(report.BENCHMARKS, "link", (args, "first"))
+    monkeypatch.setitem(report.BENCHMARKS, "link-again", (args, "second"))
+    monkeypatch.setattr(report, "NO_OUT", {"link", "link-again"})
+    out = tmp_path / "out"
+    assert report.main(out, None, ["link"]) == 0
+    assert report.main(out, None, ["link-again"]) == 0  # link's run.json is still there
+    md = (out / "report.md").read_text()
+    assert "| [link](#link) | first |" in md and "| [link-again](#link-again) | second |" in md
+    assert md.index("## link\n") < md.index("## link-again")  # in the benchmarks' order
+    assert (out / "link" / "run.json").is_file() and (out / "link-again" / "run.json").is_file()
+
+
 def test_unknown_benchmark_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match="choose from"):
         report.main(tmp_path, None, ["nope"])
