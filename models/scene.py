@@ -88,6 +88,12 @@ class SceneRecipe:
 # the start of the curriculum: big, high-contrast digits, at most one fragment (a ViT trained on
 # the full recipe from scratch stayed at chance for 100k frames; on this one it learns at once)
 EASY_RECIPE = SceneRecipe(digit_px=(72, 96), distractors=(0, 1), min_contrast=0.6)
+# digits-scene-shifted: the fine-tuning scenario of split learning and ALaST on camera frames (a
+# camera moved further away: smaller, fainter digits in more clutter; same photographs, same
+# digit splits, the same normalisation)
+SHIFTED_RECIPE = SceneRecipe(
+    digit_px=(24, 40), distractors=(6, 10), fragment_px=(12, 24), min_contrast=0.3
+)
 
 
 @functools.cache
@@ -255,10 +261,15 @@ class SceneDataset(Dataset):
 
 
 def load_digits_scene(
-    split: str, seed: int = 0, placements: int | None = None, recipe: SceneRecipe = SceneRecipe()
+    split: str,
+    seed: int = 0,
+    placements: int | None = None,
+    recipe: SceneRecipe = SceneRecipe(),
+    name: str = "digits-scene",
 ) -> SceneDataset:
-    """One split of digits-scene, deterministic from ``seed``: ``placements`` frames per source
-    digit (default 1 for train, whose epochs draw fresh ones, :data:`PLACEMENTS` otherwise)."""
+    """One split of digits-scene (or, with :data:`SHIFTED_RECIPE`, digits-scene-shifted),
+    deterministic from ``seed``: ``placements`` frames per source digit (default 1 for train,
+    whose epochs draw fresh ones, :data:`PLACEMENTS` otherwise)."""
     from sklearn.datasets import load_digits
 
     if split not in SPLITS:
@@ -273,7 +284,7 @@ def load_digits_scene(
         np.tile(sources, (count, 1, 1)), sources, photographs(split), rng, recipe
     )
     return SceneDataset(
-        "digits-scene",
+        name,
         split,
         normalise(frames),
         np.tile(labels, count),

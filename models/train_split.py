@@ -23,7 +23,9 @@ from semlink.models.data import Dataset
 from semlink.models.datasets import load_dataset
 from semlink.models.split_learning import COMPRESSORS, Boundary, SplitViT
 
-DEFAULT_PRETRAINED = Path(__file__).resolve().parent.parent / "zoo" / "digits-vit" / "1"
+ZOO = Path(__file__).resolve().parent.parent / "zoo"
+DEFAULT_PRETRAINED = ZOO / "digits-vit" / "1"
+SCENE_PRETRAINED = ZOO / "scene-vit" / "1" / "checkpoint.pt"  # what the split bench adapts
 
 
 @dataclass(kw_only=True)
@@ -36,7 +38,8 @@ class Finetuning:
     pretrained: str = str(DEFAULT_PRETRAINED / "checkpoint.pt")
     """Checkpoint of the model to adapt (the shipped digits-vit)."""
     dataset: str = "digits-shifted"
-    """The task to adapt to: digits-shifted (embedded), cifar10 or imagefolder (--data-root)."""
+    """The task to adapt to: digits-shifted or digits-scene-shifted (embedded), cifar10 or
+    imagefolder (--data-root)."""
     data_root: str | None = None
     """Folder of cifar10 batches or an ImageFolder tree."""
     seed: int = 0
@@ -58,14 +61,20 @@ class SplitConfig(Finetuning):
             raise ValueError(f"xi must be in (0, 1], got {self.xi}")
 
 
-def accuracy(model: torch.nn.Module, data: Dataset, batch: int = 256) -> float:
+def correct_of(model: torch.nn.Module, data: Dataset, batch: int = 256) -> np.ndarray:
+    """1 where ``model`` labels a sample of ``data`` right, else 0 (int64, one per sample)."""
     model.eval()
-    right = 0
+    right = []
     with torch.no_grad():
         for i in range(0, len(data), batch):
             logits = model(torch.from_numpy(data.images[i : i + batch]))
-            right += int((logits.argmax(-1).numpy() == data.labels[i : i + batch]).sum())
-    return right / len(data)
+            right.append(logits.argmax(-1).numpy() == data.labels[i : i + batch])
+    return np.concatenate(right).astype(np.int64)
+
+
+def accuracy(model: torch.nn.Module, data: Dataset, batch: int = 256) -> float:
+    """The share of ``data`` that ``model`` labels right."""
+    return float(correct_of(model, data, batch).mean())
 
 
 def batches(
@@ -130,9 +139,12 @@ def train_split(cfg: SplitConfig) -> dict[str, Any]:
     # every rank's messages crossed the boundary: the bytes of the whole run
     up, down = dist.all_sum([boundary.bytes_up, boundary.bytes_down])
     boundary.bytes_up, boundary.bytes_down = int(up), int(down)
+    correct = correct_of(model, test)
     return {
         **{k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "accuracy": accuracy(model, test),
+        "accuracy": float(correct.mean()),
+        "n": len(correct),
+        "correct": correct.tolist(),  # per test sample: paired differences between runs
         "accuracy_before": start,
         "bytes_up": boundary.bytes_up,
         "bytes_down": boundary.bytes_down,

@@ -1,9 +1,12 @@
 """``semlink bench split``: split learning with ADC against its baselines at equal bytes, and
 ALaST against full fine-tuning, every run measured here (METHODS §6, §7).
 
-Every run fine-tunes the shipped digits-vit on digits-shifted for the same number of epochs from
-the same start; accuracy is on the test split with the whole model (compression is a training
-matter). Bytes are everything that crossed the split boundary during training, both ways.
+Every run fine-tunes the same pretrained model (by default the shipped scene-vit) to the same
+shifted task (by default digits-scene-shifted: smaller, fainter digits in more clutter) for the
+same number of epochs from the same start; accuracy is on the test split with the whole model
+(compression is a training matter), with n and a 95 % interval, and the targets' differences
+are paired over the same test frames. Bytes are everything that crossed the split boundary
+during training, both ways.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 from tqdm import tqdm
 
 from semlink.bench import write_figures
+from semlink.models.stats import paired_bootstrap, pm
+from semlink.models.train_split import SCENE_PRETRAINED
 
 XIS = (0.05, 0.1, 0.2, 0.3, 0.5)
 BASELINES = ("top-k", "random-k", "quantise")
@@ -26,6 +31,10 @@ class SplitBenchConfig:
     finetune_epochs: int = 6
     xis: tuple[float, ...] = XIS
     k: int = 2  # ALaST: trainable blocks per step
+    dataset: str = "digits-scene-shifted"
+    """the task every run adapts to (digits-shifted with --pretrained zoo/digits-vit/1/...)"""
+    pretrained: str = str(SCENE_PRETRAINED)
+    """the checkpoint every run starts from"""
     max_steps: int | None = None  # smoke runs
     out: str = "runs/bench-split"
 
@@ -34,6 +43,8 @@ def _figures(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "xi": r["xi"],
         "accuracy": r["accuracy"],
+        "n": r["n"],
+        "correct": r["correct"],
         "bytes_up": int(r["bytes_up"]),
         "bytes_down": int(r["bytes_down"]),
         "seconds": r["seconds"],
@@ -45,7 +56,15 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
     from semlink.models.train_split import SplitConfig, train_split
 
     def split(method: str, xi: float) -> dict[str, Any]:
-        c = SplitConfig(method, xi, epochs=cfg.epochs, max_steps=cfg.max_steps, progress=False)
+        c = SplitConfig(
+            method,
+            xi,
+            epochs=cfg.epochs,
+            dataset=cfg.dataset,
+            pretrained=cfg.pretrained,
+            max_steps=cfg.max_steps,
+            progress=False,
+        )
         return train_split(c)
 
     runs = [("uncompressed", 1.0)] + [(m, xi) for xi in cfg.xis for m in ("adc", *BASELINES)]
@@ -60,6 +79,8 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
                 alast=alast,
                 k=cfg.k,
                 epochs=cfg.finetune_epochs,
+                dataset=cfg.dataset,
+                pretrained=cfg.pretrained,
                 max_steps=cfg.max_steps,
                 progress=False,
             )
@@ -70,6 +91,8 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
         "baselines": [
             {"method": m, **_figures(done[(m, xi)])} for xi in cfg.xis for m in BASELINES
         ],
+        "dataset": cfg.dataset,
+        "pretrained": cfg.pretrained,
         "uncompressed_accuracy": unc["accuracy"],
         "uncompressed": _figures(unc),
         "accuracy_before_finetuning": unc["accuracy_before"],
@@ -91,15 +114,17 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """METHODS §6/§7's claims as targets; accuracy differences paired over the test frames."""
     out = []
     at = {a["xi"]: a for a in r["adc"]}
     if 0.1 in at:
-        gap = 100 * (r["uncompressed_accuracy"] - at[0.1]["accuracy"])
+        d = paired_bootstrap(at[0.1]["correct"], r["uncompressed"]["correct"])
         out.append(
             {
                 "target": "ADC at ξ = 0.1 within 2 points of uncompressed",
-                "value": gap,
-                "met": gap <= 2.0,
+                "value": str(d),
+                "diff": d.as_dict(),
+                "met": d.diff >= -2.0,
             }
         )
     beaten = [
@@ -127,11 +152,13 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "met": a["flops_ratio"] >= 1.5,
         }
     )
+    d = paired_bootstrap(a["alast"]["correct"], a["full"]["correct"])
     out.append(
         {
             "target": "ALaST within 1 point of full fine-tuning",
-            "value": a["accuracy_delta_points"],
-            "met": a["accuracy_delta_points"] >= -1.0,
+            "value": str(d),
+            "diff": d.as_dict(),
+            "met": d.diff >= -1.0,
         }
     )
     return out
@@ -140,10 +167,14 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 def format_report(r: dict[str, Any]) -> str:
     mb = 1e6
     u = r["uncompressed"]
+    start = Path(r.get("pretrained", "zoo/digits-vit/1/checkpoint.pt")).parent.parent.name
+    task = r.get("dataset", "digits-shifted")
     lines = [
-        f"split learning, {r['epochs']} epochs from the shipped digits-vit "
-        f"({100 * r['accuracy_before_finetuning']:.1f} % on digits-shifted before):",
-        f"  uncompressed: {100 * u['accuracy']:.1f} %, {u['bytes_up'] / mb:.1f} MB up, "
+        f"split learning, {r['epochs']} epochs from the shipped {start} "
+        f"({pm(r['accuracy_before_finetuning'], u['n'])} % on {task} before; test split, "
+        f"n = {u['n']}, 95 % intervals):",
+        "",
+        f"uncompressed: {pm(u['accuracy'], u['n'])} %, {u['bytes_up'] / mb:.1f} MB up, "
         f"{u['bytes_down'] / mb:.1f} MB down",
         "",
         "| ξ | ADC | top-k | random-k | quantise | bytes up+down (ADC) |",
@@ -152,11 +183,12 @@ def format_report(r: dict[str, Any]) -> str:
     for a in r["adc"]:
         base = {b["method"]: b for b in r["baselines"] if b["xi"] == a["xi"]}
         cells = [
-            f"{100 * base[m]['accuracy']:.1f} % ({(base[m]['bytes_up'] + base[m]['bytes_down']) / mb:.1f} MB)"
+            f"{pm(base[m]['accuracy'], base[m]['n'])} % "
+            f"({(base[m]['bytes_up'] + base[m]['bytes_down']) / mb:.1f} MB)"
             for m in BASELINES
         ]
         lines.append(
-            f"| {a['xi']:g} | {100 * a['accuracy']:.1f} % | {' | '.join(cells)} "
+            f"| {a['xi']:g} | {pm(a['accuracy'], a['n'])} % | {' | '.join(cells)} "
             f"| {(a['bytes_up'] + a['bytes_down']) / mb:.1f} MB |"
         )
     al = r["alast"]
@@ -164,14 +196,16 @@ def format_report(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"fine-tuning, {al['epochs']} epochs: full vs ALaST (K = {al['k']})",
+        "",
         "| | accuracy | s / epoch | GFLOPs / step | MB saved for backward / step |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, x in (("full", f), ("ALaST", s)):
         lines.append(
-            f"| {name} | {100 * x['accuracy']:.1f} % | {x['epoch_seconds']:.2f} "
+            f"| {name} | {pm(x['accuracy'], x['n'])} % | {x['epoch_seconds']:.2f} "
             f"| {x['step_flops'] / 1e9:.2f} | {x['step_memory_bytes'] / mb:.1f} |"
         )
+    lines += [""]
     lines.append(
         f"ALaST: {al['speedup']:.2f}× faster, {al['flops_ratio']:.2f}× fewer FLOPs, "
         f"{al['memory_ratio']:.2f}× less memory, {al['accuracy_delta_points']:+.1f} points"
@@ -179,8 +213,13 @@ def format_report(r: dict[str, Any]) -> str:
     lines += ["", "targets:"]
     for t in r["targets"]:
         v = t["value"]
-        shown = f"{v:.2f}" if isinstance(v, float) else (", ".join(v) or "none better")
-        lines.append(f"  {'✓' if t['met'] else '✗'} {t['target']} ({shown})")
+        if isinstance(v, float):
+            shown = f"{v:.2f}"
+        elif isinstance(v, str):
+            shown = v
+        else:
+            shown = ", ".join(v) or "none better"
+        lines.append(f"- {'✓' if t['met'] else '✗'} {t['target']} ({shown})")
     return "\n".join(lines)
 
 
@@ -210,7 +249,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
         label="uncompressed",
     )
     ax.set(xscale="log", xlabel="bytes both ways during training (MB)", ylabel="test accuracy (%)")
-    ax.set_title("split learning on digits-shifted: accuracy vs bytes")
+    ax.set_title(f"split learning on {r.get('dataset', 'digits-shifted')}: accuracy vs bytes")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
