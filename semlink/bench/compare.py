@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import platform
 import time
@@ -256,20 +257,21 @@ class Bench:
         with self.http() as client:
             while time.monotonic() < deadline:
                 self.procs.check_alive()
-                try:
+                with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.scheme}://127.0.0.1:{port}/health").status_code == 200:
                         return
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+                time.sleep(0.2)
         raise TimeoutError(
             f"{name} not ready after 90 s; its log ends with:\n{self.procs.log_tail(name)}"
         )
 
-    def http(self, **kw: Any) -> httpx.Client:
+    def http(self) -> httpx.Client:
         """A client that presents the device certificate on HTTPS (the JPEG uploads)."""
-        return httpx.Client(timeout=120, **self.tls_kw(), **kw)
+        return httpx.Client(timeout=120, **self.tls_kw())
 
     def tls_kw(self) -> dict[str, Any]:
+        """httpx's ``verify``: the development CA, and the device's certificate for mutual TLS
+        (nothing on plaintext)."""
         if not self.cfg.tls:
             return {}
         import ssl

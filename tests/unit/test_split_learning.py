@@ -175,3 +175,50 @@ def test_smoke_runs_on_the_shipped_model():
     full = finetune(FinetuneConfig(alast=False, epochs=1, max_steps=3, progress=False))
     assert f["step_flops"] < full["step_flops"]
     assert f["step_memory_bytes"] < full["step_memory_bytes"]
+
+
+def test_split_bench_judges_its_targets_on_paired_test_frames():
+    from semlink.bench.split import format_report, targets
+
+    def run(wrong: int, xi: float = 0.1, **extra) -> dict:
+        correct = [0] * wrong + [1] * (200 - wrong)
+        return {"xi": xi, "accuracy": sum(correct) / 200, "n": 200, "correct": correct,
+                "bytes_up": 10**6, "bytes_down": 10**6, **extra}  # fmt: skip
+
+    timing = {"epoch_seconds": 1.0, "step_flops": 1e9, "step_memory_bytes": 1e6}
+    r = {
+        "adc": [run(12)],  # 6 points below uncompressed: missed
+        "baselines": [
+            {"method": m, **run(w)} for m, w in (("top-k", 20), ("random-k", 30), ("quantise", 5))
+        ],
+        "uncompressed": run(0, 1.0),
+        "uncompressed_accuracy": 1.0,
+        "accuracy_before_finetuning": 0.5,
+        "epochs": 4,
+        "dataset": "digits-scene-shifted",
+        "pretrained": "zoo/scene-vit/1/checkpoint.pt",
+        "alast": {
+            "speedup": 1.4,
+            "flops_ratio": 1.6,
+            "memory_ratio": 1.5,
+            "k": 2,
+            "epochs": 6,
+            "accuracy_delta_points": -0.5,
+            "full": {**run(0), **timing},
+            "alast": {**run(1), **timing},
+        },  # fmt: skip
+    }
+    r["targets"] = targets(r)
+    met = {t["target"]: t["met"] for t in r["targets"]}
+    assert met == {
+        "ADC at ξ = 0.1 within 2 points of uncompressed": False,
+        "ADC above every baseline at the same ξ": False,  # quantise beats it
+        "ALaST ≥ 1.3× faster per epoch": True,
+        "ALaST ≥ 1.5× fewer FLOPs": True,
+        "ALaST within 1 point of full fine-tuning": True,
+    }
+    adc = next(t for t in r["targets"] if t["target"].startswith("ADC at"))
+    assert adc["diff"]["n"] == 200 and adc["diff"]["hi"] < 0  # paired: every frame it lost
+    text = format_report(r)
+    assert "from the shipped scene-vit" in text and "on digits-scene-shifted before" in text
+    assert "| 0.1 | 94.0±3." in text and "- ✗ ADC at ξ = 0.1" in text
