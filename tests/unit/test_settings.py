@@ -12,7 +12,7 @@ from semlink.server.settings import ServerSettings
     [
         ("token_format", "bf16", "'fp16', 'int8' or 'fp32'"),
         ("channel", "bsc", "'awgn', 'rayleigh' or 'none'"),
-        ("controller", "dqn", "'rl', 'threshold' or 'growth'"),
+        ("controller", "dqn", "'growth' or 'local'"),
         ("server", "nohostport", "HOST:PORT"),
         ("budget", 1.5, "less than or equal to 1"),
     ],
