@@ -31,9 +31,11 @@ import asyncio
 import base64
 import contextlib
 import json
+import multiprocessing
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from semlink.demo import PREFIXES
 from semlink.models.stats import paired_bootstrap, wilson
 from semlink.procs import Processes, Stack, free_port
 from semlink.protocol.http_codec import build_infer_request
+from semlink.runtime.cpu_quota import profile_share
 from semlink.runtime.manifest import Normalisation
 from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
@@ -91,8 +94,6 @@ class CompareBenchConfig:
     out: str = "runs/bench-compare"
 
     def __post_init__(self) -> None:
-        from semlink.runtime.cpu_quota import profile_share
-
         model_name(self.dataset, "vit")  # raises naming the datasets
         for p in (self.device_profile, self.whole_split_profile):
             profile_share(p)  # raises naming the profiles
@@ -273,17 +274,16 @@ class Bench:
         """A client that presents the device certificate on HTTPS (the JPEG uploads)."""
         return httpx.Client(timeout=120, **self.tls_kw())
 
-    def tls_kw(self) -> dict[str, Any]:
-        """httpx's ``verify``: the development CA, and the device's certificate for mutual TLS
-        (nothing on plaintext)."""
+    @property
+    def pki(self) -> dict[str, str] | None:
+        """Paths of the development PKI the clients use (None on plaintext)."""
         if not self.cfg.tls:
-            return {}
-        import ssl
+            return None
+        return {k: str(v) for k, v in self.base.pki.items()}
 
-        k = self.base.pki
-        ctx = ssl.create_default_context(cafile=str(k["ca"]))
-        ctx.load_cert_chain(str(k["client_cert"]), str(k["client_key"]))
-        return {"verify": ctx}
+    def tls_kw(self) -> dict[str, Any]:
+        """httpx's ``verify`` for this benchmark's transport."""
+        return tls_verify(self.pki)
 
     def start_system(
         self, system: System, link: Link | None, tag: str, profile_name: str | None = None
@@ -402,57 +402,104 @@ class Camera:
         return self._jpegs[quality]
 
 
-def make_client(system: System, url: str, camera: Camera, cfg: CompareBenchConfig) -> Client:
+@dataclass(frozen=True)
+class OipRequests:
+    """Image ``i`` as an OIP request with binary tensors, for a semlink device."""
+
+    images: np.ndarray
+    params: dict[str, Any]
+
+    def __call__(self, i: int) -> tuple[bytes, dict[str, str]]:
+        return build_infer_request({"image": self.images[i : i + 1]}, self.params)
+
+
+@dataclass(frozen=True)
+class JpegRequests:
+    """Image ``i``'s JPEG as the body (FastAPI) or base64 in JSON (LitServe), from the JPEGs
+    of the images a cell sends (picklable: a camera process under the quota sends them)."""
+
+    jpegs: dict[int, bytes]
+    litserve: bool
+
+    def __call__(self, i: int) -> tuple[bytes, dict[str, str]]:
+        if not self.litserve:
+            return self.jpegs[i], {"content-type": "image/jpeg"}
+        body = json.dumps({"image": base64.b64encode(self.jpegs[i]).decode()}).encode()
+        return body, {"content-type": "application/json"}
+
+
+def make_client(
+    system: System,
+    url: str,
+    camera: Camera,
+    cfg: CompareBenchConfig,
+    indices: list[int] | None = None,
+) -> Client:
     """The request ``system`` takes for image ``i``: OIP tensors for a device, the camera's
-    JPEG (raw body for FastAPI, base64 in JSON for LitServe) for a baseline."""
-    images = camera.images
+    JPEG (raw body for FastAPI, base64 in JSON for LitServe) for a baseline; ``indices`` limits
+    the JPEGs it carries to the images it will send (default: all)."""
     if system.kind in ("semlink", "local"):
         params = {"deadline_ms": cfg.deadline_ms if system.deadline else NO_DEADLINE_MS}
         model = model_name(cfg.dataset, system.model)
-
-        def oip(i: int) -> tuple[bytes, dict[str, str]]:
-            return build_infer_request({"image": images[i : i + 1]}, params)
-
-        return Client(f"{url}/v2/models/{model}/infer", oip)
+        return Client(f"{url}/v2/models/{model}/infer", OipRequests(camera.images, params))
     jpegs = camera.jpegs(system.quality)
-    if system.kind == "plain":
-        return Client(f"{url}/predict", lambda i: (jpegs[i], {"content-type": "image/jpeg"}))
-
-    def lit(i: int) -> tuple[bytes, dict[str, str]]:
-        body = json.dumps({"image": base64.b64encode(jpegs[i]).decode()}).encode()
-        return body, {"content-type": "application/json"}
-
-    return Client(f"{url}/predict", lit)
+    chosen = {i: jpegs[i] for i in (range(len(jpegs)) if indices is None else indices)}
+    return Client(f"{url}/predict", JpegRequests(chosen, system.kind == "litserve"))
 
 
-def measure(
-    bench: Bench, client: Client, labels: np.ndarray, n: int, state_url: str | None, desc: str
-) -> dict[str, Any]:
-    """``n`` sequential requests (images 0..n-1; fewer when the cell runs past cell_seconds):
+def tls_verify(pki: dict[str, str] | None) -> dict[str, Any]:
+    """httpx's ``verify``: the development CA and the device's certificate for mutual TLS
+    (nothing for plaintext, ``pki`` None)."""
+    if pki is None:
+        return {}
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    ctx.load_cert_chain(pki["client_cert"], pki["client_key"])
+    return {"verify": ctx}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One system's sequential requests on one link: everything they need, picklable, so a
+    camera process under the device profile can send them."""
+
+    client: Client
+    labels: np.ndarray
+    n: int  # images 0..n-1, after WARM_UP requests with the last images of the split
+    state_url: str | None
+    deadline_ms: float
+    cell_seconds: float
+    pki: dict[str, str] | None
+    desc: str
+
+
+def measure(cell: Cell) -> dict[str, Any]:
+    """``cell.n`` sequential requests (fewer when the cell runs past ``cell_seconds``):
     accuracy, link bytes, latency percentiles, deadline share, offload share."""
-    cfg = bench.cfg
     rows = []
-    with bench.http() as http:
+    with httpx.Client(timeout=120, **tls_verify(cell.pki)) as http:
         for i in range(WARM_UP):
-            client.ask(http, len(labels) - 1 - i)
-        if state_url:  # every system meets a trace from its start: the same stretch of it
-            httpx.post(state_url.removesuffix("/state") + "/replay", timeout=5).raise_for_status()
-        before = link_bytes(state_url) if state_url else (0, 0)
+            cell.client.ask(http, len(cell.labels) - 1 - i)
+        if cell.state_url:  # every system meets a trace from its start: the same stretch of it
+            url = cell.state_url.removesuffix("/state") + "/replay"
+            httpx.post(url, timeout=5).raise_for_status()
+        before = link_bytes(cell.state_url) if cell.state_url else (0, 0)
         t0 = time.perf_counter()
-        for i in tqdm(range(n), desc=desc, unit="req", leave=False):
-            label, params, ms = client.ask(http, i)
+        for i in tqdm(range(cell.n), desc=cell.desc, unit="req", leave=False):
+            label, params, ms = cell.client.ask(http, i)
             rows.append(
                 (
-                    int(label == labels[i]),
+                    int(label == cell.labels[i]),
                     ms,
                     bool(params.get("degraded", False)),
                     params.get("exit") == "server",
                 )
             )
-            if i + 1 >= MIN_REQUESTS and time.perf_counter() - t0 > cfg.cell_seconds:
+            if i + 1 >= MIN_REQUESTS and time.perf_counter() - t0 > cell.cell_seconds:
                 break
     time.sleep(0.1)  # let the link count the last replies
-    after = link_bytes(state_url) if state_url else (0, 0)
+    after = link_bytes(cell.state_url) if cell.state_url else (0, 0)
     n = len(rows)
     correct, ms, degraded, offloaded = (np.array(c) for c in zip(*rows, strict=True))
     return {
@@ -464,10 +511,29 @@ def measure(
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "within_deadline": float((ms <= cfg.deadline_ms).mean()),
+        "within_deadline": float((ms <= cell.deadline_ms).mean()),
         "degraded": int(degraded.sum()),
         "offloaded": float(offloaded.mean()),
     }
+
+
+def _measure_as_camera(cell: Cell, share: float) -> dict[str, Any]:
+    """:func:`measure` in this (child) process after putting it under ``share`` of a core."""
+    from semlink.runtime.cpu_quota import limit_cpu
+
+    limit_cpu(share, "camera")
+    return measure(cell)
+
+
+def measure_as_camera(cell: Cell, share: float | None) -> dict[str, Any]:
+    """:func:`measure` sent by a camera process under the device profile's CPU quota (a JPEG
+    upload's HTTPS client runs on the camera, as semlink's device does); in this process when
+    the profile sets no quota."""
+    if share is None:
+        return measure(cell)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(_measure_as_camera, cell, share).result()
 
 
 def whole_split(bench: Bench, client: Client, labels: np.ndarray) -> dict[str, Any]:
@@ -495,6 +561,7 @@ def run(cfg: CompareBenchConfig) -> dict[str, Any]:
     norm = resolve(scan(DEFAULT_REPOSITORY), model_name(cfg.dataset, "vit")).manifest.normalisation
     camera = Camera(data.images, norm)
     alone_requests = min(max(lk.requests for lk in links), len(data))
+    camera_share = profile_share(cfg.device_profile)
     out = Path(cfg.out)
     procs = Processes(out / "logs")
     bench = Bench(cfg, procs, Stack(procs, tls=cfg.tls))
@@ -513,12 +580,21 @@ def run(cfg: CompareBenchConfig) -> dict[str, Any]:
                 for ready in endpoints:
                     ready.wait()
                 for lk, ready in zip(mine, endpoints, strict=True):
-                    client = make_client(system, ready.url, camera, cfg)
                     n = alone_requests if lk is None else min(lk.requests, len(data))
                     where = "device alone" if lk is None else lk.name
-                    row = measure(
-                        bench, client, data.labels, n, ready.state_url, f"{system.name} @ {where}"
+                    indices = [*range(n), *(len(data) - 1 - i for i in range(WARM_UP))]
+                    cell = Cell(
+                        make_client(system, ready.url, camera, cfg, indices),
+                        data.labels,
+                        n,
+                        ready.state_url,
+                        cfg.deadline_ms,
+                        cfg.cell_seconds,
+                        bench.pki,
+                        f"{system.name} @ {where}",
                     )
+                    # an upload's client is the camera's work: under the device profile too
+                    row = measure_as_camera(cell, camera_share) if system.jpeg else measure(cell)
                     results.append({"system": system.name, "link": where, **row})
                 if cfg.full_split:
                     lk = None if system.kind == "local" else fastest
@@ -695,9 +771,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}",
         f"dataset: {report['dataset']} (test split); deadline {report['deadline_ms']:g} ms; "
         f"every hop across the link on {report['transport']}",
-        f"device profile: `{report['device_profile']}`: every semlink device, and the device-alone "
-        "rows, run under a real cgroup CPU quota (measured, not a multiplier); the servers and the "
-        "JPEG clients run at the machine's speed (the camera's JPEG encoder costs nothing here)",
+        f"device profile: `{report['device_profile']}`: every semlink device, the device-alone rows "
+        "and the camera process that sends the JPEG uploads run under a real cgroup CPU quota "
+        "(measured, not a multiplier); the JPEGs come from the camera's encoder (free here) and the "
+        "servers run at the machine's speed",
         "links: constant rates with 10 ms each way; traces shape the uplink (Mahimahi, wrapping; "
         "replayed from their start when each system's measured requests begin, after its "
         f"warm-up) over a constant {TRACE_DOWNLINK} downlink; "
