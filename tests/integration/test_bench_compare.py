@@ -1,6 +1,7 @@
 """``semlink bench compare`` end to end on a short run: every system answers through its own link
-(the JPEG baselines behind real FastAPI and LitServe processes on mutual TLS), a trace link is
-replayed for each system, and the figures add up."""
+(the JPEG baselines behind real FastAPI and LitServe processes on mutual TLS, sent by a camera
+process under the device profile), a trace link is replayed for each system, the whole split is
+answered once by a twin without the quota, and the figures add up."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_every_system_answers_on_a_rate_and_a_trace(tmp_path):
         other_requests=5,
         rates_mbit=(20.0,),
         traces=(str(trace),),
-        device_profile="none",
+        device_profile="phone",  # the devices and the JPEG uploads' camera under a real quota
         out=str(tmp_path),
     )
     report = run(cfg)
@@ -38,6 +39,8 @@ def test_every_system_answers_on_a_rate_and_a_trace(tmp_path):
             assert r["p50_ms"] > 0 and len(r["correct"]) == r["requests"]
         w = report["whole_split"][s.name]  # the whole fixture split, every system
         assert w["requests"] == 269 and w["accuracy"] >= 0.9 and w["throughput_rps"] > 0
+        if not s.jpeg:  # a twin device without the quota answered the whole split
+            assert w["device_profile"] == "none"
     lte = {name: r for (name, link), r in rows.items() if link == "Test-LTE"}
     fp32, fixed = lte["all tokens, fp32"], lte["semlink fixed (α 0.25, int8)"]
     assert fp32["bytes_up"] > 5 * fixed["bytes_up"] > 0  # 36 fp32 tokens vs 9 int8 ones
