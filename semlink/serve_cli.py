@@ -117,7 +117,7 @@ BENCHMARKS = {
     "compare": (
         "compare",
         "CompareBenchConfig",
-        "semlink vs JPEG upload (FastAPI, LitServe), fp32 tokens, local only",
+        "semlink vs JPEG upload (FastAPI, LitServe), fp32 tokens, the device alone",
     ),
     "serving": (
         "serving",

@@ -24,7 +24,7 @@ from semlink.bench.compare import machine
 BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
     "compare": (
         ("compare",),
-        "semlink vs JPEG upload (FastAPI, LitServe), fp32 tokens, local only",
+        "semlink vs JPEG upload (FastAPI, LitServe), fp32 tokens, the device alone",
     ),
     "serving": (
         ("serving", "--requests", "100"),
