@@ -95,7 +95,7 @@ def run_one(name: str, out: Path) -> dict:
         "output": (folder / "output.txt").read_text(),  # the report; progress went to stderr
         "plots": sorted(p.relative_to(out).as_posix() for p in folder.glob("*.png")),
     }
-    (folder / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    (folder / "run.json").write_text(json.dumps(run) + "\n")  # one line: per-sample lists
     return run
 
 
