@@ -428,6 +428,11 @@ class JpegRequests:
         return body, {"content-type": "application/json"}
 
 
+def warm_up_images(total: int) -> list[int]:
+    """The images the warm-up requests send: the last of the split, never measured."""
+    return [total - 1 - i for i in range(WARM_UP)]
+
+
 def make_client(
     system: System,
     url: str,
@@ -479,8 +484,8 @@ def measure(cell: Cell) -> dict[str, Any]:
     accuracy, link bytes, latency percentiles, deadline share, offload share."""
     rows = []
     with httpx.Client(timeout=120, **tls_verify(cell.pki)) as http:
-        for i in range(WARM_UP):
-            cell.client.ask(http, len(cell.labels) - 1 - i)
+        for i in warm_up_images(len(cell.labels)):
+            cell.client.ask(http, i)
         if cell.state_url:  # every system meets a trace from its start: the same stretch of it
             url = cell.state_url.removesuffix("/state") + "/replay"
             httpx.post(url, timeout=5).raise_for_status()
@@ -582,7 +587,7 @@ def run(cfg: CompareBenchConfig) -> dict[str, Any]:
                 for lk, ready in zip(mine, endpoints, strict=True):
                     n = alone_requests if lk is None else min(lk.requests, len(data))
                     where = "device alone" if lk is None else lk.name
-                    indices = [*range(n), *(len(data) - 1 - i for i in range(WARM_UP))]
+                    indices = [*range(n), *warm_up_images(len(data))]
                     cell = Cell(
                         make_client(system, ready.url, camera, cfg, indices),
                         data.labels,
@@ -648,9 +653,10 @@ def _rows(report: dict[str, Any], link: str) -> dict[str, dict[str, Any]]:
     return {r["system"]: r for r in report["results"] if r["link"] in (link, "device alone")}
 
 
-def _accuracy(report: dict[str, Any], system: str) -> float | None:
-    w = report.get("whole_split", {}).get(system)
-    return None if w is None else w["accuracy"]
+def _accuracy(report: dict[str, Any], row: dict[str, Any]) -> float:
+    """A system's accuracy on the whole split where measured, else on the row's own requests."""
+    whole = report.get("whole_split", {}).get(row["system"])
+    return row["accuracy"] if whole is None else whole["accuracy"]
 
 
 def best_jpeg(report: dict[str, Any], link: str) -> str | None:
@@ -661,7 +667,7 @@ def best_jpeg(report: dict[str, Any], link: str) -> str | None:
     jpeg = {s.name: rows[s.name] for s in SYSTEMS if s.jpeg and s.model == "vit" and s.name in rows}
     if not jpeg:
         return None
-    acc = {s: _accuracy(report, s) or r["accuracy"] for s, r in jpeg.items()}
+    acc = {s: _accuracy(report, r) for s, r in jpeg.items()}
     good = [s for s in jpeg if acc[s] >= max(acc.values()) - TARGET_LOSS_POINTS / 100 - 1e-12]
     return min(good, key=lambda s: jpeg[s]["p50_ms"])
 
@@ -673,7 +679,7 @@ def best_local(report: dict[str, Any]) -> str | None:
     fits = [r for r in rows if r["p95_ms"] <= report["deadline_ms"]]
     if not fits:
         return None
-    return max(fits, key=lambda r: _accuracy(report, r["system"]) or r["accuracy"])["system"]
+    return max(fits, key=lambda r: _accuracy(report, r))["system"]
 
 
 def _paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
