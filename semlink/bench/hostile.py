@@ -77,7 +77,8 @@ def metrics_growth(server_url: str, grpc_port: int, headers: dict[str, str], **t
 
 
 def loop_stall(device_url: str, headers: dict[str, str], uploads: int = 16) -> dict:
-    """The health probe's worst latency while ``uploads`` slow-to-decode images arrive."""
+    """The health probe's latency (worst, median, how many answered) while ``uploads``
+    slow-to-decode images arrive."""
     png = wide_png()
     threads = [
         threading.Thread(
@@ -105,6 +106,8 @@ def loop_stall(device_url: str, headers: dict[str, str], uploads: int = 16) -> d
         "uploads": uploads,
         "uploads_s": time.perf_counter() - t0,
         "probe_max_ms": 1000 * max(probes, default=0.0),
+        "probe_p50_ms": 1000 * float(np.median(probes)) if probes else 0.0,
+        "probes": len(probes),
     }
 
 

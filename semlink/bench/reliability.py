@@ -462,8 +462,9 @@ def format_table(r: dict[str, Any]) -> str:
         "hostile clients:",
         f"  /metrics grew {ho['metrics']['metrics_growth_bytes']} B after {ho['metrics']['calls']} "
         "failed calls with 4 kB random model names",
-        f"  health probe at worst {ho['loop']['probe_max_ms']:.0f} ms while {ho['loop']['uploads']} "
-        f"uploads decoded for {ho['loop']['uploads_s']:.1f} s",
+        f"  health probe median {ho['loop']['probe_p50_ms']:.0f} ms, worst "
+        f"{ho['loop']['probe_max_ms']:.0f} ms ({ho['loop']['probes']} answered) while "
+        f"{ho['loop']['uploads']} uploads decoded for {ho['loop']['uploads_s']:.1f} s",
         f"  {bad['server_errors']} server errors from {bad['cases']} inputs that once reached a 500: "
         + ", ".join(f"{k} {v}" for k, v in bad["statuses"].items()),
         f"  {ho['nan']['nan_answers']} NaN answers to {ho['nan']['requests']} extreme images",

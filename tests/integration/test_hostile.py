@@ -44,10 +44,14 @@ def test_client_supplied_names_never_grow_the_metrics(stack):
 
 def test_decoding_stays_off_the_event_loop(stack):
     """Uploads that take a second to decode between them do not stall the health probe: on the
-    loop, a probe waited behind every queued decode; off it, probes answer between them."""
+    loop, a probe waits behind every queued decode (here: 2 probes answered in 1.3 s, the median
+    560 ms); off it, probes answer between them (about 20, median 30 ms). Judged by the median
+    and the count, not the worst probe: one scheduling hiccup on a loaded CI machine once held a
+    probe 584 ms with decoding off the loop."""
     r = loop_stall(stack.device_url, {})
     assert r["uploads_s"] > 0.8, r  # the decoding was real work
-    assert r["probe_max_ms"] < 1000 * min(0.5, r["uploads_s"] / 2), r
+    assert r["probes"] >= 5, r
+    assert r["probe_p50_ms"] < 1000 * r["uploads_s"] / 5, r
 
 
 def test_the_answer_covers_decoding(stack):

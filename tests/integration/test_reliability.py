@@ -46,6 +46,6 @@ def test_fuzz_and_security(result):
 def test_hostile_clients_hold(result):
     h = result["hostile"]
     assert h["metrics"]["metrics_growth_bytes"] < 2000  # the unknown-model label once, not 40
-    assert h["loop"]["probe_max_ms"] < 1000 * min(0.5, h["loop"]["uploads_s"] / 2)
+    assert h["loop"]["probe_p50_ms"] < 1000 * h["loop"]["uploads_s"] / 5
     assert h["bad_inputs"]["server_errors"] == 0, h["bad_inputs"]["statuses"]
     assert h["nan"]["nan_answers"] == 0
