@@ -90,47 +90,11 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 0) -> None:
     """The error boundary, the body limit, and (when ``max_concurrent_per_client`` > 0) a cap on
-    requests in flight per client address: more get 429 with ``Retry-After``."""
-    in_flight: dict[str, int] = {}
-
-    @app.middleware("http")
-    async def limit_clients(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """429 with ``Retry-After`` beyond ``max_concurrent_per_client`` requests in flight."""
-        client = request.client.host if request.client else "?"
-        if max_concurrent_per_client <= 0 or request.url.path.startswith("/v2/health"):
-            return await call_next(request)
-        if in_flight.get(client, 0) >= max_concurrent_per_client:
-            return error(
-                429,
-                f"more than {max_concurrent_per_client} requests in flight from {client}; "
-                "wait for answers before sending more",
-                {"Retry-After": "1"},
-            )
-        in_flight[client] = in_flight.get(client, 0) + 1
-        try:
-            return await call_next(request)
-        finally:
-            in_flight[client] -= 1
-            if not in_flight[client]:
-                del in_flight[client]
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """413 for a declared body over the limit; a generic 500 for anything unexpected."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return error(
-                413, f"request body of {length} bytes exceeds the limit of {max_body_bytes} bytes"
-            )
-        try:
-            return await call_next(request)
-        except ClientDisconnect:  # the client left, or BodyLimit answered 413 and stopped it
-            return error(400, "the request body ended early")
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return error(500, "internal server error (logged on the server)")
-
-    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
+    requests in flight per client address: more get 429 with ``Retry-After``. One ASGI
+    middleware (:class:`Guard`) does all three."""
+    app.add_middleware(
+        Guard, max_body_bytes=max_body_bytes, max_concurrent_per_client=max_concurrent_per_client
+    )
 
     @app.exception_handler(ClientError)
     async def _client(request: Request, exc: ClientError) -> JSONResponse:
@@ -155,24 +119,65 @@ def install(app: FastAPI, max_body_bytes: int, max_concurrent_per_client: int = 
         )
 
 
-class BodyLimit:
-    """ASGI middleware: counts a request's body as it streams in; once past ``max_body_bytes``
-    it answers 413 itself and tells the app the client left, whatever the framing (a chunked
-    upload declares no length), so no endpoint reads, parses or spools more than the limit."""
+class Guard:
+    """ASGI middleware in front of every route of an HTTP front, in order:
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    - 413 for a declared body (``Content-Length``) over ``max_body_bytes``;
+    - 429 with ``Retry-After`` beyond ``max_concurrent_per_client`` requests in flight from one
+      client address (0: no cap; health probes are never capped);
+    - the body counted as it streams in: once past the limit it answers 413 itself and tells
+      the app the client left, whatever the framing (a chunked upload declares no length), so
+      no endpoint reads, parses or spools more than the limit;
+    - the error boundary: a body that ended early is a 400; anything unexpected is logged with
+      its traceback and answered with a generic 500.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` runs
+    each request through a task group and a memory stream per layer, a cost every request paid
+    twice."""
+
+    def __init__(self, app: Any, max_body_bytes: int, max_concurrent_per_client: int = 0) -> None:
         self.app, self.max = app, max_body_bytes
+        self.max_in_flight = max_concurrent_per_client
+        self.in_flight: dict[str, int] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """Passes the request on with a ``receive`` that counts and a ``send`` that goes
-        quiet once the 413 is out."""
+        """Refuses what the limits refuse, then passes the request on with a ``receive`` that
+        counts and a ``send`` that goes quiet once a 413 is out."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.max:
+            await error(
+                413,
+                f"request body of {length.decode()} bytes exceeds the limit of {self.max} bytes",
+            )(scope, receive, send)
+            return
+        client = scope["client"][0] if scope.get("client") else "?"
+        capped = self.max_in_flight > 0 and not scope["path"].startswith("/v2/health")
+        if capped and self.in_flight.get(client, 0) >= self.max_in_flight:
+            await error(
+                429,
+                f"more than {self.max_in_flight} requests in flight from {client}; "
+                "wait for answers before sending more",
+                RETRY_AFTER,
+            )(scope, receive, send)
+            return
+        if capped:
+            self.in_flight[client] = self.in_flight.get(client, 0) + 1
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            if capped:
+                self.in_flight[client] -= 1
+                if not self.in_flight[client]:
+                    del self.in_flight[client]
+
+    async def _guarded(self, scope: Any, receive: Any, send: Any) -> None:
         received, started, answered = 0, False, False
 
         async def guarded_send(message: Any) -> None:
-            """The app's reply, unless the 413 went out first."""
+            """The app's reply, unless a 413 went out first."""
             nonlocal started
             if answered:  # the 413 went out; what the app says after it goes nowhere
                 return
@@ -196,7 +201,18 @@ class BodyLimit:
                     return {"type": "http.disconnect"}  # the app stops reading here
             return message
 
-        await self.app(scope, counted, guarded_send)
+        try:
+            await self.app(scope, counted, guarded_send)
+        except ClientDisconnect:  # the client left, or the 413 above went out and stopped it
+            if not started:
+                await error(400, "the request body ended early")(scope, receive, guarded_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:  # half an answer is out: the connection is all that can be closed
+                raise
+            await error(500, "internal server error (logged on the server)")(
+                scope, receive, guarded_send
+            )
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes:
