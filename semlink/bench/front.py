@@ -11,6 +11,8 @@ the answer arrives), running on the other core(s):
 
 The figure is the device front's throughput as a share of the server alone's (target >= 80 %):
 what the whole split path costs over serving the tail by itself. Plaintext gRPC on loopback.
+Beside each run, the CPU time each process spent per request (from ``/proc``, over the
+measured run): where a request's cost lies, device or server.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class FrontBenchConfig:
     """Concurrent locust clients."""
     seconds: float = 20.0
     """Length of each locust run (after a warm-up of a quarter of it)."""
-    model: str = "digits-vit"
+    model: str = "scene-vit"
+    """a token-selection pipeline of the zoo (digits-vit: the digits-canvas fixture's)"""
     transport: str = "stream"
     """The device's offload transport: stream (its default) or unary."""
     out: str = "runs/bench-front"
@@ -102,6 +105,21 @@ def locust(host: str, path: str, bodies: Path, cfg: FrontBenchConfig, cores: set
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) that process ``pid`` has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(procs: Processes, names: tuple[str, ...], run: Any) -> tuple[dict, dict[str, float]]:
+    """``run()``'s locust result and the CPU ms each of ``names`` spent per request in it."""
+    pids = {n: procs.children[n].pid for n in names}
+    before = {n: cpu_seconds(p) for n, p in pids.items()}
+    result = run()
+    spent = {n: cpu_seconds(p) - before[n] for n, p in pids.items()}
+    return result, {n: 1000 * s / max(result["requests"], 1) for n, s in spent.items()}
+
+
 def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
     """Server alone, then the device front, each warmed up then measured."""
     from semlink.models.datasets import load_dataset
@@ -130,7 +148,10 @@ def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
     try:
         stack.start_server("--threads", "1", cpus=sut)
         locust(stack.server_url, path, out / "tokens", warm, tool)
-        result["server_alone"] = locust(stack.server_url, path, out / "tokens", cfg, tool)
+        result["server_alone"], cpu = measured(
+            procs, ("server",), lambda: locust(stack.server_url, path, out / "tokens", cfg, tool)
+        )
+        result["server_alone"]["cpu_ms_per_request"] = cpu
         stack.start_device(
             "--max-concurrent-per-client",
             "0",
@@ -140,7 +161,12 @@ def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
             cpus=sut,
         )
         locust(stack.device_url, path, out / "images", warm, tool)
-        result["device_front"] = locust(stack.device_url, path, out / "images", cfg, tool)
+        result["device_front"], cpu = measured(
+            procs,
+            ("device", "server"),
+            lambda: locust(stack.device_url, path, out / "images", cfg, tool),
+        )
+        result["device_front"]["cpu_ms_per_request"] = cpu
     finally:
         procs.stop()
     result["share"] = (
@@ -156,16 +182,18 @@ def format_table(r: dict[str, Any]) -> str:
         f"locust, {cfg['users']} clients, {cfg['seconds']:g} s each; system under test on cores "
         f"{r['cores']['system']}, locust on {r['cores']['locust']}; {cfg['model']}, plaintext",
         "",
-        f"{'system':<44} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>7}",
+        f"{'system':<44} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>7}"
+        "   CPU ms a request",
     ]
     for key, label in (
         ("server_alone", "server alone (tokens to its HTTP front)"),
         ("device_front", "device front (images; head, gRPC, tail)"),
     ):
         v = r[key]
+        cpu = ", ".join(f"{n} {ms:.2f}" for n, ms in v.get("cpu_ms_per_request", {}).items())
         lines.append(
             f"{label:<44} {v['requests_per_s']:>7.0f} {v['p50_ms']:>7.0f} {v['p95_ms']:>7.0f} "
-            f"{v['p99_ms']:>7.0f} {v['failures']:>7}"
+            f"{v['p99_ms']:>7.0f} {v['failures']:>7}   {cpu}"
         )
     target = "met" if r["share"] >= 0.8 else "MISSED"
     lines.append(

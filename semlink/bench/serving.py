@@ -8,6 +8,9 @@
 3. *Batching*: 16 concurrent gRPC clients against the server with dynamic batching (max batch
    16) and without (max batch 1): requests per second, p99 latency. The server runs on core 0
    and the load generator on the other cores (CPU affinity), so the speed-up is the server's.
+   Beside it, the ceiling the model allows: the tail's time per request at batch 1 against
+   batch 16 in one ONNX Runtime session on one thread (batching amortises the model only; the
+   server's per-request work outside it stays per request).
 4. *Through a 1 Mbit/s link with 20 ms RTT* (10 ms each way): semlink at alpha = 0.25 (fp16 and
    int8 tokens) against sending all tokens in fp32: p50 end-to-end latency and test accuracy.
    The headline ratio uses the faster semlink variant within one point of accuracy.
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 from semlink.bench import write_figures
 from semlink.device.service import SERVER_SPANS
-from semlink.models.data import load_digits_canvas
+from semlink.models.datasets import load_dataset
 from semlink.models.stats import pm
 from semlink.procs import Processes, Stack, pinned, split_cores
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -39,6 +42,8 @@ from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
 @dataclass
 class ServingBenchConfig:
+    model: str = "scene-vit"
+    """a token-selection pipeline of the zoo (digits-vit: the digits-canvas fixture's)"""
     out: str = "runs/bench-serving"
     requests: int = 200  # per latency measurement
     batch_clients: int = 16
@@ -55,9 +60,9 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def in_process_ms(images: np.ndarray, alpha: float) -> list[float]:
+def in_process_ms(model: str, images: np.ndarray, alpha: float) -> list[float]:
     """Head + tail in one process, batch 1, per image (ms)."""
-    pipe = make_pipeline(resolve(scan(DEFAULT_REPOSITORY), "digits-vit"))
+    pipe = make_pipeline(resolve(scan(DEFAULT_REPOSITORY), model))
     pipe.open(pipe.device_graphs())
     out = []
     for x in images:
@@ -88,8 +93,28 @@ def stream(
     return rows
 
 
+def tail_ms_per_request(model: str, tokens: list[np.ndarray], repeats: int = 200) -> dict:
+    """The tail alone in one ONNX Runtime session on one thread: ms per request at batch 1 and
+    at batch 16 (the same requests stacked), and their ratio, the most batching can give."""
+    mv = resolve(scan(DEFAULT_REPOSITORY), model)
+    tail = mv.session("tail")
+
+    def per_request(batch: int) -> float:
+        x = np.concatenate([tokens[i % len(tokens)] for i in range(batch)]).astype(np.float32)
+        feeds = {"tokens": x, "token_mask": np.ones(x.shape[:2], np.float32)}
+        for _ in range(10):
+            tail.run(None, feeds)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            tail.run(None, feeds)
+        return (time.perf_counter() - t0) * 1000 / repeats / batch
+
+    one, sixteen = per_request(1), per_request(16)
+    return {"batch1_ms": one, "batch16_ms": sixteen, "ceiling": one / sixteen}
+
+
 async def _batch_load(
-    port: int, tokens: list[np.ndarray], clients: int, per_client: int
+    model: str, port: int, tokens: list[np.ndarray], clients: int, per_client: int
 ) -> tuple[float, list[float]]:
     from semlink.device.client import build_request
 
@@ -100,9 +125,7 @@ async def _batch_load(
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
             for i in range(per_client):
                 t = tokens[(cid + i) % len(tokens)]
-                req = build_request(
-                    "digits-vit", "", f"{cid}-{i}", {"tokens": t.astype(np.float16)}, {}
-                )
+                req = build_request(model, "", f"{cid}-{i}", {"tokens": t.astype(np.float16)}, {})
                 t0 = time.perf_counter()
                 await stub.ModelInfer(req, timeout=30)
                 lat.append((time.perf_counter() - t0) * 1000)
@@ -114,16 +137,17 @@ async def _batch_load(
 
 def run(cfg: ServingBenchConfig) -> dict[str, Any]:
     out = Path(cfg.out)
-    test = load_digits_canvas("test")
+    mv = resolve(scan(DEFAULT_REPOSITORY), cfg.model)
+    test = load_dataset(mv.manifest.normalisation.dataset, "test")
     n = min(cfg.requests, len(test))
     images, labels = test.images[:n], test.labels[:n]
     results: dict[str, Any] = {}
 
     # 1. overhead, no link: the device's default transport (a stream) and calls, interleaved
-    base = in_process_ms(images, 0.25)
+    base = in_process_ms(cfg.model, images, 0.25)
     runs: dict[str, list[list[dict]]] = {"stream": [], "unary": []}
     procs = Processes(out / "overhead")
-    stack = Stack(procs)
+    stack = Stack(procs, model=cfg.model)
     try:
         stack.start_server()
         for _ in range(2):
@@ -153,7 +177,7 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
 
     # 2. wire efficiency through a fast link
     procs = Processes(out / "wire")
-    stack = Stack(procs)
+    stack = Stack(procs, model=cfg.model)
     try:
         stack.start_all(link_args=("--rate", "1gbit", "--delay-ms", "0"))
         stream(stack, images[:5], labels[:5], {"budget": 1.0}, "warm-up")
@@ -171,7 +195,6 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
     results["wire_ratio"] = carried / payload
 
     # 3. dynamic batching against none, 16 concurrent clients straight to the server's gRPC
-    mv = resolve(scan(DEFAULT_REPOSITORY), "digits-vit")
     head = mv.session("head")
     tokens = [
         head.run(None, {"image": x[None], "alpha": np.array([0.25], np.float32)})[0]
@@ -185,18 +208,20 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
     }
     for label, max_batch in (("batched", "16"), ("unbatched", "1")):
         procs = Processes(out / f"batch-{label}")
-        stack = Stack(procs)
+        stack = Stack(procs, model=cfg.model)
         try:
             stack.start_server("--max-batch-size", max_batch, "--threads", "1", cpus=server_cores)
             with pinned(load_cores):
-                asyncio.run(_batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, 5))
+                port = stack.ports["grpc"]
+                asyncio.run(_batch_load(cfg.model, port, tokens, cfg.batch_clients, 5))
                 rps, lat = asyncio.run(
-                    _batch_load(stack.ports["grpc"], tokens, cfg.batch_clients, cfg.batch_requests)
+                    _batch_load(cfg.model, port, tokens, cfg.batch_clients, cfg.batch_requests)
                 )
         finally:
             procs.stop()
         batching[label] = {"requests_per_s": rps, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
     results["batching"] = batching
+    results["batching_ceiling"] = tail_ms_per_request(cfg.model, tokens)
     results["batching_speedup"] = (
         batching["batched"]["requests_per_s"] / batching["unbatched"]["requests_per_s"]
     )
@@ -210,7 +235,7 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
     )
     for label, budget, fmt in variants:
         procs = Processes(out / f"link-{label}")
-        stack = Stack(procs)
+        stack = Stack(procs, model=cfg.model)
         try:
             stack.start_all(
                 link_args=("--rate", cfg.link_rate, "--delay-ms", str(cfg.link_delay_ms)),
@@ -281,7 +306,7 @@ def _span_lines(spans: dict[str, float]) -> list[str]:
 def format_report(r: dict[str, Any]) -> str:
     o, w, b, lk = r["overhead"], r["wire"], r["batching"], r["link"]
     lines = [
-        "semlink bench serving (digits-vit, this machine)",
+        f"semlink bench serving ({r['config'].get('model', 'digits-vit')}, this machine)",
         "",
         "1. round trip at batch 1, no link           p50 ms",
         f"   head + tail in one process (baseline)   {o['in_process_p50_ms']:8.2f}",
@@ -303,6 +328,14 @@ def format_report(r: dict[str, Any]) -> str:
     lines += [
         f"   speedup {r['batching_speedup']:.2f}x (target >= 2); server on cores "
         f"{cores.get('server')}, load generator on {cores.get('load')}",
+    ]
+    if "batching_ceiling" in r:
+        c = r["batching_ceiling"]
+        lines.append(
+            f"   the model's ceiling: the tail alone takes {c['batch1_ms']:.3f} ms a request at "
+            f"batch 1, {c['batch16_ms']:.3f} at batch 16: {c['ceiling']:.2f}x at most"
+        )
+    lines += [
         "",
         f"4. {r['config']['link_rate']} link, {2 * r['config']['link_delay_ms']:g} ms RTT       p50 ms    p95 ms   accuracy   bytes/req",
     ]

@@ -26,4 +26,5 @@ def test_front_bench_drives_both_fronts_with_locust(tmp_path, capsys):
     for key in ("server_alone", "device_front"):
         assert r[key]["requests"] > 20 and r[key]["failures"] == 0, r[key]
     assert 0 < r["share"] < 2
+    assert all(ms > 0 for ms in r["device_front"]["cpu_ms_per_request"].values())
     assert "of the server alone's throughput" in capsys.readouterr().out
