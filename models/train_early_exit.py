@@ -14,6 +14,10 @@ Every regime gets the same epoch budget, ``epochs``:
 The backbone phase of disjoint and mixed is identical for one seed, so ``--from-backbone PATH`` starts
 the second phase from a finished backbone phase (a checkpoint this command wrote) instead of
 training it again; the epochs it cost are counted in the checkpoint's metrics all the same.
+
+The checkpoint is written after every epoch with what it takes to go on (phase, epoch, optimizer,
+random state, backbone phase); ``--resume`` continues an interrupted run from it, to the same
+weights an uninterrupted run reaches.
 """
 
 from __future__ import annotations
@@ -165,6 +169,9 @@ class Trainer:
         self.dist.sync_parameters(self.model)
         self.metrics: dict = {"history": [], "regime": cfg.regime}
         self.backbone_state: dict | None = None
+        self.start = (0, 0)  # (phase, epoch in it) to train from: (0, 0), or where a run stopped
+        self.optimizer_state: dict | None = None  # the stopped phase's, for its next epoch
+        self.elapsed_before = 0.0  # training seconds of the runs this one resumes
 
     def _phases(self) -> list[tuple[str, int, float]]:
         cfg = self.cfg
@@ -231,24 +238,86 @@ class Trainer:
         self.metrics["backbone_seconds"] = ckpt["metrics"].get("backbone_seconds", 0.0)
         log.info("second phase starts from the backbone phase of %s", path)
 
-    def run(self) -> dict:
+    def save(self, phase: int, epoch: int, opt: torch.optim.Optimizer | None, t0: float) -> None:
+        """The checkpoint so far, to resume at epoch ``epoch`` of phase ``phase`` (a phase's
+        length: its next phase's start); ``opt`` is the optimizer that epoch continues with."""
+        if not self.dist.is_main:  # one writer
+            return
+        self._write(
+            resume={
+                "phase": phase,
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": opt.state_dict() if opt is not None else None,
+                "rng": self.gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "elapsed_s": self.elapsed_before + time.perf_counter() - t0,
+            }
+        )
+
+    def _write(self, **extra: object) -> None:
+        checkpoint.save(
+            self.out,
+            kind="early-exit",
+            config=config_dict(self.cfg.model),
+            train_config=asdict(self.cfg) | {"model": config_dict(self.cfg.model)},
+            state_dict=self.model.state_dict(),
+            backbone_state=self.backbone_state,
+            metrics=self.metrics,
+            **extra,
+        )
+
+    def resume(self) -> bool:
+        """Continues from the checkpoint at ``out`` when it is an unfinished run of this
+        regime; returns whether it was finished already (nothing left to train)."""
+        ckpt = checkpoint.load(self.out)
+        if ckpt.get("metrics", {}).get("regime") != self.cfg.regime:
+            raise ValueError(
+                f"{self.out} holds a {ckpt.get('metrics', {}).get('regime')!r} run, not "
+                f"{self.cfg.regime!r}: resume with its own regime or write to another --out"
+            )
+        r = ckpt.get("resume")
+        if r is None:
+            checkpoint.load_weights(self.model, ckpt["state_dict"], self.out)
+            self.metrics = ckpt["metrics"]
+            return True
+        checkpoint.load_weights(self.model, r["model"], self.out)
+        self.start, self.optimizer_state = (r["phase"], r["epoch"]), r["optimizer"]
+        self.backbone_state, self.metrics = ckpt.get("backbone_state"), ckpt["metrics"]
+        self.gen.set_state(r["rng"])
+        torch.set_rng_state(r["torch_rng"])
+        self.elapsed_before = r["elapsed_s"]
+        log.info("resumed %s at phase %d, epoch %d", self.out, *self.start)
+        return False
+
+    def run(self, resume: bool = False) -> dict:
+        """Trains the regime's phases (from where ``out``'s run stopped, with ``resume``) and
+        writes the finished checkpoint. Returns the metrics."""
         cfg = self.cfg
+        if resume and self.out.is_file() and self.resume():
+            log.info("%s is finished already: nothing to resume", self.out)
+            return self.metrics
         n_train = (
             len(self.train) if cfg.limit_train is None else min(cfg.limit_train, len(self.train))
         )
         steps = math.ceil(n_train / cfg.batch_size)
         if cfg.max_steps is not None:
             steps = min(steps, cfg.max_steps)
-        if cfg.from_backbone is not None and cfg.regime != "joint":
+        first_phase, first_epoch = self.start
+        fresh = self.start == (0, 0)
+        if fresh and cfg.from_backbone is not None and cfg.regime != "joint":
             self._load_backbone(cfg.from_backbone)
-        if cfg.init_from is not None:
+        if fresh and cfg.init_from is not None:
             self._init_from_selector(cfg.init_from)
         t0 = time.perf_counter()
         epoch0 = 0
-        for phase, epochs, base_lr in self._phases():
-            if phase == "backbone" and self.backbone_state is not None:
+        val: list[float] = []
+        for index, (phase, epochs, base_lr) in enumerate(self._phases()):
+            done = index < first_phase or (phase == "backbone" and self.backbone_state is not None)
+            if done:
                 epoch0 += epochs
                 continue
+            start = first_epoch if index == first_phase else 0
             if phase == "heads":
                 freeze_backbone(self.model)
             params = {
@@ -256,17 +325,21 @@ class Trainer:
                 "heads": self.model.exit_parameters(),
             }.get(phase, [p for p in self.model.parameters() if p.requires_grad])
             opt = self._optimizer(params, base_lr)
+            if start and self.optimizer_state is not None:
+                opt.load_state_dict(self.optimizer_state)
             total = epochs * steps
             warmup = min(5 * steps, total // 10 + 1)
             bar = tqdm(
-                range(epochs),
+                range(start, epochs),
                 desc=f"{cfg.regime}: {phase}",
                 unit="epoch",
+                initial=start,
+                total=epochs,
                 disable=None if self.dist.is_main else True,
             )
             frames = epochs_ahead(
                 self.train,
-                (epoch0 + e for e in range(epochs)),
+                (epoch0 + e for e in range(start, epochs)),
                 cfg.augment,
                 ahead=cfg.data_workers > 0,
             )
@@ -313,34 +386,30 @@ class Trainer:
                         "val": val,
                     }
                 )
+                if epoch + 1 < epochs:
+                    self.save(index, epoch + 1, opt, t0)
             epoch0 += epochs
             if phase == "backbone":
                 self.backbone_state = copy.deepcopy(self.model.state_dict())
-                self.metrics["backbone_seconds"] = time.perf_counter() - t0
+                self.metrics["backbone_seconds"] = self.elapsed_before + time.perf_counter() - t0
+            self.save(index + 1, 0, None, t0)
             log.info("%s %s: validation accuracy per exit %s", cfg.regime, phase, np.round(val, 3))
-        elapsed = time.perf_counter() - t0
+        elapsed = self.elapsed_before + time.perf_counter() - t0
         if cfg.from_backbone is not None:  # the reused backbone phase cost its time in another run
             elapsed += self.metrics.get("backbone_seconds", 0.0)
         self.metrics["train_seconds"] = elapsed
         self.metrics["val"] = exit_accuracies(self.model, self.val)
         self.metrics["epochs"] = cfg.epochs
-        if not self.dist.is_main:  # one writer
-            return self.metrics
-        checkpoint.save(
-            self.out,
-            kind="early-exit",
-            config=config_dict(cfg.model),
-            train_config=asdict(cfg) | {"model": config_dict(cfg.model)},
-            state_dict=self.model.state_dict(),
-            backbone_state=self.backbone_state,
-            metrics=self.metrics,
-        )
+        if self.dist.is_main:  # one writer; finished: no resume state
+            self._write()
         return self.metrics
 
 
-def train_early_exit(cfg: TrainEarlyExitConfig, out: str | Path) -> dict:
-    """Trains one regime and writes the checkpoint to ``out``. Returns the metrics."""
-    return Trainer(cfg, Path(out)).run()
+def train_early_exit(cfg: TrainEarlyExitConfig, out: str | Path, resume: bool = False) -> dict:
+    """Trains one regime and writes the checkpoint to ``out`` (after every epoch, and finished
+    at the end); with ``resume``, continues the run a checkpoint at ``out`` stopped. Returns
+    the metrics."""
+    return Trainer(cfg, Path(out)).run(resume)
 
 
 def load_early_exit(path: str | Path) -> tuple[EarlyExitNet, dict]:

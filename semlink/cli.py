@@ -85,7 +85,9 @@ def _train_finetune(args: argparse.Namespace) -> int:
 def _train_early_exit(args: argparse.Namespace) -> int:
     from semlink.models.train_early_exit import TrainEarlyExitConfig, train_early_exit
 
-    metrics = train_early_exit(dataclass_from(args, TrainEarlyExitConfig), args.out)
+    metrics = train_early_exit(
+        dataclass_from(args, TrainEarlyExitConfig), args.out, resume=args.resume
+    )
     print(f"checkpoint: {args.out} ({metrics['train_seconds']:.0f} s)")
     print("validation accuracy per exit:", " ".join(f"{a:.3f}" for a in metrics["val"]))
     return 0
@@ -480,7 +482,7 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
     ee, ee_work = root / f"{recipe.prefix}-ee" / "1", work / "early-exit"
     mixed, joint = str(ee_work / "mixed.pt"), str(ee_work / "joint.pt")
     reuse = ["--from-backbone", mixed]
-    ee_train = ["train", "early-exit", *data, *recipe.early_exit]
+    ee_train = ["train", "early-exit", *data, *recipe.early_exit, *resume]
     ee_eval = [
         "eval",
         "early-exit",
@@ -576,7 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
         from semlink.models.train_early_exit import TrainEarlyExitConfig
 
         add_dataclass(p, TrainEarlyExitConfig)
-        p.add_argument("--out", default="runs/early-exit/mixed.pt", help="checkpoint path")
+        p.add_argument(
+            "--out", default="runs/early-exit/mixed.pt", help="checkpoint (written every epoch)"
+        )
+        p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
 
     p = train.add_parser(
         "early-exit",

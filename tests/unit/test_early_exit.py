@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from semlink.models import checkpoint
 from semlink.models.early_exit import EarlyExitConfig, EarlyExitNet, count_segment_flops
 from semlink.models.exit_traces import ExitTraces, apply_rule, area_under_curve, early_exit_curve
 
@@ -103,12 +104,12 @@ def test_flop_counter_matches_the_arithmetic_of_a_vit_block():
 # --- training regimes ----------------------------------------------------------------------
 
 
-def _train(tmp_path, regime, kind="vit", **kw):
+def _train(tmp_path, regime, kind="vit", resume=False, regime_of_out=None, **kw):
     from semlink.models.train_early_exit import TrainEarlyExitConfig, train_early_exit
 
     cfg = TrainEarlyExitConfig(
-        regime=regime,
-        epochs=2,
+        regime=regime_of_out or regime,
+        epochs=kw.pop("epochs", 2),
         backbone_epochs=1,
         max_steps=2,
         limit_train=64,
@@ -117,12 +118,11 @@ def _train(tmp_path, regime, kind="vit", **kw):
         **kw,
     )
     out = tmp_path / f"{regime}.pt"
-    return train_early_exit(cfg, out), out
+    return train_early_exit(cfg, out, resume=resume), out
 
 
 @pytest.mark.parametrize("kind", ["vit", "cnn"])
 def test_disjoint_really_freezes_the_backbone(tmp_path, kind):
-    from semlink.models import checkpoint
 
     _, first = _train(tmp_path, "mixed", kind)
     ckpt = checkpoint.load(first)
@@ -142,7 +142,6 @@ def test_disjoint_really_freezes_the_backbone(tmp_path, kind):
 
 
 def test_mixed_trains_the_backbone_after_its_first_phase(tmp_path):
-    from semlink.models import checkpoint
 
     metrics, out = _train(tmp_path, "mixed")
     ckpt = checkpoint.load(out)
@@ -167,7 +166,6 @@ def test_backbone_of_another_architecture_is_refused(tmp_path):
 
 
 def test_init_from_a_selector_vit_starts_the_backbone_from_its_weights(tmp_path, tiny_checkpoint):
-    from semlink.models import checkpoint
     from semlink.models.train_early_exit import TrainEarlyExitConfig, Trainer
 
     model = EarlyExitConfig(embed_dim=32, depth=3, num_heads=2, device_blocks=2)
@@ -191,6 +189,43 @@ def test_init_from_a_selector_vit_starts_the_backbone_from_its_weights(tmp_path,
             Trainer(other, tmp_path / "o.pt")._init_from_selector(str(tiny_checkpoint))
     with pytest.raises(ValueError, match="pass one"):  # two sources for the same weights
         TrainEarlyExitConfig(regime="mixed", init_from="a.pt", from_backbone="b.pt")
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])  # at the phase boundary; within a phase
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    tmp_path, monkeypatch, stop_after
+):
+    """mixed, 3 epochs (1 of backbone, 2 of all): killed while training epoch ``stop_after +
+    1``, resumed from the checkpoint written after epoch ``stop_after``, it ends where a run
+    that never stopped ends."""
+    from semlink.models import train_early_exit as tee
+
+    _, straight = _train(tmp_path / "straight", "mixed", epochs=3)
+    real, calls = tee.exit_accuracies, {"n": 0}
+
+    def dies(*args, **kwargs):  # validation after each epoch: the run dies at the chosen one
+        calls["n"] += 1
+        if calls["n"] > stop_after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tee, "exit_accuracies", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "resumed", "mixed", epochs=3)
+    out = tmp_path / "resumed" / "mixed.pt"
+    stopped = checkpoint.load(out)["resume"]
+    assert (stopped["phase"], stopped["epoch"]) == ((1, 0) if stop_after == 1 else (1, 1))
+    monkeypatch.setattr(tee, "exit_accuracies", real)
+    metrics, _ = _train(tmp_path / "resumed", "mixed", epochs=3, resume=True)
+    a, b = checkpoint.load(straight), checkpoint.load(out)
+    assert "resume" not in b and len(metrics["history"]) == 3
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, msg=k)
+    # resuming a finished run trains nothing and keeps it
+    again, _ = _train(tmp_path / "resumed", "mixed", epochs=3, resume=True)
+    assert again["history"] == metrics["history"]
+    with pytest.raises(ValueError, match="resume with its own regime"):
+        _train(tmp_path / "resumed", "mixed", epochs=3, resume=True, regime_of_out="joint")
 
 
 # --- exit rules on hand-made traces ----------------------------------------------------------
@@ -271,7 +306,6 @@ def test_traces_round_trip(tmp_path):
 
 @pytest.fixture(scope="module", params=["vit", "cnn"])
 def exported(request, tmp_path_factory):
-    from semlink.models import checkpoint
     from semlink.models.early_exit import config_dict
     from semlink.models.export_early_exit import export_early_exit_pipeline
 
@@ -309,7 +343,6 @@ def test_exported_graphs_match_pytorch(exported):
 
 
 def test_export_can_move_where_the_device_part_ends(tmp_path):
-    from semlink.models import checkpoint
     from semlink.models.early_exit import config_dict
     from semlink.models.export_early_exit import export_early_exit_pipeline
 
