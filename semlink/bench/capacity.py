@@ -47,7 +47,7 @@ class CapacityBenchConfig:
     """Utilisation the formula plans for (and the latency check offers)."""
     seconds: float = 8.0
     """Length of each measurement."""
-    models: str = "digits-vit,digits-vit-jscc,digits-ee"
+    models: str = "scene-vit,scene-vit-jscc,scene-ee"
     """Pipelines whose service time is measured (the first is used for the replica check)."""
     device_rate: float = 2.0
     """Requests per second per device, for the sizing example."""

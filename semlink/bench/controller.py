@@ -33,7 +33,7 @@ from semlink.device.controller import CalibrationTable, ChannelState, Constraint
 from semlink.link.shaper import SnrProcess
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
-DEFAULT_JSCC_DIR = DEFAULT_REPOSITORY / "digits-vit-jscc" / "1"
+DEFAULT_JSCC_DIR = DEFAULT_REPOSITORY / "scene-vit-jscc" / "1"
 
 SETTINGS = (
     ("gauss(0,2.5)", 0.0, 2.5),

@@ -52,7 +52,8 @@ class ReplicasBenchConfig:
     """Length of each load phase."""
     rate_per_s: float = 40.0
     """Requests per second per device (paced; 0: as fast as the answers come)."""
-    model: str = "digits-vit"
+    model: str = "scene-vit"
+    """a token-selection pipeline of the zoo (digits-vit: the digits-canvas fixture's)"""
     out: str = "runs/bench-replicas"
 
 
@@ -228,16 +229,23 @@ def churn(fleet: Fleet, images: np.ndarray) -> dict[str, Any]:
     return result
 
 
+def images_of(model: str) -> np.ndarray:
+    """The test split of the dataset ``model`` was trained on (its manifest names it)."""
+    from semlink.models.datasets import load_dataset
+    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
+
+    mv = resolve(scan(DEFAULT_REPOSITORY), model)
+    return load_dataset(mv.manifest.normalisation.dataset, "test").images
+
+
 def bench(cfg: ReplicasBenchConfig) -> dict[str, Any]:
     """Both choices under the same load, then churn; the servers stay up between phases."""
     from tqdm import tqdm
 
-    from semlink.models.data import load_digits_canvas
-
     logging.getLogger("httpx").setLevel(logging.WARNING)
     procs = Processes(Path(cfg.out) / "logs")
     fleet = Fleet(procs, cfg)
-    images = load_digits_canvas("test").images
+    images = images_of(cfg.model)
     result: dict[str, Any] = {"config": asdict(cfg)}
     try:
         for i in range(cfg.servers):

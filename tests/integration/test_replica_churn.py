@@ -18,7 +18,7 @@ from semlink.procs import Processes
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    cfg = ReplicasBenchConfig(seconds=9.0, rate_per_s=25.0, concurrency=4)
+    cfg = ReplicasBenchConfig(seconds=9.0, rate_per_s=25.0, concurrency=4, model="digits-vit")
     procs = Processes(tmp_path_factory.mktemp("replicas") / "logs")
     f = Fleet(procs, cfg)
     try:
