@@ -200,6 +200,14 @@ class ServerClient:
             try:
                 async with self._writing:
                     await call.write(request)
+            except grpc.aio.AioRpcError as exc:
+                # the stream died under the write (a killed server can surface as INTERNAL):
+                # the request reached no live server, so it is UNAVAILABLE, as it would be on
+                # a call, and the device may send it to another replica
+                raise _rpc_error(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"stream broken while sending: {exc.code().name} {exc.details()}",
+                ) from None
             finally:
                 request.id = own_id
             message = await asyncio.wait_for(answer, timeout_s)

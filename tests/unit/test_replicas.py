@@ -173,3 +173,39 @@ async def test_a_stream_to_no_server_fails_fast_as_unavailable_like_a_call():
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert request.id == "r1"  # the stream's own id never leaks into the caller's request
     await client.close()
+
+
+@run
+async def test_a_stream_that_dies_under_a_write_is_unavailable_and_so_retried_elsewhere():
+    """A server killed mid-stream can make the write fail with INTERNAL ("Internal error from
+    Core", seen in bench replicas' churn): the request reached no live server, so the client
+    reports UNAVAILABLE, which the device retries on another replica."""
+    import grpc
+    import numpy as np
+
+    from semlink.device.client import build_request
+    from semlink.procs import free_port
+
+    class DeadStream:  # the open call, as grpc.aio leaves it after its transport died
+        def done(self) -> bool:
+            return False
+
+        def cancel(self) -> None:
+            pass
+
+        async def write(self, request) -> None:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.INTERNAL,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "Internal error from Core",
+            )
+
+    client = ServerClient(f"127.0.0.1:{free_port()}", stream=True)
+    client._call = DeadStream()
+    request = build_request("m", "", "r1", {"tokens": np.zeros((1, 4, 32), np.float16)}, {})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.infer(request, 2.0)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "INTERNAL" in err.value.details() and request.id == "r1"
+    await client.close()
