@@ -10,7 +10,8 @@
    and the load generator on the other cores (CPU affinity), so the speed-up is the server's.
    Beside it, the ceiling the model allows: the tail's time per request at batch 1 against
    batch 16 in one ONNX Runtime session on one thread (batching amortises the model only; the
-   server's per-request work outside it stays per request).
+   server's per-request work outside it stays per request), and the sizes of the batches the
+   server really ran (from its ``/metrics``): batching can only pay when requests wait.
 4. *Through a 1 Mbit/s link with 20 ms RTT* (10 ms each way): semlink at alpha = 0.25 (fp16 and
    int8 tokens) against sending all tokens in fp32: p50 end-to-end latency and test accuracy.
    The headline ratio uses the faster semlink variant within one point of accuracy.
@@ -91,6 +92,22 @@ def stream(
             label = next(o for o in doc["outputs"] if o["name"] == "label")["data"][0]
             rows.append({**doc["parameters"], "client_ms": ms, "correct": int(label) == int(y)})
     return rows
+
+
+def batch_sizes(server_url: str, model: str) -> dict[str, float]:
+    """The batches ``model``'s server ran so far, from its ``/metrics``: mean size and the share
+    of batches that held one request."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server_url}/metrics", timeout=10).text
+    family = next(
+        f for f in text_string_to_metric_families(text) if f.name == "semlink_server_batch_size"
+    )
+    mine = [x for x in family.samples if x.labels.get("model") == model]
+    total = next(x.value for x in mine if x.name.endswith("_sum"))
+    count = next(x.value for x in mine if x.name.endswith("_count"))
+    ones = next(x.value for x in mine if x.name.endswith("_bucket") and x.labels["le"] == "1.0")
+    return {"mean": total / max(count, 1.0), "of_one": ones / max(count, 1.0)}
 
 
 def tail_ms_per_request(model: str, tokens: list[np.ndarray], repeats: int = 200) -> dict:
@@ -217,9 +234,16 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
                 rps, lat = asyncio.run(
                     _batch_load(cfg.model, port, tokens, cfg.batch_clients, cfg.batch_requests)
                 )
+            sizes = batch_sizes(stack.server_url, cfg.model)
         finally:
             procs.stop()
-        batching[label] = {"requests_per_s": rps, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+        batching[label] = {
+            "requests_per_s": rps,
+            "p50_ms": _pct(lat, 50),
+            "p99_ms": _pct(lat, 99),
+            "mean_batch_size": sizes["mean"],
+            "batches_of_one": sizes["of_one"],
+        }
     results["batching"] = batching
     results["batching_ceiling"] = tail_ms_per_request(cfg.model, tokens)
     results["batching_speedup"] = (
@@ -321,8 +345,13 @@ def format_report(r: dict[str, Any]) -> str:
         "3. 16 concurrent clients                    req/s     p50 ms    p99 ms",
     ]
     for k in ("unbatched", "batched"):
+        size = (
+            f"   mean batch {b[k]['mean_batch_size']:.2f}, {100 * b[k]['batches_of_one']:.0f} % of one"
+            if "mean_batch_size" in b[k]
+            else ""
+        )
         lines.append(
-            f"   {k:<40} {b[k]['requests_per_s']:7.0f}   {b[k]['p50_ms']:7.2f}   {b[k]['p99_ms']:7.2f}"
+            f"   {k:<40} {b[k]['requests_per_s']:7.0f}   {b[k]['p50_ms']:7.2f}   {b[k]['p99_ms']:7.2f}{size}"
         )
     cores = r.get("batching_cores", {})
     lines += [
