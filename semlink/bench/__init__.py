@@ -17,6 +17,16 @@ def write_figures(path: str | None, figures: Any) -> None:
         Path(path).write_text(json.dumps(figures, indent=2, default=str) + "\n")
 
 
+def model_and_test_split(model: str) -> tuple[Any, Any]:
+    """The zoo's ``model`` (its newest version) and the test split of the dataset it was trained
+    on, which its manifest names."""
+    from semlink.models.datasets import load_dataset
+    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
+
+    mv = resolve(scan(DEFAULT_REPOSITORY), model)
+    return mv, load_dataset(mv.manifest.normalisation.dataset, "test")
+
+
 def run_and_report(
     bench: Callable[[Any], dict[str, Any]],
     table: Callable[[dict[str, Any]], str],

@@ -58,15 +58,13 @@ class CapacityBenchConfig:
 
 def requests_for(model: str, n: int = 32) -> list[Any]:
     """``n`` offload requests of ``model`` as its device sends them (head run on test images)."""
+    from semlink.bench import model_and_test_split
     from semlink.device.client import build_request
-    from semlink.models.datasets import load_dataset
     from semlink.runtime.pipelines import WireOptions, make_pipeline
-    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
-    mv = resolve(scan(DEFAULT_REPOSITORY), model)
+    mv, data = model_and_test_split(model)
     pipe = make_pipeline(mv)
     pipe.open(pipe.device_graphs(), threads=1)
-    data = load_dataset(mv.manifest.normalisation.dataset, "test")
     out = []
     for i in range(n):
         image = data.images[i][None]

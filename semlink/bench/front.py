@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from semlink.bench import run_and_report
+from semlink.bench import model_and_test_split, run_and_report
 from semlink.procs import Processes, Stack, split_cores
 
 
@@ -122,12 +122,8 @@ def measured(procs: Processes, names: tuple[str, ...], run: Any) -> tuple[dict, 
 
 def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
     """Server alone, then the device front, each warmed up then measured."""
-    from semlink.models.datasets import load_dataset
-    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
-
     sut, tool = split_cores()
-    mv = resolve(scan(DEFAULT_REPOSITORY), cfg.model)
-    data = load_dataset(mv.manifest.normalisation.dataset, "test")
+    mv, data = model_and_test_split(cfg.model)
     head = mv.session("head")
     out = Path(cfg.out)
     images = [data.images[i][None] for i in range(32)]

@@ -35,13 +35,12 @@ class ProfileBenchConfig:
 def full_model_ms(model: str, share: float | None, repeats: int) -> float:
     """Sustained time of one whole-model answer (head, then the local tail) in ms, in this
     process, under the CPU quota ``share`` when given (the process stays under it)."""
-    from semlink.models.datasets import load_dataset
+    from semlink.bench import model_and_test_split
     from semlink.runtime.pipelines import WireOptions, make_pipeline
-    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
-    mv = resolve(scan(DEFAULT_REPOSITORY), model)
     # the frames are drawn before the quota: composing them is not the device's work
-    images = load_dataset(mv.manifest.normalisation.dataset, "test").images[:16]
+    mv, test = model_and_test_split(model)
+    images = test.images[:16]
     if share is not None:
         from semlink.runtime.cpu_quota import limit_cpu
 

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from semlink.bench import run_and_report
+from semlink.bench import model_and_test_split, run_and_report
 from semlink.bench.reliability import Outcome, handled_ids, stream
 from semlink.procs import Processes, free_port, start_replica
 
@@ -229,15 +229,6 @@ def churn(fleet: Fleet, images: np.ndarray) -> dict[str, Any]:
     return result
 
 
-def images_of(model: str) -> np.ndarray:
-    """The test split of the dataset ``model`` was trained on (its manifest names it)."""
-    from semlink.models.datasets import load_dataset
-    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
-
-    mv = resolve(scan(DEFAULT_REPOSITORY), model)
-    return load_dataset(mv.manifest.normalisation.dataset, "test").images
-
-
 def bench(cfg: ReplicasBenchConfig) -> dict[str, Any]:
     """Both choices under the same load, then churn; the servers stay up between phases."""
     from tqdm import tqdm
@@ -245,7 +236,7 @@ def bench(cfg: ReplicasBenchConfig) -> dict[str, Any]:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     procs = Processes(Path(cfg.out) / "logs")
     fleet = Fleet(procs, cfg)
-    images = images_of(cfg.model)
+    images = model_and_test_split(cfg.model)[1].images
     result: dict[str, Any] = {"config": asdict(cfg)}
     try:
         for i in range(cfg.servers):

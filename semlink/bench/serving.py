@@ -30,15 +30,14 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from semlink.bench import write_figures
+from semlink.bench import model_and_test_split, write_figures
 from semlink.device.service import SERVER_SPANS
-from semlink.models.datasets import load_dataset
 from semlink.models.stats import pm
 from semlink.procs import Processes, Stack, pinned, split_cores
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.protocol.http_codec import build_infer_request
 from semlink.runtime.pipelines import make_pipeline
-from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
+from semlink.runtime.repository import ModelVersion
 
 
 @dataclass
@@ -61,9 +60,9 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def in_process_ms(model: str, images: np.ndarray, alpha: float) -> list[float]:
-    """Head + tail in one process, batch 1, per image (ms)."""
-    pipe = make_pipeline(resolve(scan(DEFAULT_REPOSITORY), model))
+def in_process_ms(mv: ModelVersion, images: np.ndarray, alpha: float) -> list[float]:
+    """Head + tail of ``mv`` in one process, batch 1, per image (ms)."""
+    pipe = make_pipeline(mv)
     pipe.open(pipe.device_graphs())
     out = []
     for x in images:
@@ -110,10 +109,9 @@ def batch_sizes(server_url: str, model: str) -> dict[str, float]:
     return {"mean": total / max(count, 1.0), "of_one": ones / max(count, 1.0)}
 
 
-def tail_ms_per_request(model: str, tokens: list[np.ndarray], repeats: int = 200) -> dict:
-    """The tail alone in one ONNX Runtime session on one thread: ms per request at batch 1 and
-    at batch 16 (the same requests stacked), and their ratio, the most batching can give."""
-    mv = resolve(scan(DEFAULT_REPOSITORY), model)
+def tail_ms_per_request(mv: ModelVersion, tokens: list[np.ndarray], repeats: int = 200) -> dict:
+    """``mv``'s tail alone in one ONNX Runtime session on one thread: ms per request at batch 1
+    and at batch 16 (the same requests stacked), and their ratio, the most batching can give."""
     tail = mv.session("tail")
 
     def per_request(batch: int) -> float:
@@ -154,14 +152,13 @@ async def _batch_load(
 
 def run(cfg: ServingBenchConfig) -> dict[str, Any]:
     out = Path(cfg.out)
-    mv = resolve(scan(DEFAULT_REPOSITORY), cfg.model)
-    test = load_dataset(mv.manifest.normalisation.dataset, "test")
+    mv, test = model_and_test_split(cfg.model)
     n = min(cfg.requests, len(test))
     images, labels = test.images[:n], test.labels[:n]
     results: dict[str, Any] = {}
 
     # 1. overhead, no link: the device's default transport (a stream) and calls, interleaved
-    base = in_process_ms(cfg.model, images, 0.25)
+    base = in_process_ms(mv, images, 0.25)
     runs: dict[str, list[list[dict]]] = {"stream": [], "unary": []}
     procs = Processes(out / "overhead")
     stack = Stack(procs, model=cfg.model)
@@ -245,7 +242,7 @@ def run(cfg: ServingBenchConfig) -> dict[str, Any]:
             "batches_of_one": sizes["of_one"],
         }
     results["batching"] = batching
-    results["batching_ceiling"] = tail_ms_per_request(cfg.model, tokens)
+    results["batching_ceiling"] = tail_ms_per_request(mv, tokens)
     results["batching_speedup"] = (
         batching["batched"]["requests_per_s"] / batching["unbatched"]["requests_per_s"]
     )

@@ -104,11 +104,11 @@ def test_flop_counter_matches_the_arithmetic_of_a_vit_block():
 # --- training regimes ----------------------------------------------------------------------
 
 
-def _train(tmp_path, regime, kind="vit", resume=False, regime_of_out=None, **kw):
+def _train(tmp_path, regime, kind="vit", resume=False, out_name=None, **kw):
     from semlink.models.train_early_exit import TrainEarlyExitConfig, train_early_exit
 
     cfg = TrainEarlyExitConfig(
-        regime=regime_of_out or regime,
+        regime=regime,
         epochs=kw.pop("epochs", 2),
         backbone_epochs=1,
         max_steps=2,
@@ -117,7 +117,7 @@ def _train(tmp_path, regime, kind="vit", resume=False, regime_of_out=None, **kw)
         model=EarlyExitConfig(**TINY[kind]),
         **kw,
     )
-    out = tmp_path / f"{regime}.pt"
+    out = tmp_path / f"{out_name or regime}.pt"
     return train_early_exit(cfg, out, resume=resume), out
 
 
@@ -225,7 +225,7 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(
     again, _ = _train(tmp_path / "resumed", "mixed", epochs=3, resume=True)
     assert again["history"] == metrics["history"]
     with pytest.raises(ValueError, match="resume with its own regime"):
-        _train(tmp_path / "resumed", "mixed", epochs=3, resume=True, regime_of_out="joint")
+        _train(tmp_path / "resumed", "joint", epochs=3, resume=True, out_name="mixed")
 
 
 # --- exit rules on hand-made traces ----------------------------------------------------------
