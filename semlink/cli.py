@@ -20,6 +20,11 @@ from semlink.runtime.repository import DEFAULT_REPOSITORY
 DEFAULT_MODEL_DIR = DEFAULT_REPOSITORY / "digits-vit" / "1"
 DEFAULT_JSCC_DIR = DEFAULT_REPOSITORY / "digits-vit-jscc" / "1"
 DEFAULT_EE_DIR = DEFAULT_REPOSITORY / "digits-ee" / "1"
+"""The digits-canvas pipelines: what the training commands' defaults train and export (minutes)."""
+DEFAULT_DATASET = "digits-scene"
+"""What the evaluations and calibration measure when given neither --dataset nor --model-dir."""
+ZOO_PREFIX = {"digits-scene": "scene", "digits-canvas": "digits"}
+"""The shipped pipelines of each embedded dataset: ``zoo/<prefix>-vit``, ``-vit-jscc``, ``-ee``."""
 
 log = logging.getLogger("semlink")
 
@@ -27,15 +32,50 @@ log = logging.getLogger("semlink")
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
-        default="digits-canvas",
+        default=None,
         choices=["digits-canvas", "digits-scene", "cifar10", "imagefolder"],
-        help="embedded digits-canvas (default) or digits-scene, or a dataset read from --data-root",
+        help="embedded digits-scene or digits-canvas, or a dataset read from --data-root "
+        "(default: what --model-dir's model was trained on; without --model-dir, digits-scene)",
     )
     p.add_argument(
         "--data-root", default=None, help="folder of cifar10 batches or an ImageFolder tree"
     )
     p.add_argument("--image-size", type=int, default=64, help="resize target for imagefolder")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _recorded_dataset(model_dir: Path | None, ckpt: Path | None = None) -> str | None:
+    """The dataset a model records it was trained on: the training configuration in a checkpoint
+    ``semlink train`` wrote, else the normalisation in the manifest of its folder (``ckpt``'s,
+    or ``model_dir``); None when neither says."""
+    if ckpt is not None and ckpt.is_file():
+        from semlink.models import checkpoint
+
+        dataset = checkpoint.load(ckpt).get("train_config", {}).get("dataset")
+        if dataset:
+            return str(dataset)
+        model_dir = ckpt.parent
+    manifest = model_dir / "manifest.json" if model_dir is not None else None
+    if manifest is not None and manifest.is_file():
+        dataset = json.loads(manifest.read_text()).get("normalization", {}).get("dataset")
+        return str(dataset) if dataset else None
+    return None
+
+
+def _resolve_pipeline(args: argparse.Namespace, kind: str, ckpt: str | None = None) -> None:
+    """Fills in ``--dataset`` and ``--model-dir`` from each other, so an evaluation never pairs a
+    model with data it was not trained on: a given ``--model-dir`` (or ``ckpt``) names its data;
+    a given ``--dataset`` names its shipped pipeline ``zoo/<prefix>-<kind>/1``; with neither, the
+    digits-scene pipeline on digits-scene."""
+    ckpt_path = Path(ckpt) if ckpt else None
+    if args.model_dir is None:
+        dataset = args.dataset or _recorded_dataset(None, ckpt_path) or DEFAULT_DATASET
+        if dataset not in ZOO_PREFIX:
+            raise ValueError(f"no shipped pipeline was trained on {dataset}: pass --model-dir")
+        args.model_dir = str(DEFAULT_REPOSITORY / f"{ZOO_PREFIX[dataset]}-{kind}" / "1")
+    args.dataset = (
+        args.dataset or _recorded_dataset(Path(args.model_dir), ckpt_path) or DEFAULT_DATASET
+    )
 
 
 def _train_selector(args: argparse.Namespace) -> int:
@@ -110,6 +150,7 @@ def _eval_selector(args: argparse.Namespace) -> int:
     from semlink.models.datasets import load_dataset
     from semlink.models.eval_selector import evaluate, format_table, onnx_latency, write
 
+    _resolve_pipeline(args, "vit", args.checkpoint)
     model_dir = Path(args.model_dir)
     ckpt_path = Path(args.checkpoint) if args.checkpoint else model_dir / "checkpoint.pt"
     model, _ = checkpoint.load_selector_vit(ckpt_path)
@@ -134,12 +175,23 @@ def _eval_selector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_dataset(args: argparse.Namespace) -> str:
+    """What the exported model was trained on: ``--dataset``, else what its checkpoint records
+    (the manifest carries that dataset's normalisation, so it is never guessed)."""
+    dataset = args.dataset or _recorded_dataset(None, Path(args.checkpoint))
+    if dataset is None:
+        raise ValueError(
+            f"{args.checkpoint} does not record the dataset it was trained on: pass --dataset"
+        )
+    return dataset
+
+
 def _export(args: argparse.Namespace) -> int:
     """``semlink export selector|jscc``: ONNX head and tail, manifest, weights-only checkpoint."""
     from semlink.models.export import export_jscc_pipeline, export_selector_pipeline
 
     exporter = export_jscc_pipeline if args.what == "jscc" else export_selector_pipeline
-    manifest = exporter(args.checkpoint, args.out, args.dataset)
+    manifest = exporter(args.checkpoint, args.out, _export_dataset(args))
     print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
     return 0
 
@@ -154,7 +206,7 @@ def _export_early_exit(args: argparse.Namespace) -> int:
     from semlink.models.export_early_exit import export_early_exit_pipeline
 
     manifest = export_early_exit_pipeline(
-        args.checkpoint, args.out, args.dataset, args.device_blocks
+        args.checkpoint, args.out, _export_dataset(args), args.device_blocks
     )
     for path in args.regimes:
         ckpt = checkpoint.load(path)
@@ -179,6 +231,7 @@ def _eval_early_exit(args: argparse.Namespace) -> int:
     from semlink.models.eval_early_exit import evaluate, format_table, plot
     from semlink.models.train_early_exit import load_early_exit
 
+    _resolve_pipeline(args, "ee", args.checkpoint)
     model_dir = Path(args.model_dir)
     default_path = Path(args.checkpoint) if args.checkpoint else model_dir / "checkpoint.pt"
     default, ckpt = load_early_exit(default_path)
@@ -228,6 +281,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from semlink.models.datasets import load_dataset
     from semlink.models.eval_jscc import calibrate
 
+    _resolve_pipeline(args, "vit-jscc")
     model_dir = Path(args.model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     model, _ = semcom.load(model_dir / "checkpoint.pt")
@@ -256,6 +310,14 @@ def _eval_jscc(args: argparse.Namespace) -> int:
     )
     from semlink.models.jscc import RATES
 
+    _resolve_pipeline(args, "vit-jscc")
+    if args.selector_checkpoint is None:
+        if args.dataset not in ZOO_PREFIX:
+            raise ValueError(
+                f"no shipped selector ViT for {args.dataset}: pass --selector-checkpoint"
+            )
+        vit = DEFAULT_REPOSITORY / f"{ZOO_PREFIX[args.dataset]}-vit" / "1"
+        args.selector_checkpoint = str(vit / "checkpoint.pt")
     model, _ = semcom.load(Path(args.model_dir) / "checkpoint.pt")
     test = load_dataset(args.dataset, "test", root=args.data_root, seed=args.seed)
 
@@ -649,7 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     p = ev.add_parser("selector", help="accuracy vs budget against random and attention top-k")
     _add_data_args(p)
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="exported pipeline folder")
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="exported pipeline folder (default: the dataset's zoo/*-vit)",
+    )
     p.add_argument(
         "--checkpoint", default=None, help="evaluate this checkpoint instead of the model folder's"
     )
@@ -666,8 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_MODEL_DIR), help="model repository version folder")
     p.add_argument(
         "--dataset",
-        default="digits-canvas",
-        help="what the model was trained on: the manifest carries its normalisation",
+        default=None,
+        help="what the model was trained on: the manifest carries its normalisation "
+        "(default: what the checkpoint records)",
     )
     p.set_defaults(func=_export)
 
@@ -676,8 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_JSCC_DIR))
     p.add_argument(
         "--dataset",
-        default="digits-canvas",
-        help="what the model was trained on: the manifest carries its normalisation",
+        default=None,
+        help="what the model was trained on: the manifest carries its normalisation "
+        "(default: what the checkpoint records)",
     )
     p.set_defaults(func=_export)
 
@@ -685,7 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
         "early-exit", help="regimes, exit rules and exit traces of the early-exit network"
     )
     _add_data_args(p)
-    p.add_argument("--model-dir", default=str(DEFAULT_EE_DIR), help="exported pipeline folder")
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="exported pipeline folder (default: the dataset's zoo/*-ee)",
+    )
     p.add_argument("--checkpoint", default=None, help="evaluate this checkpoint as the default")
     p.add_argument(
         "--regimes", default=None, help="folder of regime checkpoints (default: MODEL_DIR/regimes)"
@@ -715,14 +787,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dataset",
-        default="digits-canvas",
-        help="what the model was trained on: the manifest carries its normalisation",
+        default=None,
+        help="what the model was trained on: the manifest carries its normalisation "
+        "(default: what the checkpoint records)",
     )
     p.set_defaults(func=_export_early_exit)
 
     p = sub.add_parser("calibrate", help="accuracy / channel-use table on the validation split")
     _add_data_args(p)
-    p.add_argument("--model-dir", default=str(DEFAULT_JSCC_DIR))
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="exported pipeline folder (default: the dataset's zoo/*-vit-jscc)",
+    )
     p.add_argument("--channel", default="awgn", choices=["awgn", "rayleigh"])
     p.set_defaults(func=_calibrate)
 
@@ -730,11 +807,15 @@ def build_parser() -> argparse.ArgumentParser:
         "jscc", help="test-split grid against JPEG / raw baselines and per-rate coders"
     )
     _add_data_args(p)
-    p.add_argument("--model-dir", default=str(DEFAULT_JSCC_DIR))
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="exported pipeline folder (default: the dataset's zoo/*-vit-jscc)",
+    )
     p.add_argument(
         "--selector-checkpoint",
-        default=str(DEFAULT_MODEL_DIR / "checkpoint.pt"),
-        help="the classifier the baselines use",
+        default=None,
+        help="the classifier the baselines use (default: the dataset's zoo/*-vit)",
     )
     p.add_argument("--per-rate-dir", default="runs/jscc-per-rate")
     p.add_argument("--channel", default="awgn", choices=["awgn", "rayleigh"])

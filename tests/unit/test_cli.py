@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from semlink.cli import main
 from semlink.models import checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_train_selector_smoke_and_resume(tmp_path, capsys):
@@ -62,6 +65,8 @@ def test_eval_selector_writes_table_json_and_plot(tiny_checkpoint, tmp_path, cap
                 "selector",
                 "--checkpoint",
                 str(tiny_checkpoint),
+                "--dataset",
+                "digits-canvas",
                 "--json",
                 str(js),
                 "--plot",
@@ -95,16 +100,52 @@ def test_export_cli(tiny_checkpoint, tmp_path):
                 "selector",
                 "--checkpoint",
                 str(tiny_checkpoint),
+                "--dataset",
+                "digits-canvas",
                 "--out",
                 str(tmp_path / "m" / "1"),
             ]
         )
         == 0
     )
+    manifest = json.loads((tmp_path / "m" / "1" / "manifest.json").read_text())
+    assert manifest["kind"] == "token-selection"
+    assert manifest["normalization"]["dataset"] == "digits-canvas"
+
+
+def test_export_never_guesses_the_dataset(tiny_checkpoint, tmp_path, capsys):
+    """A checkpoint that does not record its training data needs --dataset: the manifest's
+    normalisation would otherwise be a guess."""
+    out = tmp_path / "m" / "1"
     assert (
-        json.loads((tmp_path / "m" / "1" / "manifest.json").read_text())["kind"]
-        == "token-selection"
+        main(["export", "selector", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 2
     )
+    assert "pass --dataset" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "dataset", "model_dir"),
+    [
+        ([], "digits-scene", "zoo/scene-vit-jscc/1"),
+        (["--dataset", "digits-canvas"], "digits-canvas", "zoo/digits-vit-jscc/1"),
+        (["--model-dir", "zoo/digits-vit-jscc/1"], "digits-canvas", "zoo/digits-vit-jscc/1"),
+        (["--model-dir", "zoo/scene-vit-jscc/1"], "digits-scene", "zoo/scene-vit-jscc/1"),
+    ],
+)
+def test_evaluations_pair_the_model_with_its_own_data(argv, dataset, model_dir):
+    """digits-scene and its pipeline by default; a model folder names its data, a dataset its
+    shipped pipeline."""
+    from semlink.cli import _resolve_pipeline, build_parser
+
+    args = build_parser().parse_args(["calibrate", *argv])
+    _resolve_pipeline(args, "vit-jscc")
+    assert args.dataset == dataset
+    assert Path(args.model_dir).resolve() == (ROOT / model_dir).resolve()
+
+
+def test_evaluation_of_external_data_needs_a_model(capsys):
+    assert main(["eval", "early-exit", "--dataset", "cifar10"]) == 2
+    assert "pass --model-dir" in capsys.readouterr().err
 
 
 def test_checkpoint_of_another_architecture_is_refused(tiny_checkpoint, tmp_path):
