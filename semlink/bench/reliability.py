@@ -43,6 +43,8 @@ RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, htt
 
 @dataclass
 class ReliabilityBenchConfig:
+    model: str = "scene-vit"
+    """The zoo pipeline every device serves; requests are its dataset's test images."""
     devices: int = 8
     requests: int = 1000
     """Per device, in the load test."""
@@ -315,9 +317,9 @@ def run_fuzz(base: Stack, cfg: ReliabilityBenchConfig) -> dict[str, Any]:
     }
 
 
-def run_hostile(base: Stack) -> dict[str, Any]:
+def run_hostile(base: Stack, shape: tuple[int, ...]) -> dict[str, Any]:
     """The hostile-client classes (:mod:`semlink.bench.hostile`) against a fresh device and the
-    server, with mutual TLS and API keys as deployed."""
+    server, with mutual TLS and API keys as deployed; ``shape`` is one image's (C, H, W)."""
     import grpc
 
     from semlink.bench import hostile
@@ -339,7 +341,7 @@ def run_hostile(base: Stack) -> dict[str, Any]:
             ),
             "loop": hostile.loop_stall(s.device_url, auth),
             "bad_inputs": hostile.bad_inputs(s.device_url, s.model, auth),
-            "nan": hostile.nan_answers(s.device_url, s.model, (1, 48, 48), auth),
+            "nan": hostile.nan_answers(s.device_url, s.model, shape, auth),
         }
     finally:
         base.procs.stop("device-hostile", "link-hostile")
@@ -405,14 +407,14 @@ def run_security(base: Stack, tmp: Path) -> dict[str, Any]:
 def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from semlink.models.data import load_digits_canvas
+    from semlink.bench import model_and_test_split
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # thousands of request lines otherwise
     out = Path(cfg.out)
     procs = Processes(out / "logs")
     (procs.log_dir / "keys").write_text(KEY + "\n")
-    base = Stack(procs, tls=True)
-    images = load_digits_canvas("test").images
+    base = Stack(procs, model=cfg.model, tls=True)
+    images = model_and_test_split(cfg.model)[1].images
     result: dict[str, Any] = {"config": asdict(cfg)}
     try:
         base.start_server("--api-keys-file", str(procs.log_dir / "keys"))
@@ -422,7 +424,7 @@ def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
             ("restart", lambda: fault_restart_device(base, cfg, images)),
             ("kill", lambda: fault_kill_server(base, cfg, images)),
             ("fuzz", lambda: run_fuzz(base, cfg)),
-            ("hostile", lambda: run_hostile(base)),
+            ("hostile", lambda: run_hostile(base, images.shape[1:])),
             ("security", lambda: run_security(base, out)),
         ]
         faults = []
@@ -441,7 +443,8 @@ def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
 def format_table(r: dict[str, Any]) -> str:
     load = r["load"]
     lines = [
-        f"load: {load['devices']} devices x {r['config']['requests']} requests, "
+        f"load ({r['config'].get('model', 'digits-vit')}): {load['devices']} devices x "
+        f"{r['config']['requests']} requests, "
         f"{r['config']['concurrency']} in flight each, mutual TLS + API keys",
         f"  answered {load['answered']}/{load['requests']}, lost {load['lost']}, duplicated "
         f"{load['duplicated']}, errors {load['errors']}, degraded {load['degraded']}; "

@@ -12,6 +12,7 @@ from semlink.bench.reliability import ReliabilityBenchConfig, bench
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     cfg = ReliabilityBenchConfig(
+        model="digits-vit",  # the small fixture: the suite's time; the bench runs scene-vit
         devices=2,
         requests=40,
         concurrency=4,
