@@ -62,3 +62,16 @@ def paired_bootstrap(
     boots = d[idx].mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return Difference(100 * float(d.mean()), 100 * float(lo), 100 * float(hi), len(d))
+
+
+def bounded_difference(a: float, b: float, n: int) -> Difference:
+    """``a - b`` in points for two accuracies measured on the same ``n`` samples when only their
+    means are known (no per-sample scores to pair), with a conservative 95 % interval:
+    ``±1.96·(se_a + se_b)``, binomial standard errors. It holds whatever the two's correlation
+    (``sd(X − Y) ≤ sd(X) + sd(Y)``), and for an average of accuracies each measured on the same
+    ``n`` samples too (a mixture's standard error is at most the binomial one at its mean)."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    se = sum((p * (1 - p) / n) ** 0.5 for p in (a, b))
+    diff = 100 * (a - b)
+    return Difference(diff, diff - 100 * Z95 * se, diff + 100 * Z95 * se, n)

@@ -1,5 +1,6 @@
 """The 95 % interval every reported accuracy carries."""
 
+import numpy as np
 import pytest
 
 from semlink.models.stats import pm, wilson
@@ -35,3 +36,21 @@ def test_paired_bootstrap_separates_a_real_gap_and_calls_a_small_one_a_tie():
     assert "(tie)" in str(same) and "points [" in str(gap)
     with pytest.raises(ValueError, match="equal 1-D"):
         paired_bootstrap([1, 0], [1])
+
+
+def test_bounded_difference_covers_the_paired_interval():
+    """Without per-sample scores the conservative interval is at least as wide as the paired
+    one on the same samples, and calls a small gap a tie."""
+    from semlink.models.stats import bounded_difference, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(2000) < 0.90).astype(float)
+    b = np.where(rng.random(2000) < 0.9, a, 1 - a)  # correlated with a
+    paired = paired_bootstrap(a, b)
+    bound = bounded_difference(a.mean(), b.mean(), len(a))
+    assert bound.diff == pytest.approx(paired.diff)
+    assert bound.lo <= paired.lo and bound.hi >= paired.hi
+    assert bounded_difference(0.92, 0.91, 2000).tie
+    assert not bounded_difference(0.95, 0.80, 2000).tie
+    with pytest.raises(ValueError):
+        bounded_difference(0.9, 0.8, 0)
