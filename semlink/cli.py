@@ -448,9 +448,9 @@ class ZooRecipe:
     jscc: tuple[str, ...] = ()
     early_exit: tuple[str, ...] = ()
     export_early_exit: tuple[str, ...] = ()
-    regimes: bool = True
-    """Train the early-exit network in every regime (mixed, disjoint, joint, plain) to compare
-    them; False: the joint recursive network alone, its backbone started from the selector ViT."""
+    warm_start: bool = False
+    """Start the early-exit regimes' backbone from the selector ViT (``--init-from``; disjoint
+    reuses mixed's backbone phase) instead of from scratch."""
 
 
 ZOO_RECIPES = {
@@ -467,15 +467,17 @@ ZOO_RECIPES = {
             *("--backbone-epochs", "80", "--selector-epochs", "25"),
         ),
         jscc=("--train-placements", "8", "--epochs", "30", "--data-workers", "2"),
-        # from scratch the early-exit ViT needs ~40 epochs (3 h a regime on 2 CPU cores): a
-        # warm start from the selector's backbone, 5 joint epochs
+        # from scratch the early-exit ViT needs ~40 epochs (3 h a regime on 2 CPU cores): every
+        # regime starts from the selector's backbone and gets 5 epochs (mixed and disjoint: 1 of
+        # backbone and final classifier, 4 of exits), all at one learning rate
         early_exit=(
             *("--model.patch-size", "16", "--model.embed-dim", "96", "--train-placements", "8"),
-            *("--epochs", "5", "--lr", "5e-4", "--data-workers", "2"),
+            *("--epochs", "5", "--backbone-epochs", "1", "--lr", "5e-4", "--finetune-lr", "5e-4"),
+            *("--data-workers", "2"),
         ),
         # the device holds the selector pipeline's two blocks: exits after blocks 1 and 2
         export_early_exit=("--device-blocks", "2"),
-        regimes=False,
+        warm_start=True,
     ),
 }
 
@@ -544,6 +546,7 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
     ee, ee_work = root / f"{recipe.prefix}-ee" / "1", work / "early-exit"
     mixed, joint = str(ee_work / "mixed.pt"), str(ee_work / "joint.pt")
     reuse = ["--from-backbone", mixed]
+    warm = ["--init-from", str(work / "selector.pt")] if recipe.warm_start else []
     ee_train = ["train", "early-exit", *data, *recipe.early_exit, *resume]
     ee_eval = [
         "eval",
@@ -558,20 +561,8 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
         "--plot",
         str(ee / "eval.png"),
     ]
-    if not recipe.regimes:
-        warm = ["--init-from", str(work / "selector.pt")]
-        return [
-            *steps,
-            [*ee_train, *warm, "--regime", "joint", "--out", joint],
-            [
-                *("export", "early-exit", *data, "--checkpoint", joint, "--out", str(ee)),
-                *recipe.export_early_exit,
-            ],
-            ee_eval,
-            ["train", "policy", "--model-dir", str(ee)],
-        ]
     steps += [
-        [*ee_train, "--regime", "mixed", "--out", mixed],
+        [*ee_train, *warm, "--regime", "mixed", "--out", mixed],
         [
             *ee_train,
             "--regime",
@@ -580,9 +571,10 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
             "--out",
             str(ee_work / "disjoint.pt"),
         ],
-        [*ee_train, "--regime", "joint", "--out", joint],
+        [*ee_train, *warm, "--regime", "joint", "--out", joint],
         [
             *ee_train,
+            *warm,
             "--regime",
             "joint",
             "--no-model.recursive",
@@ -599,6 +591,7 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
             str(ee),
             "--regimes",
             *(str(ee_work / f"{r}.pt") for r in ("mixed", "disjoint", "joint-plain")),
+            *recipe.export_early_exit,
         ],
         ee_eval,
         ["train", "policy", "--model-dir", str(ee)],

@@ -273,6 +273,17 @@ def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
     prefix = "scene" if dataset == "digits-scene" else "digits"
     for name in ("vit", "vit-jscc", "ee"):
         assert f"{prefix}-{name}" in outs
+    # every regime of METHODS §4 is trained and shipped for comparison, on both workloads
+    trained = {
+        Path(argv[argv.index("--out") + 1]).stem: argv
+        for argv in steps
+        if argv[1] == "early-exit" and argv[0] == "train"
+    }
+    assert set(trained) == {"mixed", "disjoint", "joint", "joint-plain"}
+    assert "--from-backbone" in trained["disjoint"] and "--init-from" not in trained["disjoint"]
+    warm = dataset == "digits-scene"  # from the selector ViT's backbone; digits: from scratch
+    for name in ("mixed", "joint", "joint-plain"):
+        assert ("--init-from" in trained[name]) == warm
 
 
 def test_train_selector_restarts_its_budget_phase_from_the_finished_backbone(tmp_path, capsys):
