@@ -7,7 +7,9 @@ replay-buffer and target-network tuning DQN needs; its stochastic policy also ex
 
 The agent trains on the validation split's exit traces with the training channel traces
 (:data:`models.offload_env.TRAIN_SEEDS`), is evaluated during training on separate validation
-channel traces (:data:`VAL_SEEDS`), and the best evaluation's policy is kept. The policy network
+channel traces (:data:`VAL_SEEDS`), and the best evaluation's policy is kept. With ``seeds`` > 1
+one policy trains per seed, all on the same measured costs, and the one with the best validation
+reward ships (the test split and the test channel traces are never looked at). The policy network
 (a 2x64 MLP) is exported to ONNX: ``obs (B, 8) float32 -> logits (B, 3)``; the device takes the
 argmax.
 """
@@ -59,7 +61,12 @@ class TrainPolicyConfig:
     device_profile: str = "camera"
     """The device's CPU quota while its compute costs are measured (none | phone | camera;
     cgroups, root): the costs the policy trades off are measured, not multiplied."""
+    costs: str | None = None
+    """A ``costs.json`` measured earlier (by this command, under its own profile) to train on
+    instead of measuring again: policies compared on validation must share one cost model."""
     seed: int = 0
+    seeds: int = 1
+    """Policies to train, with seeds ``seed .. seed + seeds - 1``; the best on validation ships."""
     weights: RewardWeights | None = None
 
 
@@ -127,32 +134,71 @@ def evaluate_model(model: Any, env: OffloadEnv, episodes: int, seed: int) -> flo
 
 
 def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
-    """Trains, keeps the best evaluated policy, exports it. Returns the metrics."""
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-    from stable_baselines3.common.env_util import make_vec_env
+    """Measures the costs (or reads ``cfg.costs``), trains a policy per seed on them, exports
+    the one with the best validation reward. Returns its metrics (with every seed's reward)."""
+    import shutil
+    import tempfile
 
+    if cfg.seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {cfg.seeds}")
     register()
     torch.set_num_threads(1)  # a 2x64 MLP: more threads only add overhead
     model_dir = Path(cfg.model_dir)
     out = Path(cfg.out or model_dir)
     out.mkdir(parents=True, exist_ok=True)
     traces = ExitTraces.load(model_dir / "traces" / "val.npz")
-    costs_path = out / "costs.json"
-    costs = CostModel.measure(model_dir, cfg.device_profile)
-    costs.save(costs_path)
+    if cfg.costs is not None:
+        costs = CostModel.load(cfg.costs)
+        log.info("costs from %s (measured under the %s profile)", cfg.costs, costs.device_profile)
+    else:
+        costs = CostModel.measure(model_dir, cfg.device_profile)
     log.info(
-        "measured costs: device %s ms (profile %s), server %s ms",
+        "costs: device %s ms (profile %s), server %s ms",
         np.round(costs.device_ms, 2),
         costs.device_profile,
         np.round(costs.server_ms, 2),
     )
     weights = cfg.weights or RewardWeights()
+    runs = []
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+            seed_dir = Path(tmp) / f"seed{seed}"
+            runs.append((_train_one(cfg, traces, costs, weights, seed, seed_dir), seed_dir))
+            log.info("seed %d: validation reward %.4f", seed, runs[-1][0]["val_reward"])
+        metrics, best_dir = max(runs, key=lambda r: float(r[0]["val_reward"]))
+        shutil.copy(best_dir / "ppo_best.zip", out / "ppo_best.zip")
+        shutil.copy(best_dir / POLICY_FILE, out / POLICY_FILE)
+    costs.save(out / "costs.json")
+    metrics["seeds"] = {str(m["seed"]): m["val_reward"] for m, _ in runs}
+    metrics["chosen_on"] = "validation reward (validation exit traces and channel traces)"
+    metrics["config"] = {k: v for k, v in asdict(cfg).items() if k != "weights"}
+    metrics["weights"] = asdict(weights)
+    metrics["actions"] = list(ACTIONS)
+    metrics["observation"] = list(OBS_NAMES)
+    (out / "policy.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def _train_one(
+    cfg: TrainPolicyConfig,
+    traces: ExitTraces,
+    costs: CostModel,
+    weights: RewardWeights,
+    seed: int,
+    out: Path,
+) -> dict[str, Any]:
+    """One PPO run with ``seed``: keeps its best evaluated policy in ``out`` (``ppo_best.zip``,
+    exported to ``policy.onnx``); returns its metrics."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.env_util import make_vec_env
+
+    out.mkdir(parents=True, exist_ok=True)
     env_kwargs = {"traces": traces, "costs": costs, "weights": weights}
     venv = make_vec_env(
         OffloadEnv,
         n_envs=cfg.n_envs,
-        seed=cfg.seed,
+        seed=seed,
         env_kwargs={**env_kwargs, "hard_fraction": cfg.hard_fraction},
     )
     eval_env = OffloadEnv(**env_kwargs, seeds=VAL_SEEDS)
@@ -165,7 +211,7 @@ def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
         ent_coef=cfg.ent_coef,
         gamma=cfg.gamma,
         policy_kwargs={"net_arch": [64, 64]},
-        seed=cfg.seed,
+        seed=seed,
         device="cpu",
         verbose=0,
     )
@@ -178,6 +224,7 @@ def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
                 self.num_timesteps // cfg.eval_every
                 != (self.num_timesteps - venv.num_envs) // cfg.eval_every
             ):
+                # every seed meets the same validation episodes: their rewards compare
                 reward = evaluate_model(model, eval_env, cfg.eval_episodes, cfg.seed)
                 history.append({"timesteps": self.num_timesteps, "val_reward": reward})
                 log.info("%d steps: validation reward %.4f", self.num_timesteps, reward)
@@ -198,16 +245,11 @@ def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
         model.save(out / "ppo_best.zip")
     model = PPO.load(out / "ppo_best.zip", device="cpu")
     export_policy(model.policy, out / POLICY_FILE)
-    metrics = {
+    return {
         "algorithm": "PPO",
+        "seed": seed,
         "train_seconds": seconds,
         "timesteps": cfg.total_timesteps,
         "val_reward": best["reward"],
         "history": history,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "weights"},
-        "weights": asdict(weights),
-        "actions": list(ACTIONS),
-        "observation": list(OBS_NAMES),
     }
-    (out / "policy.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    return metrics

@@ -140,8 +140,11 @@ def _train_policy(args: argparse.Namespace) -> int:
     metrics = train_policy(cfg)
     print(
         f"policy: {cfg.out or cfg.model_dir}/policy.onnx (PPO, {metrics['timesteps']} steps, "
-        f"{metrics['train_seconds']:.0f} s, validation reward {metrics['val_reward']:.4f})"
+        f"{metrics['train_seconds']:.0f} s, validation reward {metrics['val_reward']:.4f}, "
+        f"seed {metrics['seed']})"
     )
+    if len(metrics["seeds"]) > 1:
+        print("validation reward per seed:", json.dumps(metrics["seeds"]))
     return 0
 
 

@@ -198,6 +198,46 @@ def test_training_entry_point_runs_and_exports_a_matching_policy(tmp_path):
     np.testing.assert_array_equal(logits.argmax(1), greedy)
 
 
+def test_several_seeds_share_one_cost_model_and_the_best_on_validation_ships(tmp_path):
+    """--costs reuses a measured cost model (nothing measured again); --seeds trains one policy
+    per seed on it and ships the one with the best validation reward."""
+    import json
+
+    from semlink.models.offload_env import CostModel
+    from semlink.models.train_policy import TrainPolicyConfig, train_policy
+    from tests.conftest import ZOO
+
+    costs = CostModel(
+        [5.0, 2.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0], [4776] * 4, device_profile="camera"
+    )
+    costs.save(tmp_path / "given.json")
+    cfg = TrainPolicyConfig(
+        model_dir=str(ZOO / "digits-ee" / "1"),
+        out=str(tmp_path / "out"),
+        costs=str(tmp_path / "given.json"),
+        seeds=2,
+        total_timesteps=256,
+        n_envs=2,
+        n_steps=128,
+        batch_size=64,
+        eval_every=256,
+        eval_episodes=20,
+    )
+    metrics = train_policy(cfg)
+    assert set(metrics["seeds"]) == {"0", "1"}
+    assert metrics["val_reward"] == max(metrics["seeds"].values())
+    assert metrics["seeds"][str(metrics["seed"])] == metrics["val_reward"]
+    assert CostModel.load(tmp_path / "out" / "costs.json") == costs
+    shipped = json.loads((tmp_path / "out" / "policy.json").read_text())
+    assert shipped["seeds"] == metrics["seeds"] and "validation" in shipped["chosen_on"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "costs.json",
+        "policy.json",
+        "policy.onnx",
+        "ppo_best.zip",
+    ]
+
+
 def shipped_controller():
     from semlink.device.controller import RLController
     from tests.conftest import ZOO
