@@ -229,9 +229,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         title="Multi-exit accuracy vs compute (no offloading)",
     )
     ax1.legend()
+    points = None
     for rule, marker in (("threshold", "o"), ("growth", "x")):
         rows = [r for r in result["rules"] if r["rule"] == rule]
-        ax2.scatter(
+        points = ax2.scatter(
             [r["mean_flops"] / full for r in rows],
             [r["accuracy"] * 100 for r in rows],
             c=[r["device_fraction"] for r in rows],
@@ -247,9 +248,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax2.set(
         xlabel="mean device compute / full model",
         ylabel="accuracy (%)",
-        title="Device rules (colour: fraction answered on device)",
+        title="Device rules: accuracy against device compute",
     )
     ax2.legend(loc="lower right")
+    if points is not None:
+        fig.colorbar(points, ax=ax2, label="share answered on the device")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
