@@ -8,6 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+FULL_SPEED = (
+    "device profile: none: every process runs at this machine's full speed, no CPU quota "
+    "(`semlink bench compare` and `semlink bench profile` run the device under one)"
+)
+"""The line each benchmark that runs the device without a device profile prints."""
+
 
 def write_figures(path: str | None, figures: Any) -> None:
     """Writes ``figures`` as JSON to ``path`` (creating its folder); nothing when ``path`` is

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from semlink.bench import run_and_report
+from semlink.bench import FULL_SPEED, run_and_report
 from semlink.procs import Processes, free_port, start_replica
 
 
@@ -285,6 +285,7 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"each replica: one semlink server under a CPU quota of {cfg['quota']} cores (cgroups), "
         f"loopback gRPC, plaintext; saturation = {cfg['clients']} requests in flight per replica",
+        FULL_SPEED,
         "",
         f"{'pipeline':<18} {'S p50 ms':>9} {'S mean ms':>9} {'S p95 ms':>9} {'mu req/s':>9} "
         f"{'devices/server':>15}",

@@ -284,6 +284,7 @@ def format_report(results: dict[str, Any]) -> str:
         f"Lyapunov controller, budget γ̄ = {cfg['budget']:g}, {cfg['requests']} requests "
         "(decisions: validation table; scores: test table)",
         "V and mu chosen on validation (another draw of each SNR process, the validation table)",
+        "device profile: none: the decision time (µs) is measured in this process at full speed",
         "LP and fixed are designed on the validation table like the controller; * = oracle designed on the test table",
         f"accuracy % ± half its 95 % interval (test table, n = {n} images a cell; conservative);",
         "Δ fixed: Lyapunov − best fixed, points, conservative 95 % interval (table means: not paired)",

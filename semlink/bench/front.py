@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from semlink.bench import model_and_test_split, run_and_report
+from semlink.bench import FULL_SPEED, model_and_test_split, run_and_report
 from semlink.procs import Processes, Stack, split_cores
 
 
@@ -177,6 +177,7 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"locust, {cfg['users']} clients, {cfg['seconds']:g} s each; system under test on cores "
         f"{r['cores']['system']}, locust on {r['cores']['locust']}; {cfg['model']}, plaintext",
+        FULL_SPEED,
         "",
         f"{'system':<44} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'failed':>7}"
         "   CPU ms a request",

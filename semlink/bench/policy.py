@@ -148,6 +148,8 @@ def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
             "device_ms": costs.device_ms,
             "server_ms": costs.server_ms,
             "measured_on": costs.measured_on,
+            "device_profile": costs.device_profile,
+            "device_slowdown": costs.device_slowdown,
         },
         "rows": rows,
         "targets": targets(rows),
@@ -169,9 +171,18 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    c = result["costs"]
     lines = [
+        f"device profile: {c.get('device_profile', 'none')}: the policy's and the rules' device "
+        f"times ({', '.join(f'{t:.2f}' for t in c['device_ms'])} ms a device exit) were measured "
+        "under it"
+        + (
+            f", then multiplied by an assumed {c['device_slowdown']:g}"
+            if c.get("device_slowdown", 1) != 1
+            else ""
+        ),
         f"{'regime':<8} {'policy':<24} {'reward':>7} {'acc % (95 % CI)':>14} {'lat ms':>7} {'p95 ms':>7} "
-        f"{'energy mJ':>9} {'bytes':>6} {'offload':>7}  params"
+        f"{'energy mJ':>9} {'bytes':>6} {'offload':>7}  params",
     ]
     for r in result["rows"]:
         lines.append(

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from semlink.bench import run_and_report
+from semlink.bench import FULL_SPEED, run_and_report
 from semlink.procs import Processes, Stack
 from semlink.protocol.http_codec import build_infer_request
 
@@ -446,6 +446,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"load ({r['config'].get('model', 'digits-vit')}): {load['devices']} devices x "
         f"{r['config']['requests']} requests, "
         f"{r['config']['concurrency']} in flight each, mutual TLS + API keys",
+        f"  {FULL_SPEED}",
         f"  answered {load['answered']}/{load['requests']}, lost {load['lost']}, duplicated "
         f"{load['duplicated']}, errors {load['errors']}, degraded {load['degraded']}; "
         f"p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, {load['throughput_rps']:.0f} req/s",

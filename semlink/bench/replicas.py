@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from semlink.bench import model_and_test_split, run_and_report
+from semlink.bench import FULL_SPEED, model_and_test_split, run_and_report
 from semlink.bench.reliability import Outcome, handled_ids, stream
 from semlink.procs import Processes, free_port, start_replica
 
@@ -264,6 +264,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['slow_replica']}), {cfg['devices']} devices x {cfg['rate_per_s']:g} req/s, "
         f"{cfg['concurrency']} in flight each, {cfg['seconds']:g} s per policy; loopback, "
         "plaintext, every device through its own link emulator (100 Mbit/s, 2 ms)",
+        FULL_SPEED,
         "",
         f"{'choice':<16} {'answered':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  "
         "share on the slowed replica",

@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from semlink.bench import model_and_test_split, write_figures
+from semlink.bench import FULL_SPEED, model_and_test_split, write_figures
 from semlink.device.service import SERVER_SPANS
 from semlink.models.stats import pm
 from semlink.procs import Processes, Stack, pinned, split_cores
@@ -328,6 +328,7 @@ def format_report(r: dict[str, Any]) -> str:
     o, w, b, lk = r["overhead"], r["wire"], r["batching"], r["link"]
     lines = [
         f"semlink bench serving ({r['config'].get('model', 'digits-vit')}, this machine)",
+        FULL_SPEED,
         "",
         "1. round trip at batch 1, no link           p50 ms",
         f"   head + tail in one process (baseline)   {o['in_process_p50_ms']:8.2f}",

@@ -172,7 +172,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"split learning, {r['epochs']} epochs from the shipped {start} "
         f"({pm(r['accuracy_before_finetuning'], u['n'])} % on {task} before; test split, "
-        f"n = {u['n']}, 95 % intervals):",
+        f"n = {u['n']}, 95 % intervals; device profile: none: device and server halves train "
+        "in one process at this machine's full speed):",
         "",
         f"uncompressed: {pm(u['accuracy'], u['n'])} %, {u['bytes_up'] / mb:.1f} MB up, "
         f"{u['bytes_down'] / mb:.1f} MB down",
