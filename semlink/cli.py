@@ -73,9 +73,10 @@ def _resolve_pipeline(args: argparse.Namespace, kind: str, ckpt: str | None = No
         if dataset not in ZOO_PREFIX:
             raise ValueError(f"no shipped pipeline was trained on {dataset}: pass --model-dir")
         args.model_dir = str(DEFAULT_REPOSITORY / f"{ZOO_PREFIX[dataset]}-{kind}" / "1")
-    args.dataset = (
-        args.dataset or _recorded_dataset(Path(args.model_dir), ckpt_path) or DEFAULT_DATASET
-    )
+    recorded = _recorded_dataset(Path(args.model_dir), ckpt_path)
+    if args.dataset and recorded and args.dataset != recorded:
+        log.warning("evaluating a model trained on %s on %s", recorded, args.dataset)
+    args.dataset = args.dataset or recorded or DEFAULT_DATASET
 
 
 def _train_selector(args: argparse.Namespace) -> int:
