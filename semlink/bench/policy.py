@@ -49,6 +49,9 @@ SWEEPS = {
 @dataclass
 class PolicyBenchConfig:
     model_dir: str = str(DEFAULT_EE_DIR)
+    policy_dir: str | None = None
+    """A folder ``semlink train policy --out`` wrote (policy.onnx, policy.json, costs.json) to
+    bench instead of the model folder's own policy; the exit traces stay the model folder's."""
     episodes: int = 3000
     seed: int = 0
     out: str = "runs/bench-policy"
@@ -114,11 +117,12 @@ def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
     from semlink.models.train_policy import VAL_SEEDS
 
     model_dir = Path(cfg.model_dir)
-    meta = json.loads((model_dir / "policy.json").read_text())
-    costs = CostModel.load(model_dir / "costs.json")
+    policy_dir = Path(cfg.policy_dir) if cfg.policy_dir else model_dir
+    meta = json.loads((policy_dir / "policy.json").read_text())
+    costs = CostModel.load(policy_dir / "costs.json")
     weights = RewardWeights(**meta["weights"])
     traces = ExitTraces.load(model_dir / "traces" / "test.npz")
-    rl, decision_us = onnx_policy(model_dir / "policy.onnx")
+    rl, decision_us = onnx_policy(policy_dir / "policy.onnx")
     val_traces = ExitTraces.load(model_dir / "traces" / "val.npz")
     rows: list[dict[str, Any]] = []
     for regime in tqdm(REGIMES, desc="bench policy", unit="regime"):
