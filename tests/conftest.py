@@ -24,7 +24,27 @@ def system_skip_reason(what: str) -> str:
 
 
 ZOO = ROOT / "zoo"
+
+
 DEFAULT_MODEL_DIR = ZOO / "digits-vit" / "1"
+
+
+def tiny_policy_config(out, **overrides):
+    """A PPO run of a few hundred steps on the shipped digits-ee traces (smoke tests of
+    ``semlink train policy``); ``overrides`` set any other field."""
+    from semlink.models.train_policy import TrainPolicyConfig
+
+    fields = dict(
+        model_dir=str(ZOO / "digits-ee" / "1"),
+        out=str(out),
+        total_timesteps=512,
+        n_envs=2,
+        n_steps=128,
+        batch_size=64,
+        eval_every=256,
+        eval_episodes=20,
+    )
+    return TrainPolicyConfig(**{**fields, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@ traces against rules tuned on validation."""
 
 from semlink.bench.policy import PolicyBenchConfig, bench, format_table
 from semlink.models.offload_env import CostModel
-from semlink.models.train_policy import TrainPolicyConfig, train_policy
-from tests.conftest import ZOO
+from semlink.models.train_policy import train_policy
+from tests.conftest import ZOO, tiny_policy_config
 
 MODEL_DIR = ZOO / "digits-ee" / "1"
 
@@ -13,16 +13,8 @@ def test_a_policy_trained_elsewhere_is_benched_with_its_own_costs(tmp_path):
     costs = CostModel([9.0, 2.0, 2.0, 2.0], [1.0] * 4, [4776] * 4, device_profile="camera")
     costs.save(tmp_path / "costs.json")
     train_policy(
-        TrainPolicyConfig(
-            model_dir=str(MODEL_DIR),
-            out=str(tmp_path / "policy"),
-            costs=str(tmp_path / "costs.json"),
-            total_timesteps=256,
-            n_envs=2,
-            n_steps=128,
-            batch_size=64,
-            eval_every=256,
-            eval_episodes=10,
+        tiny_policy_config(
+            tmp_path / "policy", costs=str(tmp_path / "costs.json"), total_timesteps=256
         )
     )
     cfg = PolicyBenchConfig(model_dir=str(MODEL_DIR), policy_dir=str(tmp_path / "policy"))

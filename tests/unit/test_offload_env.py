@@ -171,20 +171,10 @@ def test_training_entry_point_runs_and_exports_a_matching_policy(tmp_path):
     import onnxruntime as ort
     from stable_baselines3 import PPO
 
-    from semlink.models.train_policy import TrainPolicyConfig, train_policy
-    from tests.conftest import ZOO
+    from semlink.models.train_policy import train_policy
+    from tests.conftest import tiny_policy_config
 
-    cfg = TrainPolicyConfig(
-        model_dir=str(ZOO / "digits-ee" / "1"),
-        out=str(tmp_path),
-        total_timesteps=512,
-        n_envs=2,
-        n_steps=128,
-        batch_size=64,
-        eval_every=256,
-        eval_episodes=20,
-    )
-    metrics = train_policy(cfg)
+    metrics = train_policy(tiny_policy_config(tmp_path))
     assert metrics["algorithm"] == "PPO" and len(metrics["history"]) == 2
     assert json.loads((tmp_path / "policy.json").read_text())["actions"] == [
         "exit",
@@ -204,24 +194,15 @@ def test_several_seeds_share_one_cost_model_and_the_best_on_validation_ships(tmp
     import json
 
     from semlink.models.offload_env import CostModel
-    from semlink.models.train_policy import TrainPolicyConfig, train_policy
-    from tests.conftest import ZOO
+    from semlink.models.train_policy import train_policy
+    from tests.conftest import tiny_policy_config
 
     costs = CostModel(
         [5.0, 2.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0], [4776] * 4, device_profile="camera"
     )
     costs.save(tmp_path / "given.json")
-    cfg = TrainPolicyConfig(
-        model_dir=str(ZOO / "digits-ee" / "1"),
-        out=str(tmp_path / "out"),
-        costs=str(tmp_path / "given.json"),
-        seeds=2,
-        total_timesteps=256,
-        n_envs=2,
-        n_steps=128,
-        batch_size=64,
-        eval_every=256,
-        eval_episodes=20,
+    cfg = tiny_policy_config(
+        tmp_path / "out", costs=str(tmp_path / "given.json"), seeds=2, total_timesteps=256
     )
     metrics = train_policy(cfg)
     assert set(metrics["seeds"]) == {"0", "1"}
