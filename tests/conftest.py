@@ -24,8 +24,6 @@ def system_skip_reason(what: str) -> str:
 
 
 ZOO = ROOT / "zoo"
-
-
 DEFAULT_MODEL_DIR = ZOO / "digits-vit" / "1"
 
 
