@@ -108,11 +108,13 @@ def accuracy_grid(
     kind: str = "awgn",
     seed: int = 0,
     progress: bool = True,
+    per_sample: bool = False,
 ) -> list[dict[str, Any]]:
     """Accuracy and channel uses for every (SNR, alpha, rate), tokens physically removed.
 
     One noise draw per sample and point (seeded). Returns rows with ``snr_db``, ``alpha``,
-    ``rate``, ``k``, ``m``, ``channel_uses`` and ``accuracy``.
+    ``rate``, ``k``, ``m``, ``channel_uses`` and ``accuracy``; with ``per_sample`` also
+    ``correct``, a boolean array over the samples (for paired comparisons; not JSON).
     """
     from tqdm import tqdm
 
@@ -142,18 +144,17 @@ def accuracy_grid(
                 kind,
                 gen,
             )
-            acc = float((vit.forward_tail(received).argmax(1).cpu().numpy() == y).mean())
-            rows.append(
-                {
-                    "snr_db": float(snr),
-                    "alpha": float(alpha),
-                    "rate": float(rate),
-                    "k": k,
-                    "m": m,
-                    "channel_uses": channel_uses(k, m, c * h * w),
-                    "accuracy": acc,
-                }
-            )
+            correct = vit.forward_tail(received).argmax(1).cpu().numpy() == y
+            row = {
+                "snr_db": float(snr),
+                "alpha": float(alpha),
+                "rate": float(rate),
+                "k": k,
+                "m": m,
+                "channel_uses": channel_uses(k, m, c * h * w),
+                "accuracy": float(correct.mean()),
+            }
+            rows.append({**row, "correct": correct} if per_sample else row)
     return rows
 
 

@@ -8,8 +8,11 @@ the pair the test run uses (:func:`choose_on_validation`). Per SNR process
 (i.i.d. Gaussian around a mean as published, a Gilbert-Elliott Markov chain, and an SNR trace
 file), over ``requests`` requests:
 
-- the online controller at that ``V`` and ``mu``: average accuracy (with a conservative 95 %
-  interval over the test table's ``n`` images) and channel use over the last 80 % of requests, constraint violation, convergence time of ``Z``, decision time;
+- the online controller at that ``V`` and ``mu``: average accuracy (± half the 95 % interval
+  over the test table's ``n`` images, conservative: a mixture's standard error is at most the
+  binomial one at its mean) and channel use over the last 80 % of requests, constraint
+  violation, convergence time of ``Z``, decision time; its difference to the best fixed action
+  paired over the test images (:func:`paired_difference`, from :func:`per_image_correctness`);
 - the offline optimum: the best randomised stationary policy for the process's empirical SNR
   distribution, a linear program (``scipy.optimize.linprog``) over ``x[s, a]``, the probability of
   action ``a`` in SNR bin ``s``;
@@ -34,7 +37,7 @@ import numpy as np
 from semlink.bench import write_figures
 from semlink.device.controller import CalibrationTable, ChannelState, Constraint, LyapunovController
 from semlink.link.shaper import SnrProcess
-from semlink.models.stats import bounded_difference, pm
+from semlink.models.stats import paired_bootstrap, pm
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
 DEFAULT_JSCC_DIR = DEFAULT_REPOSITORY / "scene-vit-jscc" / "1"
@@ -80,6 +83,63 @@ def snr_processes(n: int, seed: int, trace: str | None) -> dict[str, np.ndarray]
     return out
 
 
+def interpolation_weights(
+    snrs: np.ndarray, snr: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each request's SNR, the two grid rows ``np.interp`` blends and the weight of the
+    upper one (clamped at the ends, as ``np.interp`` is): ``(lower, upper, weight)``."""
+    upper = np.clip(np.searchsorted(snrs, snr, side="right"), 1, len(snrs) - 1)
+    lower = upper - 1
+    weight = np.clip((snr - snrs[lower]) / (snrs[upper] - snrs[lower]), 0.0, 1.0)
+    return lower, upper, weight
+
+
+def cell_weights(
+    snrs: np.ndarray, snr: np.ndarray, chosen: np.ndarray, n_actions: int
+) -> np.ndarray:
+    """(S, A) how much each table cell counts in a policy's realised accuracy: the mean over
+    requests of the interpolation weights at the action each request got. A policy's accuracy is
+    ``(weights * table).sum()``, and per image ``(weights[..., None] * correct).sum((0, 1))``."""
+    lower, upper, w = interpolation_weights(snrs, snr)
+    out = np.zeros((len(snrs), n_actions))
+    np.add.at(out, (lower, chosen), 1.0 - w)
+    np.add.at(out, (upper, chosen), w)
+    return out / len(snr)
+
+
+def per_image_correctness(
+    model_dir: Path, test: CalibrationTable, channel: str, seed: int
+) -> np.ndarray:
+    """(S, A, N): whether each test image is answered right at each SNR and action of the test
+    table. The grid ``semlink eval jscc`` measured, recomputed image by image with the same noise
+    draws (same grid order and seed), so that two policies' accuracies pair over the same
+    images; checked to reproduce the table's accuracies."""
+    from semlink.models import semcom
+    from semlink.models.datasets import load_dataset
+    from semlink.models.eval_jscc import ALPHAS, SNRS
+    from semlink.models.jscc import RATES
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    model, _ = semcom.load(model_dir / "checkpoint.pt")
+    data = load_dataset(manifest["normalization"]["dataset"], "test")
+    rows = semcom.accuracy_grid(model, data, SNRS, ALPHAS, RATES, channel, seed, per_sample=True)
+    action = {
+        (float(a), float(r)): i
+        for i, (a, r) in enumerate(zip(test.alphas, test.rates, strict=True))
+    }
+    correct = np.zeros((*test.accuracy.shape, len(data)), dtype=bool)
+    for row in rows:
+        s = int(np.searchsorted(test.snrs, row["snr_db"]))
+        a = action[(row["alpha"], row["rate"])]
+        if abs(row["accuracy"] - test.accuracy[s, a]) > 0.5 / len(data):
+            raise ValueError(
+                f"{model_dir}/eval.json does not match this model's test grid at {row['snr_db']} dB, "
+                f"alpha {row['alpha']}, rate {row['rate']}: rerun `semlink eval jscc`"
+            )
+        correct[s, a] = row["correct"]
+    return correct
+
+
 def realised_accuracy(test: CalibrationTable, snr: np.ndarray) -> np.ndarray:
     """(N, A): test accuracy of every action at each request's true SNR (linear interpolation)."""
     return np.stack(
@@ -117,12 +177,16 @@ def lp_policy_accuracy(
     return float((p[:, None] * res.x.reshape(S, A) * score_b).sum())
 
 
+def best_fixed_action(design: np.ndarray, gamma: np.ndarray, budget: float) -> int | None:
+    """The fixed action that ``design`` (N, A) rates best among those within budget."""
+    ok = np.nonzero(gamma <= budget)[0]
+    return int(ok[np.argmax(design[:, ok].mean(0))]) if len(ok) else None
+
+
 def best_fixed(design: np.ndarray, score: np.ndarray, gamma: np.ndarray, budget: float) -> float:
     """Test accuracy of the fixed action that ``design`` rates best among those within budget."""
-    ok = np.nonzero(gamma <= budget)[0]
-    if not len(ok):
-        return float("nan")
-    return float(score[:, ok[np.argmax(design[:, ok].mean(0))]].mean())
+    a = best_fixed_action(design, gamma, budget)
+    return float("nan") if a is None else float(score[:, a].mean())
 
 
 def run_controller(
@@ -152,6 +216,7 @@ def run_controller(
         "convergence_requests": converged,
         "decision_us": decision_us,
         "z": z,
+        "chosen": chosen,
     }
 
 
@@ -169,7 +234,34 @@ def choose_on_validation(
         if feasible
         else min(runs, key=lambda r: r["avg_channel_use"])
     )
-    return best["V"], best["mu"], [{k: v for k, v in r.items() if k != "z"} for r in runs]
+    return best["V"], best["mu"], [summary(r) for r in runs]
+
+
+def summary(run: dict[str, Any]) -> dict[str, Any]:
+    """A controller run without its per-request arrays (the queue and the actions)."""
+    return {k: v for k, v in run.items() if k not in ("z", "chosen")}
+
+
+def paired_difference(
+    test: CalibrationTable,
+    snr: np.ndarray,
+    chosen: np.ndarray,
+    fixed: int | None,
+    correct: np.ndarray,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Lyapunov − best fixed in points, paired over the test images: each image's score under a
+    policy is its correctness in the cells the policy's requests used, weighted as they count
+    in its accuracy (the controller over its last 80 % of requests, as it is scored; the fixed
+    action over all); the 95 % interval is the paired bootstrap's."""
+    if fixed is None:
+        return None
+    n, actions = len(snr), test.accuracy.shape[1]
+    tail = slice(n // 5, None)
+    w_ctl = cell_weights(test.snrs, snr[tail], chosen[tail], actions)
+    w_fix = cell_weights(test.snrs, snr, np.full(n, fixed), actions)
+    per_image = [np.einsum("sa,san->n", w, correct) for w in (w_ctl, w_fix)]
+    return paired_bootstrap(per_image[0], per_image[1], seed=seed).as_dict()
 
 
 def run(cfg: ControllerBenchConfig) -> dict[str, Any]:
@@ -184,7 +276,9 @@ def run(cfg: ControllerBenchConfig) -> dict[str, Any]:
         if r["method"] == "semlink"
     ]
     test = CalibrationTable.from_rows(test_rows)
-    n_test = int(json.loads((model_dir / "eval.json").read_text())["n_test"])
+    evaluation = json.loads((model_dir / "eval.json").read_text())
+    n_test = int(evaluation["n_test"])
+    correct = per_image_correctness(model_dir, test, evaluation.get("channel", "awgn"), cfg.seed)
     results: dict[str, Any] = {"settings": [], "curves": {}, "n_test": n_test}
     trajectories: dict[str, Any] = {}
     val_snr = snr_processes(cfg.requests, cfg.seed + 1, cfg.snr_trace)
@@ -219,11 +313,16 @@ def run(cfg: ControllerBenchConfig) -> dict[str, Any]:
                 "all_feasible": all(r["avg_channel_use"] <= budget * 1.01 for r in runs),
                 "chosen_on": "validation",
                 "validation_sweep": val_sweep,
-                "sweep": [{k: v for k, v in r.items() if k != "z"} for r in runs],
+                "sweep": [summary(r) for r in runs],
             }
-            point["minus_best_fixed"] = bounded_difference(
-                point["accuracy"], point["best_fixed"], n_test
-            ).as_dict()
+            point["minus_best_fixed"] = paired_difference(
+                test,
+                snr,
+                best["chosen"],
+                best_fixed_action(model, gamma, budget),
+                correct,
+                cfg.seed,
+            )
             curve.append(point)
             if budget == cfg.budget:
                 results["settings"].append(point)
@@ -287,13 +386,17 @@ def format_report(results: dict[str, Any]) -> str:
         "device profile: none: the decision time (µs) is measured in this process at full speed",
         "LP and fixed are designed on the validation table like the controller; * = oracle designed on the test table",
         f"accuracy % ± half its 95 % interval (test table, n = {n} images a cell; conservative);",
-        "Δ fixed: Lyapunov − best fixed, points, conservative 95 % interval (table means: not paired)",
+        "Δ fixed: Lyapunov − best fixed, points, 95 % paired bootstrap interval over the test images",
         f"{'setting':<24} {'avg γ':>8} {'acc %':>10} {'LP %':>10} {'fixed %':>10} {'LP* %':>7} {'fixed* %':>9} "
         f"{'Δ fixed':>28} {'V':>5} {'mu':>6} {'conv.':>6} {'µs':>6}",
     ]
     for p in results["settings"]:
         d = p["minus_best_fixed"]
-        delta = f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]" + (" tie" if d["tie"] else "")
+        delta = (
+            f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]" + (" tie" if d["tie"] else "")
+            if d
+            else "no fixed action fits"
+        )
         lines.append(
             f"{p['setting']:<24} {p['avg_channel_use']:8.4f} {pm(p['accuracy'], n):>10} "
             f"{pm(p['lp_optimum'], n):>10} {pm(p['best_fixed'], n):>10} "
