@@ -351,6 +351,7 @@ def _eval_jscc(args: argparse.Namespace) -> int:
         "split": "test",
         "n_test": len(test),
         "channel": args.channel,
+        "seed": args.seed,
         "reference_accuracy": reference,
         "grid": grid,
     }

@@ -278,7 +278,10 @@ def run(cfg: ControllerBenchConfig) -> dict[str, Any]:
     test = CalibrationTable.from_rows(test_rows)
     evaluation = json.loads((model_dir / "eval.json").read_text())
     n_test = int(evaluation["n_test"])
-    correct = per_image_correctness(model_dir, test, evaluation.get("channel", "awgn"), cfg.seed)
+    # the noise draws of the run that wrote eval.json (its seed; `semlink eval jscc`'s default 0)
+    correct = per_image_correctness(
+        model_dir, test, evaluation.get("channel", "awgn"), int(evaluation.get("seed", 0))
+    )
     results: dict[str, Any] = {"settings": [], "curves": {}, "n_test": n_test}
     trajectories: dict[str, Any] = {}
     val_snr = snr_processes(cfg.requests, cfg.seed + 1, cfg.snr_trace)
