@@ -60,13 +60,16 @@ class SemComModel(nn.Module):
 
     def freeze_device(self) -> None:
         """The device part (stem, device blocks, budget token, selectors) is fixed for JSCC training."""
-        vit = self.vit
-        device_params = [vit.patch_embed, vit.blocks[: vit.cfg.split], vit.selectors]
-        for module in device_params:
-            for p in module.parameters():
-                p.requires_grad_(False)
-        for p in (vit.cls_token, vit.pos_embed, vit.budget_lo, vit.budget_hi):
+        for p in device_parameters(self.vit):
             p.requires_grad_(False)
+
+
+def device_parameters(vit: SelectorViT) -> list[nn.Parameter]:
+    """The parameters of the part the device runs: stem, device blocks, selectors, class token,
+    positions and budget token."""
+    modules = [vit.patch_embed, vit.blocks[: vit.cfg.split], vit.selectors]
+    own = [vit.cls_token, vit.pos_embed, vit.budget_lo, vit.budget_hi]
+    return [p for m in modules for p in m.parameters()] + own
 
 
 def save(

@@ -31,7 +31,7 @@ from semlink.models.datasets import load_dataset
 from semlink.models.jscc import JSCCConfig, symbols_kept
 from semlink.models.selector import distillation_loss, hard_keep_mask, sample_budgets
 from semlink.models.semcom import SemComModel
-from semlink.models.vit import config_from_dict
+from semlink.models.vit import SelectorViT, config_from_dict
 
 VAL_POINTS = ((10.0, 0.25, 1 / 8), (0.0, 0.25, 1 / 4))
 
@@ -74,6 +74,9 @@ class TrainJSCCConfig:
     """digits-scene: fresh frames of each training digit per epoch (8: about 10k an epoch)."""
     curriculum_epochs: int = 0
     """digits-scene: epochs from big, uncluttered digits to the full recipe (0: none)."""
+    init_from: str | None = None
+    """A coder checkpoint (``semlink export jscc`` writes one beside the graphs) to fine-tune:
+    its coder and server part replace the fresh ones; its device part must be the selector's."""
     jscc: JSCCConfig = field(default_factory=JSCCConfig)
 
 
@@ -86,6 +89,20 @@ def sample_symbols(
     lo, hi = math.log(symbols_kept(d_c, 1 / 32)), math.log(d_c)
     m = torch.exp(torch.rand(batch, generator=gen) * (hi - lo) + lo).round().long()
     return m.clamp(1, d_c)
+
+
+def _fine_tune_from(model: SemComModel, path: str, selector: SelectorViT) -> None:
+    """Loads a trained coder's weights into ``model``, refusing one whose device part is not
+    ``selector``'s (the coder was fitted to another model's tokens)."""
+    checkpoint.load_weights(model, checkpoint.load(path)["state_dict"], path)
+    pairs = zip(
+        semcom.device_parameters(model.vit), semcom.device_parameters(selector), strict=True
+    )
+    if not all(torch.equal(a, b) for a, b in pairs):
+        raise ValueError(
+            f"{path} was fitted to another selector ViT's tokens: pass that selector as "
+            "--selector-checkpoint"
+        )
 
 
 def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> dict:
@@ -103,6 +120,8 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
     teacher = copy.deepcopy(model.vit).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    if cfg.init_from is not None and not (resume and out.is_file()):
+        _fine_tune_from(model, cfg.init_from, teacher)
     model.freeze_device()
     dist = distributed.current()  # data-parallel under torchrun, else one process
     dist.sync_parameters(model)

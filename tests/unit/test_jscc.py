@@ -204,3 +204,32 @@ def test_baselines_keep_colour_and_round_trip_the_normalisation():
     assert baselines.raw_digital(pixels[0], 8 * 2) is None
     out, ok = baselines.reconstruct("raw-analog", pixels, 0.01, 10.0)
     assert ok.all() and out.shape == pixels.shape and out.dtype == np.uint8
+
+
+def test_train_jscc_fine_tunes_a_trained_coder_and_refuses_one_of_another_selector(
+    tiny_checkpoint, tiny_jscc_checkpoint, tiny_jscc, tmp_path, capsys
+):
+    """--init-from starts from a trained coder (no step taken: its weights come back as they
+    were); a coder fitted to another selector's tokens is refused before any training."""
+    import torch
+
+    from semlink.models import checkpoint
+
+    argv = ["train", "jscc", "--init-from", str(tiny_jscc_checkpoint)]
+    argv += ["--jscc.symbols", "16", "--jscc.hidden", "32", "--epochs", "1", "--max-steps", "0"]
+    argv += ["--limit-train", "32", "--batch-size", "16"]
+    out = tmp_path / "ft.pt"
+    assert main([*argv, "--selector-checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+    model, _ = semcom.load(out)
+    for name, value in tiny_jscc.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+    other = checkpoint.load(tiny_checkpoint)
+    other["state_dict"] = {
+        k: v + 0.01 if "patch_embed" in k else v for k, v in other["state_dict"].items()
+    }
+    other_path = tmp_path / "other.pt"
+    torch.save(other, other_path)
+    bad = tmp_path / "bad.pt"
+    assert main([*argv, "--selector-checkpoint", str(other_path), "--out", str(bad)]) == 2
+    assert "another selector ViT" in capsys.readouterr().err and not bad.exists()
