@@ -148,7 +148,7 @@ def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     traces = ExitTraces.load(model_dir / "traces" / "val.npz")
     if cfg.costs is not None:
-        costs = CostModel.load(cfg.costs)
+        costs = _given_costs(cfg.costs, model_dir)
         log.info("costs from %s (measured under the %s profile)", cfg.costs, costs.device_profile)
     else:
         costs = CostModel.measure(model_dir, cfg.device_profile)
@@ -177,6 +177,23 @@ def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
     metrics["observation"] = list(OBS_NAMES)
     (out / "policy.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
+
+
+def _given_costs(path: str, model_dir: Path) -> CostModel:
+    """A cost model measured earlier, checked to describe this pipeline's device exits."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"cost model {path} does not exist; `semlink train policy` without --costs measures "
+            "one and writes costs.json beside the policy"
+        )
+    costs = CostModel.load(path)
+    exits = json.loads((model_dir / "manifest.json").read_text())["device_exits"]
+    if not len(costs.device_ms) == len(costs.server_ms) == len(costs.offload_bytes) == len(exits):
+        raise ValueError(
+            f"{path} describes {len(costs.device_ms)} device exits, {model_dir} has {len(exits)}: "
+            "pass the costs.json measured for this pipeline"
+        )
+    return costs
 
 
 def _train_one(

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from semlink.bench import FULL_SPEED, run_and_report
+from semlink.bench import FULL_SPEED, model_and_test_split, run_and_report
 from semlink.procs import Processes, Stack
 from semlink.protocol.http_codec import build_infer_request
 
@@ -406,8 +406,6 @@ def run_security(base: Stack, tmp: Path) -> dict[str, Any]:
 
 def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
     from tqdm import tqdm
-
-    from semlink.bench import model_and_test_split
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # thousands of request lines otherwise
     out = Path(cfg.out)

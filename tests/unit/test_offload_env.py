@@ -260,3 +260,15 @@ def test_costs_are_measured_under_the_device_profile_not_multiplied():
     # a cost model written before profiles (a multiplier of 50) still loads
     old = CostModel.load(ZOO / "digits-ee" / "1" / "costs.json")
     assert old.device_slowdown == 50.0 and old.device_profile == "none"
+
+
+def test_a_given_cost_model_must_exist_and_fit_the_pipeline(tmp_path):
+    from semlink.models.offload_env import CostModel
+    from semlink.models.train_policy import train_policy
+    from tests.conftest import tiny_policy_config
+
+    with pytest.raises(FileNotFoundError, match="without --costs measures"):
+        train_policy(tiny_policy_config(tmp_path, costs=str(tmp_path / "none.json")))
+    CostModel([1.0, 1.0], [1.0, 1.0], [10, 10]).save(tmp_path / "two.json")
+    with pytest.raises(ValueError, match="2 device exits"):
+        train_policy(tiny_policy_config(tmp_path, costs=str(tmp_path / "two.json")))
