@@ -170,15 +170,17 @@ class DeviceService:
         health probes and other requests are answered meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def _stretch(self, k: int, image: np.ndarray, budget: float, prev: Any) -> Any:
-        """Runs the model's stretch ``k``: inline on the event loop while stretches take under
+    async def _stretch(
+        self, k: int, image: np.ndarray, budget: float, prev: Any, snr_db: float | None
+    ) -> Any:
+        """Runs the model's stretch ``k`` (coding for ``snr_db`` where the coder adapts): inline on the event loop while stretches take under
         ``inline_max_ms`` (a thread hop costs as much as a small head), else on the worker
         thread, so that a slow device (a CPU quota, a big head) never stalls the HTTP front."""
         t0 = time.perf_counter()
         if self._recent_stretch_s <= self.settings.inline_max_ms / 1000.0:
-            out = self.pipeline.run_stretch(k, image, budget, prev)
+            out = self.pipeline.run_stretch(k, image, budget, prev, snr_db)
         else:
-            out = await self.run(self.pipeline.run_stretch, k, image, budget, prev)
+            out = await self.run(self.pipeline.run_stretch, k, image, budget, prev, snr_db)
         self._recent_stretch_s = time.perf_counter() - t0
         return out
 
@@ -252,12 +254,13 @@ class DeviceService:
         deadline_ms = params.get(P.DEADLINE_MS, self.settings.deadline_ms)
         channel = self.monitor.current
         decision: Decision = self.controller.decide(params, channel)
+        snr = params.get(P.SNR_DB, channel.snr_db)  # the SNR an offload crosses
         # Stretches run inline while they are quick, else on the device's worker thread
         # (:meth:`_stretch`): the event loop stays free for health probes and other requests.
         stretch, prev_conf, trail = None, None, []
         action = "offload" if decision.offload else "exit"
         for k in range(self.pipeline.num_stretches):
-            stretch = await self._stretch(k, image, decision.budget, stretch)
+            stretch = await self._stretch(k, image, decision.budget, stretch, snr)
             if stretch.confidence is None:  # no exit here: the per-request decision stands
                 break
             state = ExitState(
@@ -275,7 +278,6 @@ class DeviceService:
             prev_conf = stretch.confidence
         assert stretch is not None
         head_done = time.perf_counter()
-        snr = params.get(P.SNR_DB, channel.snr_db)
         wire = WireOptions(
             self.settings.token_format, snr, params.get(P.CHANNEL, self.settings.channel)
         )

@@ -9,6 +9,9 @@ Tail graph: ``tokens (B, T, d) float32, token_mask (B, T) float32`` -> ``logits 
 ``T`` (1..N) is dynamic, and ``token_mask`` (1 = real, 0 = padding) lets the server batch requests
 that kept different numbers of tokens.
 
+A JSCC pipeline sends ``symbols`` (B, k, 2 d_c) in place of ``tokens``; with an SNR-conditioned
+coder both graphs also take ``snr_db (B,) float32``, the SNR the symbols cross.
+
 The torch exporter cannot produce an output whose length depends on an input's *value*, so the
 head is exported with all tokens sorted by key, and the budget-dependent slice is appended as
 plain ONNX nodes (``Ceil``, ``Cast``, ``Slice``) by :func:`_append_budget_slice`.
@@ -42,7 +45,8 @@ DEFAULT_MODEL = "digits-vit"
 
 class _SortedHead(nn.Module):
     """Device head, patches sorted by key; with a coder, each patch becomes its JSCC symbols
-    ``[re | im]`` (B, N, 2 d_c), unnormalised: the device truncates to the rate and normalises."""
+    ``[re | im]`` (B, N, 2 d_c), unnormalised: the device truncates to the rate and normalises.
+    An SNR-conditioned coder codes for the ``snr_db`` (B,) input."""
 
     def __init__(self, model: SelectorViT, coder: JSCC | None = None) -> None:
         super().__init__()
@@ -50,29 +54,36 @@ class _SortedHead(nn.Module):
         self.coder = coder
 
     def forward(
-        self, image: torch.Tensor, alpha: torch.Tensor
+        self, image: torch.Tensor, alpha: torch.Tensor, snr_db: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model.forward_device(image, alpha)
         order = out.key.argsort(dim=1, descending=True)  # (B, N)
         x = out.tokens[:, 1:].gather(1, order[..., None].expand(-1, -1, out.tokens.shape[-1]))
         if self.coder is not None:
-            x = torch.cat(self.coder.encoder(x), dim=-1)
+            x = torch.cat(self.coder.encoder(x, snr_db), dim=-1)
         return x, order
 
 
 class _Tail(nn.Module):
-    """Server tail; with a coder it takes received, zero-filled symbols ``[re | im]`` (B, T, 2 d_c)."""
+    """Server tail; with a coder it takes received, zero-filled symbols ``[re | im]`` (B, T, 2 d_c)
+    and, for an SNR-conditioned coder, the ``snr_db`` (B,) they were received at."""
 
     def __init__(self, model: SelectorViT, coder: JSCC | None = None) -> None:
         super().__init__()
         self.model = model
         self.coder = coder
 
-    def forward(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, token_mask: torch.Tensor, snr_db: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.coder is not None:
             re, im = x.chunk(2, dim=-1)
-            x = self.coder.decoder(re, im)
+            x = self.coder.decoder(re, im, snr_db)
         return self.model.forward_tail(x, token_mask)
+
+
+def _snr_conditioned(coder: JSCC | None) -> bool:
+    return coder is not None and coder.cfg.snr_conditioned
 
 
 def export_graph(
@@ -176,22 +187,24 @@ def _export_pipeline(model: SelectorViT, coder: JSCC | None, out: Path) -> Path:
     width = 2 * coder.cfg.symbols if coder is not None else cfg.embed_dim
     B, T = torch.export.Dim("B", min=1, max=1024), torch.export.Dim("T", min=1, max=cfg.num_patches)
     image = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
+    snr: tuple = (torch.full((2,), 10.0),) if _snr_conditioned(coder) else ()
+    snr_name = ["snr_db"] if snr else []
     export_graph(
         _SortedHead(model, coder),
-        (image, torch.full((2,), 0.5)),
+        (image, torch.full((2,), 0.5), *snr),
         out / "head.onnx",
-        ["image", "alpha"],
+        ["image", "alpha", *snr_name],
         ["sorted", "order"],
-        ({0: B}, {0: B}),  # image, alpha
+        ({0: B}, {0: B}) + ({0: B},) * len(snr),  # image, alpha[, snr_db]
     )
     _append_budget_slice(out / "head.onnx", cfg.num_patches, payload)
     export_graph(
         _Tail(model, coder),
-        (torch.randn(2, 5, width), torch.ones(2, 5)),
+        (torch.randn(2, 5, width), torch.ones(2, 5), *snr),
         out / "tail.onnx",
-        [payload, "token_mask"],
+        [payload, "token_mask", *snr_name],
         ["logits"],
-        ({0: B, 1: T}, {0: B, 1: T}),  # payload, token_mask
+        ({0: B, 1: T}, {0: B, 1: T}) + ({0: B},) * len(snr),  # payload, token_mask[, snr_db]
     )
     for name in ("head.onnx", "tail.onnx"):
         onnx.checker.check_model(onnx.load(str(out / name)), full_check=True)
@@ -263,4 +276,8 @@ def build_manifest(
         manifest["input_check"] = check
     if coder is not None:
         manifest["jscc"] = {"symbols": coder.cfg.symbols, "channels": ["awgn", "rayleigh", "none"]}
+        if coder.cfg.snr_conditioned:
+            manifest["jscc"]["snr_range"] = list(coder.cfg.snr_range)
+            manifest["head"]["inputs"]["snr_db"] = "FP32"
+            manifest["tail"]["inputs"]["snr_db"] = "FP32"
     return manifest

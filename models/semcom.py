@@ -46,8 +46,10 @@ class SemComModel(nn.Module):
         """Encode, keep the first ``m[b]`` symbols, normalise, pass the channel, zero-fill, decode.
 
         ``patches`` (B, T, d), ``m`` (B,) int, ``snr_db`` (B,). Returns received tokens (B, T, d).
+        An SNR-conditioned coder codes and decodes for ``snr_db`` (for ``kind`` none: noiseless).
         """
-        re, im = self.coder.encoder(patches)
+        cond = None if kind == "none" else snr_db
+        re, im = self.coder.encoder(patches, cond)
         mask = symbol_mask(m, self.d_c, re)
         re, im = normalise(re, im, mask)
 
@@ -56,7 +58,7 @@ class SemComModel(nn.Module):
             return torch.randn(shape, generator=generator).to(patches.device)
 
         re, im = channel.apply(kind, re, im, snr_db.reshape(-1, 1, 1), normal, power=1.0)
-        return self.coder.decoder(re * mask, im * mask)
+        return self.coder.decoder(re * mask, im * mask, cond)
 
     def freeze_device(self) -> None:
         """The device part (stem, device blocks, budget token, selectors) is fixed for JSCC training."""
@@ -96,7 +98,9 @@ def load(path: str | Path) -> tuple[SemComModel, dict[str, Any]]:
         raise ValueError(
             f"{path} is not a JSCC checkpoint (config needs 'vit' and 'jscc'); train one with `semlink train jscc`"
         )
-    model = SemComModel(config_from_dict(cfg["vit"]), JSCCConfig(**cfg["jscc"]))
+    jscc = {"snr_conditioned": False, **cfg["jscc"]}  # coders from before the SNR conditioning
+    jscc["snr_range"] = tuple(jscc.get("snr_range", JSCCConfig.snr_range))
+    model = SemComModel(config_from_dict(cfg["vit"]), JSCCConfig(**jscc))
     checkpoint.load_weights(model, ckpt["state_dict"], path)
     return model.eval(), ckpt
 

@@ -1,8 +1,10 @@
 """Training of the nested JSCC coder (``semlink train jscc``), METHODS §2.
 
 Starts from a trained selector ViT. The device part (stem, device blocks, budget token, selectors)
-is frozen; the coder and the server part (server blocks, norm, head, server class token) are
-trained. Every sample draws its own budget ``alpha`` (stratified over ``[alpha_low, 1]``), SNR
+is frozen, and so by default is the server part (server blocks, norm, head): only the coder is
+trained, so the server's tail stays the selector's and the coder learns to deliver tokens it
+reads (``train_tail`` trains the server part too, the earlier recipe: the tail then learns to
+read the coder's distortion at every SNR and gives up ~3 points at high SNR for it). Every sample draws its own budget ``alpha`` (stratified over ``[alpha_low, 1]``), SNR
 (uniform in ``[snr_low, snr_high]`` dB) and, for the nested coder, its own truncation ``m``
 (log-uniform between ``ceil(d_c / 32)`` and ``d_c``), so one coder serves every rate. Tokens are
 hard-selected (top-k by the selector's key, the rest masked out of attention) exactly as at run
@@ -74,6 +76,8 @@ class TrainJSCCConfig:
     """digits-scene: fresh frames of each training digit per epoch (8: about 10k an epoch)."""
     curriculum_epochs: int = 0
     """digits-scene: epochs from big, uncluttered digits to the full recipe (0: none)."""
+    train_tail: bool = False
+    """Train the server part with the coder (False: only the coder learns)."""
     init_from: str | None = None
     """A coder checkpoint (``semlink export jscc`` writes one beside the graphs) to fine-tune:
     its coder and server part replace the fresh ones; its device part must be the selector's."""
@@ -113,6 +117,7 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
     base = checkpoint.load(cfg.selector_checkpoint)
     vit_cfg = config_from_dict(base["config"])
     cfg.jscc.embed_dim = vit_cfg.embed_dim
+    cfg.jscc.snr_range = (cfg.snr_low, cfg.snr_high)  # what an SNR-conditioned coder is fitted to
     model = SemComModel(vit_cfg, cfg.jscc)
     model.vit.load_state_dict(base["state_dict"])
     device = distributed.training_device(cfg.device)
@@ -123,6 +128,8 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
     if cfg.init_from is not None and not (resume and out.is_file()):
         _fine_tune_from(model, cfg.init_from, teacher)
     model.freeze_device()
+    if not cfg.train_tail:
+        model.vit.requires_grad_(False)
     dist = distributed.current()  # data-parallel under torchrun, else one process
     dist.sync_parameters(model)
     train = load_dataset(

@@ -68,10 +68,22 @@ class Graph:
 
 @dataclass(frozen=True)
 class JsccSpec:
-    """The nested JSCC coder: ``symbols`` complex symbols per token at rate 1 (``d_c``)."""
+    """The nested JSCC coder: ``symbols`` complex symbols per token at rate 1 (``d_c``).
+
+    ``snr_range``: an SNR-conditioned coder's training range (dB); its head and tail then take
+    an ``snr_db`` input, clamped to the range, with the top of the range for a noiseless link.
+    None: the coder codes the same way at every SNR (manifests from before the conditioning).
+    """
 
     symbols: int
     channels: tuple[str, ...]
+    snr_range: tuple[float, float] | None = None
+
+    def snr_input(self, snr_db: float | None) -> float:
+        """The ``snr_db`` an SNR-conditioned graph is fed for a link at ``snr_db`` (None: noiseless)."""
+        assert self.snr_range is not None
+        lo, hi = self.snr_range
+        return hi if snr_db is None else min(max(float(snr_db), lo), hi)
 
 
 @dataclass(frozen=True)
@@ -182,7 +194,16 @@ class Manifest:
         jscc = None
         if kind is PipelineKind.JSCC:
             spec = _Reader(r.get("jscc", dict), f"{where}: jscc")
-            jscc = JsccSpec(spec.positive("symbols"), tuple(spec.get("channels", list)))
+            snr_range = (
+                spec.floats("snr_range", 2, "low and high dB") if "snr_range" in spec.doc else None
+            )
+            jscc = JsccSpec(
+                spec.positive("symbols"),
+                tuple(spec.get("channels", list)),
+                None if snr_range is None else (snr_range[0], snr_range[1]),
+            )
+            if snr_range is not None and not snr_range[0] < snr_range[1]:
+                raise ManifestError(f"{where}: jscc.snr_range must be [low, high], low < high")
         return cls(
             **common,
             graphs=graphs,
@@ -237,8 +258,10 @@ class _Reader:
             )
         return tuple(int(v) for v in values)
 
-    def floats(self, key: str, length: int) -> tuple[float, ...]:
-        """The list field ``key`` of ``length`` finite numbers."""
+    def floats(
+        self, key: str, length: int, what: str = "one per image channel"
+    ) -> tuple[float, ...]:
+        """The list field ``key`` of ``length`` finite numbers (``what`` they are, for errors)."""
         values = self.get(key, list)
         ok = len(values) == length and all(
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
@@ -247,6 +270,6 @@ class _Reader:
         if not ok:
             raise ManifestError(
                 f"{self.where}: field {key!r} must be a list of {length} finite numbers "
-                f"(one per image channel), got {values!r}"
+                f"({what}), got {values!r}"
             )
         return tuple(float(v) for v in values)

@@ -91,7 +91,9 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="session")
 def tiny_jscc(tiny_model):
-    """The tiny ViT with a small JSCC coder (d_c = 16), untrained but deterministic."""
+    """The tiny ViT with a small SNR-conditioned JSCC coder (d_c = 16), untrained but
+    deterministic; its FiLM layers are random (not zero, as training starts them), so what it
+    codes depends on the SNR it is given."""
     import torch
 
     from semlink.models.jscc import JSCCConfig
@@ -100,6 +102,9 @@ def tiny_jscc(tiny_model):
     torch.manual_seed(1)
     model = SemComModel(tiny_model.cfg, JSCCConfig(embed_dim=32, symbols=16, hidden=32))
     model.vit.load_state_dict(tiny_model.state_dict())
+    for mlp in (model.coder.encoder.real, model.coder.encoder.imag, model.coder.decoder.mlp):
+        assert mlp.film is not None
+        torch.nn.init.normal_(mlp.film[2].weight, std=0.5)
     return model.eval()
 
 

@@ -118,9 +118,16 @@ class Pipeline(abc.ABC):
 
     @abc.abstractmethod
     def run_stretch(
-        self, k: int, image: np.ndarray, budget: float, prev: Stretch | None
+        self,
+        k: int,
+        image: np.ndarray,
+        budget: float,
+        prev: Stretch | None,
+        snr_db: float | None = None,
     ) -> Stretch:
-        """Runs stretch ``k`` on the normalised image (1, C, H, W), or from ``prev``."""
+        """Runs stretch ``k`` on the normalised image (1, C, H, W), or from ``prev``; ``snr_db``
+        is the SNR an offload will cross (an SNR-conditioned JSCC head codes for it; None:
+        noiseless)."""
 
     @abc.abstractmethod
     def offload(self, stretch: Stretch, budget: float, rate: float, wire: WireOptions) -> Offload:

@@ -67,9 +67,15 @@ class EarlyExitPipeline(Pipeline):
         return self.exits.exit_blocks[self.exits.device_exits[k]]
 
     def run_stretch(
-        self, k: int, image: np.ndarray, budget: float, prev: Stretch | None
+        self,
+        k: int,
+        image: np.ndarray,
+        budget: float,
+        prev: Stretch | None,
+        snr_db: float | None = None,
     ) -> Stretch:
-        """Runs the blocks to the device's ``k``-th exit, from the image or from ``prev``."""
+        """Runs the blocks to the device's ``k``-th exit, from the image or from ``prev`` (no
+        budget or SNR applies: the activations cross the wire as they are)."""
         if k == 0:
             feeds = {"image": image}
         else:

@@ -2,7 +2,9 @@
 into ``d_c`` complex symbols; the device keeps the first ``m = ceil(r d_c)`` for the rate ``r``
 it chose and normalises them to unit power; the server simulates the channel at the SNR the
 request carries (the bytes on the wire are real, the channel is simulated at the receiver) and
-decodes whatever prefix arrived.
+decodes whatever prefix arrived. An SNR-conditioned coder (the manifest's ``jscc.snr_range``)
+codes at the device and decodes at the server for the request's SNR (clamped to that range; a
+noiseless link is its top).
 
 Wire: ``symbols`` FP16 | FP32 [B, T, 2m], real parts then imaginary parts of each kept token's
 first m symbols, and ``indices`` INT16 [B, T].
@@ -39,6 +41,32 @@ class JsccPipeline(TokensPipeline):
     def inputs(self) -> list[tuple[str, str, list[int]]]:
         """Kept tokens' symbols [B, T, 2m]."""
         return [("symbols", "FP16", [-1, -1, -1])]
+
+    def head_feeds(
+        self, image: np.ndarray, budget: float, snr_db: float | None
+    ) -> dict[str, np.ndarray]:
+        """The image, the budget and, for an SNR-conditioned coder, the SNR to code for."""
+        feeds = super().head_feeds(image, budget, snr_db)
+        if self.jscc.snr_range is not None:
+            feeds["snr_db"] = np.array([self.jscc.snr_input(snr_db)], np.float32)
+        return feeds
+
+    def tail_feeds(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The padded symbols, their mask and, for an SNR-conditioned coder, each one's SNR."""
+        feeds = super().tail_feeds(samples)
+        if self.jscc.snr_range is not None:
+            feeds["snr_db"] = np.array([s["snr_db"] for s in samples], np.float32).reshape(-1)
+        return feeds
+
+    def answer_locally(self, stretch: Stretch, offload: Offload) -> np.ndarray:
+        """The device's own decoder and tail on the noiseless code, decoded for the SNR that
+        the head coded for."""
+        return self.run_batch(TAIL, [self._sample(offload.local[0], offload.params.get(P.SNR_DB))])
+
+    def _sample(self, symbols: np.ndarray, snr_db: float | None) -> dict[str, np.ndarray]:
+        """One tail sample: zero-filled symbols (T, 2 d_c) and the SNR they are decoded for."""
+        snr = self.jscc.snr_input(snr_db) if self.jscc.snr_range is not None else 0.0
+        return {self.payload: symbols, "snr_db": np.array(snr, np.float32)}
 
     def offload(self, stretch: Stretch, budget: float, rate: float, wire: WireOptions) -> Offload:
         """The first ``m`` symbols of each kept token at unit power (FP16 unless fp32 is asked);
@@ -106,7 +134,7 @@ class JsccPipeline(TokensPipeline):
             reply["snr_db"] = float(snr)
         return Work(
             TAIL,
-            [{self.payload: t} for t in full],
+            [self._sample(t, snr) for t in full],
             reply=reply,
             log={"tokens": int(x.shape[1])},
             tokens=int(x.shape[1]),

@@ -59,14 +59,25 @@ class TokensPipeline(Pipeline):
         return 1
 
     def run_stretch(
-        self, k: int, image: np.ndarray, budget: float, prev: Stretch | None
+        self,
+        k: int,
+        image: np.ndarray,
+        budget: float,
+        prev: Stretch | None,
+        snr_db: float | None = None,
     ) -> Stretch:
         """Runs the head: kept tokens (1, k, d) (for JSCC their unnormalised symbols
         (1, k, 2 d_c)) and the kept patch indices (1, k)."""
         payload, indices = self.sessions["head"].run(
-            [self.payload, "indices"], {"image": image, "alpha": np.array([budget], np.float32)}
+            [self.payload, "indices"], self.head_feeds(image, budget, snr_db)
         )
         return Stretch(k, None, {"payload": payload, "indices": indices})
+
+    def head_feeds(
+        self, image: np.ndarray, budget: float, snr_db: float | None
+    ) -> dict[str, np.ndarray]:
+        """The head's inputs: the image and the budget."""
+        return {"image": image, "alpha": np.array([budget], np.float32)}
 
     def offload(self, stretch: Stretch, budget: float, rate: float, wire: WireOptions) -> Offload:
         """The kept tokens in ``wire.token_format`` (the rate does not apply to plain tokens)."""
@@ -107,8 +118,12 @@ class TokensPipeline(Pipeline):
 
     def run_batch(self, graph: str, samples: list[dict[str, np.ndarray]]) -> np.ndarray:
         """Pads the samples' tokens to the longest, masks the padding and runs the tail."""
+        return self.sessions[graph].run(["logits"], self.tail_feeds(samples))[0]
+
+    def tail_feeds(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The tail's inputs for a batch: the padded tokens and their mask."""
         tokens, mask = pad([s[self.payload] for s in samples])
-        return self.sessions[graph].run(["logits"], {self.payload: tokens, "token_mask": mask})[0]
+        return {self.payload: tokens, "token_mask": mask}
 
     def _tokens(self, inputs: Inputs) -> np.ndarray:
         d, n = self.manifest.embed_dim, self.manifest.num_patches

@@ -1,5 +1,6 @@
 """Nested JSCC: symbol maths, export parity, calibration files, training smoke run, baselines."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from semlink.cli import main
 from semlink.models import baselines, semcom
 from semlink.models.eval_jscc import calibrate, load_calibration
+from semlink.models.jscc import JSCCConfig, snr_feature
 from semlink.runtime.symbols import channel_uses, normalise, symbol_mask, symbols_kept
 
 
@@ -65,16 +67,24 @@ def test_jscc_export_matches_pytorch(tiny_repository, tiny_jscc):
         ort.InferenceSession(str(d / "head.onnx")),
         ort.InferenceSession(str(d / "tail.onnx")),
     )
+    assert manifest["jscc"]["snr_range"] == [-20.0, 20.0]
+    assert "snr_db" in manifest["head"]["inputs"] and "snr_db" in manifest["tail"]["inputs"]
     images = np.random.default_rng(0).normal(size=(2, 1, 48, 48)).astype(np.float32)
-    symbols, idx = head.run(None, {"image": images, "alpha": np.full(2, 0.25, np.float32)})
+    snr = np.array([-5.0, 35.0], np.float32)  # 35 dB codes as the range's top, 20 dB
+    symbols, idx = head.run(
+        None, {"image": images, "alpha": np.full(2, 0.25, np.float32), "snr_db": snr}
+    )
     with torch.no_grad():
         out = tiny_jscc.vit.forward_device(torch.from_numpy(images), torch.full((2,), 0.25))
         kept, tidx = tiny_jscc.vit.select(out.tokens, out.key, 9)
-        re, im = tiny_jscc.coder.encoder(kept)
+        re, im = tiny_jscc.coder.encoder(kept, torch.tensor([-5.0, 20.0]))
         np.testing.assert_allclose(symbols, torch.cat([re, im], -1).numpy(), atol=1e-4)
         np.testing.assert_array_equal(idx, tidx.numpy())
-        m = torch.full((2,), 5)
-        received = tiny_jscc.transmit(kept, m, torch.zeros(2), "none")
+        other = torch.cat(tiny_jscc.coder.encoder(kept, torch.tensor([10.0, 20.0])), -1).numpy()
+        assert np.abs(other[0] - symbols[0]).max() > 1e-3  # the code depends on the SNR
+        mask = symbol_mask(torch.full((2,), 5), 16, re)
+        nre, nim = normalise(re, im, mask)
+        received = tiny_jscc.coder.decoder(nre, nim, torch.tensor([-5.0, 20.0]))
         expected = tiny_jscc.vit.forward_tail(received).numpy()
     nr, ni = normalise(
         symbols[..., :16], symbols[..., 16:], symbol_mask(np.full(2, 5), 16, symbols[..., :16])
@@ -84,9 +94,66 @@ def test_jscc_export_matches_pytorch(tiny_repository, tiny_jscc):
         {
             "symbols": np.concatenate([nr, ni], -1).astype(np.float32),
             "token_mask": np.ones((2, 9), np.float32),
+            "snr_db": snr,
         },
     )[0]
     np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_snr_feature_clamps_to_the_training_range():
+    cfg = JSCCConfig(snr_range=(-20.0, 20.0))
+    like = torch.zeros(5, 3)
+    feature = snr_feature(torch.tensor([-40.0, -20.0, 0.0, 10.0, 30.0]), cfg, like).flatten()
+    torch.testing.assert_close(feature, torch.tensor([-1.0, -1.0, 0.0, 0.5, 1.0]))
+    torch.testing.assert_close(snr_feature(None, cfg, like), torch.ones(5, 1, 1))  # noiseless
+
+
+def test_a_coder_from_before_the_snr_conditioning_loads_unconditioned(tiny_model, tmp_path):
+    from semlink.models import checkpoint, semcom
+
+    old = JSCCConfig(embed_dim=32, symbols=16, hidden=32, snr_conditioned=False)
+    model = semcom.SemComModel(tiny_model.cfg, old)
+    doc = {k: v for k, v in dataclasses.asdict(old).items() if not k.startswith("snr")}
+    checkpoint.save(
+        tmp_path / "old.pt",
+        config={"vit": dataclasses.asdict(tiny_model.cfg), "jscc": doc},
+        state_dict=model.state_dict(),
+        metrics={},
+    )
+    loaded, _ = semcom.load(tmp_path / "old.pt")
+    assert not loaded.coder.cfg.snr_conditioned and loaded.coder.decoder.mlp.film is None
+
+
+def test_the_jscc_pipeline_codes_and_decodes_for_the_requests_snr(tiny_repository, tiny_jscc):
+    """The device's head codes for the SNR it is given, its local answer and the server's
+    admitted work decode for it: both equal the torch coder at that SNR."""
+    from semlink.protocol import params as P
+    from semlink.runtime.pipelines import make_pipeline
+    from semlink.runtime.pipelines.base import WireOptions
+    from semlink.runtime.repository import resolve, scan
+
+    mv = resolve(scan(tiny_repository), "tiny-jscc")
+    pipe = make_pipeline(mv)
+    pipe.open(pipe.device_graphs())
+    image = np.random.default_rng(5).normal(size=(1, 1, 48, 48)).astype(np.float32)
+    stretch = pipe.run_stretch(0, image, 0.25, None, snr_db=-5.0)
+    offload = pipe.offload(stretch, 0.25, 0.25, WireOptions("fp32", -5.0, "none"))
+    local = pipe.answer_locally(stretch, offload)
+    work = pipe.admit(
+        {"symbols": ("FP32", offload.tensors["symbols"])},
+        {P.SNR_DB: -5.0, P.CHANNEL: "none"},
+    )
+    served = pipe.run_batch(work.graph, work.samples)
+    with torch.no_grad():
+        out = tiny_jscc.vit.forward_device(torch.from_numpy(image), torch.full((1,), 0.25))
+        kept, _ = tiny_jscc.vit.select(out.tokens, out.key, 9)
+        re, im = tiny_jscc.coder.encoder(kept, torch.tensor([-5.0]))
+        nre, nim = normalise(re, im, symbol_mask(torch.tensor([4]), 16, re))
+        expected = tiny_jscc.vit.forward_tail(
+            tiny_jscc.coder.decoder(nre, nim, torch.tensor([-5.0]))
+        ).numpy()
+    np.testing.assert_allclose(local, expected, atol=1e-4)
+    np.testing.assert_allclose(served, expected, atol=1e-4)
 
 
 def test_calibration_is_on_validation_and_versioned(tiny_jscc, tmp_path):
