@@ -173,9 +173,10 @@ class DeviceService:
     async def _stretch(
         self, k: int, image: np.ndarray, budget: float, prev: Any, snr_db: float | None
     ) -> Any:
-        """Runs the model's stretch ``k`` (coding for ``snr_db`` where the coder adapts): inline on the event loop while stretches take under
-        ``inline_max_ms`` (a thread hop costs as much as a small head), else on the worker
-        thread, so that a slow device (a CPU quota, a big head) never stalls the HTTP front."""
+        """Runs the model's stretch ``k`` (coding for ``snr_db`` where the coder adapts): inline
+        on the event loop while stretches take under ``inline_max_ms`` (a thread hop costs as much
+        as a small head), else on the worker thread, so that a slow device (a CPU quota, a big
+        head) never stalls the HTTP front."""
         t0 = time.perf_counter()
         if self._recent_stretch_s <= self.settings.inline_max_ms / 1000.0:
             out = self.pipeline.run_stretch(k, image, budget, prev, snr_db)

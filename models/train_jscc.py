@@ -4,7 +4,8 @@ Starts from a trained selector ViT. The device part (stem, device blocks, budget
 is frozen, and so by default is the server part (server blocks, norm, head): only the coder is
 trained, so the server's tail stays the selector's and the coder learns to deliver tokens it
 reads (``train_tail`` trains the server part too, the earlier recipe: the tail then learns to
-read the coder's distortion at every SNR and gives up ~3 points at high SNR for it). Every sample draws its own budget ``alpha`` (stratified over ``[alpha_low, 1]``), SNR
+read the coder's distortion at every SNR and gives up ~3 points at high SNR for it). Every
+sample draws its own budget ``alpha`` (stratified over ``[alpha_low, 1]``), SNR
 (uniform in ``[snr_low, snr_high]`` dB) and, for the nested coder, its own truncation ``m``
 (log-uniform between ``ceil(d_c / 32)`` and ``d_c``), so one coder serves every rate. Tokens are
 hard-selected (top-k by the selector's key, the rest masked out of attention) exactly as at run

@@ -54,6 +54,8 @@ def test_every_shipped_manifest_parses_into_its_pipeline(name, kind, cls):
         (lambda d: d.update(image_shape=[1, 48]), "list of 3 non-negative integers"),
         (lambda d: d.update(embed_dim="96"), "'embed_dim' must be int"),
         (lambda d: d.pop("jscc"), "'jscc' is missing"),
+        (lambda d: d["jscc"].update(snr_range=[20.0]), "low and high dB"),
+        (lambda d: d["jscc"].update(snr_range=[20.0, -20.0]), "low < high"),
     ],
 )
 def test_a_bad_manifest_names_its_field(edit, message):
