@@ -8,6 +8,7 @@ measures the same grid on the *test* split for reporting, with the baselines at 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,54 @@ def baseline_grid(
                     }
                 )
     return rows
+
+
+# bump when models.baselines or baseline_grid changes what a baseline row measures
+BASELINES_VERSION = 1
+
+
+def baselines_key(
+    classifier: SelectorViT,
+    data: Dataset,
+    snrs: tuple[float, ...] = SNRS,
+    uses: tuple[float, ...] = BASELINE_USES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What :func:`baseline_grid`'s rows depend on: the classifier's weights, the images and
+    labels, the grid and the seed (as digests), never the coder. Two evaluations with equal keys
+    measure the same baselines, so one can reuse the other's rows."""
+    weights = hashlib.sha256()
+    for name, tensor in sorted(classifier.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().numpy().tobytes())
+    images = hashlib.sha256(np.ascontiguousarray(data.images).tobytes())
+    images.update(np.ascontiguousarray(data.labels).tobytes())
+    return {
+        "version": BASELINES_VERSION,
+        "classifier_sha256": weights.hexdigest(),
+        "data_sha256": images.hexdigest(),
+        "dataset": data.name,
+        "split": data.split,
+        "n": len(data),
+        "seed": seed,
+        "snr_db": [float(s) for s in snrs],
+        "channel_uses": [float(u) for u in uses],
+    }
+
+
+def reuse_baselines(path: str | Path, key: dict[str, Any]) -> list[dict[str, Any]]:
+    """The baseline rows of an earlier ``semlink eval jscc --json`` file, refusing one whose
+    :func:`baselines_key` differs from ``key`` (another classifier, split, grid or seed)."""
+    earlier = json.loads(Path(path).read_text())
+    theirs = earlier.get("baselines_key")
+    if theirs is None:
+        raise ValueError(f"{path} does not say what its baselines were measured on; run without it")
+    if theirs != key:
+        differ = sorted(k for k in key.keys() | theirs.keys() if key.get(k) != theirs.get(k))
+        raise ValueError(
+            f"{path}'s baselines were measured on another {', '.join(differ)}; run without it"
+        )
+    return [r for r in earlier["grid"] if r["method"] in baselines.METHODS]
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:

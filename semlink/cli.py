@@ -306,10 +306,12 @@ def _eval_jscc(args: argparse.Namespace) -> int:
         ALPHAS,
         SNRS,
         baseline_grid,
+        baselines_key,
         format_headline,
         format_table,
         headline_comparison,
         plot,
+        reuse_baselines,
         summarise,
     )
     from semlink.models.jscc import RATES
@@ -324,6 +326,9 @@ def _eval_jscc(args: argparse.Namespace) -> int:
         args.selector_checkpoint = str(vit / "checkpoint.pt")
     model, _ = semcom.load(Path(args.model_dir) / "checkpoint.pt")
     test = load_dataset(args.dataset, "test", root=args.data_root, seed=args.seed)
+    classifier, _ = checkpoint.load_selector_vit(args.selector_checkpoint)
+    key = baselines_key(classifier, test, seed=args.seed)
+    earlier = reuse_baselines(args.baselines_from, key) if args.baselines_from else None
 
     grid = [
         {**r, "method": "semlink"}
@@ -340,8 +345,13 @@ def _eval_jscc(args: argparse.Namespace) -> int:
                     pr, test, SNRS, ALPHAS, (rate,), args.channel, args.seed
                 )
             ]
-    classifier, _ = checkpoint.load_selector_vit(args.selector_checkpoint)
-    grid += baseline_grid(classifier, test, seed=args.seed)
+    if earlier is not None:
+        print(
+            f"baselines: {len(earlier)} rows from {args.baselines_from} (same classifier and data)"
+        )
+        grid += earlier
+    else:
+        grid += baseline_grid(classifier, test, seed=args.seed)
     with torch.no_grad():
         reference = float(
             (classifier(torch.from_numpy(test.images), 1.0).argmax(1).numpy() == test.labels).mean()
@@ -354,6 +364,7 @@ def _eval_jscc(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "reference_accuracy": reference,
         "grid": grid,
+        "baselines_key": key,
     }
     result["summary"] = summarise(result)
     result["headline"] = headline_comparison(model, classifier, test, args.channel, args.seed)
@@ -817,6 +828,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--per-rate-dir", default="runs/jscc-per-rate")
     p.add_argument("--channel", default="awgn", choices=["awgn", "rayleigh"])
+    p.add_argument(
+        "--baselines-from",
+        default=None,
+        metavar="EVAL_JSON",
+        help="reuse the JPEG/raw baseline rows of an earlier --json file measured with the same "
+        "classifier, test images, grid and seed (checked; they do not depend on the coder)",
+    )
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.set_defaults(func=_eval_jscc)

@@ -300,3 +300,40 @@ def test_train_jscc_fine_tunes_a_trained_coder_and_refuses_one_of_another_select
     bad = tmp_path / "bad.pt"
     assert main([*argv, "--selector-checkpoint", str(other_path), "--out", str(bad)]) == 2
     assert "another selector ViT" in capsys.readouterr().err and not bad.exists()
+
+
+def test_baselines_are_reused_only_from_an_eval_of_the_same_classifier_and_data(
+    tiny_model, tmp_path
+):
+    """``eval jscc --baselines-from`` takes the rows of an earlier run whose classifier weights,
+    images, grid and seed hash the same; any difference is refused and named."""
+    import copy
+
+    from semlink.models.data import load_digits_canvas
+    from semlink.models.eval_jscc import baseline_grid, baselines_key, reuse_baselines
+
+    test = load_digits_canvas("test")
+    test.images, test.labels = test.images[:24], test.labels[:24]
+    snrs, uses = (10.0,), (0.01, 0.2)
+    rows = baseline_grid(tiny_model, test, snrs, uses)
+    assert len(rows) == len(baselines.METHODS) * len(snrs) * len(uses)
+    key = baselines_key(tiny_model, test, snrs, uses)
+    earlier = tmp_path / "eval.json"
+    semlink_row = {"method": "semlink", "snr_db": 10.0, "accuracy": 0.5}
+    earlier.write_text(json.dumps({"grid": [semlink_row, *rows], "baselines_key": key}))
+    assert reuse_baselines(earlier, baselines_key(tiny_model, test, snrs, uses)) == rows
+
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        other.head.bias.add_(0.01)
+    with pytest.raises(ValueError, match="classifier_sha256"):
+        reuse_baselines(earlier, baselines_key(other, test, snrs, uses))
+    shifted = copy.copy(test)
+    shifted.images = test.images[::-1].copy()
+    with pytest.raises(ValueError, match="data_sha256"):
+        reuse_baselines(earlier, baselines_key(tiny_model, shifted, snrs, uses))
+    with pytest.raises(ValueError, match="seed"):
+        reuse_baselines(earlier, baselines_key(tiny_model, test, snrs, uses, seed=1))
+    earlier.write_text(json.dumps({"grid": rows}))  # an eval from before the key
+    with pytest.raises(ValueError, match="does not say"):
+        reuse_baselines(earlier, key)
