@@ -18,6 +18,7 @@ nested coder is compared against.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ from semlink.models.semcom import SemComModel
 from semlink.models.vit import SelectorViT, config_from_dict
 
 VAL_POINTS = ((10.0, 0.25, 1 / 8), (0.0, 0.25, 1 / 4))
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -226,10 +229,19 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
         ]
         score = float(np.mean([r["accuracy"] for r in rows]))
         metrics["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val": rows})
-        bar.set_postfix(
-            loss=f"{np.mean(losses):.3f}",
-            **{f"{r['snr_db']:g}dB,r={r['rate']:g}": f"{r['accuracy']:.3f}" for r in rows},
-        )
+        shown = {f"{r['snr_db']:g}dB,r={r['rate']:g}": f"{r['accuracy']:.3f}" for r in rows}
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", **shown)
+        if dist.is_main:  # a line a run in the background leaves in its log
+            log.info(
+                "jscc epoch %d/%d: loss %.3f, validation accuracy %s",
+                epoch + 1,
+                cfg.epochs,
+                np.mean(losses),
+                ", ".join(
+                    f"{r['accuracy']:.3f} at {r['snr_db']:g} dB, α {r['alpha']:g}, r {r['rate']:g}"
+                    for r in rows
+                ),
+            )
         if score >= best:
             best, best_state = score, copy.deepcopy(model.state_dict())
         metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + time.perf_counter() - t0

@@ -348,6 +348,15 @@ class Trainer:
                     loss=f"{np.mean(losses):.3f}",
                     **{f"val@{k}": f"{v:.3f}" for k, v in val.items()},
                 )
+                if self.dist.is_main:  # a line a run in the background leaves in its log
+                    log.info(
+                        "%s epoch %d/%d: loss %.3f, validation accuracy per budget %s",
+                        name,
+                        epoch + 1,
+                        epochs,
+                        np.mean(losses),
+                        ", ".join(f"α {k} {v:.3f}" for k, v in val.items()),
+                    )
                 if name == "selector" and score >= self.best:
                     self.best = score
                     self.state_dict_best = copy.deepcopy(self.model.state_dict())

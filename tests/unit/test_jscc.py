@@ -173,7 +173,7 @@ def test_calibration_is_on_validation_and_versioned(tiny_jscc, tmp_path):
         load_calibration(path, "other")
 
 
-def test_train_jscc_smoke(tiny_checkpoint, tmp_path):
+def test_train_jscc_smoke(tiny_checkpoint, tmp_path, capfd):
     out = tmp_path / "j.pt"
     assert (
         main(
@@ -199,6 +199,8 @@ def test_train_jscc_smoke(tiny_checkpoint, tmp_path):
     model, ckpt = semcom.load(out)
     assert ckpt["resume"]["epoch"] == 1 and model.vit.cfg.embed_dim == 32
     assert len(ckpt["metrics"]["history"]) == 1
+    # not a terminal, so no bar: a log line an epoch says how the run goes
+    assert "jscc epoch 1/1: loss" in capfd.readouterr().err
 
 
 def test_device_part_is_frozen_for_jscc_training(tiny_jscc):
