@@ -8,6 +8,8 @@ CIFAR-10 and ImageFolder trees (read from local disk) in :mod:`.data`.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from semlink.models.data import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -84,3 +86,32 @@ def load_dataset(
     if name == "imagefolder":
         return load_imagefolder(root, split, image_size, seed)  # type: ignore[arg-type]
     raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+
+
+class TrainingDataConfig(Protocol):
+    """The data fields every training config (selector, JSCC, early exits) carries."""
+
+    dataset: str
+    data_root: str | None
+    seed: int
+    train_placements: int
+    curriculum_epochs: int
+    data_workers: int
+
+
+def training_splits(cfg: TrainingDataConfig, image_size: int = 64) -> tuple[Dataset, Dataset]:
+    """The train split (digits-scene: ``cfg.train_placements`` fresh frames of each digit an
+    epoch, composed by ``cfg.data_workers`` processes, after its curriculum) and the validation
+    split that a training config names."""
+    train = load_dataset(
+        cfg.dataset,
+        "train",
+        root=cfg.data_root,
+        seed=cfg.seed,
+        image_size=image_size,
+        placements=cfg.train_placements,
+        curriculum_epochs=cfg.curriculum_epochs,
+        workers=cfg.data_workers,
+    )
+    val = load_dataset(cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed, image_size=image_size)
+    return train, val

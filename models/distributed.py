@@ -85,7 +85,7 @@ class Distributed:
         params = [p for p in params if p.grad is not None]
         if not params:
             return
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        flat = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None])
         dist.all_reduce(flat)
         flat /= self.world
         offset = 0

@@ -62,9 +62,10 @@ class _MLP(nn.Module):
         self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
         self.film: nn.Sequential | None = None
         if film:
-            self.film = nn.Sequential(nn.Linear(1, 64), nn.GELU(), nn.Linear(64, 2 * hidden))
-            nn.init.zeros_(self.film[2].weight)
-            nn.init.zeros_(self.film[2].bias)
+            out = nn.Linear(64, 2 * hidden)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.film = nn.Sequential(nn.Linear(1, 64), nn.GELU(), out)
 
     def forward(self, x: torch.Tensor, snr: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` (B, T, d_in); ``snr`` (B, 1, 1) from :func:`snr_feature`, needed with FiLM."""

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed
 from semlink.models.data import Dataset, epochs_ahead
-from semlink.models.datasets import load_dataset
+from semlink.models.datasets import training_splits
 from semlink.models.early_exit import (
     EarlyExitConfig,
     EarlyExitNet,
@@ -146,19 +146,7 @@ class Trainer:
         self.cfg, self.out = cfg, out
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.train = load_dataset(
-            cfg.dataset,
-            "train",
-            root=cfg.data_root,
-            seed=cfg.seed,
-            image_size=cfg.image_size,
-            placements=cfg.train_placements,
-            curriculum_epochs=cfg.curriculum_epochs,
-            workers=cfg.data_workers,
-        )
-        self.val = load_dataset(
-            cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
-        )
+        self.train, self.val = training_splits(cfg, cfg.image_size)
         c, h, _ = self.train.image_shape
         cfg.model.in_chans, cfg.model.image_size = c, h
         cfg.model.num_classes = self.train.num_classes

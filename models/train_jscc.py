@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed, semcom
 from semlink.models.data import epochs_ahead
-from semlink.models.datasets import load_dataset
+from semlink.models.datasets import training_splits
 from semlink.models.jscc import JSCCConfig, symbols_kept
 from semlink.models.selector import distillation_loss, hard_keep_mask, sample_budgets
 from semlink.models.semcom import SemComModel
@@ -136,16 +136,7 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
         model.vit.requires_grad_(False)
     dist = distributed.current()  # data-parallel under torchrun, else one process
     dist.sync_parameters(model)
-    train = load_dataset(
-        cfg.dataset,
-        "train",
-        root=cfg.data_root,
-        seed=cfg.seed,
-        placements=cfg.train_placements,
-        curriculum_epochs=cfg.curriculum_epochs,
-        workers=cfg.data_workers,
-    )
-    val = load_dataset(cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed)
+    train, val = training_splits(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_train = len(train) if cfg.limit_train is None else min(cfg.limit_train, len(train))

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed
 from semlink.models.data import Dataset, epochs_ahead
-from semlink.models.datasets import load_dataset
+from semlink.models.datasets import training_splits
 from semlink.models.selector import budget_loss, distillation_loss, hard_keep_mask, sample_budgets
 from semlink.models.vit import SelectorViT, ViTConfig, num_kept
 
@@ -135,19 +135,7 @@ class Trainer:
         self.out = out
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.train = load_dataset(
-            cfg.dataset,
-            "train",
-            root=cfg.data_root,
-            seed=cfg.seed,
-            image_size=cfg.image_size,
-            placements=cfg.train_placements,
-            curriculum_epochs=cfg.curriculum_epochs,
-            workers=cfg.data_workers,
-        )
-        self.val = load_dataset(
-            cfg.dataset, "val", root=cfg.data_root, seed=cfg.seed, image_size=cfg.image_size
-        )
+        self.train, self.val = training_splits(cfg, cfg.image_size)
         c, h, _ = self.train.image_shape
         cfg.model.in_chans, cfg.model.image_size, cfg.model.num_classes = (
             c,
