@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
 
 from semlink.models import distributed
 from semlink.models.checkpoint import load_selector_vit
 from semlink.models.datasets import load_dataset
+from semlink.models.progress import progress_bar
 from semlink.models.train_split import Finetuning, accuracy, batches, correct_of
 from semlink.models.vit import SelectorViT
 
@@ -187,10 +187,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     before = accuracy(model, test)
     epoch_s = []
     name = "ALaST" if cfg.alast else "full"
-    bar = tqdm(
+    bar = progress_bar(
         range(cfg.epochs),
         desc=f"fine-tune ({name})",
-        disable=not cfg.progress or not dist.is_main,
+        disable=None if cfg.progress and dist.is_main else True,
     )
     for epoch in bar:
         model.train()

@@ -88,14 +88,14 @@ def baseline_grid(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Accuracy of each baseline per (SNR, channel uses); failed transmissions count as guesses."""
-    from tqdm import tqdm
+    from semlink.models.progress import progress_bar
 
     mean, std = _statistics(data)
     pixels = baselines.to_uint8(data.images, mean, std)
     chance = 1.0 / data.num_classes
     rows = []
     for method in baselines.METHODS:
-        for snr in tqdm(snrs, desc=f"baseline {method}", unit="snr"):
+        for snr in progress_bar(snrs, desc=f"baseline {method}", unit="snr"):
             for u in uses:
                 rec, ok = baselines.reconstruct(method, pixels, u, snr, seed)
                 acc = np.full(len(pixels), chance)

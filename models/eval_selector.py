@@ -80,11 +80,11 @@ def evaluate(
     model: SelectorViT, data: Dataset, budgets: tuple[float, ...] = BUDGETS, seed: int = 0
 ) -> dict[str, Any]:
     """Returns the machine-readable figures: accuracy per method and budget (keys like ``"0.25"``)."""
-    from tqdm import tqdm
+    from semlink.models.progress import progress_bar
 
     acc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
     per_sample: dict[tuple[str, str], np.ndarray] = {}
-    for alpha in tqdm(budgets, desc="eval budgets", unit="budget"):
+    for alpha in progress_bar(budgets, desc="eval budgets", unit="budget"):
         for name, c in correct_by_method(model, data, alpha, seed).items():
             acc[name][f"{alpha:g}"] = float(c.mean())
             per_sample[(name, f"{alpha:g}")] = c

@@ -123,7 +123,7 @@ def accuracy_grid(
     ``rate``, ``k``, ``m``, ``channel_uses`` and ``accuracy``; with ``per_sample`` also
     ``correct``, a boolean array over the samples (for paired comparisons; not JSON).
     """
-    from tqdm import tqdm
+    from semlink.models.progress import progress_bar
 
     model.eval()
     vit = model.vit
@@ -134,7 +134,9 @@ def accuracy_grid(
     gen = torch.Generator().manual_seed(seed)
     rows = []
     points = [(a, r) for a in alphas for r in rates]
-    bar = tqdm(points, desc=f"grid {data.split}", unit="point", disable=not progress)
+    bar = progress_bar(
+        points, desc=f"grid {data.split}", unit="point", disable=None if progress else True
+    )
     kept_by_alpha: dict[float, torch.Tensor] = {}
     for alpha, rate in bar:
         k = num_kept(alpha, vit.cfg.num_patches)

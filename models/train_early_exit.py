@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed
 from semlink.models.data import Dataset, epochs_ahead
@@ -44,6 +43,7 @@ from semlink.models.early_exit import (
     config_dict,
     config_from_dict,
 )
+from semlink.models.progress import progress_bar
 from semlink.models.train_selector import cosine_lr
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class Trainer:
                 opt.load_state_dict(self.optimizer_state)
             total = epochs * steps
             warmup = min(5 * steps, total // 10 + 1)
-            bar = tqdm(
+            bar = progress_bar(
                 range(start, epochs),
                 desc=f"{cfg.regime}: {phase}",
                 unit="epoch",

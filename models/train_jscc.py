@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed, semcom
 from semlink.models.data import epochs_ahead
 from semlink.models.datasets import training_splits
 from semlink.models.jscc import JSCCConfig, symbols_kept
+from semlink.models.progress import progress_bar
 from semlink.models.selector import distillation_loss, hard_keep_mask, sample_budgets
 from semlink.models.semcom import SemComModel
 from semlink.models.vit import SelectorViT, config_from_dict
@@ -156,7 +156,7 @@ def train_jscc(cfg: TrainJSCCConfig, out: str | Path, resume: bool = False) -> d
         best_state = ckpt["state_dict"]
         gen.set_state(ckpt["resume"]["rng"])
     t0 = time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         range(start_epoch, cfg.epochs),
         desc="train jscc" + (f" r={cfg.fixed_rate:g}" if cfg.fixed_rate else ""),
         unit="epoch",

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from semlink.models.exit_traces import ExitTraces
 from semlink.models.offload_env import CostModel, OffloadEnv, RewardWeights, register
+from semlink.models.progress import progress_bar
 from semlink.runtime.offload_policy import ACTIONS, OBS_DIM, OBS_NAMES
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class _ProgressBar:
 
         class Bar(BaseCallback):
             def _on_training_start(self) -> None:
-                self.bar = tqdm(total=total, desc="train policy", unit="step")
+                self.bar = progress_bar(total=total, desc="train policy", unit="step")
 
             def _on_step(self) -> bool:
                 self.bar.update(self.training_env.num_envs)

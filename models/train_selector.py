@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from semlink.models import checkpoint, distributed
 from semlink.models.data import Dataset, epochs_ahead
 from semlink.models.datasets import training_splits
+from semlink.models.progress import progress_bar
 from semlink.models.selector import budget_loss, distillation_loss, hard_keep_mask, sample_budgets
 from semlink.models.vit import SelectorViT, ViTConfig, num_kept
 
@@ -277,7 +277,7 @@ class Trainer:
                 self._start_selector_phase()
                 self.epoch = 0
             total = epochs * steps_per_epoch
-            bar = tqdm(
+            bar = progress_bar(
                 range(self.epoch, epochs),
                 desc=f"train {name}",
                 unit="epoch",

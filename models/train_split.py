@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from semlink.models import distributed
 from semlink.models.checkpoint import load_selector_vit
 from semlink.models.data import Dataset
 from semlink.models.datasets import load_dataset
+from semlink.models.progress import progress_bar
 from semlink.models.split_learning import COMPRESSORS, Boundary, SplitViT
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -114,10 +114,10 @@ def train_split(cfg: SplitConfig) -> dict[str, Any]:
     start = accuracy(model, test)
     t0 = time.perf_counter()
     history = []
-    bar = tqdm(
+    bar = progress_bar(
         range(cfg.epochs),
         desc=f"split {cfg.method} ξ={cfg.xi:g}",
-        disable=not cfg.progress or not dist.is_main,
+        disable=None if cfg.progress and dist.is_main else True,
     )
     for epoch in bar:
         model.train()

@@ -90,10 +90,9 @@ def write_snr_trace(path: Path, seconds: float, seed: int) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> int:
-    from tqdm import tqdm
-
     from semlink.link.traces import rates_to_timestamps, synthetic_rates, write_mahimahi
     from semlink.models.datasets import load_dataset
+    from semlink.models.progress import progress_bar
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the bar
     out = Path(cfg.out)
@@ -157,7 +156,9 @@ def run_demo(cfg: DemoConfig) -> int:
         rows: list[dict[str, Any]] = []
         t_start = time.perf_counter()
         with httpx.Client(timeout=30.0) as client:
-            for i in tqdm(range(min(cfg.requests, len(data))), desc="demo requests", unit="req"):
+            for i in progress_bar(
+                range(min(cfg.requests, len(data))), desc="demo requests", unit="req"
+            ):
                 body, headers = build_infer_request(
                     {"image": data.images[i : i + 1]},
                     {"label": int(data.labels[i])},  # the dashboard counts accuracy from it

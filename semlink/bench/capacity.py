@@ -222,7 +222,7 @@ def simulate(
 
 def bench(cfg: CapacityBenchConfig) -> dict[str, Any]:
     """Service times per pipeline, then the replica check (see the module's docstring)."""
-    from tqdm import tqdm
+    from semlink.models.progress import progress_bar
 
     result: dict[str, Any] = {"config": asdict(cfg), "pipelines": {}, "replicas": []}
     models = [m.strip() for m in cfg.models.split(",") if m.strip()]
@@ -231,7 +231,7 @@ def bench(cfg: CapacityBenchConfig) -> dict[str, Any]:
     try:
         replicas.start(1)
         reqs: dict[str, list[Any]] = {}
-        for model in tqdm(models, desc="service times", unit="pipeline"):
+        for model in progress_bar(models, desc="service times", unit="pipeline"):
             reqs[model] = requests_for(model)
             asyncio.run(_drive(replicas, 1, reqs[model], 1.0, clients=1))  # warm-up
             single = asyncio.run(_drive(replicas, 1, reqs[model], cfg.seconds, clients=1))
@@ -246,7 +246,7 @@ def bench(cfg: CapacityBenchConfig) -> dict[str, Any]:
             }
         main = models[0]
         pipe = result["pipelines"][main]
-        for r in tqdm(range(1, cfg.max_replicas + 1), desc="replicas", unit="replica set"):
+        for r in progress_bar(range(1, cfg.max_replicas + 1), desc="replicas", unit="replica set"):
             replicas.start(r)
             sat = asyncio.run(_drive(replicas, r, reqs[main], cfg.seconds, clients=cfg.clients * r))
             rate = cfg.rho * r * pipe["mu_rps"]

@@ -42,11 +42,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-from tqdm import tqdm
 
 from semlink.bench import write_figures
 from semlink.bench.baselines import to_jpeg
 from semlink.demo import PREFIXES
+from semlink.models.progress import progress_bar
 from semlink.models.stats import paired_bootstrap, wilson
 from semlink.procs import Processes, Stack, free_port
 from semlink.protocol.http_codec import build_infer_request
@@ -381,7 +381,7 @@ class Client:
         t0 = time.perf_counter()
         async with httpx.AsyncClient(timeout=120, **tls) as client:
             tasks = [one(client, i) for i in range(n)]
-            for fut in tqdm(
+            for fut in progress_bar(
                 asyncio.as_completed(tasks), total=n, desc="  whole split", unit="req", leave=False
             ):
                 await fut
@@ -491,7 +491,7 @@ def measure(cell: Cell) -> dict[str, Any]:
             httpx.post(url, timeout=5).raise_for_status()
         before = link_bytes(cell.state_url) if cell.state_url else (0, 0)
         t0 = time.perf_counter()
-        for i in tqdm(range(cell.n), desc=cell.desc, unit="req", leave=False):
+        for i in progress_bar(range(cell.n), desc=cell.desc, unit="req", leave=False):
             label, params, ms = cell.client.ask(http, i)
             rows.append(
                 (
@@ -576,7 +576,7 @@ def run(cfg: CompareBenchConfig) -> dict[str, Any]:
         bench.base.start_server()
         bench.start_baselines()
         for si, system in enumerate(
-            tqdm(SYSTEMS, desc="systems, each on every link", unit="system")
+            progress_bar(SYSTEMS, desc="systems, each on every link", unit="system")
         ):
             mine: list[Link | None] = [None] if system.kind == "local" else list(links)
             # one link (and device) per link, started together: start-up overlaps

@@ -265,7 +265,7 @@ def paired_difference(
 
 
 def run(cfg: ControllerBenchConfig) -> dict[str, Any]:
-    from tqdm import tqdm
+    from semlink.models.progress import progress_bar
 
     model_dir = Path(cfg.model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
@@ -285,7 +285,7 @@ def run(cfg: ControllerBenchConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"settings": [], "curves": {}, "n_test": n_test}
     trajectories: dict[str, Any] = {}
     val_snr = snr_processes(cfg.requests, cfg.seed + 1, cfg.snr_trace)
-    for name, snr in tqdm(
+    for name, snr in progress_bar(
         snr_processes(cfg.requests, cfg.seed, cfg.snr_trace).items(),
         desc="SNR settings",
         unit="setting",

@@ -110,10 +110,9 @@ def onnx_policy(path: Path) -> tuple[Any, float]:
 
 
 def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
-    from tqdm import tqdm
-
     from semlink.models.exit_traces import ExitTraces
     from semlink.models.offload_env import REGIMES, TEST_SEEDS, CostModel, OffloadEnv, RewardWeights
+    from semlink.models.progress import progress_bar
     from semlink.models.train_policy import VAL_SEEDS
 
     model_dir = Path(cfg.model_dir)
@@ -125,7 +124,7 @@ def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
     rl, decision_us = onnx_policy(policy_dir / "policy.onnx")
     val_traces = ExitTraces.load(model_dir / "traces" / "val.npz")
     rows: list[dict[str, Any]] = []
-    for regime in tqdm(REGIMES, desc="bench policy", unit="regime"):
+    for regime in progress_bar(REGIMES, desc="bench policy", unit="regime"):
         env = OffloadEnv(traces, costs, weights, regimes=(regime,), seeds=TEST_SEEDS)
         val_env = OffloadEnv(val_traces, costs, weights, regimes=(regime,), seeds=VAL_SEEDS)
         rng = np.random.default_rng(cfg.seed)

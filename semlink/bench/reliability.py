@@ -405,7 +405,7 @@ def run_security(base: Stack, tmp: Path) -> dict[str, Any]:
 
 
 def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
-    from tqdm import tqdm
+    from semlink.models.progress import progress_bar
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # thousands of request lines otherwise
     out = Path(cfg.out)
@@ -426,7 +426,7 @@ def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
             ("security", lambda: run_security(base, out)),
         ]
         faults = []
-        for name, step in tqdm(steps, desc="bench reliability", unit="scenario"):
+        for name, step in progress_bar(steps, desc="bench reliability", unit="scenario"):
             r = step()
             if name in ("freeze", "restart", "kill"):
                 faults.append(r)

@@ -231,7 +231,7 @@ def churn(fleet: Fleet, images: np.ndarray) -> dict[str, Any]:
 
 def bench(cfg: ReplicasBenchConfig) -> dict[str, Any]:
     """Both choices under the same load, then churn; the servers stay up between phases."""
-    from tqdm import tqdm
+    from semlink.models.progress import progress_bar
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     procs = Processes(Path(cfg.out) / "logs")
@@ -243,7 +243,9 @@ def bench(cfg: ReplicasBenchConfig) -> dict[str, Any]:
             fleet.start_server(i, cfg.slow_quota if i == cfg.servers - 1 else None)
         fleet.start_links()
         result["slow_replica"] = f"127.0.0.1:{fleet.grpc[cfg.servers - 1]}"
-        for policy in tqdm(("expected-delay", "round-robin"), desc="bench replicas", unit="policy"):
+        for policy in progress_bar(
+            ("expected-delay", "round-robin"), desc="bench replicas", unit="policy"
+        ):
             fleet.start_devices(policy)
             outs, _ = fleet.load(images, policy, cfg.seconds)
             fleet.stop_devices()

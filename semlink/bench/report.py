@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from semlink.bench.compare import machine
+from semlink.models.progress import progress_bar
 
 # name -> (arguments after `semlink bench`, what it shows); each also gets --json and --out
 BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -154,7 +153,7 @@ def main(out: Path, json_path: str | None, only: list[str] | None = None) -> int
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     runs = []
-    for name in (bar := tqdm(names, desc="benchmarks", unit="bench")):
+    for name in (bar := progress_bar(names, desc="benchmarks", unit="bench")):
         bar.set_postfix_str(name)
         runs.append(run_one(name, out))
     report = write_report(runs + earlier_runs(out, names), out, started)

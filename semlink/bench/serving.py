@@ -28,10 +28,10 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
-from tqdm import tqdm
 
 from semlink.bench import FULL_SPEED, model_and_test_split, write_figures
 from semlink.device.service import SERVER_SPANS
+from semlink.models.progress import progress_bar
 from semlink.models.stats import pm
 from semlink.procs import Processes, Stack, pinned, split_cores
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -79,7 +79,7 @@ def stream(
     """Sends each image through the device; returns the answer parameters plus client latency and correctness."""
     rows = []
     with httpx.Client(timeout=60) as client:
-        for x, y in tqdm(
+        for x, y in progress_bar(
             list(zip(images, labels, strict=True)), desc=desc, unit="req", leave=False
         ):
             body, headers = build_infer_request({"image": x[None]}, params)

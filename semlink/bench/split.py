@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from semlink.bench import write_figures
+from semlink.models.progress import progress_bar
 from semlink.models.stats import paired_bootstrap, pm
 from semlink.models.train_split import SCENE_PRETRAINED
 
@@ -69,11 +68,11 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
 
     runs = [("uncompressed", 1.0)] + [(m, xi) for xi in cfg.xis for m in ("adc", *BASELINES)]
     done = {}
-    for method, xi in tqdm(runs, desc="split learning runs", unit="run"):
+    for method, xi in progress_bar(runs, desc="split learning runs", unit="run"):
         done[(method, xi)] = split(method, xi)
     unc = done[("uncompressed", 1.0)]
     ft = {}
-    for alast in tqdm((False, True), desc="fine-tuning runs", unit="run"):
+    for alast in progress_bar((False, True), desc="fine-tuning runs", unit="run"):
         ft[alast] = finetune(
             FinetuneConfig(
                 alast=alast,
