@@ -482,7 +482,11 @@ ZOO_RECIPES = {
             *("--train-placements", "8", "--curriculum-epochs", "30", "--data-workers", "2"),
             *("--backbone-epochs", "80", "--selector-epochs", "25"),
         ),
-        jscc=("--train-placements", "8", "--epochs", "30", "--data-workers", "2"),
+        # a 512-wide coder: 95.7 against 94.8 % on validation at 10 dB, r 1/8 for the 256-wide
+        jscc=(
+            *("--train-placements", "8", "--epochs", "30", "--data-workers", "2"),
+            *("--jscc.hidden", "512"),
+        ),
         # from scratch the early-exit ViT needs ~40 epochs (3 h a regime on 2 CPU cores): every
         # regime starts from the selector's backbone and gets 5 epochs (mixed and disjoint: 1 of
         # backbone and final classifier, 4 of exits), all at one learning rate
