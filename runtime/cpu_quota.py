@@ -72,8 +72,25 @@ def limit_cpu(share: float, name: str = "device") -> Path:
 
 
 def _remove_stale(base: Path) -> None:
-    """Removes semlink cgroups whose processes are gone (an empty cgroup is just a folder)."""
+    """Removes semlink cgroups left by processes that are gone (an empty cgroup is a folder).
+
+    A group is named after the process that made it and is removed only when that process no
+    longer exists: a group just made by a device starting beside this one is empty too until its
+    process moves in, and removing it then made that device fail to start (``ENODEV``)."""
     for group in base.glob("semlink-*"):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
+            if _alive(int(group.name.rsplit("-", 1)[1])):
+                continue
             if not (group / "cgroup.procs").read_text().strip():
                 group.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine's process namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,15 +32,50 @@ def _seconds(share: str) -> float:
     return float(out.stdout)
 
 
-@pytest.mark.skipif(
+needs_cgroups = pytest.mark.skipif(
     os.geteuid() != 0
     or not (CGROUP_ROOT / "cpu" / "cgroup.procs").exists()
     and not (CGROUP_ROOT / "cgroup.controllers").exists(),
     reason="a CPU quota needs root and a cgroup CPU controller",
 )
+
+
+@needs_cgroups
 def test_a_quota_of_a_tenth_of_a_core_slows_the_same_work_several_fold():
     free, limited = _seconds("none"), _seconds("0.1")
     assert limited > 4 * free, (free, limited)  # about 10x; generous for a noisy machine
+
+
+@needs_cgroups
+def test_devices_starting_together_do_not_remove_each_others_groups():
+    """A group that a live process just made (still empty) stays; one of a dead process goes."""
+    base = CGROUP_ROOT if (CGROUP_ROOT / "cgroup.controllers").exists() else CGROUP_ROOT / "cpu"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    starting, stale = (
+        base / f"semlink-test-{live.pid}",
+        base / f"semlink-test-{gone.stdout.strip()}",
+    )
+    try:
+        starting.mkdir()
+        stale.mkdir(exist_ok=True)
+        # another process takes a quota: it cleans up before making its own group
+        code = "from semlink.runtime.cpu_quota import limit_cpu; print(limit_cpu(0.5, 'test'))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert starting.is_dir() and not stale.exists()
+        assert Path(out.stdout.strip()).name.startswith("semlink-test-")
+    finally:
+        live.kill()
+        live.wait()
+        for g in (starting, stale):
+            if g.is_dir():
+                g.rmdir()
 
 
 def test_profiles_name_their_share():
