@@ -215,6 +215,9 @@ def churn(fleet: Fleet, images: np.ndarray) -> dict[str, Any]:
     fleet.stop_devices()
     joined = f"127.0.0.1:{fleet.grpc[spare]}"
     firsts = [t0 + o.answered_s for o in outs if o.replica == joined and o.status == 200]
+    # the new replica's share of what was sent once it was ready: a count alone depends on how
+    # fast this machine answered at all in the last third
+    after = [o for o in outs if ready_at and o.status == 200 and t0 + o.sent_s >= ready_at[0]]
     result = latency(outs)
     result.update(
         duplicated=sum(
@@ -225,6 +228,8 @@ def churn(fleet: Fleet, images: np.ndarray) -> dict[str, Any]:
         server_repeats=server_repeats(fleet.procs),
         killed_at_s=seconds / 3,
         join_s=(min(firsts) - ready_at[0]) if firsts and ready_at else None,
+        after_join=len(after),
+        joined_share=sum(o.replica == joined for o in after) / max(len(after), 1),
     )
     return result
 
@@ -290,7 +295,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"churn: one replica killed at {c['killed_at_s']:.0f} s, one added later: "
         f"answered {c['answered']}/{c['requests']}, lost {c['lost']}, duplicated "
         f"{c['duplicated']}, computed twice {c['server_repeats']}, degraded {c['degraded']}; "
-        f"the new replica's first answer {join} after it was ready (target <= 5 s)",
+        f"the new replica's first answer {join} after it was ready (target <= 5 s), and "
+        f"{100 * c['joined_share']:.0f} % of the {c['after_join']} answers sent from then on",
     ]
     return "\n".join(lines)
 

@@ -36,9 +36,9 @@ def test_a_killed_and_an_added_replica_lose_nothing_and_the_new_one_serves_withi
     assert result["lost"] == 0 and result["answered"] == result["requests"], result
     assert result["duplicated"] == 0, result
     assert result["join_s"] is not None and result["join_s"] <= 5.0, result
-    # the new replica took a real share of the traffic, the killed one none after its death
-    joined = f"127.0.0.1:{fleet.grpc[fleet.cfg.servers]}"
-    assert result["by_replica"].get(joined, 0) > 20, result
+    # the new replica took a real share of what was sent once it was ready (of three replicas,
+    # one slowed; a count would depend on how fast this machine answered in the last third)
+    assert result["after_join"] > 0 and result["joined_share"] >= 0.10, result
     assert result["degraded"] <= 0.02 * result["requests"], result
 
 
