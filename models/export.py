@@ -114,7 +114,7 @@ def _append_budget_slice(path: Path, num_patches: int, first_output: str = "toke
     m = onnx.load(str(path))
     g = m.graph
     sorted_tokens, order = (o.name for o in g.output)
-    consts = {
+    consts: dict[str, np.ndarray] = {
         "sl_n": np.array([num_patches], np.float32),
         "sl_eps": np.array([1e-6], np.float32),
         "sl_one_f": np.array([1.0], np.float32),

@@ -211,7 +211,7 @@ def _train_one(
     from stable_baselines3.common.env_util import make_vec_env
 
     out.mkdir(parents=True, exist_ok=True)
-    env_kwargs = {"traces": traces, "costs": costs, "weights": weights}
+    env_kwargs: dict[str, Any] = {"traces": traces, "costs": costs, "weights": weights}
     venv = make_vec_env(
         OffloadEnv,
         n_envs=cfg.n_envs,

@@ -181,7 +181,7 @@ def make_links(cfg: CompareBenchConfig) -> list[Link]:
     for r in cfg.rates_mbit:
         target = abs(r - 1.0) < 1e-9
         n = cfg.requests if target else cfg.other_requests
-        args = ("--rate", f"{r:g}mbit", "--delay-ms", f"{DELAY_MS:g}")
+        args: tuple[str, ...] = ("--rate", f"{r:g}mbit", "--delay-ms", f"{DELAY_MS:g}")
         links.append(Link(f"{r:g} Mbit/s", args, n, target, r))
     for trace in cfg.traces or default_traces():
         path = Path(trace)
@@ -506,17 +506,17 @@ def measure(cell: Cell) -> dict[str, Any]:
     time.sleep(0.1)  # let the link count the last replies
     after = link_bytes(cell.state_url) if cell.state_url else (0, 0)
     n = len(rows)
-    correct, ms, degraded, offloaded = (np.array(c) for c in zip(*rows, strict=True))
+    correct, latency_ms, degraded, offloaded = (np.array(c) for c in zip(*rows, strict=True))
     return {
         "requests": n,
         "accuracy": float(correct.mean()),
         "correct": correct.astype(int).tolist(),
         "bytes_up": (after[0] - before[0]) / n,
         "bytes_down": (after[1] - before[1]) / n,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "within_deadline": float((ms <= cell.deadline_ms).mean()),
+        "p50_ms": float(np.percentile(latency_ms, 50)),
+        "p95_ms": float(np.percentile(latency_ms, 95)),
+        "p99_ms": float(np.percentile(latency_ms, 99)),
+        "within_deadline": float((latency_ms <= cell.deadline_ms).mean()),
         "degraded": int(degraded.sum()),
         "offloaded": float(offloaded.mean()),
     }

@@ -136,7 +136,7 @@ def bench(cfg: FrontBenchConfig) -> dict[str, Any]:
     warm = replace(cfg, seconds=max(cfg.seconds / 4, 2.0))
     result: dict[str, Any] = {
         "config": asdict(cfg),
-        "cores": {"system": sorted(sut), "locust": sorted(tool)},
+        "cores": {"system": sorted(sut or ()), "locust": sorted(tool)},
     }
     path = f"/v2/models/{cfg.model}/infer"
     procs = Processes(out / "logs")

@@ -130,7 +130,7 @@ def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
         rng = np.random.default_rng(cfg.seed)
         episodes = [env.draw_episode(rng) for _ in range(cfg.episodes)]
         val_episodes = [val_env.draw_episode(rng) for _ in range(cfg.episodes)]
-        results = {"rl": run_policy(env, episodes, rl)}
+        results: dict[str, dict[str, Any]] = {"rl": run_policy(env, episodes, rl)}
         for name, grid in SWEEPS.items():
             on_val = [(spec, rule_score(val_env, val_episodes, spec)) for spec in grid]
             on_test = [(spec, rule_score(env, episodes, spec)) for spec in grid]

@@ -27,6 +27,7 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,11 @@ class Fleet:
         self.procs.stop(*(f"device-{d}" for d in range(self.cfg.devices)))
 
     def load(
-        self, images: np.ndarray, prefix: str, seconds: float, events: list[tuple[float, Any]] = ()
+        self,
+        images: np.ndarray,
+        prefix: str,
+        seconds: float,
+        events: Sequence[tuple[float, Any]] = (),
     ) -> tuple[list[Outcome], float]:
         """Every device streams for ``seconds``; each ``(t, fn)`` of ``events`` runs at ``t``
         seconds (in a thread, so the stream goes on). Returns the outcomes and the start time."""
@@ -165,8 +170,10 @@ class Fleet:
                 )
                 for d, port in enumerate(self.device_ports)
             ]
-            results = await asyncio.gather(*jobs, *(at(t, fn) for t, fn in events))
-            return list(results[: len(jobs)])
+            timed = asyncio.gather(*(at(t, fn) for t, fn in events))  # runs beside the streams
+            outcomes = await asyncio.gather(*jobs)
+            await timed
+            return outcomes
 
         return [o for per in asyncio.run(run()) for o in per], t0
 
