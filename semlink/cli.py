@@ -304,6 +304,7 @@ def _eval_jscc(args: argparse.Namespace) -> int:
     from semlink.models.datasets import load_dataset
     from semlink.models.eval_jscc import (
         ALPHAS,
+        HEADLINE_DRAWS,
         SNRS,
         baseline_grid,
         baselines_key,
@@ -316,6 +317,8 @@ def _eval_jscc(args: argparse.Namespace) -> int:
     )
     from semlink.models.jscc import RATES
 
+    if args.noise_draws is not None and args.noise_draws < 1:
+        raise ValueError(f"--noise-draws must be >= 1, got {args.noise_draws}")
     _resolve_pipeline(args, "vit-jscc")
     if args.selector_checkpoint is None:
         if args.dataset not in ZOO_PREFIX:
@@ -367,7 +370,14 @@ def _eval_jscc(args: argparse.Namespace) -> int:
         "baselines_key": key,
     }
     result["summary"] = summarise(result)
-    result["headline"] = headline_comparison(model, classifier, test, args.channel, args.seed)
+    result["headline"] = headline_comparison(
+        model,
+        classifier,
+        test,
+        args.channel,
+        args.seed,
+        draws=HEADLINE_DRAWS if args.noise_draws is None else args.noise_draws,
+    )
     print(format_table(result))
     print()
     print(format_headline(result["headline"]))
@@ -838,6 +848,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EVAL_JSON",
         help="reuse the JPEG/raw baseline rows of an earlier --json file measured with the same "
         "classifier, test images, grid and seed (checked; they do not depend on the coder)",
+    )
+    p.add_argument(
+        "--noise-draws",
+        type=int,
+        default=None,
+        metavar="N",
+        help="channel noise draws per test image at the headline's operating point (the JSCC "
+        "figure there is the mean over them; default: eval_jscc.HEADLINE_DRAWS, 8)",
     )
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)

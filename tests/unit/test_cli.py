@@ -152,6 +152,11 @@ def test_evaluation_of_external_data_needs_a_model(capsys):
     assert "pass --model-dir" in capsys.readouterr().err
 
 
+def test_jscc_evaluation_refuses_no_noise_draws_before_any_work(capsys):
+    assert main(["eval", "jscc", "--noise-draws", "0"]) == 2
+    assert "--noise-draws must be >= 1" in capsys.readouterr().err
+
+
 def test_checkpoint_of_another_architecture_is_refused(tiny_checkpoint, tmp_path):
     ckpt = torch.load(tiny_checkpoint, weights_only=False)
     ckpt["config"]["embed_dim"] = 64

@@ -256,6 +256,14 @@ def test_headline_compares_jscc_with_the_noiseless_model_and_digital_baselines(
         assert set(h["accuracy"]) == {"noiseless", "jscc", "tokens-digital", "jpeg"}
         assert h["n"] == 40 and set(h["jscc_minus"]) == {"noiseless", "tokens-digital", "jpeg"}
     assert "JSCC minus this" in format_headline(tight)
+    # the coder's figure averages several noise draws per image: the expected accuracy
+    assert tight["noise_draws"] == 8 and "8 noise draws" in format_headline(tight)
+    noisy = headline_comparison(tiny_jscc, tiny_model, test, point=(-20.0, 1.0, 1.0), draws=3)
+    assert round(noisy["accuracy"]["jscc"] * 40 * 3) == pytest.approx(
+        noisy["accuracy"]["jscc"] * 40 * 3
+    )
+    with pytest.raises(ValueError, match="draws"):
+        headline_comparison(tiny_jscc, tiny_model, test, draws=0)
 
 
 def test_baselines_keep_colour_and_round_trip_the_normalisation():
