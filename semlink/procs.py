@@ -94,6 +94,12 @@ class Processes:
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
 
+    def cpu_seconds(self, name: str) -> float:
+        """CPU time (user + system, every thread) the child ``name`` has used so far (Linux)."""
+        fields = Path(f"/proc/{self.children[name].pid}/stat").read_text().rsplit(")", 1)[1]
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, name: str, chars: int = 3000) -> str:
         """The end of a child's log."""
         return (self.log_dir / f"{name}.log").read_text()[-chars:]

@@ -8,7 +8,9 @@ in-process on test images, packed as the device packs them), sent over gRPC.
 
 1. **Service time per pipeline**: one replica, requests one at a time (``S``, ms, what one
    request costs an idle replica, client to client) and saturated with ``clients`` in flight
-   (``mu``, requests/s: the replica's capacity, dynamic batching included).
+   (``mu``, requests/s: the replica's capacity, dynamic batching included), with the CPU time
+   the replica process spent a request while saturated and the share of its quota it used (read
+   from ``/proc``: near 100 % means the quota, not the client, set ``mu``).
 2. **The formula** (docs/capacity.md): a replica run at utilisation ``rho`` serves
    ``rho * mu`` requests/s, so one server sustains ``rho * mu / (rate * offload)`` devices that
    each send ``rate`` requests/s and offload a share ``offload`` of them, and a fleet of F such
@@ -166,6 +168,7 @@ async def _drive(
         "answered": len(lat),
         "errors": errors,
         "throughput_rps": len(lat) / elapsed,
+        "elapsed_s": elapsed,
         "p50_ms": float(np.percentile(arr, 50)),
         "p95_ms": float(np.percentile(arr, 95)),
         "samples_ms": lat,
@@ -235,13 +238,18 @@ def bench(cfg: CapacityBenchConfig) -> dict[str, Any]:
             reqs[model] = requests_for(model)
             asyncio.run(_drive(replicas, 1, reqs[model], 1.0, clients=1))  # warm-up
             single = asyncio.run(_drive(replicas, 1, reqs[model], cfg.seconds, clients=1))
+            cpu0 = procs.cpu_seconds("server-0")
             sat = asyncio.run(_drive(replicas, 1, reqs[model], cfg.seconds, clients=cfg.clients))
+            cpu = procs.cpu_seconds("server-0") - cpu0  # the replica's own, not the client's
             mu = sat["throughput_rps"]
             result["pipelines"][model] = {
                 "service_ms_mean": float(np.mean(single["samples_ms"])),
                 "service_ms_p50": single["p50_ms"],
                 "service_ms_p95": single["p95_ms"],
                 "mu_rps": mu,
+                # what a request costs the replica, and how much of its quota it got to use
+                "cpu_ms_per_request": 1000 * cpu / max(sat["answered"], 1),
+                "quota_used": cpu / (cfg.quota * sat["elapsed_s"]),
                 "devices_per_server": cfg.rho * mu / (cfg.device_rate * cfg.offload),
             }
         main = models[0]
@@ -288,12 +296,13 @@ def format_table(r: dict[str, Any]) -> str:
         FULL_SPEED,
         "",
         f"{'pipeline':<18} {'S p50 ms':>9} {'S mean ms':>9} {'S p95 ms':>9} {'mu req/s':>9} "
-        f"{'devices/server':>15}",
+        f"{'CPU ms/req':>10} {'quota used':>10} {'devices/server':>15}",
     ]
     for name, p in r["pipelines"].items():
         lines.append(
             f"{name:<18} {p['service_ms_p50']:>9.2f} {p['service_ms_mean']:>9.2f} "
-            f"{p['service_ms_p95']:>9.2f} {p['mu_rps']:>9.1f} {p['devices_per_server']:>15.0f}"
+            f"{p['service_ms_p95']:>9.2f} {p['mu_rps']:>9.1f} {p['cpu_ms_per_request']:>10.2f} "
+            f"{100 * p['quota_used']:>9.0f}% {p['devices_per_server']:>15.0f}"
         )
     main = next(iter(r["pipelines"].values()))
     lines += [

@@ -1,5 +1,7 @@
 """The capacity formula and the batching-queue simulation behind docs/capacity.md."""
 
+import time
+
 import pytest
 
 from semlink.bench.capacity import batch_model, replicas_needed, simulate
@@ -26,3 +28,28 @@ def test_simulation_queues_grow_towards_capacity_and_replicas_share_the_load():
     # the same load per replica: more replicas, no worse (power of two smooths the bursts)
     one, three = simulate(a, c, 8, 1, rate=200.0), simulate(a, c, 8, 3, rate=600.0)
     assert three["p95_ms"] <= one["p95_ms"] * 1.05
+
+
+def test_a_child_process_cpu_time_is_read_from_proc(tmp_path):
+    """``bench capacity`` charges a replica the CPU time it spent; an idle child spends ~none."""
+    import subprocess
+    import sys
+
+    from semlink.procs import Processes
+
+    procs = Processes(tmp_path)
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    procs.children["busy"] = subprocess.Popen(
+        [sys.executable, "-c", busy + "time.sleep(30)"], start_new_session=True
+    )
+    procs.children["idle"] = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while procs.cpu_seconds("busy") < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0.3 <= procs.cpu_seconds("busy") < 1.0
+        assert procs.cpu_seconds("idle") < 0.2
+    finally:
+        procs.stop()
