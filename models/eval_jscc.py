@@ -340,6 +340,30 @@ def quantise_tokens(tokens: np.ndarray, bits: int) -> np.ndarray:
 
 
 @torch.no_grad()
+def jscc_right(
+    model: semcom.SemComModel,
+    tokens: torch.Tensor,
+    symbols: int,
+    snr_db: float,
+    kind: str,
+    gen: torch.Generator,
+    labels: np.ndarray,
+    draws: int = 1,
+) -> np.ndarray:
+    """Per image, the share of ``draws`` channel noise draws after which the coder's receiver
+    classifies ``tokens`` (the kept tokens, [N, k, d]) right, sending ``symbols`` complex symbols
+    a token at ``snr_db``; every draw takes fresh noise from ``gen``."""
+    n = len(labels)
+    right = np.zeros(n)
+    for _ in range(draws):
+        received = model.transmit(
+            tokens, torch.full((n,), symbols), torch.full((n,), float(snr_db)), kind, gen
+        )
+        right += model.vit.forward_tail(received).argmax(1).numpy() == labels
+    return right / draws
+
+
+@torch.no_grad()
 def headline_comparison(
     model: semcom.SemComModel,
     classifier: SelectorViT,
@@ -386,13 +410,7 @@ def headline_comparison(
     ref = classifier.forward_device(x, torch.full((len(y),), float(alpha)))
     kept_ref = classifier.select(ref.tokens, ref.key, k)[0]
     scores: dict[str, np.ndarray] = {"noiseless": right(classifier.forward_tail(kept_ref))}
-    jscc = np.zeros(len(y))
-    for _ in range(draws):
-        received = model.transmit(
-            patches, torch.full((len(y),), m), torch.full((len(y),), float(snr)), kind, gen
-        )
-        jscc += right(vit.forward_tail(received))
-    scores["jscc"] = jscc / draws
+    scores["jscc"] = jscc_right(model, patches, m, snr, kind, gen, y, draws)
     d = patches.shape[-1]
     value_bits = int((bits - k * SCALE_BITS) // (k * d))
     if value_bits >= 1:
