@@ -353,6 +353,8 @@ def jscc_right(
     """Per image, the share of ``draws`` channel noise draws after which the coder's receiver
     classifies ``tokens`` (the kept tokens, [N, k, d]) right, sending ``symbols`` complex symbols
     a token at ``snr_db``; every draw takes fresh noise from ``gen``."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
     n = len(labels)
     right = np.zeros(n)
     for _ in range(draws):
@@ -382,8 +384,6 @@ def headline_comparison(
     draws it got right: the JSCC figure is the expected accuracy at that SNR, not one draw's
     luck (one draw moves it by about half a point on 2,152 images); the interval is over images.
     Returns accuracies and paired bootstrap differences of JSCC against each, in points."""
-    if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
     from semlink.models.jscc import channel_uses, symbols_kept
     from semlink.models.vit import num_kept
     from semlink.runtime import channel as ch

@@ -224,7 +224,9 @@ def churn(fleet: Fleet, images: np.ndarray) -> dict[str, Any]:
     firsts = [t0 + o.answered_s for o in outs if o.replica == joined and o.status == 200]
     # the new replica's share of what was sent once it was ready: a count alone depends on how
     # fast this machine answered at all in the last third
-    after = [o for o in outs if ready_at and o.status == 200 and t0 + o.sent_s >= ready_at[0]]
+    after = (
+        [o for o in outs if o.status == 200 and t0 + o.sent_s >= ready_at[0]] if ready_at else []
+    )
     result = latency(outs)
     result.update(
         duplicated=sum(
