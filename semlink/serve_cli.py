@@ -164,6 +164,11 @@ BENCHMARKS = {
         "ReplicasBenchConfig",
         "several servers: expected-delay choice vs round robin, a replica killed and added",
     ),
+    "hardness": (
+        "hardness",
+        "HardnessBenchConfig",
+        "a harder digits-scene: the device's exit against the full model, fine-tuned",
+    ),
 }
 
 

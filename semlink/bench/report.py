@@ -59,6 +59,10 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
         ("capacity",),
         "service time per pipeline, devices per server, the formula against real replicas",
     ),
+    "hardness": (
+        ("hardness",),
+        "a harder digits-scene: the device's exit against the full model, fine-tuned (validation)",
+    ),
 }
 NO_OUT = {"link"}  # benchmarks without an --out folder
 MARKDOWN = {"compare", "split"}  # benchmarks whose output is Markdown already
