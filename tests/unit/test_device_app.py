@@ -71,3 +71,29 @@ def test_the_local_controller_answers_every_request_on_the_device(model):
         assert all([e["action"] for e in a.exits] == ["continue"] * 3 + ["exit"] for a in answers)
     right = sum(a.label == y for a, y in zip(answers, data.labels[:20], strict=True))
     assert right >= 17
+
+
+def test_answer_parameters_flatten_every_scalar_and_group_but_not_the_label() -> None:
+    from semlink.device.http_app import answer_parameters
+    from semlink.device.service import Answer
+
+    a = Answer(
+        request_id="r1", label=3, probabilities=[0.1] * 10, exit="server", degraded=True,
+        degraded_reason=None, budget=0.25, rate=None, split=2, tokens_sent=16,
+        symbols_per_token=None, channel_uses=None, snr_db=20.0, kept_indices=[4, 9],
+        payload_bytes=1900, request_bytes=2000, channel={"rtt_ms": 20.0},
+        controller={"z": 0.5}, timing_ms={"total_ms": 2.0}, server={"tries": 2},
+        exits=[{"exit": 0, "confidence": 0.51234, "action": "continue"},
+               {"exit": 1, "confidence": 0.9, "action": "offload"}],
+        input_distance=1.5, warning=None,
+    )  # fmt: skip
+    p = answer_parameters(a)
+    scalars = {k: v for k, v in a.as_dict().items() if not isinstance(v, (list, dict))}
+    del scalars["label"]  # the label is an output tensor, not a parameter
+    assert {k: p[k] for k in scalars} == scalars
+    assert p["kept_indices"] == "4,9" and p["exit_index"] == 1
+    assert p["exit_confidences"] == "0.5123,0.9000" and p["exit_actions"] == "continue,offload"
+    assert (p["channel.rtt_ms"], p["controller.z"], p["total_ms"], p["server_tries"]) == (
+        20.0, 0.5, 2.0, 2,
+    )  # fmt: skip
+    assert "label" not in p and "probabilities" not in p and "exits" not in p
