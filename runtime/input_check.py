@@ -24,13 +24,21 @@ MARGIN = 1.5  # ... times this is the threshold
 def features(image: np.ndarray) -> np.ndarray:
     """Statistics of one normalised image (C, H, W): mean, standard deviation, share of pixels
     above +2 and below -2, and mean absolute difference between neighbours."""
-    # in the image's own dtype, sums accumulated in float64: the same statistics as on a float64
-    # copy (to ~1e-9 on digits-scene), without making one: 0.12 against 0.15 ms a 128 x 128
-    # image here, on every request, on the device's CPU
-    x, n, f8 = image, image.size, np.float64
-    edges = np.abs(np.diff(x, axis=-1)).mean(dtype=f8) + np.abs(np.diff(x, axis=-2)).mean(dtype=f8)
+    # on every request, on the device's CPU: in the image's own dtype, in place where it can be,
+    # with numpy's pairwise sums; within 1e-7 (relative) of the same statistics on a float64 copy
+    # on digits-scene and digits-canvas, in 78 instead of 137 us a 3 x 128 x 128 frame here
+    x, n = image, image.size
+    mean = float(x.sum(dtype=np.float64)) / n
+    sq = np.subtract(x, x.dtype.type(mean))
+    np.square(sq, out=sq)
+    std = (float(sq.sum()) / n) ** 0.5
+    edges = 0.0
+    for lo, hi in ((x[..., :-1], x[..., 1:]), (x[..., :-1, :], x[..., 1:, :])):
+        d = np.subtract(hi, lo)
+        np.abs(d, out=d)
+        edges += float(d.sum()) / d.size
     bright, dark = np.count_nonzero(x > 2.0) / n, np.count_nonzero(x < -2.0) / n
-    return np.array([x.mean(dtype=f8), x.std(dtype=f8), bright, dark, edges], np.float64)
+    return np.array([mean, std, bright, dark, edges], np.float64)
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,18 @@ def test_the_answer_carries_the_warning():
     answer = asyncio.run(go())
     assert answer["input_distance"] > CHECK.threshold
     assert "unlike the data this model was trained on" in answer["warning"]
+
+
+def test_features_are_the_statistics_of_a_float64_copy():
+    from semlink.runtime.input_check import features
+
+    rng = np.random.default_rng(0)
+    images = [load_digits_canvas("val").images[0], rng.normal(0.5, 1.5, (3, 32, 32))]
+    for image in (x.astype(np.float32) for x in images):
+        x = image.astype(np.float64)
+        edges = np.abs(np.diff(x, axis=-1)).mean() + np.abs(np.diff(x, axis=-2)).mean()
+        want = [x.mean(), x.std(), (x > 2).mean(), (x < -2).mean(), edges]
+        assert features(image) == pytest.approx(want, rel=1e-6)
+    # a known image: half the pixels at 3 (bright), half at -3 (dark), in vertical stripes
+    stripes = np.tile(np.array([3.0, -3.0], np.float32), (1, 4, 2))
+    assert features(stripes) == pytest.approx([0.0, 3.0, 0.5, 0.5, 6.0])
