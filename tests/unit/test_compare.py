@@ -139,3 +139,31 @@ def test_targets_judge_each_controller_on_paired_samples():
         "**0.1 Mbit/s**" in text and "| JPEG q75 → FastAPI | 100.0 % [96.3, 100.0] (n=100)" in text
     )
     assert f"✗ {lyap}" in text and "device profile: `camera`" in text
+    assert "on the whole split" not in text  # nobody answered it: nothing to pair there
+
+    # with the whole split answered, the paired difference over it stands beside each target
+    # (2,000 frames: fixed 1 point above q75 there), and the judgement stays the link's own
+    whole = {
+        fixed: [1] * 2000,
+        q50: [0] * 60 + [1] * 1940,  # still 3 points down: still not a JPEG to pick
+        q75: [0] * 20 + [1] * 1980,
+        **{s: [1] * 2000 for s in (q90, lyap, rl, whole_model, blocks)},
+    }
+    report["whole_split"] = {
+        s: {
+            "accuracy": float(np.mean(c)),
+            "correct": c,
+            "requests": 2000,
+            "link": "10 Mbit/s",
+            "throughput_rps": 100.0,
+        }
+        for s, c in whole.items()
+    }
+    again = targets(report)
+    assert {(t["kind"], t["system"]): t["met"] for t in again} == got
+    jpeg_fixed = next(t for t in again if t["kind"] == "jpeg" and t["system"] == fixed)
+    w = jpeg_fixed["whole_split_diff"]
+    assert w["n"] == 2000 and w["diff"] == pytest.approx(1.0) and not w["tie"]
+    assert 0 < w["lo"] < 1.0 < w["hi"]
+    report["targets"] = again
+    assert "on the whole split +1.0 points" in format_report(report)
