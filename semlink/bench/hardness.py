@@ -54,6 +54,8 @@ class HardnessBenchConfig:
         for name in ("placements", "val_placements", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1 (or unset), got {self.max_steps}")
         if self.epochs < 0 or not self.lr > 0:
             raise ValueError(
                 f"epochs must be >= 0 and lr positive, got {self.epochs} and {self.lr}"

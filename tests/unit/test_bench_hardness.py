@@ -10,7 +10,14 @@ from semlink.bench.hardness import HardnessBenchConfig, bench, format_table, fra
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"hardness": "2"}, {"hardness": "a,b"}, {"hardness": ""}, {"epochs": -1}, {"lr": 0.0}],
+    [
+        {"hardness": "2"},
+        {"hardness": "a,b"},
+        {"hardness": ""},
+        {"epochs": -1},
+        {"lr": 0.0},
+        {"max_steps": 0},
+    ],
 )
 def test_bad_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
