@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from semlink.runtime import channel
 from semlink.runtime.symbols import channel_uses, normalise, symbol_mask, symbols_kept
 
 RATES = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -118,6 +119,7 @@ __all__ = [
     "snr_feature",
     "symbol_mask",
     "symbols_kept",
+    "transmit",
 ]
 
 
@@ -129,3 +131,29 @@ class JSCC(nn.Module):
         self.cfg = cfg
         self.encoder = JSCCEncoder(cfg)
         self.decoder = JSCCDecoder(cfg)
+
+
+def transmit(
+    coder: JSCC,
+    patches: torch.Tensor,
+    m: torch.Tensor,
+    snr_db: torch.Tensor,
+    kind: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Encode, keep the first ``m[b]`` symbols, normalise, pass the channel, zero-fill, decode.
+
+    ``patches`` (B, T, d), ``m`` (B,) int, ``snr_db`` (B,) dB. Returns received tokens (B, T, d).
+    An SNR-conditioned coder codes and decodes for ``snr_db`` (for ``kind`` none: noiseless).
+    """
+    cond = None if kind == "none" else snr_db
+    re, im = coder.encoder(patches, cond)
+    mask = symbol_mask(m, coder.cfg.symbols, re)
+    re, im = normalise(re, im, mask)
+
+    def normal(shape: tuple[int, ...]) -> torch.Tensor:
+        # drawn on the CPU (the generator's device), so a seed gives the same noise anywhere
+        return torch.randn(shape, generator=generator).to(patches.device)
+
+    re, im = channel.apply(kind, re, im, snr_db.reshape(-1, 1, 1), normal, power=1.0)
+    return coder.decoder(re * mask, im * mask, cond)

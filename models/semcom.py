@@ -14,9 +14,8 @@ from torch import nn
 
 from semlink.models import checkpoint
 from semlink.models.data import Dataset
-from semlink.models.jscc import JSCC, JSCCConfig, channel_uses, normalise, symbol_mask, symbols_kept
+from semlink.models.jscc import JSCC, JSCCConfig, channel_uses, symbols_kept, transmit
 from semlink.models.vit import SelectorViT, ViTConfig, config_from_dict, num_kept
-from semlink.runtime import channel
 
 
 class SemComModel(nn.Module):
@@ -43,22 +42,8 @@ class SemComModel(nn.Module):
         kind: str,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Encode, keep the first ``m[b]`` symbols, normalise, pass the channel, zero-fill, decode.
-
-        ``patches`` (B, T, d), ``m`` (B,) int, ``snr_db`` (B,). Returns received tokens (B, T, d).
-        An SNR-conditioned coder codes and decodes for ``snr_db`` (for ``kind`` none: noiseless).
-        """
-        cond = None if kind == "none" else snr_db
-        re, im = self.coder.encoder(patches, cond)
-        mask = symbol_mask(m, self.d_c, re)
-        re, im = normalise(re, im, mask)
-
-        def normal(shape: tuple[int, ...]) -> torch.Tensor:
-            # drawn on the CPU (the generator's device), so a seed gives the same noise anywhere
-            return torch.randn(shape, generator=generator).to(patches.device)
-
-        re, im = channel.apply(kind, re, im, snr_db.reshape(-1, 1, 1), normal, power=1.0)
-        return self.coder.decoder(re * mask, im * mask, cond)
+        """The coder's :func:`~models.jscc.transmit` of ``patches`` (B, T, d): received tokens."""
+        return transmit(self.coder, patches, m, snr_db, kind, generator)
 
     def freeze_device(self) -> None:
         """The device part (stem, device blocks, budget token, selectors) is fixed for JSCC training."""
