@@ -16,41 +16,11 @@ import numpy as np
 
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
-from semlink.protocol import params as P
+from semlink.protocol import reply as R
 from semlink.protocol.codec import datatype_of, from_bytes, param_value, set_param, to_bytes
+from semlink.protocol.reply import Load
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServerLoad:
-    """The load a server reported: requests in it and its recent compute time per request."""
-
-    queue_depth: int
-    service_ms: float
-
-
-def load_from(metadata: Any) -> ServerLoad | None:
-    """The load in a call's trailing metadata, ``None`` when absent or malformed (a server that
-    does not report it, e.g. another OIP server)."""
-    values = dict(metadata or ())
-    try:
-        depth = int(values[P.QUEUE_DEPTH_KEY])
-        service = float(values[P.SERVICE_MS_KEY])
-    except (KeyError, ValueError, TypeError):
-        return None
-    if depth < 0 or not 0.0 <= service < 1e7:
-        return None
-    return ServerLoad(depth, service)
-
-
-def load_from_parameters(parameters: dict[str, Any]) -> ServerLoad | None:
-    """The load a semlink server puts in every reply's parameters, ``None`` from a server that
-    does not."""
-    depth, service = parameters.get("server_queue_depth"), parameters.get("server_service_ms")
-    if isinstance(depth, int) and isinstance(service, (int, float)) and depth >= 0:
-        return ServerLoad(depth, float(service))
-    return None
 
 
 def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
@@ -60,14 +30,23 @@ def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 
 @dataclass
 class ServerReply:
-    """The server's answer to one offload, and what it cost on the wire."""
+    """The server's answer to one offload, and what it cost."""
 
     logits: np.ndarray  # (1, classes)
-    parameters: dict[str, Any]
-    request_bytes: int  # serialised ModelInferRequest
-    payload_bytes: int  # raw tensor bytes in it
+    parameters: dict[str, Any]  # the reply's parameters (semlink.protocol.reply)
     round_trip_ms: float
-    load: ServerLoad | None = None  # the server's load as it answered
+    reply_bytes: int  # the serialised ModelInferResponse: what came down the link
+    load: Load | None = None  # the server's load as it answered
+
+    @property
+    def server_ms(self) -> float:
+        """The server's own time on the request, as it reports it."""
+        return R.server_ms(self.parameters)
+
+    @property
+    def network_ms(self) -> float:
+        """The round trip less the server's own time: both ways on the link and both gRPC stacks."""
+        return max(self.round_trip_ms - self.server_ms, 0.0)
 
 
 def build_request(
@@ -141,16 +120,12 @@ class ServerClient:
                 await self._reader
         await self.channel.close()
 
-    async def ready(self, timeout: float = 1.0) -> bool:
-        """Whether the server answers ``ServerReady`` with ready within ``timeout`` seconds."""
-        return (await self.probe(timeout))[0]
-
-    async def probe(self, timeout: float = 1.0) -> tuple[bool, ServerLoad | None]:
+    async def probe(self, timeout: float = 1.0) -> tuple[bool, Load | None]:
         """``ServerReady`` within ``timeout`` seconds: ready or not, and the load it reported."""
         try:
             call = self.stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout)
             ready = (await call).ready
-            return ready, load_from(await call.trailing_metadata())
+            return ready, Load.from_metadata(await call.trailing_metadata())
         except grpc.aio.AioRpcError:
             return False, None
 
@@ -176,12 +151,7 @@ class ServerClient:
             expect_datatype="FP32",
         )
         return ServerReply(
-            logits,
-            parameters,
-            request.ByteSize(),
-            sum(len(r) for r in request.raw_input_contents),
-            rtt,
-            load_from_parameters(parameters),
+            logits, parameters, rtt, resp.ByteSize(), Load.from_parameters(parameters)
         )
 
     async def _stream_infer(
@@ -221,8 +191,8 @@ class ServerClient:
             self._waiting.pop(key, None)
         if message.error_message:
             code = (
-                param_value(message.infer_response.parameters["error_code"])
-                if ("error_code" in message.infer_response.parameters)
+                param_value(message.infer_response.parameters[R.ERROR_CODE])
+                if (R.ERROR_CODE in message.infer_response.parameters)
                 else "UNKNOWN"
             )
             status = getattr(grpc.StatusCode, str(code), grpc.StatusCode.UNKNOWN)

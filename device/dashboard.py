@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from semlink.device.service import Answer, DeviceService
+    from semlink.device.answer import Answer
+    from semlink.device.service import DeviceService
 
 RECENT = 12  # requests shown with their images
 HISTORY = 600  # points kept for the charts

@@ -4,15 +4,15 @@ the live ``/dashboard``."""
 from __future__ import annotations
 
 import time
-from dataclasses import fields
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse
 
 from semlink.device import dashboard
-from semlink.device.service import Answer, DeviceService
+from semlink.device.service import DeviceService
+from semlink.device.stream import install_stream
 from semlink.protocol.codec import TensorError
 from semlink.protocol.http_codec import (
     HEADER_LENGTH,
@@ -30,31 +30,6 @@ INLINE_JSON_BYTES = 16 * 1024
 microseconds: less than the hop to the worker thread); a bigger one off it."""
 
 
-_SCALARS = (str, int, float, bool)
-
-
-def answer_parameters(a: Answer) -> dict[str, Any]:
-    """The cost report, flattened into OIP response parameters (scalars only)."""
-    # the scalar fields, read off the answer: dataclasses.asdict deep-copies every list and
-    # dict first, 48 of the 56 us this took on every request
-    out: dict[str, Any] = {
-        f.name: v
-        for f in fields(a)
-        if f.name != "label" and (isinstance(v := getattr(a, f.name), _SCALARS) or v is None)
-    }
-    out["kept_indices"] = ",".join(map(str, a.kept_indices))
-    if a.exits:  # early-exit networks: what happened at each device exit reached
-        out["exit_index"] = a.exits[-1]["exit"]
-        out["exit_confidences"] = ",".join(f"{e['confidence']:.4f}" for e in a.exits)
-        out["exit_actions"] = ",".join(e["action"] for e in a.exits)
-    for k, v in (a.server or {}).items():  # the replica tried last, its expected delay, tries
-        out[f"server_{k}"] = v
-    for group in ("channel", "controller", "timing_ms"):
-        for k, v in getattr(a, group).items():
-            out[f"{group}.{k}" if group != "timing_ms" else k] = v
-    return out
-
-
 def create_app(service: DeviceService) -> FastAPI:
     """The device's HTTP front: OIP v2 (``/v2/...``), ``/v1/classify`` uploads, ``/metrics``,
     the dashboard; failures follow the error table.
@@ -63,6 +38,7 @@ def create_app(service: DeviceService) -> FastAPI:
     app = FastAPI(title="semlink device", version="0.1.0")
     http_errors.install(app, settings.max_body_bytes, settings.max_concurrent_per_client)
     metrics.mount(app, service.metrics.registry)
+    install_stream(app, service)
     name = service.model.name
 
     def check_model(model_name: str, version: str = "") -> None:
@@ -165,7 +141,7 @@ def create_app(service: DeviceService) -> FastAPI:
             service.model.version,
             answer.request_id,
             outputs,
-            answer_parameters(answer),
+            answer.parameters(),
             wants_binary(doc),
         )
         return Response(content, headers=headers)

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from semlink.runtime.metrics import FRACTION_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from semlink.device.service import Answer
+    from semlink.device.answer import Answer
 
 
 class DeviceMetrics:
@@ -71,6 +71,39 @@ class DeviceMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.5),
             registry=r,
         )
+        self.options = Counter(
+            "semlink_device_options",
+            "Options taken: what was done (exit, local, offload, upload) after how many device blocks",
+            ["model", "action", "split"],
+            registry=r,
+        )
+        self.frames = Counter(
+            "semlink_device_frames",
+            "Frames by whether their answer met their deadline (met, missed), and frames answered "
+            "late or refused before the device started on them (late, dropped)",
+            ["model", "deadline"],
+            registry=r,
+        )
+        self.device_cpu = Histogram(
+            "semlink_device_cpu_seconds",
+            "The device's CPU time on one frame (decoding and model)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queued = Histogram(
+            "semlink_device_queued_seconds",
+            "Time a frame waited for the device before its work started",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reply_bytes = Counter(
+            "semlink_device_reply_bytes",
+            "Serialised gRPC reply bytes received",
+            ["model"],
+            registry=r,
+        )
         self.queue = Gauge(
             "semlink_device_virtual_queue",
             "Controller virtual queue Z",
@@ -98,6 +131,14 @@ class DeviceMetrics:
         self.tokens.labels(m).inc(a.tokens_sent)
         self.payload.labels(m).inc(a.payload_bytes)
         self.request_bytes.labels(m).inc(a.request_bytes)
+        self.reply_bytes.labels(m).inc(a.reply_bytes)
+        action = a.option.split(":")[0].rstrip("0123456789") if a.option != "local" else "local"
+        self.options.labels(
+            m, {"s": "offload", "jpeg": "upload"}.get(action, action), str(a.split)
+        ).inc()
+        self.frames.labels(m, "met" if a.on_time else "missed").inc()
+        self.device_cpu.labels(m).observe(a.device_cpu_ms / 1000.0)
+        self.queued.labels(m).observe(a.queued_ms / 1000.0)
         if a.exits:
             self.exit_decisions.labels(m, str(a.split), a.exits[-1]["action"]).inc()
         self.budget.labels(m).observe(a.budget)
@@ -109,6 +150,10 @@ class DeviceMetrics:
             if key.startswith("Z_"):
                 self.queue.labels(m, key[2:]).set(value)
         self._channel(a.channel)
+
+    def missed(self, kind: str) -> None:
+        """Counts a frame answered ``late`` or ``dropped`` before the device started on it."""
+        self.frames.labels(self.model, kind).inc()
 
     def _channel(self, c: dict[str, Any]) -> None:
         if c.get("bandwidth_bps") is not None:

@@ -46,7 +46,8 @@ from typing import Any, Literal
 
 from semlink.device.background import Background
 from semlink.device.breaker import CircuitBreaker
-from semlink.device.client import ServerClient, ServerLoad, ServerReply
+from semlink.device.client import ServerClient, ServerReply
+from semlink.protocol.reply import Load
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Replica:
 
     def __init__(self, address: str, client: ServerClient, breaker: CircuitBreaker) -> None:
         self.address, self.client, self.breaker = address, client, breaker
-        self.load: ServerLoad | None = None
+        self.load: Load | None = None
         self.mine_at_report = 0  # this device's requests the last reported depth included
         self.network_ms: float | None = None
         self.in_flight = 0
@@ -123,7 +124,7 @@ class Replica:
         )
         return network + (self.queue_estimate() + 1) * service
 
-    def observe(self, load: ServerLoad | None, in_flight_then: int) -> None:
+    def observe(self, load: Load | None, in_flight_then: int) -> None:
         """Takes a load report that counted ``in_flight_then`` of this device's requests."""
         if load is not None:
             self.load, self.mine_at_report = load, in_flight_then
@@ -138,10 +139,7 @@ class Replica:
             self.in_flight -= 1
         # the server decremented its count before answering: the report counts our others only
         self.observe(reply.load, self.in_flight)
-        server_ms = float(reply.parameters.get("server_queue_ms", 0.0)) + float(
-            reply.parameters.get("server_compute_ms", 0.0)
-        )
-        self.observe_network(max(reply.round_trip_ms - server_ms, 0.0))
+        self.observe_network(reply.network_ms)
         self.answered += 1
         return reply
 
@@ -276,9 +274,7 @@ class ReplicaSet(Background):
         self.state = state
 
     @staticmethod
-    async def _timed_probe(
-        replica: Replica, timeout: float
-    ) -> tuple[bool, ServerLoad | None, float]:
+    async def _timed_probe(replica: Replica, timeout: float) -> tuple[bool, Load | None, float]:
         t0 = time.perf_counter()
         ready, load = await replica.client.probe(timeout)
         return ready, load, 1000.0 * (time.perf_counter() - t0)

@@ -58,11 +58,19 @@ class DeviceSettings(BaseSettings):
     deadline_ms: float = Field(
         2000.0, gt=0.0, le=600_000.0, description="default end-to-end deadline"
     )
-    controller: Literal["fixed", "lyapunov", "rl", "threshold", "growth", "local"] = Field(
-        "fixed",
-        description="fixed | lyapunov (JSCC pipelines, reads calibration.json) | "
-        "rl | threshold | growth (early-exit networks, e.g. digits-ee) | "
-        "local (any pipeline: the device answers alone, never offloading)",
+    controller: Literal["fixed", "planner", "lyapunov", "rl", "threshold", "growth", "local"] = (
+        Field(
+            "fixed",
+            description="what chooses each frame's option; each model says which fit it: fixed "
+            "(--option, or --budget/--rate for token pipelines) | planner | lyapunov | rl (any-split "
+            "networks, e.g. scene-split; lyapunov also JSCC pipelines) | rl | threshold | growth "
+            "(early exits) | local (any model: the device answers alone)",
+        )
+    )
+    option: str | None = Field(
+        None,
+        description="fixed: the option every frame takes, e.g. exit2, s1:a0.25, s1:a0.25:r0.125, "
+        "jpeg75 (default: the budget and rate below at the model's first split)",
     )
     exit_threshold: float = Field(
         0.9, ge=0.0, le=1.01, description="threshold/growth: exit when confidence reaches this"
@@ -81,6 +89,24 @@ class DeviceSettings(BaseSettings):
     )
     lyapunov_v: float = Field(10.0, gt=0.0, description="lyapunov: accuracy weight V")
     lyapunov_mu: float = Field(100.0, gt=0.0, description="lyapunov: queue step mu")
+    link_utilisation: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="lyapunov: the share of the link's rate frames may use on average",
+    )
+    device_utilisation: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="lyapunov: the share of the time between frames the device may compute",
+    )
+    max_waiting: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description="frames that may wait for the device; one more is refused at once",
+    )
     inline_max_ms: float = Field(
         2.0,
         ge=0.0,

@@ -22,8 +22,8 @@ from semlink.models.datasets import normalisation
 from semlink.models.jscc import RATES
 from semlink.models.stats import Difference, bounded_difference, paired_bootstrap, pm
 from semlink.models.vit import SelectorViT
+from semlink.runtime.calibration import CALIBRATION_VERSION, read_table
 
-CALIBRATION_VERSION = 1
 # The issue's grid (-10..30 dB) plus -20 and -15 dB, the bottom of the training range: a controller
 # facing a wide SNR spread needs measured points there rather than a guess.
 SNRS = (-20.0, -15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
@@ -59,18 +59,13 @@ def calibrate(
 
 def load_calibration(path: str | Path, model_hash: str) -> dict[str, Any]:
     """Reads a calibration table, refusing one made for another model version."""
-    table = json.loads(Path(path).read_text())
-    if table.get("calibration_version") != CALIBRATION_VERSION:
-        raise ValueError(
-            f"{path}: calibration_version {table.get('calibration_version')!r} is not {CALIBRATION_VERSION}; "
-            "re-run `semlink calibrate`"
-        )
-    if table.get("model_hash") != model_hash:
-        raise ValueError(
-            f"{path} was calibrated for model {table.get('model_hash')!r}, not {model_hash!r}; "
-            "re-run `semlink calibrate` for this model"
-        )
-    return table
+    return read_table(
+        path,
+        model_hash,
+        "calibration_version",
+        CALIBRATION_VERSION,
+        f"semlink calibrate --model-dir {Path(path).parent}",
+    )
 
 
 @torch.no_grad()

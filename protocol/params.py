@@ -19,6 +19,32 @@ TOKEN_FORMAT = "token_format"  # fp16 | int8 | fp32
 CHANNEL = "channel"  # awgn | rayleigh | none: the channel the receiver simulates (JSCC pipelines)
 CHANNELS = ("awgn", "rayleigh", "none")
 LABEL = "label"  # the true class, when the client knows it: the device's dashboard counts accuracy
+OPTION = (
+    "option"  # the option a frame takes, by name (exit2, s1:a0.25, jpeg75, ...): a fixed choice
+)
+
+# What each parameter a client may send the device is, for the error that refuses one a model
+# cannot apply.
+DEVICE_PARAMETERS = {
+    BUDGET: "the share of patch tokens a token pipeline sends",
+    RATE: "the JSCC coder's rate, for pipelines that code their tokens",
+    SPLIT: "the device's to choose (its controller picks where to stop or offload)",
+    SNR_DB: "the SNR the receiver simulates for JSCC symbols",
+    DEADLINE_MS: "the deadline the device answers within",
+    REQUEST_ID: "the request's id in every log",
+    LABEL: "the true class, for the dashboard's accuracy",
+    CHANNEL: "the channel the receiver simulates for JSCC symbols",
+    OPTION: "an option of the model's option space, by name",
+    TOKEN_FORMAT: "the device's setting, not a request's",
+}
+# ... and the server.
+SERVER_PARAMETERS = {
+    BUDGET: "the share of patch tokens, for token pipelines",
+    RATE: "the JSCC rate, for pipelines that code their tokens",
+    SPLIT: "the number of device blocks the payload comes from, for pipelines with several splits",
+    SNR_DB: "the SNR at which to simulate the channel, for JSCC symbols",
+    CHANNEL: "the channel to simulate, for JSCC symbols",
+}
 
 # The server's load, in the trailing metadata of ServerReady and ModelInfer (and as headers of
 # HTTP /v2/health/ready): how devices pick the replica that will answer soonest. OIP clients
@@ -69,6 +95,18 @@ RANGES = {
 def check(name: str, value: Any) -> float:
     """Validates one numeric parameter against its range; returns it as float."""
     return RANGES[name].check(name, value)
+
+
+def check_value(name: str, value: Any) -> Any:
+    """Validates any request parameter semlink reads by name: a number within its range, the
+    channel, or the request id (a string). Raises :class:`ParameterError`."""
+    if name in RANGES:
+        return check(name, value)
+    if name == CHANNEL:
+        return check_channel(value)
+    if name == TOKEN_FORMAT:
+        raise ParameterError(f"parameter {name!r} is {DEVICE_PARAMETERS[name]}; leave it out")
+    return str(value)
 
 
 def shown(value: Any, limit: int = 40) -> str:

@@ -39,6 +39,11 @@ class QueueFull(RuntimeError):
     """More requests are waiting than the server's ``max_queue``: this one is shed."""
 
 
+class Late(RuntimeError):
+    """A frame's deadline passed before the device could start on it: answered at once, never
+    held."""
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     """How one class of failure crosses each front."""
@@ -56,6 +61,7 @@ ERRORS: dict[type[Exception], ErrorKind] = {
     ModelNotFound: ErrorKind(grpc.StatusCode.NOT_FOUND, 404, "not_found"),
     NotReady: ErrorKind(grpc.StatusCode.UNAVAILABLE, 503, "unavailable", retry=True),
     QueueFull: ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 503, "resource_exhausted", True),
+    Late: ErrorKind(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "late"),
 }
 
 

@@ -1,18 +1,18 @@
-"""The manifest of one model version, typed: what its graphs expect, parsed once when the
-repository is scanned.
+"""The manifest of one model version, typed: what its graphs expect.
 
 ``manifest.json`` is written by the exporters in ``models/`` (``export.py`` for token pipelines,
-``export_early_exit.py`` for early-exit networks). Everything that serves a model reads it through
-:class:`Manifest`, never by string key, so a field that is missing or of the wrong type is one
-clear error at start-up instead of a ``KeyError`` in the middle of a request.
+``export_early_exit.py`` for early-exit networks, ``export_any_split.py`` for the any-split
+network). The fields every kind has are parsed when the repository is scanned
+(:meth:`Manifest.parse`); a kind's own fields by its pipeline when it is made, at start-up,
+through :class:`Reader`. Either way a field that is missing or of the wrong type is one clear
+error at start-up instead of a ``KeyError`` in the middle of a request.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,14 +25,6 @@ SUPPORTED_MANIFEST_VERSIONS = (MANIFEST_VERSION,)
 
 class ManifestError(ValueError):
     """A manifest that this semlink cannot serve; the message names the field and the fix."""
-
-
-class PipelineKind(enum.StrEnum):
-    """The methods semlink serves; each has one :class:`~semlink.runtime.pipelines.base.Pipeline`."""
-
-    TOKENS = "token-selection"  # budget-conditioned token selection, tokens on the wire
-    JSCC = "token-selection+jscc"  # the same, kept tokens coded by a nested deep JSCC coder
-    EARLY_EXIT = "early-exit"  # recursive early-exit network, activations on the wire
 
 
 @dataclass(frozen=True)
@@ -67,65 +59,24 @@ class Graph:
 
 
 @dataclass(frozen=True)
-class JsccSpec:
-    """The nested JSCC coder: ``symbols`` complex symbols per token at rate 1 (``d_c``).
-
-    ``snr_range``: an SNR-conditioned coder's training range (dB); its head and tail then take
-    an ``snr_db`` input, clamped to the range, with the top of the range for a noiseless link.
-    None: the coder codes the same way at every SNR (manifests from before the conditioning).
-    """
-
-    symbols: int
-    channels: tuple[str, ...]
-    snr_range: tuple[float, float] | None = None
-
-    def snr_input(self, snr_db: float | None) -> float:
-        """The ``snr_db`` an SNR-conditioned graph is fed for a link at ``snr_db`` (None: noiseless)."""
-        assert self.snr_range is not None
-        lo, hi = self.snr_range
-        return hi if snr_db is None else min(max(float(snr_db), lo), hi)
-
-
-@dataclass(frozen=True)
-class ExitSpec:
-    """Where an early-exit network may stop and what crosses the wire there.
-
-    ``exit_blocks[j]`` is the number of blocks behind exit ``j``; the device holds the exits
-    ``device_exits`` (indices into ``exit_blocks``); an offload after exit ``j`` sends activations
-    of shape ``activation_shapes[j]`` (tokens, width) and, if ``recursive``, that exit's log p.
-    """
-
-    exit_blocks: tuple[int, ...]
-    device_exits: tuple[int, ...]
-    activation_shapes: tuple[tuple[int, ...], ...]
-    recursive: bool
-
-    @property
-    def splits(self) -> tuple[int, ...]:
-        """The ``split`` parameter values an offload may carry: device blocks behind each exit."""
-        return tuple(self.exit_blocks[j] for j in self.device_exits)
-
-
-@dataclass(frozen=True)
 class Manifest:
-    """Everything the device and the server need to serve one model version without torch."""
+    """What every pipeline's manifest holds, typed; the fields of one kind (token geometry, the
+    JSCC coder, the exits) are the pipeline's to read from :attr:`doc` when it is made
+    (``make_pipeline``, at start-up), so adding a kind touches no code here."""
 
-    kind: PipelineKind
+    kind: str
     model_hash: str
     image_shape: tuple[int, int, int]  # (C, H, W) of the normalised input
     num_classes: int
     normalisation: Normalisation
-    graphs: Mapping[str, Graph]  # head / tail, or step_j / server_sj / device_sj
-    num_patches: int = 0  # token pipelines: patch tokens of a full image
-    embed_dim: int = 0  # token pipelines: width of a token
-    splits: tuple[int, ...] = ()  # token pipelines: blocks the device runs
-    jscc: JsccSpec | None = None
-    exits: ExitSpec | None = None
+    graphs: Mapping[str, Graph]  # head / tail, step_j / server_sj, ...
     input_check: InputCheck | None = None  # how far an input is from the training data
+    doc: Mapping[str, Any] = field(default_factory=dict)  # the whole document, for the pipeline
+    where: str = "manifest"  # what to call it in errors (its path)
 
     @classmethod
     def parse(cls, doc: Any, where: str = "manifest") -> Manifest:
-        """Validates a ``manifest.json`` document.
+        """Validates the fields every ``manifest.json`` has.
 
         Args:
             doc: the parsed JSON document.
@@ -137,21 +88,15 @@ class Manifest:
         Raises:
             ManifestError: a field is missing, mistyped or out of range; the message names it.
         """
-        r = _Reader(doc, where)
+        r = Reader(doc, where)
         version = r.get("manifest_version", int)
         if version not in SUPPORTED_MANIFEST_VERSIONS:
             raise ManifestError(
                 f"{where}: manifest_version {version!r} is not supported (this semlink reads "
                 f"{SUPPORTED_MANIFEST_VERSIONS}); re-export with `semlink export`"
             )
-        try:
-            kind = PipelineKind(r.get("kind", str))
-        except ValueError:
-            raise ManifestError(
-                f"{where}: kind {doc['kind']!r} is unknown; one of {[k.value for k in PipelineKind]}"
-            ) from None
         shape = r.ints("image_shape", 3)
-        norm = _Reader(r.get("normalization", dict), f"{where}: normalization")
+        norm = Reader(r.get("normalization", dict), f"{where}: normalization")
         mean, std = norm.floats("mean", shape[0]), norm.floats("std", shape[0])
         if any(s <= 0 for s in std):
             raise ManifestError(f"{where}: normalization.std must be positive, got {list(std)}")
@@ -159,68 +104,42 @@ class Manifest:
             input_check = InputCheck.from_manifest(doc.get("input_check"))
         except (ValueError, KeyError, TypeError) as exc:
             raise ManifestError(f"{where}: {exc}") from None
-        common = {
-            "kind": kind,
-            "model_hash": r.get("model_hash", str),
-            "image_shape": (shape[0], shape[1], shape[2]),
-            "num_classes": r.positive("num_classes"),
-            "normalisation": Normalisation(norm.get("dataset", str), mean, std),
-            "input_check": input_check,
-        }
-        if kind is PipelineKind.EARLY_EXIT:
-            graphs = {
-                name: _graph(g, f"{where}: graphs.{name}")
-                for name, g in r.get("graphs", dict).items()
-            }
-            exits = ExitSpec(
-                exit_blocks=r.ints("exit_blocks"),
-                device_exits=r.ints("device_exits"),
-                activation_shapes=tuple(
-                    _Reader({"s": s}, f"{where}: activation_shapes").ints("s")
-                    for s in r.get("activation_shapes", list)
-                ),
-                recursive=bool(doc.get("recursive", False)),
-            )
-            if len(exits.activation_shapes) != len(exits.exit_blocks):
-                raise ManifestError(f"{where}: one activation shape per exit block is needed")
-            for j in exits.device_exits:
-                if not 0 <= j < len(exits.exit_blocks):
-                    raise ManifestError(f"{where}: device exit {j} is not an exit block index")
-                for name in (f"step_{j}", f"server_s{j}"):
-                    if name not in graphs:
-                        raise ManifestError(f"{where}: graphs.{name} is missing")
-            return cls(**common, graphs=graphs, exits=exits)
-        graphs = {part: _graph(r.get(part, dict), f"{where}: {part}") for part in ("head", "tail")}
-        jscc = None
-        if kind is PipelineKind.JSCC:
-            spec = _Reader(r.get("jscc", dict), f"{where}: jscc")
-            snr_range = (
-                spec.floats("snr_range", 2, "low and high dB") if "snr_range" in spec.doc else None
-            )
-            jscc = JsccSpec(
-                spec.positive("symbols"),
-                tuple(spec.get("channels", list)),
-                None if snr_range is None else (snr_range[0], snr_range[1]),
-            )
-            if snr_range is not None and not snr_range[0] < snr_range[1]:
-                raise ManifestError(f"{where}: jscc.snr_range must be [low, high], low < high")
-        return cls(
-            **common,
-            graphs=graphs,
-            num_patches=r.positive("num_patches"),
-            embed_dim=r.positive("embed_dim"),
-            splits=r.ints("splits"),
-            jscc=jscc,
+        # the graphs: a "graphs" object, or (token pipelines) "head" and "tail" at the top
+        named = (
+            r.get("graphs", dict)
+            if "graphs" in doc
+            else {p: r.get(p, dict) for p in ("head", "tail")}
         )
+        return cls(
+            kind=r.get("kind", str),
+            model_hash=r.get("model_hash", str),
+            image_shape=(shape[0], shape[1], shape[2]),
+            num_classes=r.positive("num_classes"),
+            normalisation=Normalisation(norm.get("dataset", str), mean, std),
+            graphs={name: _graph(g, f"{where}: graphs.{name}") for name, g in named.items()},
+            input_check=input_check,
+            doc=doc,
+            where=where,
+        )
+
+    def reader(self) -> Reader:
+        """Typed access to the kind's own fields, naming this manifest in errors."""
+        return Reader(self.doc, self.where)
+
+    def need_graphs(self, *names: str) -> None:
+        """Raises :class:`ManifestError` unless every named graph is listed."""
+        for name in names:
+            if name not in self.graphs:
+                raise ManifestError(f"{self.where}: graphs.{name} is missing; re-export the model")
 
 
 def _graph(doc: Any, where: str) -> Graph:
-    r = _Reader(doc, where)
+    r = Reader(doc, where)
     # inputs/outputs are a list of names, or a {name: datatype} mapping (token pipelines)
     return Graph(r.get("file", str), tuple(doc.get("inputs", ())), tuple(doc.get("outputs", ())))
 
 
-class _Reader:
+class Reader:
     """Typed field access that names the field and the document in its errors."""
 
     def __init__(self, doc: Any, where: str) -> None:
@@ -238,6 +157,14 @@ class _Reader:
                 f"{self.where}: field {key!r} must be {typ.__name__}, got {value!r}"
             )
         return value
+
+    def child(self, key: str) -> Reader:
+        """The object field ``key``, as a reader naming it in errors."""
+        return Reader(self.get(key, dict), f"{self.where}: {key}")
+
+    def fail(self, key: str, expected: str, got: Any) -> None:
+        """Raises :class:`ManifestError`: field ``key`` should be ``expected``."""
+        raise ManifestError(f"{self.where}: field {key!r} must be {expected}, got {got!r}")
 
     def positive(self, key: str) -> int:
         """The integer field ``key``, at least 1."""

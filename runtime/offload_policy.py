@@ -60,6 +60,47 @@ def observation(
     ).clip(-OBS_BOUND, OBS_BOUND)
 
 
+FRAME_GLOBALS = (
+    "deadline_left_fraction",
+    "frames_waiting_over_10",
+    "interval_over_deadline",
+    "log10_bandwidth_over_8",
+    "snr_db_over_30",
+    "rtt_ms_over_100",
+)
+
+
+def frame_observation(
+    left_ms: float,
+    deadline_ms: float,
+    waiting: int,
+    interval_ms: float | None,
+    bandwidth_bps: float,
+    snr_db: float,
+    rtt_ms: float,
+    latency_ms: np.ndarray,
+    accuracy: np.ndarray,
+) -> np.ndarray:
+    """What an options policy sees when a frame starts (:data:`FRAME_GLOBALS`, then per option
+    its predicted latency as a fraction of the deadline and its expected accuracy), scaled to
+    about [0, 1] and clipped to ``[-OBS_BOUND, OBS_BOUND]``."""
+    interval = deadline_ms if interval_ms is None else interval_ms
+    head = [
+        max(0.0, left_ms) / deadline_ms,
+        min(waiting, 40) / 10.0,
+        interval / deadline_ms,
+        math.log10(max(bandwidth_bps, 1.0)) / 8.0,
+        snr_db / 30.0,
+        rtt_ms / 100.0,
+    ]
+    per_option = np.stack(
+        [np.asarray(latency_ms) / deadline_ms, np.asarray(accuracy)], axis=1
+    ).ravel()
+    return (
+        np.concatenate([np.array(head), per_option]).astype(np.float32).clip(-OBS_BOUND, OBS_BOUND)
+    )
+
+
 @dataclass
 class PolicySpec:
     """A rule-based policy: ``threshold`` (tau), ``growth`` (tau_exit, tau_grow),

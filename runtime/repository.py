@@ -21,7 +21,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from semlink.protocol.params import shown
-from semlink.runtime.manifest import Manifest, ManifestError, PipelineKind
+from semlink.runtime.manifest import Manifest, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class ModelVersion:
     manifest: Manifest
 
     @property
-    def kind(self) -> PipelineKind:
-        """Which method this version serves."""
+    def kind(self) -> str:
+        """Which method this version serves (its manifest's ``kind``)."""
         return self.manifest.kind
 
     @property

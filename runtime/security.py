@@ -226,6 +226,21 @@ def load_api_keys(inline: str | None, path: Path | None) -> list[str]:
     return keys
 
 
+def authorised(header: str, keys: list[bytes]) -> bool:
+    """Whether an ``Authorization`` header value carries one of ``keys``: ``Bearer <key>``, or
+    HTTP Basic with the key as the password. Compares in constant time."""
+    scheme, _, token = header.partition(" ")
+    given = token.encode()
+    if scheme.lower() == "basic":  # user:password, the key is the password
+        try:
+            given = base64.b64decode(token, validate=True).partition(b":")[2]
+        except ValueError:
+            given = b""
+    return scheme.lower() in ("bearer", "basic") and any(
+        hmac.compare_digest(given, k) for k in keys
+    )
+
+
 def install_api_keys(app, keys: list[str]) -> None:  # type: ignore[no-untyped-def]
     """Requires one of the keys on every route but the health probes: ``Authorization: Bearer
     <key>`` (API clients), or HTTP Basic with the key as the password (a browser: it asks once
@@ -236,22 +251,14 @@ def install_api_keys(app, keys: list[str]) -> None:  # type: ignore[no-untyped-d
     if not keys:
         return
     encoded = [k.encode() for k in keys]
+    app.state.api_keys = encoded  # WebSocket routes check them themselves (no HTTP middleware)
 
     @app.middleware("http")
     async def require_key(request, call_next: Callable[..., Awaitable]):  # type: ignore[no-untyped-def]
         """401 unless the request carries one of the keys (health endpoints are exempt)."""
         if request.url.path.startswith(EXEMPT_PREFIXES):
             return await call_next(request)
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.encode()
-        if scheme.lower() == "basic":  # user:password, the key is the password
-            try:
-                given = base64.b64decode(token, validate=True).partition(b":")[2]
-            except ValueError:
-                given = b""
-        if scheme.lower() in ("bearer", "basic") and any(
-            hmac.compare_digest(given, k) for k in encoded
-        ):
+        if authorised(request.headers.get("authorization", ""), encoded):
             return await call_next(request)
         return JSONResponse(
             {

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from semlink.protocol import params as P
+from semlink.protocol import reply as R
 from semlink.protocol.codec import TensorError
-from semlink.protocol.params import ParameterError
+from semlink.protocol.reply import Load
 from semlink.runtime.errors import NotReady
 from semlink.runtime.pipelines import Pipeline, make_pipeline
-from semlink.runtime.pipelines.base import Inputs
+from semlink.runtime.pipelines.base import Inputs, Work
 from semlink.runtime.repository import ModelVersion, resolve, scan
 from semlink.server.batcher import DynamicBatcher
 from semlink.server.metrics import ServerMetrics
@@ -35,32 +36,32 @@ log = logging.getLogger(__name__)
 SERVICE_EWMA = 0.2
 
 
-@dataclass(frozen=True)
-class Load:
-    """What the server tells devices about its load, so each can pick the replica that will
-    answer soonest: requests in the server now, and its recent service time per request.
+@dataclass
+class Timing:
+    """Where one request's time on the server went (see :mod:`semlink.protocol.reply`)."""
 
-    Exported in every inference reply's parameters (``server_queue_depth``,
-    ``server_service_ms``: on a call and on a stream alike), in the ``semlink-queue-depth`` /
-    ``semlink-service-ms`` gRPC trailing metadata of ``ServerReady`` and of failed calls (an OIP
-    client ignores them), in the same HTTP headers of ``/v2/health/ready``, and as the
-    Prometheus gauges ``semlink_server_queue_depth`` and ``semlink_server_service_seconds``
-    (what an autoscaler reads).
-    """
+    admit_ms: float
+    queue_ms: float
+    total_ms: float  # from the batcher's submit to the last sample's answer
+    hop_ms: float
+    ort_ms: float
+    batch: int
 
-    queue_depth: int
-    service_ms: float  # EWMA of queue-free time per request (the batch's compute), 0 before any
+    @property
+    def compute_ms(self) -> float:
+        """After the queue: the batch's work and the hop back."""
+        return max(self.total_ms - self.queue_ms, 0.0)
 
-    def headers(self) -> list[tuple[str, str]]:
-        """The load as (key, value) metadata pairs."""
-        return [
-            (P.QUEUE_DEPTH_KEY, str(self.queue_depth)),
-            (P.SERVICE_MS_KEY, f"{self.service_ms:.3f}"),
-        ]
-
-    def parameters(self) -> dict[str, int | float]:
-        """The load as reply parameters."""
-        return {"server_queue_depth": self.queue_depth, "server_service_ms": self.service_ms}
+    def parameters(self) -> dict[str, float | int]:
+        """The reply's time parameters."""
+        return {
+            R.QUEUE_MS: self.queue_ms,
+            R.COMPUTE_MS: self.compute_ms,
+            R.ADMIT_MS: self.admit_ms,
+            R.HOP_MS: self.hop_ms,
+            R.ORT_MS: self.ort_ms,
+            R.BATCH: self.batch,
+        }
 
 
 class InferenceCore:
@@ -81,7 +82,9 @@ class InferenceCore:
         self.metrics.service.set_function(lambda: self.service_ms / 1000.0)
 
     def load_report(self) -> Load:
-        """The server's load now (see :class:`Load`)."""
+        """The server's load now: what every reply, ``ServerReady`` and the health endpoint
+        report to devices choosing a replica, and the Prometheus gauges an autoscaler reads
+        (``semlink_server_queue_depth``, ``semlink_server_service_seconds``)."""
         return Load(self.in_flight, self.service_ms)
 
     async def load(self) -> None:
@@ -91,9 +94,8 @@ class InferenceCore:
         for name, versions in models.items():
             for version, mv in versions.items():
                 pipe = make_pipeline(mv)
-                graphs = pipe.server_graphs()
-                await loop.run_in_executor(self.executor, pipe.open, graphs, 1)
-                for graph in graphs:
+                await loop.run_in_executor(self.executor, pipe.open, pipe.server_graphs(), 1)
+                for graph in pipe.batchers():
                     batcher = DynamicBatcher(
                         functools.partial(pipe.run_batch, graph),
                         self.executor,
@@ -130,7 +132,8 @@ class InferenceCore:
     async def infer(
         self, name: str, version: str, inputs: Inputs, parameters: dict[str, Any]
     ) -> tuple[ModelVersion, dict[str, np.ndarray], dict[str, Any]]:
-        """Validates and runs one request: the model's pipeline admits it, its batcher runs it.
+        """Validates and runs one request: the model's pipeline admits it (checking its
+        parameters), its batcher runs it.
 
         Args:
             name: model name; version: model version, ``""`` for the highest.
@@ -138,32 +141,30 @@ class InferenceCore:
             parameters: the request's parameters (``budget``, ``rate``, ``snr_db``, ``split``, ...).
 
         Returns:
-            The model version, ``{"logits": (B, classes) float32}``, and the response parameters
-            (``server_queue_ms``, ``server_compute_ms`` and the pipeline's own).
+            The model version, ``{"logits": (B, classes) float32}``, and the reply's parameters
+            (:mod:`semlink.protocol.reply`: the load, where the time went, the pipeline's own).
 
         Raises:
             NotReady, ModelNotFound, TensorError, ParameterError, QueueFull: see the error table.
         """
         entered = time.perf_counter()
         mv = self.model(name, version)
-        for key in (P.BUDGET, P.RATE, P.SNR_DB):
-            if parameters.get(key) is not None:
-                P.check(key, parameters[key])
-        if parameters.get(P.CHANNEL) is not None:
-            P.check_channel(parameters[P.CHANNEL])
-        pipeline = self.pipeline(mv)
-        if P.SPLIT in parameters and mv.manifest.exits is None:
-            raise ParameterError(
-                f"model {mv.name!r} has one split ({list(mv.manifest.splits)}); parameter 'split' "
-                "applies to early-exit networks only: leave it out"
-            )
-        work = pipeline.admit(inputs, parameters)
+        work = self.pipeline(mv).admit(inputs, parameters)
         batcher = self.batchers[(mv.name, mv.version, work.graph)]
         if len(work.samples) > batcher.queue.maxsize:
             raise TensorError(
                 f"a batch of {len(work.samples)} samples can never fit the server's queue of "
                 f"{batcher.queue.maxsize}; send at most {batcher.queue.maxsize} per request"
             )
+        logits, timing = await self._run(batcher, work, entered)
+        self._record(mv, work, timing, str(parameters.get(P.REQUEST_ID, ""))[:128])
+        reply = {**self.load_report().parameters(), **timing.parameters(), **work.reply}
+        return mv, {"logits": logits}, reply
+
+    async def _run(
+        self, batcher: DynamicBatcher, work: Work, entered: float
+    ) -> tuple[np.ndarray, Timing]:
+        """Every sample of ``work`` through its batcher: the logits and where the time went."""
         started = time.perf_counter()
         self.in_flight += 1
         try:
@@ -176,48 +177,44 @@ class InferenceCore:
                 "the model's output is not finite for this input; send values in the range the "
                 "device's head produces (see the model's metadata)"
             )
-        queue_ms = 1000.0 * max(r.queue_s for r in results)
-        total_ms = 1000.0 * (time.perf_counter() - started)
-        compute_ms = max(total_ms - queue_ms, 0.0)
-        spans = {  # where the time went (the slowest sample's, for a multi-sample request)
-            "server_admit_ms": 1000.0 * (started - entered),
-            "server_hop_ms": 1000.0 * max(r.hop_s for r in results),
-            "server_ort_ms": 1000.0 * max(r.run_s for r in results),
-            "server_batch": max(r.batch_size for r in results),
-        }
+        timing = Timing(  # the slowest sample's, for a multi-sample request
+            admit_ms=1000.0 * (started - entered),
+            queue_ms=1000.0 * max(r.queue_s for r in results),
+            total_ms=1000.0 * (time.perf_counter() - started),
+            hop_ms=1000.0 * max(r.hop_s for r in results),
+            ort_ms=1000.0 * max(r.run_s for r in results),
+            batch=max(r.batch_size for r in results),
+        )
+        return logits, timing
+
+    def _record(self, mv: ModelVersion, work: Work, timing: Timing, request_id: str) -> None:
+        """What every answered request leaves behind: the service-time average devices read,
+        metrics, one log line."""
+        compute = timing.compute_ms
         self.service_ms = (
-            compute_ms
+            compute
             if self.service_ms == 0.0
-            else (1 - SERVICE_EWMA) * self.service_ms + SERVICE_EWMA * compute_ms
+            else (1 - SERVICE_EWMA) * self.service_ms + SERVICE_EWMA * compute
         )
         self.metrics.requests.labels(mv.name, "ok").inc()
-        self.metrics.latency.labels(mv.name).observe(total_ms / 1000.0)
+        self.metrics.latency.labels(mv.name).observe(timing.total_ms / 1000.0)
         if work.tokens:
             self.metrics.tokens.labels(mv.name).inc(len(work.samples) * work.tokens)
-        request_id = str(parameters.get(P.REQUEST_ID, ""))[:128]  # a client's value: bounded
         log.info(
             "request %s: %s v%s, %s, %.2f ms",
             request_id,
             mv.name,
             mv.version,
             ", ".join(f"{k} {v}" for k, v in work.log.items()),
-            total_ms,
+            timing.total_ms,
             extra={
                 "request": {
                     "request_id": request_id,
                     "model": mv.name,
                     "version": mv.version,
                     **work.log,
-                    "queue_ms": queue_ms,
-                    "total_ms": total_ms,
+                    "queue_ms": timing.queue_ms,
+                    "total_ms": timing.total_ms,
                 }
             },
         )
-        reply = {
-            **self.load_report().parameters(),
-            "server_queue_ms": queue_ms,
-            "server_compute_ms": compute_ms,
-            **spans,
-            **work.reply,
-        }
-        return mv, {"logits": logits}, reply

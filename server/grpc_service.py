@@ -12,6 +12,7 @@ import grpc
 
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol import reply as R
 from semlink.protocol.codec import (
     TensorError,
     from_bytes,
@@ -144,7 +145,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         model_version=request.model_version,
                         id=request.id,
                     )
-                    set_param(failed.parameters, "error_code", failure.kind.grpc.name)
+                    set_param(failed.parameters, R.ERROR_CODE, failure.kind.grpc.name)
                     message = pb.ModelStreamInferResponse(
                         error_message=failure.message, infer_response=failed
                     )
@@ -185,8 +186,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for name, arr in outputs.items():
             response.outputs.add(name=name, datatype="FP32", shape=list(arr.shape))
             response.raw_output_contents.append(to_bytes(arr))
-        extra["server_decode_ms"] = 1000.0 * (decoded - entered)
-        extra["server_handler_ms"] = 1000.0 * (time.perf_counter() - entered)
+        extra[R.DECODE_MS] = 1000.0 * (decoded - entered)
+        extra[R.HANDLER_MS] = 1000.0 * (time.perf_counter() - entered)
         for k, v in extra.items():
             set_param(response.parameters, k, v)
         return response
@@ -221,7 +222,10 @@ class Failure(Exception):
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, Any]]:
     """``{name: (datatype, array)}`` from raw_input_contents (or typed contents for small inputs)."""
     if not request.inputs:
-        raise TensorError("request has no inputs; send 'tokens' as raw_input_contents")
+        raise TensorError(
+            "request has no inputs; send the model's inputs (see its metadata: "
+            "GET /v2/models/NAME or ModelMetadata) as raw_input_contents"
+        )
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise TensorError(

@@ -1,77 +1,123 @@
-"""Controllers decide per request; :func:`make_controller` is the factory over implementations."""
+"""Controllers choose each frame's option; :func:`make_controller` builds the configured one for a
+pipeline, which says which fit it (``Pipeline.controllers``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from semlink.device.controller.base import ChannelState, Controller, Decision, ExitState
+from semlink.device.controller.base import ChannelState, Controller, ExitState, FrameState, Outcome
 from semlink.device.controller.exit_rules import ExitRuleController
 from semlink.device.controller.fixed import FixedController
 from semlink.device.controller.local import LocalController
-from semlink.device.controller.lyapunov import CalibrationTable, Constraint, LyapunovController
+from semlink.device.controller.lyapunov import Constraint, LyapunovController
+from semlink.device.controller.planner import PlannerController
 from semlink.device.controller.rl import RLController
-from semlink.runtime.manifest import PipelineKind
+from semlink.runtime.calibration import CalibrationTable
+from semlink.runtime.costs import Predictor
+from semlink.runtime.pipelines.base import OFFLOAD, Option, Pipeline
 
 if TYPE_CHECKING:
     from semlink.device.settings import DeviceSettings
-    from semlink.runtime.repository import ModelVersion
 
-CONTROLLERS = ("fixed", "lyapunov", "rl", "threshold", "growth", "local")
-EXIT_CONTROLLERS = ("rl", "threshold", "growth")  # decide at each exit of an early-exit network
+CONTROLLERS = ("fixed", "planner", "lyapunov", "rl", "threshold", "growth", "local")
+TABLES = ("options.json", "calibration.json")  # where a model's calibration table may be
 
 
-def make_controller(settings: DeviceSettings, model: ModelVersion) -> Controller:
-    """The configured controller for ``model``; the Lyapunov one needs a calibrated JSCC model,
-    the exit controllers an early-exit network (and ``rl`` its policy.onnx)."""
-    early_exit = model.kind is PipelineKind.EARLY_EXIT
-    if settings.controller == "local":  # any pipeline: the device answers by itself
-        return LocalController()
-    if (settings.controller in EXIT_CONTROLLERS) != early_exit:
-        raise ValueError(
-            f"controller {settings.controller!r} does not fit model {model.name!r} "
-            f"({model.kind}): early-exit networks take one of {EXIT_CONTROLLERS}, "
-            "token pipelines fixed or lyapunov; set --controller or --model-name accordingly"
-        )
-    if settings.controller == "rl":
-        return RLController(model.path / "policy.onnx")
-    if settings.controller in ("threshold", "growth"):
-        return ExitRuleController(
-            settings.controller, settings.exit_threshold, settings.grow_threshold
-        )
-    if settings.controller == "fixed":
-        return FixedController(settings.budget, settings.rate)
-    if settings.controller == "lyapunov":
-        if model.manifest.jscc is None:
-            raise ValueError(
-                "the lyapunov controller decides budget and rate from a JSCC calibration table; "
-                f"model {model.name!r} has none: serve digits-vit-jscc (--model-name)"
-            )
-        table = CalibrationTable.load(model.path / "calibration.json", model.manifest.model_hash)
-        mu = settings.lyapunov_mu
-        constraints = [Constraint("channel_use", settings.channel_budget, mu)]
-        if settings.energy_budget_j is not None:
-            constraints.append(Constraint("energy", settings.energy_budget_j, mu))
-        if settings.latency_budget_ms is not None:
-            constraints.append(Constraint("latency", settings.latency_budget_ms, mu / 1000.0))
-        return LyapunovController(table, constraints, V=settings.lyapunov_v)
-    raise ValueError(
-        f"unknown controller {settings.controller!r}; available: {', '.join(CONTROLLERS)}"
+def load_table(pipeline: Pipeline) -> CalibrationTable:
+    """The model's calibration table (``options.json`` or ``calibration.json`` beside its manifest),
+    checked against the model's hash; raises ``FileNotFoundError`` naming how to make one."""
+    model = pipeline.model
+    for name in TABLES:
+        if (model.path / name).is_file():
+            split = max((o.split for o in pipeline.options() if o.action == OFFLOAD), default=0)
+            return CalibrationTable.load(model.path / name, model.manifest.model_hash, split)
+    raise FileNotFoundError(
+        f"model {model.name!r} has no calibration table ({' or '.join(TABLES)} in {model.path}): "
+        f"make one with `semlink eval options --model-dir {model.path}` (any-split networks) or "
+        f"`semlink calibrate --model-dir {model.path}` (JSCC pipelines)"
     )
+
+
+def default_offload(settings: DeviceSettings, pipeline: Pipeline) -> Option:
+    """The offload the settings describe: ``--option``, else ``--budget`` (and ``--rate`` where
+    the pipeline codes its tokens) at the pipeline's first offload split."""
+    if settings.option is not None:
+        return pipeline.check_option(Option.parse(settings.option))
+    offloads = [o for o in pipeline.options() if o.action == OFFLOAD]
+    if not offloads:
+        return pipeline.local_option()
+    coded = any(o.rate is not None for o in offloads) and all(o.rate is not None for o in offloads)
+    first = min(o.split for o in offloads)
+    if all(o.budget == 1.0 for o in offloads):  # activations: no budget applies
+        return Option(OFFLOAD, first)
+    return pipeline.check_option(
+        Option(OFFLOAD, first, settings.budget, settings.rate if coded else None)
+    )
+
+
+def make_controller(
+    settings: DeviceSettings, pipeline: Pipeline, predictor: Predictor
+) -> Controller:
+    """The configured controller for ``pipeline``, refusing one that does not fit it."""
+    name, model = settings.controller, pipeline.model
+    if name not in pipeline.controllers:
+        raise ValueError(
+            f"controller {name!r} does not fit model {model.name!r} ({pipeline.kind}): it takes "
+            f"{', '.join(pipeline.controllers)}; set --controller or --model-name accordingly"
+        )
+    if name == "local":
+        return LocalController(pipeline)
+    if name == "fixed":
+        return FixedController(pipeline, default_offload(settings, pipeline))
+    last = max(o.split for o in pipeline.options() if o.action == OFFLOAD)
+    offload = default_offload(settings, pipeline)
+    plan = Option(OFFLOAD, last, offload.budget, offload.rate)
+    if name in ("threshold", "growth"):
+        return ExitRuleController(name, settings.exit_threshold, settings.grow_threshold, plan)
+    if name == "rl" and not (model.path / "options.json").is_file():  # an exit-walk policy
+        return RLController(model.path / "policy.onnx", plan)
+    table = load_table(pipeline)
+    if name == "rl":
+        return RLController(model.path / "policy.onnx", plan, table, predictor)
+    if name == "planner":
+        return PlannerController(table, predictor)
+    return LyapunovController(
+        table, lyapunov_constraints(settings, table), V=settings.lyapunov_v, predictor=predictor
+    )
+
+
+def lyapunov_constraints(settings: DeviceSettings, table: CalibrationTable) -> list[Constraint]:
+    """The Lyapunov controller's constraints from the settings: the channel-use budget where the
+    table has coded options, the link's and the device's utilisation, and the optional energy and
+    latency budgets."""
+    mu = settings.lyapunov_mu
+    constraints = [
+        Constraint("link", settings.link_utilisation, mu / 100.0),
+        Constraint("device", settings.device_utilisation, mu / 100.0),
+    ]
+    if (table.channel_use > 0).any():
+        constraints.append(Constraint("channel_use", settings.channel_budget, mu))
+    if settings.energy_budget_j is not None:
+        constraints.append(Constraint("energy", settings.energy_budget_j, mu))
+    if settings.latency_budget_ms is not None:
+        constraints.append(Constraint("latency", settings.latency_budget_ms, mu / 1000.0))
+    return constraints
 
 
 __all__ = [
     "CONTROLLERS",
-    "CalibrationTable",
     "ChannelState",
     "Constraint",
     "Controller",
-    "Decision",
-    "EXIT_CONTROLLERS",
     "ExitRuleController",
     "ExitState",
     "FixedController",
+    "FrameState",
     "LocalController",
     "LyapunovController",
+    "Outcome",
+    "PlannerController",
     "RLController",
+    "load_table",
     "make_controller",
 ]

@@ -1,10 +1,20 @@
-"""The controller seam: per request, decide budget, rate, split and whether to offload."""
+"""The controller seam: per frame, choose one option of the pipeline's option space.
+
+A controller sees what the device knows when a frame starts (:class:`FrameState`: the request,
+the link's state, the deadline, how long the frame has waited and how many wait behind it, the
+device's measured costs) and plans an :class:`~semlink.runtime.pipelines.base.Option`
+(:meth:`Controller.decide`). At each exit the device reaches on the way, it may change its mind
+(:meth:`Controller.at_exit`): answer there, offload there, or go on with the plan. After the
+answer it learns what the frame cost (:meth:`Controller.observe`).
+"""
 
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from semlink.runtime.pipelines.base import Option
 
 
 @dataclass(frozen=True)
@@ -22,25 +32,32 @@ class ChannelState:
 
 
 @dataclass(frozen=True)
-class Decision:
-    """What a controller chose for one request."""
+class FrameState:
+    """What the device knows when one frame starts on it."""
 
-    budget: float  # alpha in (0, 1]
-    rate: float = 1.0  # JSCC rate r in (0, 1]; 1.0 = no JSCC coding
-    split: int | None = None  # None = the pipeline's own split
-    offload: bool = True  # False = answer locally
-    reason: str = ""
+    request: dict[str, Any]  # the validated request parameters (may be empty)
+    channel: ChannelState
+    deadline_ms: float  # from the frame's arrival
+    elapsed_ms: float = 0.0  # since its arrival: receiving, decoding, waiting for the device
+    waiting: int = 0  # frames waiting behind it for the device
+    interval_ms: float | None = None  # recent time between frames (None: one at a time)
+
+    @property
+    def left_ms(self) -> float:
+        """What is left of the deadline."""
+        return self.deadline_ms - self.elapsed_ms
 
 
 @dataclass(frozen=True)
 class ExitState:
-    """Where an early-exit network stands at one of the device's exits."""
+    """Where the device stands at one of its exits."""
 
-    k: int  # position among the device's exits, 0-based
-    num_exits: int  # how many exits the device holds
+    k: int  # position among the device's stretches, 0-based
+    num_exits: int  # how many stretches the device holds
+    split: int  # model blocks behind this exit
     confidence: float  # max probability at this exit
     prev_confidence: float | None  # at the previous device exit
-    elapsed_ms: float  # since the request arrived
+    elapsed_ms: float  # since the frame arrived
     deadline_ms: float
 
     @property
@@ -49,25 +66,36 @@ class ExitState:
         return self.k == self.num_exits - 1
 
 
+@dataclass
+class Outcome:
+    """What one frame cost, as the controller learns it after the answer."""
+
+    option: Option  # the option taken
+    bytes_up: int = 0  # on the wire towards the server (0: answered on the device)
+    channel_uses: float = 0.0  # JSCC: complex channel uses per source value
+    latency_ms: float = 0.0  # arrival to answer
+    device_ms: float = 0.0  # the device's CPU time on it
+    server_queue_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 class Controller(abc.ABC):
-    """Chooses what each request costs; implementations keep their own long-term state."""
+    """Chooses each frame's option; implementations keep their own long-term state."""
 
     name: str = "base"
 
     @abc.abstractmethod
-    def decide(self, request: dict[str, Any], channel: ChannelState) -> Decision:
-        """``request`` holds the validated per-request parameters (may be empty)."""
+    def decide(self, frame: FrameState) -> Option:
+        """The option planned for a frame."""
 
-    def observe(self, decision: Decision, outcome: dict[str, Any]) -> None:  # noqa: B027 - optional hook
-        """Called after each request with what it cost (bytes, latency, ...)."""
+    def at_exit(self, state: ExitState, frame: FrameState, plan: Option) -> Option:
+        """At a device exit on the way to ``plan``: the option to take now (an exit or an
+        offload at ``state.split``), or ``plan`` to go on. By default the plan stands."""
+        return plan
+
+    def observe(self, outcome: Outcome) -> None:  # noqa: B027 - an optional hook
+        """Called after each frame with what it cost."""
 
     def state(self) -> dict[str, Any]:
-        """Controller state to report in responses and metrics."""
+        """Controller state to report in answers, metrics and the dashboard."""
         return {}
-
-    def at_exit(self, state: ExitState, channel: ChannelState) -> str:
-        """Early-exit networks: ``"exit"``, ``"continue"`` or ``"offload"`` at a device exit.
-
-        Controllers that decide only per request run the device's blocks and offload there.
-        """
-        return "offload" if state.last else "continue"

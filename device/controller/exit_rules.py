@@ -1,19 +1,23 @@
-"""Rule-based exit controllers for early-exit networks (METHODS §4): a fixed confidence
-threshold, or the confidence-growth rule (exit when confident; offload when confidence stops
-growing)."""
+"""Rule-based exit controllers (docs/methods.md#early-exits): a fixed confidence threshold, or the
+confidence-growth rule (exit when confident; offload when confidence stops growing)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from semlink.device.controller.base import ChannelState, Controller, Decision, ExitState
-from semlink.runtime.offload_policy import ACTIONS, PolicySpec, observation, rule_action
+from semlink.device.controller.base import Controller, ExitState, FrameState
+from semlink.runtime.offload_policy import EXIT, OFFLOAD, PolicySpec, observation, rule_action
+from semlink.runtime.pipelines.base import EXIT as EXIT_ACTION
+from semlink.runtime.pipelines.base import OFFLOAD as OFFLOAD_ACTION
+from semlink.runtime.pipelines.base import Option
 
 
 class ExitRuleController(Controller):
-    """The threshold and growth rules of METHODS §3 at each device exit, for early-exit networks."""
+    """The threshold and growth rules at each device exit. The plan is to offload after the
+    device's last block (``offload``: what an offload sends, its budget and rate; any split's
+    offload takes them); at each exit the rule answers there, offloads there, or goes on."""
 
-    def __init__(self, rule: str, tau_exit: float, tau_grow: float) -> None:
+    def __init__(self, rule: str, tau_exit: float, tau_grow: float, offload: Option) -> None:
         if not 0.0 <= tau_exit <= 1.01:
             raise ValueError(f"exit threshold must be in [0, 1.01], got {tau_exit}")
         self.name = rule
@@ -23,13 +27,14 @@ class ExitRuleController(Controller):
             else {"tau_exit": tau_exit, "tau_grow": tau_grow}
         )
         self.spec = PolicySpec(rule, params)
+        self.offload = offload
 
-    def decide(self, request: dict[str, Any], channel: ChannelState) -> Decision:
-        """Every request runs the early-exit network at full budget; the rule acts at the exits."""
-        return Decision(budget=1.0, reason=self.name)
+    def decide(self, frame: FrameState) -> Option:
+        """Offload after the device's last block, unless an exit says otherwise."""
+        return self.offload
 
-    def at_exit(self, state: ExitState, channel: ChannelState) -> str:
-        """``exit``, ``continue`` or ``offload`` by the rule on this exit's confidence."""
+    def at_exit(self, state: ExitState, frame: FrameState, plan: Option) -> Option:
+        """Exit, offload at this exit's split, or the plan, by the rule on this exit's confidence."""
         obs = observation(
             state.k,
             state.num_exits,
@@ -42,7 +47,12 @@ class ExitRuleController(Controller):
             state.deadline_ms - state.elapsed_ms,
             state.deadline_ms,
         )
-        return ACTIONS[rule_action(self.spec, obs, state.last)]
+        action = rule_action(self.spec, obs, state.last)
+        if action == EXIT:
+            return Option(EXIT_ACTION, state.split)
+        if action == OFFLOAD:
+            return Option(OFFLOAD_ACTION, state.split, self.offload.budget, self.offload.rate)
+        return plan
 
     def state(self) -> dict[str, Any]:
         """The rule's thresholds."""

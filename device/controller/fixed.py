@@ -1,27 +1,43 @@
-"""The fixed controller: the request's parameters, else the configured defaults."""
+"""The fixed controller: the same option for every frame (unless the request names its own)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from semlink.device.controller.base import ChannelState, Controller, Decision
+from semlink.device.controller.base import Controller, FrameState
 from semlink.protocol import params as P
+from semlink.runtime.pipelines.base import OFFLOAD, Option, Pipeline
 
 
 class FixedController(Controller):
-    """The same budget and rate for every request (unless the request names its own); always offloads."""
+    """Always ``default``; a request's ``option`` parameter, or for a token pipeline its
+    ``budget`` and ``rate``, replaces it for that request."""
 
     name = "fixed"
 
-    def __init__(self, budget: float, rate: float = 1.0) -> None:
-        self.budget = P.check(P.BUDGET, budget)
-        self.rate = P.check(P.RATE, rate)
+    def __init__(self, pipeline: Pipeline, default: Option) -> None:
+        self.pipeline = pipeline
+        self.default = pipeline.check_option(default)
 
-    def decide(self, request: dict[str, Any], channel: ChannelState) -> Decision:
-        """The request's budget and rate, else the configured ones."""
-        budget = request.get(P.BUDGET, self.budget)
-        return Decision(
-            budget=budget,
-            rate=request.get(P.RATE, self.rate),
-            reason="request" if P.BUDGET in request else "default",
-        )
+    def decide(self, frame: FrameState) -> Option:
+        """The request's option, else the configured one."""
+        request = frame.request
+        if P.OPTION in request:
+            return request[P.OPTION]
+        if P.BUDGET in request or P.RATE in request:  # token pipelines: the head's one split
+            base = (
+                self.default
+                if self.default.action == OFFLOAD
+                else Option(OFFLOAD, self.pipeline.options()[-1].split)
+            )
+            return self.pipeline.check_option(
+                Option(
+                    OFFLOAD,
+                    base.split,
+                    request.get(P.BUDGET, base.budget),
+                    request.get(P.RATE, base.rate),
+                )
+            )
+        return self.default
+
+    def state(self) -> dict[str, object]:
+        """The configured option."""
+        return {"option": self.default.name}

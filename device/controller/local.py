@@ -1,28 +1,25 @@
-"""The local controller: the device answers every request by itself, never offloading.
+"""The local controller: the device answers every frame by itself, never offloading.
 
-It is the device-alone baseline of ``semlink bench compare``: a token pipeline runs its whole
-model on the device with every token kept (the device holds the tail for degraded answers
-anyway); an early-exit network runs every block the device holds and answers from its last
-device exit.
+It is the device-alone baseline of the benchmarks: a token pipeline runs its whole model on the
+device with every token kept (the device holds the tail for degraded answers anyway); an
+early-exit or any-split network runs every block the device holds and answers from its last
+exit.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from semlink.device.controller.base import ChannelState, Controller, Decision, ExitState
+from semlink.device.controller.base import Controller, FrameState
+from semlink.runtime.pipelines.base import Option, Pipeline
 
 
 class LocalController(Controller):
-    """Never offloads: the whole model on the device (token pipelines, budget 1), or the
-    device's last exit (early-exit networks)."""
+    """Never offloads: the pipeline's :meth:`~semlink.runtime.pipelines.base.Pipeline.local_option`."""
 
     name = "local"
 
-    def decide(self, request: dict[str, Any], channel: ChannelState) -> Decision:
-        """Every token kept, answered on the device."""
-        return Decision(budget=1.0, offload=False, reason="local")
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.option = pipeline.local_option()
 
-    def at_exit(self, state: ExitState, channel: ChannelState) -> str:
-        """Runs on to the device's last exit and answers there."""
-        return "exit" if state.last else "continue"
+    def decide(self, frame: FrameState) -> Option:
+        """The most the device can do alone."""
+        return self.option

@@ -21,10 +21,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from PIL import Image
 
-from semlink.protocol.codec import datatype_of
 from semlink.runtime.images import decode_image
 from semlink.runtime.manifest import Normalisation
-from semlink.runtime.pipelines import WireOptions, make_pipeline
+from semlink.runtime.pipelines import make_pipeline
 from semlink.runtime.repository import resolve, scan
 
 JPEG_QUALITY = 90
@@ -55,14 +54,7 @@ class FullModel:
         with every token kept (budget 1, fp32; an early-exit network through all its device
         blocks), then its server half, in this one process."""
         image = decode_image(upload, self.model.manifest, MAX_PIXELS)
-        stretch = None
-        for k in range(self.pipeline.num_stretches):
-            stretch = self.pipeline.run_stretch(k, image, 1.0, stretch)
-        assert stretch is not None
-        offload = self.pipeline.offload(stretch, 1.0, 1.0, WireOptions("fp32"))
-        inputs = {name: (datatype_of(t), t) for name, t in offload.tensors.items()}
-        work = self.pipeline.admit(inputs, offload.params)
-        return int(self.pipeline.run_batch(work.graph, work.samples)[0].argmax())
+        return int(self.pipeline.whole(image)[0].argmax())
 
 
 @dataclass(frozen=True)

@@ -63,20 +63,19 @@ def requests_for(model: str, n: int = 32) -> list[Any]:
     from semlink.bench import model_and_test_split
     from semlink.device.client import build_request
     from semlink.runtime.pipelines import WireOptions, make_pipeline
+    from semlink.runtime.pipelines.base import OFFLOAD
 
     mv, data = model_and_test_split(model)
     pipe = make_pipeline(mv)
     pipe.open(pipe.device_graphs(), threads=1)
+    first = min(o.split for o in pipe.options() if o.action == OFFLOAD)
+    offloads = [o for o in pipe.options() if o.action == OFFLOAD and o.split == first]
+    option = min(offloads, key=lambda o: (abs(o.budget - 0.25), abs((o.rate or 0.25) - 0.25)))
     out = []
     for i in range(n):
-        image = data.images[i][None]
-        stretch = None
-        for k in range(pipe.num_stretches):
-            stretch = pipe.run_stretch(k, image, 0.25, stretch)
-            if stretch.confidence is None:
-                break
-        assert stretch is not None
-        off = pipe.offload(stretch, 0.25, 0.25, WireOptions("fp16", 10.0, "awgn"))
+        _, off = pipe.run_device(
+            data.images[i][None], option, WireOptions("fp16", 10.0, "awgn"), 10.0
+        )
         out.append(build_request(mv.name, mv.version, f"cap-{i}", off.tensors, off.params))
     return out
 

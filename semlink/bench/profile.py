@@ -36,7 +36,7 @@ def full_model_ms(model: str, share: float | None, repeats: int) -> float:
     """Sustained time of one whole-model answer (head, then the local tail) in ms, in this
     process, under the CPU quota ``share`` when given (the process stays under it)."""
     from semlink.bench import model_and_test_split
-    from semlink.runtime.pipelines import WireOptions, make_pipeline
+    from semlink.runtime.pipelines import make_pipeline
 
     # the frames are drawn before the quota: composing them is not the device's work
     mv, test = model_and_test_split(model)
@@ -48,12 +48,12 @@ def full_model_ms(model: str, share: float | None, repeats: int) -> float:
     pipe = make_pipeline(mv)
     pipe.open(pipe.device_graphs(), threads=1)
 
+    local = pipe.local_option()
+
     def answer(image: np.ndarray) -> None:
-        stretch = None
-        for k in range(pipe.num_stretches):  # every stretch: the whole model
-            stretch = pipe.run_stretch(k, image, 1.0, stretch)
+        stretch, off = pipe.run_device(image, local)  # every stretch the device holds
         assert stretch is not None
-        pipe.answer_locally(stretch, pipe.offload(stretch, 1.0, 1.0, WireOptions("fp32")))
+        pipe.answer_locally(stretch, off)
 
     for i in range(10):
         answer(images[i % len(images)][None])

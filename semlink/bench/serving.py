@@ -30,13 +30,14 @@ import httpx
 import numpy as np
 
 from semlink.bench import FULL_SPEED, model_and_test_split, write_figures
-from semlink.device.service import SERVER_SPANS
 from semlink.models.progress import progress_bar
 from semlink.models.stats import pm
 from semlink.procs import Processes, Stack, pinned, split_cores
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
+from semlink.protocol import reply as R
 from semlink.protocol.http_codec import build_infer_request
-from semlink.runtime.pipelines import make_pipeline
+from semlink.runtime.pipelines import Option, make_pipeline
+from semlink.runtime.pipelines.base import OFFLOAD
 from semlink.runtime.repository import ModelVersion
 
 
@@ -53,7 +54,7 @@ class ServingBenchConfig:
 
 
 # the spans of one request (device's answer timing, server's reply parameters), in order
-SPANS = ("head_ms", "pack_ms", "serialise_ms", "rpc_ms", *SERVER_SPANS, "total_ms")
+SPANS = ("head_ms", "pack_ms", "serialise_ms", "rpc_ms", *R.SPANS, "total_ms")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -64,11 +65,12 @@ def in_process_ms(mv: ModelVersion, images: np.ndarray, alpha: float) -> list[fl
     """Head + tail of ``mv`` in one process, batch 1, per image (ms)."""
     pipe = make_pipeline(mv)
     pipe.open(pipe.device_graphs())
+    split = max(o.split for o in pipe.options() if o.action == OFFLOAD)
     out = []
     for x in images:
         t0 = time.perf_counter()
-        stretch = pipe.run_stretch(0, x[None], alpha, None)
-        pipe.run_batch("tail", [{"tokens": stretch.outputs["payload"][0]}])
+        stretch = pipe.run_stretch(0, x[None], None, Option(OFFLOAD, split, alpha))
+        pipe.run_batch("tail", [{"tokens": stretch.outputs["tokens"][0]}])
         out.append((time.perf_counter() - t0) * 1000)
     return out
 

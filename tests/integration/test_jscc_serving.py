@@ -57,7 +57,7 @@ def test_high_snr_matches_the_in_process_pipeline(jscc_device, tiny_jscc):
     p = doc["parameters"]
     assert p["exit"] == "server" and p["symbols_per_token"] == 4 and p["snr_db"] == 100.0
     assert p["channel_uses"] == pytest.approx(9 * 4 / 2304)
-    assert p["payload_bytes"] == 9 * 2 * 4 * 2 + 9 * 2  # fp16 (re, im) symbols + int16 indices
+    assert p["payload_bytes"] == 9 * 2 * 4 * 2  # fp16 (re, im) symbols
     with torch.no_grad():
         out = tiny_jscc.vit.forward_device(torch.from_numpy(image), torch.full((1,), 0.25))
         kept, _ = tiny_jscc.vit.select(out.tokens, out.key, 9)

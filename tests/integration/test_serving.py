@@ -58,9 +58,17 @@ def test_answer_reports_what_it_cost(stack):
         "channel.bandwidth_bps",
         "channel.rtt_ms",
         "kept_indices",
+        "option",
+        "on_time",
+        "device_cpu_ms",
+        "queued_ms",
+        "reply_bytes",
+        "deadline_ms",
     ):
         assert key in doc, key
-    assert doc["payload_bytes"] == 9 * 32 * 4 + 9 * 2  # fp32 tokens + int16 indices
+    assert doc["payload_bytes"] == 9 * 32 * 4  # fp32 tokens (the kept indices stay home)
+    assert doc["option"] == "s2:a0.25" and doc["on_time"] and doc["reply_bytes"] > 40
+    assert 0 < doc["device_cpu_ms"] < doc["total_ms"] * 2
     assert doc["channel.bandwidth_bps"] == pytest.approx(50e6, rel=0.1)
 
 

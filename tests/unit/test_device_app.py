@@ -74,20 +74,20 @@ def test_the_local_controller_answers_every_request_on_the_device(model):
 
 
 def test_answer_parameters_flatten_every_scalar_and_group_but_not_the_label() -> None:
-    from semlink.device.http_app import answer_parameters
-    from semlink.device.service import Answer
+    from semlink.device.answer import Answer
 
     a = Answer(
         request_id="r1", label=3, probabilities=[0.1] * 10, exit="server", degraded=True,
-        degraded_reason=None, budget=0.25, rate=None, split=2, tokens_sent=16,
+        degraded_reason=None, option="s2:a0.25", budget=0.25, rate=None, split=2, tokens_sent=16,
         symbols_per_token=None, channel_uses=None, snr_db=20.0, kept_indices=[4, 9],
-        payload_bytes=1900, request_bytes=2000, channel={"rtt_ms": 20.0},
+        payload_bytes=1900, request_bytes=2000, reply_bytes=150, deadline_ms=100.0,
+        on_time=True, device_cpu_ms=1.5, queued_ms=0.2, channel={"rtt_ms": 20.0},
         controller={"z": 0.5}, timing_ms={"total_ms": 2.0}, server={"tries": 2},
         exits=[{"exit": 0, "confidence": 0.51234, "action": "continue"},
                {"exit": 1, "confidence": 0.9, "action": "offload"}],
         input_distance=1.5, warning=None,
     )  # fmt: skip
-    p = answer_parameters(a)
+    p = a.parameters()
     scalars = {k: v for k, v in a.as_dict().items() if not isinstance(v, (list, dict))}
     del scalars["label"]  # the label is an output tensor, not a parameter
     assert {k: p[k] for k in scalars} == scalars

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from semlink.device.controller import CalibrationTable, ChannelState, Constraint, LyapunovController
+from semlink.device.controller import ChannelState, Constraint, FrameState, LyapunovController
+from semlink.runtime.calibration import CalibrationTable
 
 
 def table(
@@ -105,7 +106,7 @@ def test_bad_constraint_is_refused(name, budget, mu, fragment):
 def test_table_from_another_model_is_refused(tmp_path):
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({"calibration_version": 1, "model_hash": "aaa", "grid": []}))
-    with pytest.raises(ValueError, match="calibrated for model 'aaa'"):
+    with pytest.raises(ValueError, match="made for model 'aaa'"):
         CalibrationTable.load(path, "bbb")
     with pytest.raises(FileNotFoundError, match="semlink calibrate"):
         CalibrationTable.load(tmp_path / "none.json")
@@ -119,5 +120,5 @@ def test_shipped_table_loads_and_decides():
     t = CalibrationTable.load(DEFAULT_JSCC_DIR / "calibration.json", manifest["model_hash"])
     ctl = LyapunovController(t, [Constraint("channel_use", 0.02, 10.0)], V=10.0)
     assert t.accuracy.shape == (11, 36)
-    d = ctl.decide({}, ChannelState(snr_db=7.0))
+    d = ctl.decide(FrameState({}, ChannelState(snr_db=7.0), deadline_ms=500.0))
     assert 0 < d.budget <= 1 and 0 < d.rate <= 1

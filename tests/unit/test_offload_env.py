@@ -221,29 +221,38 @@ def test_several_seeds_share_one_cost_model_and_the_best_on_validation_ships(tmp
 
 def shipped_controller():
     from semlink.device.controller import RLController
+    from semlink.runtime.pipelines.base import OFFLOAD, Option
     from tests.conftest import ZOO
 
-    return RLController(ZOO / "digits-ee" / "1" / "policy.onnx")
+    return RLController(ZOO / "digits-ee" / "1" / "policy.onnx", Option(OFFLOAD, 4))
 
 
 def test_shipped_policy_exits_when_very_confident():
-    from semlink.device.controller import ChannelState, ExitState
+    from semlink.device.controller import ChannelState, ExitState, FrameState
+    from semlink.runtime.pipelines.base import EXIT, Option
 
     rl = shipped_controller()
     good = ChannelState(bandwidth_bps=50e6, rtt_ms=10.0, snr_db=25.0)
-    assert rl.at_exit(ExitState(0, 4, 0.999, None, 10.0, 150.0), good) == "exit"
+    frame = FrameState({}, good, 150.0)
+    plan = rl.decide(frame)
+    assert rl.at_exit(ExitState(0, 4, 1, 0.999, None, 10.0, 150.0), frame, plan) == Option(EXIT, 1)
 
 
 def test_shipped_policy_never_offloads_without_bandwidth():
-    from semlink.device.controller import ChannelState, ExitState
+    from semlink.device.controller import ChannelState, ExitState, FrameState
+    from semlink.runtime.pipelines.base import EXIT, OFFLOAD
 
     rl = shipped_controller()
     dead = ChannelState(bandwidth_bps=0.0, rtt_ms=500.0, snr_db=-10.0)
+    frame = FrameState({}, dead, 150.0)
+    plan = rl.decide(frame)
     prev = None
     for k, conf in enumerate((0.3, 0.35, 0.4, 0.42)):
-        action = rl.at_exit(ExitState(k, 4, conf, prev, 10.0 * (k + 1), 150.0), dead)
-        assert action != "offload", f"offloaded at exit {k} over a dead link"
-        if action == "exit":
+        taken = rl.at_exit(ExitState(k, 4, k + 1, conf, prev, 10.0 * (k + 1), 150.0), frame, plan)
+        assert not (taken.action == OFFLOAD and taken.split == k + 1), (
+            f"offloaded at exit {k} over a dead link"
+        )
+        if taken.action == EXIT:
             break
         prev = conf
 

@@ -13,10 +13,16 @@ import pytest
 
 from semlink.protocol.codec import TensorError
 from semlink.runtime.errors import ERRORS, INTERNAL, QueueFull, kind_of, model_label
-from semlink.runtime.manifest import Manifest, ManifestError, PipelineKind
-from semlink.runtime.pipelines import EarlyExitPipeline, JsccPipeline, TokensPipeline, make_pipeline
-from semlink.runtime.pipelines.base import WireOptions
-from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
+from semlink.runtime.manifest import Manifest, ManifestError
+from semlink.runtime.pipelines import (
+    EarlyExitPipeline,
+    JsccPipeline,
+    Option,
+    TokensPipeline,
+    make_pipeline,
+)
+from semlink.runtime.pipelines.base import EXIT, LOCAL, OFFLOAD, WireOptions
+from semlink.runtime.repository import DEFAULT_REPOSITORY, ModelVersion, resolve, scan
 from semlink.server.core import InferenceCore
 from semlink.server.settings import ServerSettings
 
@@ -30,14 +36,14 @@ def _doc(name: str) -> dict:
 @pytest.mark.parametrize(
     ("name", "kind", "cls"),
     [
-        ("digits-vit", PipelineKind.TOKENS, TokensPipeline),
-        ("digits-vit-jscc", PipelineKind.JSCC, JsccPipeline),
-        ("digits-ee", PipelineKind.EARLY_EXIT, EarlyExitPipeline),
+        ("digits-vit", "token-selection", TokensPipeline),
+        ("digits-vit-jscc", "token-selection+jscc", JsccPipeline),
+        ("digits-ee", "early-exit", EarlyExitPipeline),
     ],
 )
 def test_every_shipped_manifest_parses_into_its_pipeline(name, kind, cls):
     mv = resolve(ZOO, name)
-    assert mv.kind is kind and type(make_pipeline(mv)) is cls
+    assert mv.kind == kind and type(make_pipeline(mv)) is cls
     norm = mv.manifest.normalisation
     assert len(norm.mean) == len(norm.std) == mv.image_shape[0]
 
@@ -59,17 +65,24 @@ def test_every_shipped_manifest_parses_into_its_pipeline(name, kind, cls):
     ],
 )
 def test_a_bad_manifest_names_its_field(edit, message):
+    """Common fields fail when the repository is scanned, a kind's own when its pipeline is made
+    (at start-up): either way before any request."""
     doc = copy.deepcopy(_doc("digits-vit-jscc"))
     edit(doc)
     with pytest.raises(ManifestError, match=message):
-        Manifest.parse(doc, "m.json")
+        _build(doc)
+
+
+def _build(doc: dict):
+    manifest = Manifest.parse(doc, "m.json")
+    return make_pipeline(ModelVersion("m", "1", DEFAULT_REPOSITORY / "m" / "1", manifest))
 
 
 def test_an_early_exit_manifest_needs_its_graphs():
     doc = copy.deepcopy(_doc("digits-ee"))
     del doc["graphs"]["server_s1"]
     with pytest.raises(ManifestError, match=r"graphs\.server_s1 is missing"):
-        Manifest.parse(doc)
+        _build(doc)
 
 
 def test_scan_refuses_a_repository_with_a_bad_manifest(tmp_path):
@@ -93,17 +106,55 @@ def test_what_the_device_packs_the_server_admits_and_answers_alike(name):
     device, server = make_pipeline(mv), make_pipeline(mv)
     device.open(device.device_graphs())
     server.open(server.server_graphs())
+    last = max(o.split for o in device.options() if o.action == OFFLOAD)
+    option = next(o for o in device.options() if o.action == OFFLOAD and o.split == last)
+    option = Option(OFFLOAD, last, 0.5 if option.budget < 1 else 1.0, option.rate and 1.0)
     stretch = None
-    for k in range(device.num_stretches):
-        stretch = device.run_stretch(k, _image(mv), 0.5, stretch)
-    off = device.offload(stretch, 0.5, 1.0, WireOptions("fp32"))
-    inputs = {n: ("FP32" if t.dtype == np.float32 else "INT16", t) for n, t in off.tensors.items()}
+    for k in range(device.stretches_for(option)):
+        stretch = device.run_stretch(k, _image(mv), stretch, option)
+    off = device.pack(stretch, option, WireOptions("fp32"), _image(mv))
+    inputs = {n: ("FP32", t) for n, t in off.tensors.items()}
     work = server.admit(inputs, off.params)
     logits = server.run_batch(work.graph, work.samples)
-    if mv.kind is PipelineKind.EARLY_EXIT:  # the server finishes the network: a later exit
+    if mv.kind == "early-exit":  # the server finishes the network: a later exit
         assert logits.shape == (1, mv.num_classes) and np.isfinite(logits).all()
-    else:
+    else:  # the device's own tail on what it would have sent: the same answer
         np.testing.assert_allclose(logits, device.answer_locally(stretch, off), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name", ["exit2", "local", "jpeg75", "s1:a0.25", "s2:a0.1:r0.125", "s1:a1"]
+)
+def test_option_names_read_back_as_the_same_option(name):
+    assert Option.parse(name).name == name
+
+
+@pytest.mark.parametrize("name", ["exit", "s1", "s1:b0.2", "jpegx", "s1:a0.2:q3", "", "x" * 300])
+def test_a_malformed_option_name_is_refused_naming_the_forms(name):
+    from semlink.protocol.params import ParameterError
+
+    with pytest.raises(ParameterError, match="not an option name"):
+        Option.parse(name)
+
+
+def test_each_pipeline_says_its_options_its_controllers_and_its_parameters():
+    tokens, ee = make_pipeline(resolve(ZOO, "digits-vit")), make_pipeline(resolve(ZOO, "digits-ee"))
+    assert Option(LOCAL) in tokens.options() and tokens.local_option() == Option(LOCAL)
+    assert {o.action for o in ee.options()} == {EXIT, OFFLOAD}
+    assert ee.local_option() == Option(EXIT, max(ee.exits.splits))
+    assert "lyapunov" not in tokens.controllers and "rl" in ee.controllers
+    from semlink.protocol.params import ParameterError
+
+    with pytest.raises(ParameterError, match="'budget' does not apply to model 'digits-ee'"):
+        ee.check_request({"budget": 0.5})
+    with pytest.raises(ParameterError, match="'split' does not apply"):
+        tokens.check_request({"split": 2})
+    assert tokens.check_request({"budget": 0.5, "deadline_ms": 100, "ignored": 1}) == {
+        "budget": 0.5,
+        "deadline_ms": 100.0,
+    }
+    with pytest.raises(ParameterError, match="offers no option 'exit9'"):
+        ee.check_request({"option": "exit9"})
 
 
 def test_batched_rows_equal_unbatched_answers_for_early_exits():
@@ -111,7 +162,7 @@ def test_batched_rows_equal_unbatched_answers_for_early_exits():
     pipe = make_pipeline(mv)
     pipe.open(pipe.server_graphs())
     rng = np.random.default_rng(1)
-    shape = mv.manifest.exits.activation_shapes[1]
+    shape = make_pipeline(mv).exits.activation_shapes[1]
     samples = [
         {
             "activations": rng.normal(size=shape).astype(np.float32),
@@ -132,7 +183,7 @@ def _core(**kw) -> InferenceCore:
 
 def _ee_inputs(batch: int) -> dict:
     mv = resolve(ZOO, "digits-ee")
-    shape = mv.manifest.exits.activation_shapes[0]
+    shape = make_pipeline(mv).exits.activation_shapes[0]
     acts = np.zeros((batch, *shape), np.float16)
     prev = np.log(np.full((batch, mv.num_classes), 0.1, np.float32))
     return {"activations": ("FP16", acts), "prev_logp": ("FP32", prev)}
@@ -142,7 +193,7 @@ def test_early_exit_requests_are_batched_and_bounded_by_max_queue():
     async def go() -> None:
         core = _core(max_queue=2)
         await core.load()
-        split = resolve(ZOO, "digits-ee").manifest.exits.splits[0]
+        split = make_pipeline(resolve(ZOO, "digits-ee")).exits.splits[0]
         try:
             _, out, reply = await core.infer("digits-ee", "", _ee_inputs(2), {"split": split})
             assert out["logits"].shape == (2, 10) and reply["split"] == split

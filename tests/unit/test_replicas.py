@@ -14,9 +14,10 @@ import socket
 import pytest
 
 from semlink.device.breaker import CircuitBreaker
-from semlink.device.client import ServerClient, ServerLoad, load_from
+from semlink.device.client import ServerClient
 from semlink.device.replicas import ReplicaSet, Target, parse_targets
 from semlink.device.settings import DeviceSettings
+from semlink.protocol.reply import Load
 
 
 def run(test):
@@ -54,12 +55,12 @@ def test_targets_parse_and_bad_ones_name_the_fix():
 
 
 def test_load_from_trailing_metadata_ignores_what_another_server_sends():
-    assert load_from((("semlink-queue-depth", "3"), ("semlink-service-ms", "4.5"))) == ServerLoad(
-        3, 4.5
-    )
-    assert load_from(()) is None
-    assert load_from((("semlink-queue-depth", "x"), ("semlink-service-ms", "1"))) is None
-    assert load_from((("semlink-queue-depth", "-1"), ("semlink-service-ms", "1"))) is None
+    assert Load.from_metadata(
+        (("semlink-queue-depth", "3"), ("semlink-service-ms", "4.5"))
+    ) == Load(3, 4.5)
+    assert Load.from_metadata(()) is None
+    assert Load.from_metadata((("semlink-queue-depth", "x"), ("semlink-service-ms", "1"))) is None
+    assert Load.from_metadata((("semlink-queue-depth", "-1"), ("semlink-service-ms", "1"))) is None
 
 
 @run
@@ -67,15 +68,15 @@ async def test_expected_delay_prefers_the_faster_replica_until_its_queue_outweig
     rs = replica_set("10.0.0.1:1,10.0.0.2:1")
     fast, slow = rs.replicas["10.0.0.1:1"], rs.replicas["10.0.0.2:1"]
     fast.network_ms = slow.network_ms = 2.0
-    fast.observe(ServerLoad(0, 5.0), 0)
-    slow.observe(ServerLoad(0, 50.0), 0)
+    fast.observe(Load(0, 5.0), 0)
+    slow.observe(Load(0, 50.0), 0)
     assert rs.choose()[0] is fast
     # (q + 1) * 5 > 50 from q = 10 requests ahead on the fast one
-    fast.observe(ServerLoad(10, 5.0), 0)
+    fast.observe(Load(10, 5.0), 0)
     replica, expected = rs.choose()
     assert replica is slow and expected == pytest.approx(52.0)
     # this device's own requests in flight count, and the ones the report included do not twice
-    fast.observe(ServerLoad(4, 5.0), 4)
+    fast.observe(Load(4, 5.0), 4)
     fast.in_flight = 4
     assert fast.queue_estimate() == 4
     await asyncio.gather(*(r.client.close() for r in rs.replicas.values()))
@@ -86,7 +87,7 @@ async def test_a_replica_never_measured_is_tried_at_once_and_round_robin_cycles(
     rs = replica_set("10.0.0.1:1,10.0.0.2:1,10.0.0.3:1")
     known = rs.replicas["10.0.0.1:1"]
     known.network_ms = 3.0
-    known.observe(ServerLoad(2, 10.0), 0)
+    known.observe(Load(2, 10.0), 0)
     assert rs.choose()[0].address != known.address  # optimistic for the unmeasured ones
     rr = replica_set("10.0.0.1:1,10.0.0.2:1,10.0.0.3:1", "round-robin")
     picks = [rr.choose()[0].address for _ in range(6)]
@@ -99,8 +100,8 @@ async def test_a_replica_never_measured_is_tried_at_once_and_round_robin_cycles(
 async def test_open_breakers_and_unready_replicas_are_skipped_tried_ones_come_last():
     rs = replica_set("10.0.0.1:1,10.0.0.2:1")
     a, b = rs.replicas["10.0.0.1:1"], rs.replicas["10.0.0.2:1"]
-    a.observe(ServerLoad(0, 1.0), 0)
-    b.observe(ServerLoad(0, 9.0), 0)
+    a.observe(Load(0, 1.0), 0)
+    b.observe(Load(0, 9.0), 0)
     assert rs.choose(exclude=[a.address])[0] is b
     for _ in range(3):
         a.breaker.failure()

@@ -1,0 +1,197 @@
+"""A camera's stream of frames on one connection: the device's WebSocket ``/v1/stream``.
+
+A camera produces frames at a rate; one HTTP request per frame would pay the HTTP front's cost
+per frame (about a millisecond of CPU, much of a frame's budget on a slow device). On the stream
+each frame is one binary message::
+
+    [4 bytes: n, little-endian][n bytes: a JSON header][the frame]
+
+The header: ``id`` (echoed in the answer), ``format`` (``raw``: the frame is the model's input
+size in 8-bit pixels, H x W x C, row-major; ``png`` or ``jpeg``: a file, decoded and resized), and
+any request parameter (``deadline_ms``, ``label``, ``option``, ``snr_db``, ...). Each frame gets
+exactly one answer, a JSON text message, in the order answers are ready::
+
+    {"id": ..., "outcome": "server" | "device" | "degraded" | "late" | "dropped" | "error",
+     "label": 3, "on_time": true, "latency_ms": 41.2, "option": "s1:a0.25", "bytes_up": 845,
+     "bytes_down": 171, "device_cpu_ms": 6.1, "queued_ms": 0.4, "error": null}
+
+``late``: the deadline passed before the device could start on the frame; ``dropped``: too many
+frames were waiting (the device's ``max_waiting``, or this connection's frames in flight);
+``error``: the frame itself was malformed (``error`` says why). A stream needs the API key like
+any route (``Authorization`` on the upgrade request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from semlink.device.service import DeviceService
+from semlink.protocol.codec import TensorError
+from semlink.protocol.params import ParameterError, shown
+from semlink.runtime import security
+from semlink.runtime.errors import Late, QueueFull
+from semlink.runtime.images import decode_image
+
+PATH = "/v1/stream"
+MAX_HEADER_BYTES = 4096
+MAX_IN_FLIGHT = 256  # frames of one connection being answered at once
+FORMATS = ("raw", "png", "jpeg")
+
+
+class FrameError(ValueError):
+    """A malformed frame message; the message names the fix."""
+
+
+def parse_frame(
+    data: bytes, image_shape: tuple[int, int, int]
+) -> tuple[dict[str, Any], bytes | np.ndarray]:
+    """The header and the frame of one message: the raw frame as (1, H, W, C) uint8 pixels of the
+    model's input size, or the file's bytes (png, jpeg). Raises :class:`FrameError`."""
+    if len(data) < 4:
+        raise FrameError(
+            "a frame message starts with 4 bytes: the JSON header's length, little-endian"
+        )
+    (n,) = struct.unpack("<I", data[:4])
+    if not 2 <= n <= MAX_HEADER_BYTES or 4 + n > len(data):
+        raise FrameError(
+            f"the header's length must be 2..{MAX_HEADER_BYTES} bytes within the message, got {n}"
+        )
+    try:
+        header = json.loads(data[4 : 4 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FrameError(f"the header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise FrameError(f"the header must be a JSON object, got {shown(header)}")
+    fmt = header.get("format", "raw")
+    if fmt not in FORMATS:
+        raise FrameError(f"format must be one of {FORMATS}, got {shown(fmt)}")
+    body = data[4 + n :]
+    if fmt != "raw":
+        return header, body
+    c, h, w = image_shape
+    if len(body) != h * w * c:
+        raise FrameError(
+            f"a raw frame is the model's input in 8-bit pixels, {h}x{w}x{c} = {h * w * c} bytes; "
+            f"got {len(body)}"
+        )
+    return header, np.frombuffer(body, np.uint8).reshape(1, h, w, c)
+
+
+def peek_id(data: bytes) -> Any:
+    """The frame's ``id`` if its header parses, else None (for the answer to a refused frame)."""
+    try:
+        (n,) = struct.unpack("<I", data[:4])
+        header = json.loads(data[4 : 4 + min(n, MAX_HEADER_BYTES)])
+        return header.get("id") if isinstance(header, dict) else None
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def brief(answer_id: Any, outcome: str, **fields: Any) -> str:
+    """One answer message."""
+    return json.dumps({"id": answer_id, "outcome": outcome, **fields}, separators=(",", ":"))
+
+
+def install_stream(app: FastAPI, service: DeviceService) -> None:
+    """Adds the stream route to the device's app."""
+    manifest = service.model.manifest
+
+    async def answer(
+        ws: WebSocket, data: bytes, arrived: float, cpu0: float, lock: asyncio.Lock
+    ) -> None:
+        """Answers one frame message (exactly once, whatever happens)."""
+        frame_id: Any = None
+        try:
+            c0 = time.thread_time()
+            header, frame = parse_frame(data, manifest.image_shape)
+            frame_id = header.get("id")
+            if isinstance(frame, np.ndarray):  # raw pixels: normalising is all the decoding
+                image = manifest.normalisation.apply(frame[0].astype(np.float32) / 255.0)
+            else:
+                image = await service.run(
+                    decode_image, frame, manifest, service.settings.max_image_pixels
+                )
+            params = {k: v for k, v in header.items() if k not in ("id", "format")}
+            if frame_id is not None:
+                params.setdefault("request_id", str(frame_id)[:128])
+            cpu = cpu0 + 1000.0 * (time.thread_time() - c0)
+            a = await service.classify(image, params, started=arrived, cpu_ms=cpu)
+            message = brief(
+                frame_id,
+                a.outcome,
+                label=a.label,
+                on_time=a.on_time,
+                latency_ms=round(a.timing_ms["total_ms"], 3),
+                option=a.option,
+                bytes_up=a.request_bytes,
+                bytes_down=a.reply_bytes,
+                device_cpu_ms=round(a.device_cpu_ms, 3),
+                queued_ms=round(a.queued_ms, 3),
+            )
+        except Late as exc:
+            message = brief(frame_id, "late", on_time=False, error=str(exc))
+        except QueueFull as exc:
+            message = brief(frame_id, "dropped", on_time=False, error=str(exc))
+        except (FrameError, TensorError, ParameterError) as exc:
+            message = brief(frame_id, "error", on_time=False, error=str(exc))
+        async with lock:  # one writer at a time on a WebSocket
+            await ws.send_text(message)
+
+    @app.websocket(PATH)
+    async def stream(ws: WebSocket) -> None:
+        """A stream of frames, each answered once (see :mod:`semlink.device.stream`)."""
+        keys = getattr(app.state, "api_keys", None)
+        if keys and not security.authorised(ws.headers.get("authorization", ""), keys):
+            await ws.close(
+                code=1008, reason="missing or invalid API key: send 'Authorization: Bearer <key>'"
+            )
+            return
+        await ws.accept()
+        limit = service.settings.max_body_bytes
+        lock = asyncio.Lock()
+        pending: set[asyncio.Task] = set()
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                arrived, c0 = time.perf_counter(), time.thread_time()
+                data = message.get("bytes")
+                if data is None:
+                    await ws.send_text(
+                        brief(None, "error", on_time=False, error="send frames as binary messages")
+                    )
+                    continue
+                if len(data) > limit or len(pending) >= MAX_IN_FLIGHT:
+                    why = (
+                        f"frame of {len(data)} bytes exceeds the limit of {limit}"
+                        if len(data) > limit
+                        else f"{MAX_IN_FLIGHT} frames of this stream are in flight already"
+                    )
+                    outcome = "error" if len(data) > limit else "dropped"
+                    async with lock:
+                        await ws.send_text(
+                            brief(
+                                peek_id(data[: 4 + MAX_HEADER_BYTES]),
+                                outcome,
+                                on_time=False,
+                                error=why,
+                            )
+                        )
+                    continue
+                cpu = 1000.0 * (time.thread_time() - c0)
+                task = asyncio.ensure_future(answer(ws, data, arrived, cpu, lock))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            for task in pending:  # the client is gone: nobody to answer
+                task.cancel()
