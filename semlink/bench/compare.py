@@ -45,14 +45,13 @@ import numpy as np
 
 from semlink.bench import write_figures
 from semlink.bench.baselines import to_jpeg
-from semlink.demo import PREFIXES
 from semlink.models.progress import progress_bar
 from semlink.models.stats import paired_bootstrap, wilson
 from semlink.procs import Processes, Stack, free_port
 from semlink.protocol.http_codec import build_infer_request
 from semlink.runtime.cpu_quota import profile_share
 from semlink.runtime.manifest import Normalisation
-from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
+from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan, shipped_pipeline
 
 DELAY_MS = 10.0
 TRACE_DOWNLINK = "10mbit"  # a trace shapes the uplink; replies come back at this rate
@@ -94,7 +93,7 @@ class CompareBenchConfig:
     out: str = "runs/bench-compare"
 
     def __post_init__(self) -> None:
-        model_name(self.dataset, "vit")  # raises naming the datasets
+        shipped_pipeline(self.dataset, "vit")  # raises naming the datasets
         for p in (self.device_profile, self.whole_split_profile):
             profile_share(p)  # raises naming the profiles
         for name in ("requests", "other_requests", "in_flight"):
@@ -203,13 +202,6 @@ def make_links(cfg: CompareBenchConfig) -> list[Link]:
     return links
 
 
-def model_name(dataset: str, kind: str) -> str:
-    """The shipped pipeline of ``kind`` ("vit", "vit-jscc", "ee") for ``dataset``."""
-    if dataset not in PREFIXES:
-        raise ValueError(f"dataset must be one of {sorted(PREFIXES)}, got {dataset!r}")
-    return f"{PREFIXES[dataset]}-{kind}"
-
-
 @dataclass
 class Endpoint:
     """Where one system on one link takes requests, once its processes are ready."""
@@ -249,7 +241,7 @@ class Bench:
                 "--port",
                 str(port),
                 "--model",
-                model_name(self.cfg.dataset, s.model),
+                shipped_pipeline(self.cfg.dataset, s.model),
                 "--model-repository",
                 str(DEFAULT_REPOSITORY),
                 *tls,
@@ -291,7 +283,7 @@ class Bench:
         """Starts ``system``'s link (and for semlink its device, under the device profile or
         ``profile_name``), without waiting."""
         profile = ("--device-profile", profile_name or self.cfg.device_profile)
-        model = model_name(self.cfg.dataset, system.model)
+        model = shipped_pipeline(self.cfg.dataset, system.model)
         if system.kind in ("semlink", "local"):
             stack = replace(self.base.sibling(f"-{tag}"), model=model)
             if link is not None:
@@ -445,7 +437,7 @@ def make_client(
     the JPEGs it carries to the images it will send (default: all)."""
     if system.kind in ("semlink", "local"):
         params = {"deadline_ms": cfg.deadline_ms if system.deadline else NO_DEADLINE_MS}
-        model = model_name(cfg.dataset, system.model)
+        model = shipped_pipeline(cfg.dataset, system.model)
         return Client(f"{url}/v2/models/{model}/infer", OipRequests(camera.images, params))
     jpegs = camera.jpegs(system.quality)
     chosen = {i: jpegs[i] for i in (range(len(jpegs)) if indices is None else indices)}
@@ -563,7 +555,9 @@ def run(cfg: CompareBenchConfig) -> dict[str, Any]:
     fastest = max(
         (lk for lk in links if lk.rate_mbit is not None), key=lambda lk: lk.rate_mbit or 0
     )
-    norm = resolve(scan(DEFAULT_REPOSITORY), model_name(cfg.dataset, "vit")).manifest.normalisation
+    norm = resolve(
+        scan(DEFAULT_REPOSITORY), shipped_pipeline(cfg.dataset, "vit")
+    ).manifest.normalisation
     camera = Camera(data.images, norm)
     alone_requests = min(max(lk.requests for lk in links), len(data))
     camera_share = profile_share(cfg.device_profile)

@@ -136,7 +136,7 @@ def test_serving_imports_without_torch_or_the_command_line():
     serving = sorted(m for m in GRAPH if _layer(m) in SERVING)
     code = (
         "import sys\n"
-        "for blocked in ('torch', 'semlink.models', 'semlink.cli', 'semlink.serve_cli',"
+        "for blocked in ('torch', 'semlink.models', 'semlink.cli',"
         " 'semlink.bench', 'semlink.demo'):\n"
         "    sys.modules[blocked] = None\n"
         f"import importlib\nfor m in {serving!r}:\n    importlib.import_module(m)\n"
