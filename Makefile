@@ -24,9 +24,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(SOURCES)
 	$(VENV)/bin/mypy -p semlink
 
-test: lint
-	$(VENV)/bin/pytest
+# Tests in two passes: first on every core (pytest-xdist, one worker per core, each test module
+# on one worker so its process stack starts once), then alone the few marked serial, which
+# measure time or CPU share (tests/conftest.py says which and why).
+PARALLEL := -n auto --dist loadfile
 
-# the inner loop: lint and every test not marked slow (about two minutes)
+test: lint
+	$(VENV)/bin/pytest $(PARALLEL) -m "not serial"
+	$(VENV)/bin/pytest -m serial
+
+# the inner loop: lint and every test not marked slow
 check: lint
-	$(VENV)/bin/pytest -m "not slow" -q
+	$(VENV)/bin/pytest $(PARALLEL) -m "not slow and not serial" -q
+	$(VENV)/bin/pytest -m "serial and not slow" -q

@@ -13,7 +13,7 @@ import httpx
 
 from semlink.bench.compare.clients import tls_verify
 from semlink.bench.compare.config import SYSTEMS, CompareBenchConfig, Link, System
-from semlink.procs import Processes, Stack, free_port
+from semlink.procs import Processes, Stack, reserve_port
 from semlink.runtime.repository import DEFAULT_REPOSITORY, shipped_pipeline
 
 
@@ -48,7 +48,7 @@ class Bench:
             key = (s.kind, s.model)
             if not s.jpeg or key in self.baselines:
                 continue
-            port = self.baselines[key] = free_port()
+            port = self.baselines[key] = reserve_port()
             name = f"baseline-{s.kind}-{s.model}"
             self.procs.start(
                 name,
@@ -126,7 +126,7 @@ class Bench:
             state = stack.state_url if link is not None else None
             return Endpoint(stack.device_url, state, names, ready)
         assert link is not None
-        port, state_port = free_port(), free_port()
+        port, state_port = reserve_port(), reserve_port()
         name = f"link-{tag}"
         upstream = self.baselines[(system.kind, system.model)]
         self.procs.start(
