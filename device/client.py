@@ -60,12 +60,10 @@ def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 
 @dataclass
 class ServerReply:
-    """The server's answer to one offload, and what it cost on the wire."""
+    """The server's answer to one offload, and how long the call took."""
 
     logits: np.ndarray  # (1, classes)
     parameters: dict[str, Any]
-    request_bytes: int  # serialised ModelInferRequest
-    payload_bytes: int  # raw tensor bytes in it
     round_trip_ms: float
     load: ServerLoad | None = None  # the server's load as it answered
 
@@ -141,10 +139,6 @@ class ServerClient:
                 await self._reader
         await self.channel.close()
 
-    async def ready(self, timeout: float = 1.0) -> bool:
-        """Whether the server answers ``ServerReady`` with ready within ``timeout`` seconds."""
-        return (await self.probe(timeout))[0]
-
     async def probe(self, timeout: float = 1.0) -> tuple[bool, ServerLoad | None]:
         """``ServerReady`` within ``timeout`` seconds: ready or not, and the load it reported."""
         try:
@@ -175,14 +169,7 @@ class ServerClient:
             name=out.name,
             expect_datatype="FP32",
         )
-        return ServerReply(
-            logits,
-            parameters,
-            request.ByteSize(),
-            sum(len(r) for r in request.raw_input_contents),
-            rtt,
-            load_from_parameters(parameters),
-        )
+        return ServerReply(logits, parameters, rtt, load_from_parameters(parameters))
 
     async def _stream_infer(
         self, request: pb.ModelInferRequest, timeout_s: float

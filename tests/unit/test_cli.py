@@ -284,7 +284,7 @@ def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
     prefix = "scene" if dataset == "digits-scene" else "digits"
     for name in ("vit", "vit-jscc", "ee"):
         assert f"{prefix}-{name}" in outs
-    # every regime of METHODS §4 is trained and shipped for comparison, on both workloads
+    # every regime of docs/methods.md#early-exits is trained and shipped for comparison, on both workloads
     trained = {
         Path(argv[argv.index("--out") + 1]).stem: argv
         for argv in steps
