@@ -16,6 +16,8 @@ deps)
     /opt/semlink/bin/pip install --quiet -r /tmp/requirements.txt
     ;;
 semlink)
+    # pyproject.toml maps zoo/ into the package; the images carry the zoo in /models instead
+    mkdir -p /src/zoo
     /opt/semlink/bin/pip install --quiet --no-deps /src
     /opt/semlink/bin/pip uninstall --quiet --yes pip
     find /opt/semlink -name __pycache__ -prune -exec rm -rf {} +

@@ -1,7 +1,7 @@
 """The link emulator: a TCP proxy that shapes the real byte stream in each direction.
 
 Each direction is one shared bottleneck, as in Mahimahi: bytes from every connection join one
-FIFO queue; at every delivery opportunity of the direction's :class:`~protocol.traces.Schedule`
+FIFO queue; at every delivery opportunity of the direction's :class:`~link.traces.Schedule`
 up to 1500 bytes leave it (an opportunity that finds the queue empty is lost); delivered bytes
 reach the far side after the one-way delay.
 
@@ -357,7 +357,7 @@ class LinkEmulator:
 
     def _request_logger(self, cid: int) -> Callable[[bytes], None]:
         """One log line per inference request entering the uplink, under the request id the
-        device and the server use (plaintext hops only: see :mod:`protocol.sniff`)."""
+        device and the server use (plaintext hops only: see :mod:`link.sniff`)."""
         sniffer = GrpcSniffer()
 
         def on_chunk(chunk: bytes) -> None:

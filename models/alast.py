@@ -1,5 +1,5 @@
 """``semlink train finetune [--alast]``: fine-tuning a pretrained ViT, in full or with ALaST
-(METHODS §7, Devoto et al., 2024), and what each costs.
+(docs/methods.md#alast, Devoto et al., 2024), and what each costs.
 
 ALaST gives each block ``l`` a compute budget ``b_l`` in [0.5, 1] (start 0.9), updated every step
 from how much the block changes the class token, ``Δ_l = ‖cls_out − cls_in‖²`` (batch mean):

@@ -1,4 +1,4 @@
-"""Baselines for semantic communication at equal channel uses (METHODS §2).
+"""Baselines for semantic communication at equal channel uses (docs/methods.md#jscc).
 
 A budget of ``channel_uses`` complex symbols per source value at ``snr_db`` carries, digitally,
 ``bits = channel_uses * H * W * C * log2(1 + SNR)`` (ideal capacity-achieving code). Images are

@@ -1,4 +1,4 @@
-"""Recursive early-exit networks (METHODS §4): a backbone with exit heads after a set of blocks.
+"""Recursive early-exit networks (docs/methods.md#early-exits): a backbone with exit heads after a set of blocks.
 
 Exit ``j`` sits after block ``exits[j]`` (a count of blocks, 1-based); the last exit sits after the
 last block and is the full model's answer. Exit ``j`` produces logits ``z_j`` and, in the

@@ -471,3 +471,51 @@ def format_headline(h: dict[str, Any]) -> str:
         f"  target: JSCC within 2 points of noiseless: {'met' if drop >= -2.0 else 'MISSED'}"
     )
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate(
+    model: semcom.SemComModel,
+    classifier: SelectorViT,
+    test: Dataset,
+    channel: str,
+    seed: int,
+    per_rate_dir: Path,
+    baselines_from: Path | None = None,
+    draws: int = HEADLINE_DRAWS,
+) -> dict[str, Any]:
+    """``semlink eval jscc``'s result on the test split: the coder's accuracy grid over
+    (SNR, alpha, rate), the per-rate coders of ``per_rate_dir`` where present, the baselines at
+    equal channel uses (reused from the earlier result ``baselines_from`` when it measured them
+    on the same classifier and data, else measured with ``classifier``), the classifier's own
+    accuracy on all tokens, the summary the targets read and the headline comparison at one
+    operating point (``draws`` noise draws per image)."""
+    key = baselines_key(classifier, test, seed=seed)
+    reused = reuse_baselines(baselines_from, key) if baselines_from else None  # refused early
+    grid = [
+        {**r, "method": "semlink"}
+        for r in semcom.accuracy_grid(model, test, SNRS, ALPHAS, RATES, channel, seed)
+    ]
+    for rate in RATES:
+        path = per_rate_dir / f"r{rate:g}.pt"
+        if path.is_file():
+            per_rate, _ = semcom.load(path)
+            grid += [
+                {**r, "method": "per-rate"}
+                for r in semcom.accuracy_grid(per_rate, test, SNRS, ALPHAS, (rate,), channel, seed)
+            ]
+    grid += reused if reused is not None else baseline_grid(classifier, test, seed=seed)
+    guesses = classifier(torch.from_numpy(test.images), 1.0).argmax(1).numpy()
+    result: dict[str, Any] = {
+        "dataset": test.name,
+        "split": "test",
+        "n_test": len(test),
+        "channel": channel,
+        "seed": seed,
+        "reference_accuracy": float((guesses == test.labels).mean()),
+        "grid": grid,
+        "baselines_key": key,
+    }
+    result["summary"] = summarise(result)
+    result["headline"] = headline_comparison(model, classifier, test, channel, seed, draws=draws)
+    return result

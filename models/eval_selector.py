@@ -1,5 +1,5 @@
 """Evaluation of token selection (``semlink eval selector``): accuracy against budget, tokens
-physically removed, side by side with the baselines of METHODS §1 on the *same* trained model:
+physically removed, side by side with the baselines of docs/methods.md#token-selection on the *same* trained model:
 
 - ``selector``: the learned key (score minus threshold of the last gate), top-k;
 - ``random``: k patches drawn uniformly at random (seeded);
@@ -27,7 +27,7 @@ BUDGETS = (0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
 METHODS = ("selector", "random", "attention")
 
 
-# the differences the targets of METHODS §1 / the workload issue rest on:
+# the differences the targets of docs/methods.md#token-selection / the workload issue rest on:
 # (name, (method, budget), (method, budget), target in points, "above" or "within")
 TARGETS = (
     ("selector at 0.25 vs all tokens", ("selector", "0.25"), ("selector", "1"), -2.0, "within"),

@@ -3,7 +3,7 @@
 A trace records, for every sample of a split, the confidence (max probability), the prediction
 and its correctness at every exit, and the full model's answer. It is recorded once from the
 trained network (:func:`models.eval_early_exit.record_traces`) and replayed by the rules here,
-by the evaluation, and by the RL environment (METHODS §5).
+by the evaluation, and by the RL environment (docs/methods.md#rl-offloading).
 
 Rules decide, at each of the device's exits in order, whether to *exit* (answer locally with that
 exit's prediction), *continue* to the next device exit, or *offload* the activations at this split
@@ -11,7 +11,7 @@ to the server, which continues the same network to its final exit: an offloaded 
 final exit's answer. A sample still undecided after the device's last exit is offloaded there.
 
 - **threshold** (``tau``): exit at the first device exit whose confidence is ``>= tau``.
-- **growth** (``tau_exit``, ``tau_grow``, METHODS §4): exit when confidence ``>= tau_exit``;
+- **growth** (``tau_exit``, ``tau_grow``, docs/methods.md#early-exits): exit when confidence ``>= tau_exit``;
   otherwise, if its growth since the previous exit is ``< tau_grow``, the device is unlikely to
   solve the sample soon: offload now.
 """

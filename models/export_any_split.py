@@ -3,7 +3,7 @@
 The graphs (``B`` samples, ``N`` patches, ``T`` tokens sent, ``d`` width, ``d_c`` symbols):
 
 - device: ``step_k`` (k = 1..device_blocks): ``image`` (k = 1) or ``activations`` (B, 1+N, d)
-  and ``prev_logp`` (B, C) of exit k-1 -> ``activations`` after block k, ``logp`` of exit k;
+  and ``prev_logp`` (B, C) of exit k-1 -> ``next_activations`` after block k, ``logp`` of exit k;
   ``select_s``: ``activations``, ``alpha`` (B,) -> ``key`` (B, N), the selector's key (the
   device keeps the top ``ceil(alpha N)`` patches); ``encode_s``: ``tokens`` (B, T, d),
   ``snr_db`` (B,) -> ``symbols`` (B, T, 2 d_c), real then imaginary parts, unnormalised (the
@@ -159,7 +159,7 @@ def export_any_split(
             inputs = {"image": (image, {0: B})} if k == 1 else {"activations": (acts, {0: B})}
             if k > 1 and cfg.recursive and prev is not None:
                 inputs["prev_logp"] = (prev, {0: B})
-            save(f"step_{k}", _Step(model, k), inputs, ["activations", "logp"])
+            save(f"step_{k}", _Step(model, k), inputs, ["next_activations", "logp"])
             acts, prev = model.step(k, acts if k > 1 else image, prev)
             alpha = torch.full((2,), 0.25)
             save(

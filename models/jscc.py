@@ -1,4 +1,4 @@
-"""Nested deep joint source-channel coding of semantic tokens (METHODS §2).
+"""Nested deep joint source-channel coding of semantic tokens (docs/methods.md#jscc).
 
 Per kept token, the encoder maps the real ``d``-vector to ``d_c`` complex symbols (two small MLPs,
 real and imaginary parts). At rate ``r`` only the first ``m = ceil(d_c * r)`` symbols are sent,
@@ -15,7 +15,7 @@ every MLP (FiLM), so one coder picks its code for the channel it will cross. Tra
 10 dB against the noiseless model. The device knows the SNR it sends at, the receiver the SNR it
 received at; without one (a noiseless link) both use the top of the range.
 
-The symbol maths (truncation mask, power normalisation) lives in :mod:`models.symbols`, written
+The symbol maths (truncation mask, power normalisation) lives in :mod:`runtime.symbols`, written
 once for torch and numpy, so the device truncates and normalises without torch.
 """
 

@@ -1,14 +1,14 @@
-"""The offloading environment of METHODS §5: one episode walks one sample through the device's
+"""The offloading environment of docs/methods.md#rl-offloading: one episode walks one sample through the device's
 exits; at each the agent answers locally (``exit``), runs the next device stretch
 (``continue``) or sends the activations to the server (``offload``).
 
 It replays recorded exit traces (:class:`models.exit_traces.ExitTraces`) with channel traces in
-the link emulator's Mahimahi format (:mod:`protocol.traces`): an offload's transfer time is the
+the link emulator's Mahimahi format (:mod:`link.traces`): an offload's transfer time is the
 time the trace takes to offer enough 1500-byte delivery opportunities for the activations, from
 the moment the device starts sending. Compute costs come from :class:`CostModel`, measured on the
 exported graphs with ONNX Runtime.
 
-Observation and actions: :mod:`models.offload_policy` (shared with the device);
+Observation and actions: :mod:`runtime.offload_policy` (shared with the device);
 ``continue`` at the device's last exit offloads (the device holds no further block).
 
 Reward, at the end of the episode::
@@ -188,7 +188,7 @@ class RewardWeights:
 @dataclass
 class ChannelRegime:
     """A family of channel traces: uplink rates between ``low`` and ``high`` bit/s (``kind`` of
-    :func:`protocol.traces.synthetic_rates`), RTT and SNR ranges, mean server queue delay."""
+    :func:`link.traces.synthetic_rates`), RTT and SNR ranges, mean server queue delay."""
 
     name: str
     kind: str

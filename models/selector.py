@@ -1,4 +1,4 @@
-"""Budget-conditioned token selector (METHODS §1): gates, budget sampling and the budget loss."""
+"""Budget-conditioned token selector (docs/methods.md#token-selection): gates, budget sampling and the budget loss."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The semantic-communication pipeline: selector ViT head -> JSCC encoder -> channel -> JSCC
 decoder -> ViT tail, with its checkpoint format and the accuracy grid used by calibration and
-evaluation (METHODS §2)."""
+evaluation (docs/methods.md#jscc)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Split learning of a ViT with an explicit message boundary, and what compresses the message:
-ADC (METHODS §6) and its baselines.
+ADC (docs/methods.md#adc) and its baselines.
 
 The device runs the embedding and blocks ``0..s-1``; the server runs the rest. The only things
 that cross the boundary are the forward message (activations, and the labels the server's loss
@@ -214,7 +214,7 @@ COMPRESSORS = {
 
 class Boundary:
     """The device/server boundary: carries the message forward and its gradient back, counting
-    bytes both ways, optionally through AWGN at ``snr_db`` in both directions (METHODS §2)."""
+    bytes both ways, optionally through AWGN at ``snr_db`` in both directions (docs/methods.md#jscc)."""
 
     def __init__(self, compressor: Compressor, snr_db: float | None = None) -> None:
         self.compressor, self.snr_db = compressor, snr_db

@@ -1,5 +1,5 @@
 """Training of the recursive early-exit network in the three regimes of Kubaty et al. (2024),
-``semlink train early-exit --regime joint|disjoint|mixed`` (METHODS §4).
+``semlink train early-exit --regime joint|disjoint|mixed`` (docs/methods.md#early-exits).
 
 Every regime gets the same epoch budget, ``epochs``:
 

@@ -1,4 +1,4 @@
-"""Training of the nested JSCC coder (``semlink train jscc``), METHODS §2.
+"""Training of the nested JSCC coder (``semlink train jscc``), docs/methods.md#jscc.
 
 Starts from a trained selector ViT. The device part (stem, device blocks, budget token, selectors)
 is frozen, and so by default is the server part (server blocks, norm, head): only the coder is

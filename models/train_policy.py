@@ -1,4 +1,4 @@
-"""Training of the RL offloading policy (``semlink train policy``, METHODS §5).
+"""Training of the RL offloading policy (``semlink train policy``, docs/methods.md#rl-offloading).
 
 **PPO**, not DQN: episodes are at most four decisions long and the environment is cheap, so
 on-policy samples cost nothing, and PPO's clipped updates are stable across seeds without the

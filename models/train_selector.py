@@ -15,8 +15,8 @@ leave the device, chosen by top-k of the learned key):
 
    where ``rank`` is the cross-entropy between the teacher's class attention over patches (mean
    over the server blocks) and ``softmax(key / tau)`` of every gate: the ranking signal from the
-   all-token model that the soft-mask recipe lacks (METHODS §1, "known trap"), and
-   ``budget loss`` is METHODS §1's regulariser on the soft masks.
+   all-token model that the soft-mask recipe lacks (docs/methods.md#token-selection), and
+   ``budget loss`` is the regulariser of docs/methods.md#token-selection on the soft masks.
 
 Hard accuracy on the validation split at a few budgets is checked every epoch and shown on the
 progress bar; the checkpoint keeps the best epoch by mean hard validation accuracy.

@@ -1,4 +1,4 @@
-"""A DeiT-style vision transformer with a budget token and gated selector blocks (METHODS §1).
+"""A DeiT-style vision transformer with a budget token and gated selector blocks (docs/methods.md#token-selection).
 
 Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks.{i}.attn.qkv``, ``norm``, ``head``, ...), so a DeiT state dict loads with
@@ -8,7 +8,7 @@ device, ``split..depth-1`` on the edge server. The seams:
 - ``forward_device(images, alpha)``: the device part, with the budget token and the gated
   selector blocks ``1..split-1``; returns all tokens, the selection key and the soft masks.
 - ``select(tokens, key, k)``: keeps the top-``k`` patch tokens by key; only these leave the
-  device (METHODS §1). The device's class token stays home: after the device blocks it has
+  device (docs/methods.md#token-selection). The device's class token stays home: after the device blocks it has
   attended to every patch, so sending it would leak what selection is meant to withhold (with it,
   random selection scored within a point of the learned selector at k = 2).
 - ``forward_tail(patches, token_mask)``: the server part on whatever patches arrived, behind the
@@ -19,7 +19,7 @@ device, ``split..depth-1`` on the edge server. The seams:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -245,7 +245,7 @@ class SelectorViT(nn.Module):
         return (a * self.budget_lo + (1.0 - a) * self.budget_hi)[:, None, :]
 
     def forward_device(self, images: torch.Tensor, alpha: torch.Tensor) -> DeviceOutput:
-        """Device blocks with gating: ``block(x * m) * m`` with cumulative masks m (METHODS §1)."""
+        """Device blocks with gating: ``block(x * m) * m`` with cumulative masks m (docs/methods.md#token-selection)."""
         x = torch.cat([self.embed(images), self.budget_token(alpha)], dim=1)  # (B, 1+N+1, d)
         x, cls_attn = self.blocks[0](x)  # block 0 is never gated
         ones = torch.ones_like(x[:, :1, 0])
@@ -356,7 +356,3 @@ def _resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
     grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, new * new, -1)], dim=1)
-
-
-def config_dict(cfg: ViTConfig) -> dict:
-    return asdict(cfg)

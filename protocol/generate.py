@@ -19,29 +19,36 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = "semlink/protocol/grpc_service.proto"
+PROTO = "semlink/protocol/grpc_service.proto"  # as the package names it: the stubs' imports
 OUTPUTS = ("grpc_service_pb2.py", "grpc_service_pb2.pyi", "grpc_service_pb2_grpc.py")
 
 
-def generate(out_root: Path = ROOT) -> list[Path]:
-    """Runs protoc (from grpcio-tools) with ``out_root`` as the output root. Returns the files."""
+def generate(out_dir: Path = ROOT / "protocol") -> list[Path]:
+    """Runs protoc (from grpcio-tools) on ``protocol/grpc_service.proto``, seen as
+    ``semlink/protocol/grpc_service.proto`` (the package that folder installs as), and writes the
+    stubs into ``out_dir``. Returns the files."""
+    import tempfile
+
     from grpc_tools import protoc
 
-    rc = protoc.main(
-        [
-            "protoc",
-            f"-I{ROOT}",
-            f"--python_out={out_root}",
-            f"--pyi_out={out_root}",
-            f"--grpc_python_out={out_root}",
-            str(ROOT / PROTO),
-        ]
-    )
-    if rc != 0:
-        raise RuntimeError(f"protoc failed with exit code {rc}")
-    paths = [out_root / "semlink" / "protocol" / name for name in OUTPUTS]
-    for path in paths:
-        path.write_text(widen(path.read_text()))
+    with tempfile.TemporaryDirectory() as tmp:
+        rc = protoc.main(
+            [
+                "protoc",
+                f"-Isemlink/protocol={ROOT / 'protocol'}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                PROTO,
+            ]
+        )
+        if rc != 0:
+            raise RuntimeError(f"protoc failed with exit code {rc}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / name for name in OUTPUTS]
+        for path in paths:
+            generated = Path(tmp, "semlink", "protocol", path.name).read_text()
+            path.write_text(widen(generated))
     return paths
 
 

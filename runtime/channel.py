@@ -1,4 +1,4 @@
-"""Channel models (METHODS §2), one definition of the maths for torch (training) and numpy (the
+"""Channel models (docs/methods.md#jscc), one definition of the maths for torch (training) and numpy (the
 server applies the channel at the receiver at run time, without torch).
 
 Complex symbols are carried as a pair of real arrays ``(re, im)`` of the same shape; the last

@@ -111,7 +111,7 @@ class PolicySpec:
 
 
 def rule_action(spec: PolicySpec, obs: np.ndarray, last: bool) -> int:
-    """The rule baselines of METHODS §4-5 as functions of the observation; ``last`` is true at the
+    """The rule baselines (docs/methods.md#early-exits, docs/methods.md#rl-offloading) as functions of the observation; ``last`` is true at the
     device's last exit (where ``continue`` is impossible)."""
     conf, growth, k = float(obs[1]), float(obs[2]), float(obs[0])
     if spec.name == "always-offload":

@@ -28,9 +28,19 @@ log = logging.getLogger(__name__)
 # The zoo that ships with semlink: package data (semlink/zoo), which in a checkout is the
 # top-level zoo/ folder. Servers and devices take another repository by setting.
 DEFAULT_REPOSITORY = Path(__file__).parent.parent / "zoo"
+SHIPPED_PREFIX = {"digits-scene": "scene", "digits-canvas": "digits"}
+"""The name prefix of each embedded dataset's shipped pipelines: ``scene-vit``, ``-vit-jscc``, ``-ee``."""
 LAYOUT_HINT = (
     "expected REPOSITORY/<model>/<version>/manifest.json with the ONNX graphs it names beside it"
 )
+
+
+def shipped_pipeline(dataset: str, kind: str) -> str:
+    """The name of the shipped pipeline of ``kind`` ("vit", "vit-jscc", "ee") trained on
+    ``dataset``, e.g. ``scene-vit-jscc``."""
+    if dataset not in SHIPPED_PREFIX:
+        raise ValueError(f"dataset must be one of {sorted(SHIPPED_PREFIX)}, got {dataset!r}")
+    return f"{SHIPPED_PREFIX[dataset]}-{kind}"
 
 
 class ModelNotFound(LookupError):

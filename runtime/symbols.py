@@ -1,5 +1,5 @@
 """Truncation and power normalisation of JSCC codes, torch-free (the device runs it on numpy) and
-shared with training (torch tensors), so both sides do exactly the same maths (METHODS §2)."""
+shared with training (torch tensors), so both sides do exactly the same maths (docs/methods.md#jscc)."""
 
 from __future__ import annotations
 

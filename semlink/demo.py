@@ -21,6 +21,7 @@ import numpy as np
 
 from semlink.procs import Processes, Stack
 from semlink.protocol.http_codec import build_infer_request
+from semlink.runtime.repository import shipped_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,11 @@ DEFAULT_MODELS = {
     "threshold": "ee",
     "growth": "ee",
 }
-PREFIXES = {"digits-scene": "scene", "digits-canvas": "digits"}
 
 
 def default_model(dataset: str, controller: str) -> str:
     """The shipped pipeline a controller runs on a dataset, e.g. ``scene-vit-jscc``."""
-    return f"{PREFIXES[dataset]}-{DEFAULT_MODELS[controller]}"
+    return shipped_pipeline(dataset, DEFAULT_MODELS[controller])
 
 
 @dataclass

@@ -68,11 +68,27 @@ def pinned(cpus: set[int]):  # type: ignore[no-untyped-def]
                 os.sched_setaffinity(tid, mask)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_HELD: dict[int, socket.socket] = {}  # port -> the socket that keeps it ours
+
+
+def reserve_port() -> int:
+    """A loopback TCP port for a child to listen on, held by this process for as long as it runs.
+
+    Picking a port by binding port 0 and closing the socket leaves a window in which the kernel
+    hands the same port to the next pick, or another process binds it or takes it as the
+    source port of a connection, before the child binds it ("address already in use"). Here
+    the socket stays bound with ``SO_REUSEADDR`` and never listens: no other port-0 pick and no
+    outgoing connection can get the port, while the child, which sets ``SO_REUSEADDR`` too (as
+    uvicorn, asyncio's servers and gRPC do), binds and listens on it (Linux lets sockets that
+    share ``SO_REUSEADDR`` bind one port while none of them listens). A child that stops and
+    starts again on the same port (a restarted replica) finds it still free.
+    """
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    _HELD[port] = s
+    return port
 
 
 class Processes:
@@ -156,7 +172,8 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 @dataclass
 class Stack:
-    """Server, link and device wired together; ports are picked free at launch."""
+    """Server, link and device wired together, on ports this process holds for them
+    (:func:`reserve_port`)."""
 
     procs: Processes
     repository: Path | None = None
@@ -165,7 +182,7 @@ class Stack:
     """Mutual TLS on the device -> server hop with a fresh development PKI (else --insecure)."""
     ports: dict[str, int] = field(
         default_factory=lambda: {
-            k: free_port() for k in ("grpc", "http", "link", "state", "device")
+            k: reserve_port() for k in ("grpc", "http", "link", "state", "device")
         }
     )
     pki: dict[str, Path] = field(default_factory=dict)
@@ -174,7 +191,7 @@ class Stack:
 
     def sibling(self, suffix: str) -> Stack:
         """Another link and device on fresh ports, sharing this stack's server and PKI."""
-        ports = {**self.ports, **{k: free_port() for k in ("link", "state", "device")}}
+        ports = {**self.ports, **{k: reserve_port() for k in ("link", "state", "device")}}
         return Stack(self.procs, self.repository, self.model, self.tls, ports, self.pki, suffix)
 
     def security_args(self, role: str) -> list[str]:

@@ -145,8 +145,21 @@ SLOW_MODULES = {
 }
 
 
+# Modules that measure time or CPU share against a threshold: a neighbour test on the same cores
+# would move their figures, so they run alone, after the parallel pass (see the Makefile).
+SERIAL_MODULES = {
+    "test_cpu_quota.py",  # a tenth of a core must be several times slower than a free core
+    "test_link.py",  # the emulated link's rate within 8 % and its delay within bounds
+    "test_bench_front.py",  # pins the server and the load generator to cores of their own
+    "test_hostile.py",  # the device's probe latency while uploads stream in
+    "test_reliability.py",  # the same probe under load, and latency figures
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(str(item.fspath))
         if path.name in SLOW_MODULES or "e2e" in path.parts:
             item.add_marker(pytest.mark.slow)
+        if path.name in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from semlink.bench import FULL_SPEED, run_and_report
-from semlink.procs import Processes, free_port, start_replica
+from semlink.procs import Processes, reserve_port, start_replica
 
 
 @dataclass
@@ -89,8 +89,8 @@ class Replicas:
 
     def start(self, count: int) -> None:
         for i in range(len(self.ports), count):
-            grpc_port = free_port()
-            start_replica(self.procs, f"server-{i}", grpc_port, free_port(), self.quota)
+            grpc_port = reserve_port()
+            start_replica(self.procs, f"server-{i}", grpc_port, reserve_port(), self.quota)
             self.ports.append(grpc_port)
 
     def replica_set(self, count: int) -> Any:

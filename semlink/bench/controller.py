@@ -1,4 +1,4 @@
-"""``semlink bench controller``: the Lyapunov controller against the offline optimum (METHODS §3).
+"""``semlink bench controller``: the Lyapunov controller against the offline optimum (docs/methods.md#lyapunov).
 
 Decisions use the *validation* calibration table (what the device ships with); every figure is
 scored on the *test* table, interpolated linearly at the true SNR of each request. The

@@ -1,4 +1,4 @@
-"""``semlink bench policy``: the RL offloading policy against the rules of METHODS §5.
+"""``semlink bench policy``: the RL offloading policy against the rules of docs/methods.md#rl-offloading.
 
 Held out on both axes: the *test* split's exit traces (the policy trained on validation) and
 channel traces drawn with seeds the training never saw (:data:`models.offload_env.TEST_SEEDS`).
@@ -9,7 +9,7 @@ Per channel regime (good, bad, varying), every policy meets the same ``episodes`
   trained*: on the validation traces with validation channel traces, then run on the test
   episodes; ``threshold (test-tuned)`` is the best of the sweep on the test episodes themselves,
   a baseline that has seen the test set (no deployable policy can);
-- ``growth``: the confidence-growth rule of METHODS §4, tuned both ways likewise;
+- ``growth``: the confidence-growth rule of docs/methods.md#early-exits, tuned both ways likewise;
 - ``always-offload`` (at the first split), ``never-offload`` (answer at the device's last exit);
 - ``oracle``: per episode the best action sequence in hindsight.
 

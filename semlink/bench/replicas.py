@@ -37,7 +37,7 @@ import numpy as np
 
 from semlink.bench import FULL_SPEED, model_and_test_split, run_and_report
 from semlink.bench.reliability import Outcome, handled_ids, stream
-from semlink.procs import Processes, free_port, start_replica
+from semlink.procs import Processes, reserve_port, start_replica
 
 
 @dataclass
@@ -65,10 +65,10 @@ class Fleet:
     def __init__(self, procs: Processes, cfg: ReplicasBenchConfig, spare: int = 1) -> None:
         self.procs, self.cfg = procs, cfg
         # every replica's port is known up front: the links allow them, the devices list them
-        self.grpc = [free_port() for _ in range(cfg.servers + spare)]
-        self.http = [free_port() for _ in range(cfg.servers + spare)]
-        self.links = [(free_port(), free_port()) for _ in range(cfg.devices)]
-        self.device_ports = [free_port() for _ in range(cfg.devices)]
+        self.grpc = [reserve_port() for _ in range(cfg.servers + spare)]
+        self.http = [reserve_port() for _ in range(cfg.servers + spare)]
+        self.links = [(reserve_port(), reserve_port()) for _ in range(cfg.devices)]
+        self.device_ports = [reserve_port() for _ in range(cfg.devices)]
 
     def targets(self) -> str:
         return ",".join(f"127.0.0.1:{p}" for p in self.grpc)

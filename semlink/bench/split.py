@@ -1,5 +1,5 @@
 """``semlink bench split``: split learning with ADC against its baselines at equal bytes, and
-ALaST against full fine-tuning, every run measured here (METHODS §6, §7).
+ALaST against full fine-tuning, every run measured here (docs/methods.md#adc, docs/methods.md#alast).
 
 Every run fine-tunes the same pretrained model (by default the shipped scene-vit) to the same
 shifted task (by default digits-scene-shifted: smaller, fainter digits in more clutter) for the
@@ -113,7 +113,7 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """METHODS §6/§7's claims as targets; accuracy differences paired over the test frames."""
+    """The claims of docs/methods.md#adc and docs/methods.md#alast as targets; accuracy differences paired over the test frames."""
     out = []
     at = {a["xi"]: a for a in r["adc"]}
     if 0.1 in at:

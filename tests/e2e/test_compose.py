@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from semlink.models.data import load_digits_canvas
-from semlink.procs import free_port
+from semlink.procs import reserve_port
 from semlink.protocol.http_codec import build_infer_request
 from tests.e2e.conftest import ROOT, TAG, compose_command, sh
 
@@ -37,7 +37,7 @@ class ComposeStack:
     def __init__(self, base_image: str, logs: Path) -> None:
         self.logs = logs
         self.ports = {
-            name: free_port()
+            name: reserve_port()
             for name in (
                 "DEVICE_A_PORT",
                 "DEVICE_B_PORT",
@@ -45,7 +45,7 @@ class ComposeStack:
                 "LINK_B_STATE_PORT",
             )
         }
-        server_port = free_port()  # replicas take the ports from here up
+        server_port = reserve_port()  # replicas take the ports from here up
         self.env = {
             **os.environ,
             **{k: str(v) for k, v in self.ports.items()},

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from semlink.procs import Processes, Stack, free_port
+from semlink.procs import Processes, Stack, reserve_port
 from semlink.protocol.http_codec import build_infer_request
 
 MODEL = "tiny-ee"
@@ -79,7 +79,7 @@ def test_never_confident_device_offloads_and_server_finishes_the_network(ee_stac
 
 def test_confident_device_answers_at_its_first_exit(ee_stack, ee_repository, tmp_path):
     _, model = ee_repository
-    port = free_port()
+    port = reserve_port()
     ee_stack.procs.start(
         "device-exit",
         "device",

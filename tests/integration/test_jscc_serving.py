@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from semlink.procs import free_port
+from semlink.procs import reserve_port
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.protocol.codec import set_param, to_bytes
@@ -17,7 +17,7 @@ from semlink.protocol.http_codec import build_infer_request
 
 @pytest.fixture(scope="module")
 def jscc_device(stack):
-    port = free_port()
+    port = reserve_port()
     stack.procs.start(
         "device-jscc",
         "device",

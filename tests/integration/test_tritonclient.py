@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semlink.procs import free_port
+from semlink.procs import reserve_port
 from tests.conftest import may_change_machine, system_skip_reason
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path):
     both = "import semlink.server.main, semlink.device.main, tritonclient.grpc; " + version
     assert subprocess.check_output([str(triton), "-c", both], text=True).strip() == "6.33.5"
 
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = reserve_port(), reserve_port()
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [str(old), "-m", "semlink.cli", "server", "--insecure"]

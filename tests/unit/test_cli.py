@@ -139,10 +139,11 @@ def test_export_never_guesses_the_dataset(tiny_checkpoint, tmp_path, capsys):
 def test_evaluations_pair_the_model_with_its_own_data(argv, dataset, model_dir):
     """digits-scene and its pipeline by default; a model folder names its data, a dataset its
     shipped pipeline."""
-    from semlink.cli import _resolve_pipeline, build_parser
+    from semlink.cli import build_parser
+    from semlink.cli.common import resolve_pipeline
 
     args = build_parser().parse_args(["calibrate", *argv])
-    _resolve_pipeline(args, "vit-jscc")
+    resolve_pipeline(args, "vit-jscc")
     assert args.dataset == dataset
     assert Path(args.model_dir).resolve() == (ROOT / model_dir).resolve()
 
@@ -201,7 +202,7 @@ def test_shipped_pipeline_serves_and_matches_its_checkpoint():
     """The model zoo's ONNX graphs agree with its checkpoint."""
     import onnxruntime as ort
 
-    from semlink.cli import DEFAULT_MODEL_DIR
+    from semlink.cli.common import DEFAULT_MODEL_DIR
 
     model, _ = checkpoint.load_selector_vit(DEFAULT_MODEL_DIR / "checkpoint.pt")
     head = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "head.onnx"))
@@ -266,7 +267,8 @@ def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
     the dataset's recipe included), and the digits-scene pipelines get names of their own."""
     import argparse
 
-    from semlink.cli import build_parser, zoo_steps
+    from semlink.cli import build_parser
+    from semlink.cli.zoo import zoo_steps
 
     steps = zoo_steps(
         argparse.Namespace(dataset=dataset, out=str(tmp_path), work=str(tmp_path), resume=True)
@@ -282,7 +284,7 @@ def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
     prefix = "scene" if dataset == "digits-scene" else "digits"
     for name in ("vit", "vit-jscc", "ee"):
         assert f"{prefix}-{name}" in outs
-    # every regime of METHODS §4 is trained and shipped for comparison, on both workloads
+    # every regime of docs/methods.md#early-exits is trained and shipped for comparison, on both workloads
     trained = {
         Path(argv[argv.index("--out") + 1]).stem: argv
         for argv in steps
@@ -323,3 +325,45 @@ def test_train_device_flag_refuses_what_is_not_here(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no GPU"):
             training_device("cuda")
+
+
+def _subcommands(parser) -> dict:
+    """``{name: parser}`` of a parser's subcommands (empty for a leaf)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_every_verb_registers_itself():
+    """Each module of semlink/cli/ with a ``register`` is one of VERBS, together they add every
+    subcommand, and every command runs something (a leaf has a ``func``)."""
+    import importlib
+    import pkgutil
+
+    import semlink.cli as cli
+
+    registering = {
+        info.name
+        for info in pkgutil.iter_modules(cli.__path__)
+        if info.name != "__main__"  # importing it runs the command line
+        and hasattr(importlib.import_module(f"semlink.cli.{info.name}"), "register")
+    }
+    assert registering == {verb.__name__.rsplit(".", 1)[1] for verb in cli.VERBS}
+    parser = cli.build_parser()
+    top = _subcommands(parser)
+    assert list(top) == [
+        *("train", "eval", "export", "calibrate", "data", "sample", "zoo", "bench"),
+        *("baseline-server", "server", "device", "link", "certs", "trace", "demo"),
+    ]
+    leaves, todo = [], list(top.items())
+    while todo:
+        name, p = todo.pop()
+        children = _subcommands(p)
+        todo += [(f"{name} {child}", q) for child, q in children.items()]
+        if not children:
+            leaves.append(name)
+            assert callable(p.get_default("func")), f"semlink {name} runs nothing"
+    assert {"train selector", "eval jscc", "export early-exit", "bench compare"} <= set(leaves)

@@ -19,6 +19,7 @@ from semlink.bench.compare import (
     make_links,
     targets,
 )
+from semlink.bench.compare.run import setup
 from semlink.models.datasets import load_dataset
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
@@ -109,6 +110,7 @@ def test_targets_judge_each_controller_on_paired_samples():
         "device_profile": "camera",
         "transport": "mutual TLS",
         "deadline_ms": 500.0,
+        "setup": setup(CompareBenchConfig(dataset="digits-scene")),
         "links": [
             {"name": "0.1 Mbit/s", "target": False, "rate_mbit": 0.1},
             {"name": "1 Mbit/s", "target": True, "rate_mbit": 1.0},
@@ -139,6 +141,16 @@ def test_targets_judge_each_controller_on_paired_samples():
         "**0.1 Mbit/s**" in text and "| JPEG q75 → FastAPI | 100.0 % [96.3, 100.0] (n=100)" in text
     )
     assert f"✗ {lyap}" in text and "device profile: `camera`" in text
+    # the prose states the settings the run used: 16 of digits-scene's 64 tokens at budget 0.25
+    assert "fixed sends 16 of 64 tokens (budget 0.25) in int8" in text
+    assert "AWGN channel at the SNR the link reports (not reported: no link row)" in text
+    assert "1 Mbit/s: p50 ≤ 1/2 and uplink bytes ≤ 1/4 of the best JPEG upload's" in text
+    assert "(its costs measured under the `camera` profile)" in text
+    results[4]["snr_db"] = 12.0  # the Lyapunov row on 1 Mbit/s
+    report["setup"] = setup(CompareBenchConfig(dataset="digits-canvas", in_flight=3))
+    text = format_report(report)
+    assert "fixed sends 9 of 36 tokens" in text and "reports (12 dB)" in text
+    assert "(its costs measured unprofiled)" in text
     assert "on the whole split" not in text  # nobody answered it: nothing to pair there
 
     # with the whole split answered, the paired difference over it stands beside each target
@@ -166,4 +178,5 @@ def test_targets_judge_each_controller_on_paired_samples():
     assert w["n"] == 2000 and w["diff"] == pytest.approx(1.0) and not w["tie"]
     assert 0 < w["lo"] < 1.0 < w["hi"]
     report["targets"] = again
-    assert "on the whole split +1.0 points" in format_report(report)
+    text = format_report(report)
+    assert "on the whole split +1.0 points" in text and "requests 3 at a time" in text

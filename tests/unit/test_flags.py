@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 
 from semlink.cli import build_parser
+from semlink.cli.processes import SECRET_FIELDS
 from semlink.device.settings import DeviceSettings
 from semlink.flags import dataclass_from, field_docs, settings_from
 from semlink.link.main import LinkSettings
-from semlink.serve_cli import SECRET_FIELDS
 from semlink.server.settings import ServerSettings
 
 

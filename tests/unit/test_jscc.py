@@ -368,3 +368,31 @@ def test_baselines_are_reused_only_from_an_eval_of_the_same_classifier_and_data(
     earlier.write_text(json.dumps({"grid": rows}))  # an eval from before the key
     with pytest.raises(ValueError, match="does not say"):
         reuse_baselines(earlier, key)
+
+
+def test_jscc_evaluation_measures_every_grid_and_reuses_baselines(tiny_jscc, tiny_model, tmp_path):
+    """``semlink eval jscc``'s body (models.eval_jscc.evaluate) on 8 test images: the coder's
+    grid, the summary and the headline, with the baseline rows of an earlier run of the same
+    classifier and data (measuring them is tested above)."""
+    from semlink.models.data import load_digits_canvas
+    from semlink.models.eval_jscc import ALPHAS, SNRS, baselines_key, evaluate
+    from semlink.models.jscc import RATES
+
+    test = load_digits_canvas("test")
+    test.images, test.labels = test.images[:8], test.labels[:8]
+    jpeg = [
+        {"method": "jpeg", "snr_db": snr, "channel_uses": 0.01, "accuracy": 0.5} for snr in SNRS
+    ]
+    earlier = tmp_path / "eval.json"
+    key = baselines_key(tiny_model, test)
+    earlier.write_text(json.dumps({"grid": jpeg, "baselines_key": key}))
+    result = evaluate(
+        tiny_jscc, tiny_model, test, "awgn", 0, tmp_path / "none", baselines_from=earlier, draws=1
+    )
+    semlink_rows = [r for r in result["grid"] if r["method"] == "semlink"]
+    assert len(semlink_rows) == len(SNRS) * len(ALPHAS) * len(RATES)
+    assert [r for r in result["grid"] if r["method"] != "semlink"] == jpeg
+    assert result["n_test"] == 8 and 0 <= result["reference_accuracy"] <= 1
+    assert {"summary", "headline", "baselines_key"} <= set(result)
+    with pytest.raises(ValueError, match="seed"):  # refused before any work
+        evaluate(tiny_jscc, tiny_model, test, "awgn", 1, tmp_path, baselines_from=earlier)

@@ -114,7 +114,7 @@ def test_table_from_another_model_is_refused(tmp_path):
 
 def test_shipped_table_loads_and_decides():
 
-    from semlink.cli import DEFAULT_JSCC_DIR
+    from semlink.cli.common import DEFAULT_JSCC_DIR
 
     manifest = json.loads((DEFAULT_JSCC_DIR / "manifest.json").read_text())
     t = CalibrationTable.load(DEFAULT_JSCC_DIR / "calibration.json", manifest["model_hash"])

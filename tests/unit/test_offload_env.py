@@ -1,4 +1,4 @@
-"""The offloading environment (METHODS §5): gymnasium's checker, reward arithmetic on hand-made
+"""The offloading environment (docs/methods.md#rl-offloading): gymnasium's checker, reward arithmetic on hand-made
 traces, the oracle, the rule baselines, and the policy's training and export."""
 
 from __future__ import annotations

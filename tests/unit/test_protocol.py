@@ -16,9 +16,9 @@ def test_committed_stubs_are_fresh(tmp_path):
 
     generate(tmp_path)
     for name in OUTPUTS:
-        assert filecmp.cmp(
-            tmp_path / "semlink" / "protocol" / name, ROOT / "protocol" / name, shallow=False
-        ), f"protocol/{name} is stale: run `python -m semlink.protocol.generate`"
+        assert filecmp.cmp(tmp_path / name, ROOT / "protocol" / name, shallow=False), (
+            f"protocol/{name} is stale: run `python -m semlink.protocol.generate`"
+        )
 
 
 @pytest.mark.parametrize("dtype", ["<f4", "<f2", "<i8", "<i1", "u1"])

@@ -165,9 +165,9 @@ async def test_a_stream_to_no_server_fails_fast_as_unavailable_like_a_call():
     import numpy as np
 
     from semlink.device.client import build_request
-    from semlink.procs import free_port
+    from semlink.procs import reserve_port
 
-    client = ServerClient(f"127.0.0.1:{free_port()}", stream=True)
+    client = ServerClient(f"127.0.0.1:{reserve_port()}", stream=True)
     request = build_request("m", "", "r1", {"tokens": np.zeros((1, 4, 32), np.float16)}, {})
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.infer(request, 2.0)
@@ -185,7 +185,7 @@ async def test_a_stream_that_dies_under_a_write_is_unavailable_and_so_retried_el
     import numpy as np
 
     from semlink.device.client import build_request
-    from semlink.procs import free_port
+    from semlink.procs import reserve_port
 
     class DeadStream:  # the open call, as grpc.aio leaves it after its transport died
         def done(self) -> bool:
@@ -202,7 +202,7 @@ async def test_a_stream_that_dies_under_a_write_is_unavailable_and_so_retried_el
                 "Internal error from Core",
             )
 
-    client = ServerClient(f"127.0.0.1:{free_port()}", stream=True)
+    client = ServerClient(f"127.0.0.1:{reserve_port()}", stream=True)
     client._call = DeadStream()
     request = build_request("m", "", "r1", {"tokens": np.zeros((1, 4, 32), np.float16)}, {})
     with pytest.raises(grpc.aio.AioRpcError) as err:
