@@ -121,6 +121,31 @@ def _eval_jscc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_options(args: argparse.Namespace) -> int:
+    from semlink.models.datasets import load_dataset
+    from semlink.models.option_table import report, write_tables
+    from semlink.runtime.manifest import Manifest
+    from semlink.runtime.repository import ModelVersion
+
+    resolve_pipeline(args, "split")
+    folder = Path(args.model_dir)
+    manifest = Manifest.parse(
+        json.loads((folder / "manifest.json").read_text()), str(folder / "manifest.json")
+    )
+    mv = ModelVersion(folder.parent.name, folder.name, folder, manifest)
+    data = {
+        s: load_dataset(
+            args.dataset, s, root=args.data_root, seed=args.seed, image_size=args.image_size
+        )
+        for s in ("val", "test")
+    }
+    write_tables(mv, data["val"], data["test"], seed=args.seed)
+    result = report(mv)
+    print(result["table"])
+    _write_json(args.json, result)
+    return 0
+
+
 def _write_json(path: str | None, result: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +153,7 @@ def _write_json(path: str | None, result: dict) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds ``semlink eval selector|early-exit|jscc`` to the command line."""
+    """Adds ``semlink eval selector|early-exit|jscc|options`` to the command line."""
     ev = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     p = ev.add_parser("selector", help="accuracy vs budget against random and attention top-k")
     add_data_args(p)
@@ -191,3 +216,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.set_defaults(func=_eval_jscc)
+
+    p = ev.add_parser(
+        "options",
+        help="every option of an any-split network on every frame: options.json (validation, the "
+        "controllers' table) and outcomes_val/test.npz beside the manifest; prints the test table",
+    )
+    add_data_args(p)
+    add_model_dir(p, "split")
+    p.add_argument("--json", default=None, help="write the test table as JSON here")
+    p.set_defaults(func=_eval_options)

@@ -10,6 +10,7 @@ from semlink.cli.common import (
     DEFAULT_EE_DIR,
     DEFAULT_JSCC_DIR,
     DEFAULT_MODEL_DIR,
+    DEFAULT_REPOSITORY,
     recorded_dataset,
     regime_name,
 )
@@ -61,6 +62,23 @@ def _export_early_exit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_any_split(args: argparse.Namespace) -> int:
+    from semlink.models.export_any_split import OptionGrid, export_any_split
+
+    grid = OptionGrid(tuple(args.budgets), tuple(args.rates), tuple(args.jpeg_qualities))
+    manifest = export_any_split(
+        args.checkpoint, args.out, _export_dataset(args), grid, args.fp16_weights
+    )
+    flops = manifest["segment_flops"]
+    share = (flops["steps"][0] + flops["select"][0]) / flops["full"]
+    print(
+        f"exported {args.checkpoint} -> {args.out}: {len(manifest['graphs'])} graphs, "
+        f"{flops['full'] / 1e6:.0f} MFLOPs in all, {100 * share:.1f} % of them on the device up "
+        f"to its first split (model hash {manifest['model_hash']})"
+    )
+    return 0
+
+
 def _add_common(p: argparse.ArgumentParser, out: Path, out_help: str | None = None) -> None:
     """``--checkpoint`` and ``--out``, which every export takes."""
     p.add_argument("--checkpoint", required=True)
@@ -77,7 +95,7 @@ def _add_dataset(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds ``semlink export selector|jscc|early-exit`` to the command line."""
+    """Adds ``semlink export selector|jscc|early-exit|any-split`` to the command line."""
     ex = sub.add_parser("export", help="export ONNX graphs").add_subparsers(
         dest="what", required=True
     )
@@ -104,3 +122,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_dataset(p)
     p.set_defaults(func=_export_early_exit)
+
+    p = ex.add_parser("any-split", help="every graph of an any-split network, weights shared")
+    _add_common(p, DEFAULT_REPOSITORY / "any-split" / "1")
+    p.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.25, 0.5],
+        help="token budgets offered at every split",
+    )
+    p.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[1 / 16, 1 / 8, 1 / 4],
+        help="JSCC rates offered with every budget",
+    )
+    p.add_argument(
+        "--jpeg-qualities",
+        type=int,
+        nargs="+",
+        default=[50, 75, 90],
+        help="JPEG qualities of an uploaded picture",
+    )
+    p.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="store the shared weights (and the checkpoint) in fp16, cast back at load (half the size)",
+    )
+    _add_dataset(p)
+    p.set_defaults(func=_export_any_split)

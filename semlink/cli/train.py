@@ -97,6 +97,25 @@ def _train_jscc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_any_split(args: argparse.Namespace) -> int:
+    from semlink.models.train_any_split import TrainAnySplitConfig, train_any_split
+
+    metrics = train_any_split(
+        dataclass_from(args, TrainAnySplitConfig), args.out, resume=args.resume
+    )
+    print(f"checkpoint: {args.out} ({metrics['train_seconds']:.0f} s)")
+    print("validation accuracy:", json.dumps(metrics.get("val", {})))
+    return 0
+
+
+def _any_split_flags(p: argparse.ArgumentParser) -> None:
+    from semlink.models.train_any_split import TrainAnySplitConfig
+
+    add_dataclass(p, TrainAnySplitConfig)
+    p.add_argument("--out", default="runs/any-split.pt", help="checkpoint (written every epoch)")
+    _add_resume(p)
+
+
 def _add_resume(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
 
@@ -183,6 +202,12 @@ COMMANDS = {
         _train_policy,
     ),
     "jscc": ("the nested JSCC coder on a trained selector", _jscc_flags, _train_jscc),
+    "any-split": (
+        "the any-split network (exits, selectors, coders at every device split), from an "
+        "early-exit network grown to --model.* or from scratch",
+        _any_split_flags,
+        _train_any_split,
+    ),
 }
 
 
