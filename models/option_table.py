@@ -200,7 +200,7 @@ def summarise(out: Outcomes, mv: ModelVersion, data: Dataset) -> dict[str, Any]:
     assert isinstance(pipe, AnySplitPipeline)
     c, h, w = mv.manifest.image_shape
     edges = np.array(EXIT_EDGES)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for a, o in enumerate(out.options):
         k = num_kept(o.budget, pipe.spec.num_patches) if o.action == OFFLOAD else 0
         m = int(np.ceil(pipe.spec.jscc.symbols * o.rate - 1e-9)) if o.rate is not None else 0
@@ -263,7 +263,7 @@ def report(mv: ModelVersion) -> dict[str, Any]:
     n = len(out.labels)
     flops = mv.manifest.doc.get("segment_flops", {})
     full_acc = float(out.full.mean())
-    rows = []
+    rows: list[dict[str, Any]] = []
     for a, o in enumerate(out.options):
         snrs = range(len(out.snrs)) if o.rate is not None else [0]
         for i in snrs:

@@ -18,7 +18,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PERIOD_US = 10_000  # a 10 ms period: throttling in small steps (the quota is at least 1 ms)
 # profile name -> share of one CPU (None: no limit)
 PROFILES: dict[str, float | None] = {
     "none": None,  # the machine's own speed
@@ -38,15 +37,30 @@ def profile_share(name: str) -> float | None:
     return PROFILES[name]
 
 
-def limit_cpu(share: float, name: str = "device") -> Path:
-    """Limits this process to ``share`` of one CPU (0 < share <= 64) in a cgroup of its own.
+MIN_QUOTA_US = 1000  # the kernel refuses a quota below 1 ms
+MIN_PERIOD_US = 1000  # ... and a period below 1 ms
+
+
+def smallest_period(share: float) -> int:
+    """The smallest period (us) the kernel accepts for ``share`` of a core: the quota is at least
+    1 ms, so a tenth of a core needs a 10 ms period, a fiftieth 50 ms. A shorter period throttles
+    in smaller steps (a frame waits at most period - quota for its slice)."""
+    return max(MIN_PERIOD_US, -(-int(MIN_QUOTA_US * 1000) // max(1, int(share * 1000))))
+
+
+def limit_cpu(share: float, name: str = "device", period_us: int | None = None) -> Path:
+    """Limits this process to ``share`` of one CPU (0 < share <= 64) in a cgroup of its own, with
+    a quota period of ``period_us`` (default: the smallest the kernel accepts for the share).
 
     Returns the cgroup's folder. Raises :class:`QuotaError` when the cgroup file system is not
     writable here.
     """
     if not 0.0 < share <= 64.0:
         raise ValueError(f"CPU share must be in (0, 64] CPUs, got {share}")
-    quota = max(1000, int(share * PERIOD_US))
+    period = smallest_period(share) if period_us is None else int(period_us)
+    if not MIN_PERIOD_US <= period <= 1_000_000:
+        raise ValueError(f"the quota period must be in [1000, 1000000] us, got {period}")
+    quota = max(MIN_QUOTA_US, int(share * period))
     v2 = (CGROUP_ROOT / "cgroup.controllers").is_file()
     base = CGROUP_ROOT if v2 else CGROUP_ROOT / "cpu"
     if not (base / "cgroup.procs").is_file():
@@ -56,9 +70,9 @@ def limit_cpu(share: float, name: str = "device") -> Path:
     try:
         group.mkdir(exist_ok=True)
         if v2:
-            (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+            (group / "cpu.max").write_text(f"{quota} {period}")
         else:
-            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (group / "cpu.cfs_period_us").write_text(str(period))
             (group / "cpu.cfs_quota_us").write_text(str(quota))
         (group / "cgroup.procs").write_text(str(os.getpid()))
     except OSError as exc:
@@ -67,7 +81,7 @@ def limit_cpu(share: float, name: str = "device") -> Path:
             "write access to the cgroup file system (root); in a container, give the service a "
             "CPU limit instead (compose: cpus) and run the device without --device-profile"
         ) from None
-    log.info("CPU quota: %.2f of one CPU (%d/%d us, %s)", share, quota, PERIOD_US, group)
+    log.info("CPU quota: %.3f of one CPU (%d/%d us, %s)", share, quota, period, group)
     return group
 
 

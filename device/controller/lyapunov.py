@@ -117,8 +117,11 @@ class LyapunovController(Controller):
             out["latency"] = wire + (channel.rtt_ms or 0.0)
             device = np.zeros(len(bits))
         interval = frame.interval_ms if frame is not None else None
-        if interval:
-            out["link"] = bits / (max(bw, 1.0) * interval / 1000.0)
+        if interval and bw > 0:
+            out["link"] = bits / (bw * interval / 1000.0)
+            out["device"] = device / interval
+        elif interval:
+            out["link"] = np.zeros(len(bits))  # no rate reported yet: nothing to weigh bytes by
             out["device"] = device / interval
         else:
             out["link"] = out["device"] = np.zeros(len(bits))
@@ -176,7 +179,7 @@ class LyapunovController(Controller):
                 "channel_use": outcome.channel_uses,
                 "energy": self.energy.compute_j + self.energy.per_bit_j * bits,
                 "latency": outcome.latency_ms,
-                "link": bits / (max(bw, 1.0) * interval / 1000.0) if interval else 0.0,
+                "link": bits / (bw * interval / 1000.0) if interval and bw > 0 else 0.0,
                 "device": outcome.device_ms / interval if interval else 0.0,
             }
         )

@@ -32,8 +32,12 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str]] = {
     "link": (("link", "--seconds", "5"), "link emulator: delivered vs configured rate"),
     "controller": (("controller",), "Lyapunov control vs the LP optimum and fixed (α, r)"),
     "policy": (
-        ("policy", "--episodes", "1500"),
-        "RL offloading vs thresholds, growth rule and oracle",
+        ("policy",),
+        "every controller of the any-split network, the planner and the oracle, under streams",
+    ),
+    "exit-policy": (
+        ("exit-policy", "--episodes", "1500"),
+        "the early-exit network's RL policy vs thresholds, growth rule and oracle",
     ),
     "reliability": (
         ("reliability", "--requests", "500"),

@@ -30,7 +30,12 @@ BENCHMARKS = {
     "policy": (
         "policy",
         "PolicyBenchConfig",
-        "RL offloading policy vs threshold, growth rule, oracle",
+        "every controller of the any-split network, the planner and the oracle, under streams",
+    ),
+    "exit-policy": (
+        "exit_policy",
+        "ExitPolicyBenchConfig",
+        "the early-exit network's RL policy vs threshold, growth rule, oracle",
     ),
     "split": (
         "split",

@@ -176,7 +176,9 @@ def setup(cfg: CompareBenchConfig) -> dict[str, Any]:
         return getattr(device, name) if flag is None else type(getattr(device, name))(flag)
 
     fixed, lyapunov, rl = _controller("vit"), _controller("vit-jscc"), _controller("ee")
-    tokens = int(resolve(repo, shipped_pipeline(cfg.dataset, fixed.model)).manifest.doc["num_patches"])
+    tokens = int(
+        resolve(repo, shipped_pipeline(cfg.dataset, fixed.model)).manifest.doc["num_patches"]
+    )
     costs = resolve(repo, shipped_pipeline(cfg.dataset, rl.model)).path / "costs.json"
     return {
         "delay_ms": DELAY_MS,

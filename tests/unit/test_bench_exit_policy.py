@@ -1,7 +1,7 @@
-"""``semlink bench policy`` judges the shipped policy, or one trained elsewhere, on the test
+"""``semlink bench exit-policy`` judges the shipped policy, or one trained elsewhere, on the test
 traces against rules tuned on validation."""
 
-from semlink.bench.policy import PolicyBenchConfig, bench, format_table
+from semlink.bench.exit_policy import ExitPolicyBenchConfig, bench, format_table
 from semlink.models.offload_env import CostModel
 from semlink.models.train_policy import train_policy
 from tests.conftest import ZOO, tiny_policy_config
@@ -17,7 +17,7 @@ def test_a_policy_trained_elsewhere_is_benched_with_its_own_costs(tmp_path):
             tmp_path / "policy", costs=str(tmp_path / "costs.json"), total_timesteps=256
         )
     )
-    cfg = PolicyBenchConfig(model_dir=str(MODEL_DIR), policy_dir=str(tmp_path / "policy"))
+    cfg = ExitPolicyBenchConfig(model_dir=str(MODEL_DIR), policy_dir=str(tmp_path / "policy"))
     cfg.episodes = 40
     result = bench(cfg)
     assert result["costs"]["device_ms"] == costs.device_ms

@@ -1,0 +1,334 @@
+"""A camera's stream through a device, a link and a server, replayed from measured costs and the
+recorded outcome of every option on every frame (docs/methods.md#one-decision). numpy only.
+
+Frames arrive every ``1 / fps`` seconds (open loop). The device works on one frame at a time:
+receiving it (``front_ms``), then the stages of the option its controller chooses (each device
+stage's time as measured under the device's CPU quota), revising the choice at each exit it
+reaches with that exit's recorded confidence. A frame that finds ``max_waiting`` frames waiting
+is dropped; one the device cannot start before its deadline is answered late. An offload's bytes
+(the option's recorded payload plus the wire's framing) join the uplink's queue and leave at the
+link's delivery opportunities (a Mahimahi trace or a constant rate, as the link emulator shapes
+them), cross the one-way delay, wait the server's measured time and come back. A frame counts as
+right on time when the option's recorded answer for it is right and it arrives within its
+deadline.
+
+The controllers are the device's own (anything with ``decide``, ``at_exit`` and ``observe``); the
+oracle in hindsight sees every option's outcome and latency for the frame at hand and takes the
+cheapest that is right on time. Every controller of a run meets the same frames in the same order,
+so their results pair frame by frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from semlink.link.traces import BITS_PER_PACKET, Schedule
+from semlink.models.option_table import Outcomes
+from semlink.runtime.costs import WIRE_OVERHEAD_BYTES, Predictor
+from semlink.runtime.frames import ChannelState, ExitState, FrameState, Outcome
+from semlink.runtime.pipelines.base import Option
+
+PACKET_BYTES = BITS_PER_PACKET // 8
+LATE, DROPPED = "late", "dropped"
+
+
+class Chooser(Protocol):
+    """What the simulator asks of a controller (the device's controllers are ones)."""
+
+    def decide(self, frame: FrameState) -> Option: ...
+
+    def at_exit(self, state: ExitState, frame: FrameState, plan: Option) -> Option: ...
+
+    def observe(self, outcome: Outcome) -> None: ...
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The load and what a frame must meet."""
+
+    fps: float
+    deadline_ms: float
+    seconds: float = 20.0
+    rtt_ms: float = 20.0  # the link's round trip (half each way)
+    snr_db: float | None = 20.0  # the channel's SNR for JSCC options (None: noiseless)
+    max_waiting: int = 32
+
+    @property
+    def frames(self) -> int:
+        """Frames the camera sends."""
+        return max(1, int(self.fps * self.seconds))
+
+
+@dataclass
+class DeviceCosts:
+    """What one frame costs, as measured: the device's stages under its CPU quota, its front per
+    frame, and the server's time per kind of work (ms)."""
+
+    stages: dict[str, float]
+    front_ms: float
+    server_ms: dict[str, float]
+
+    def device_ms(self, stages: list[str]) -> float:
+        """The device's time for ``stages`` one after another."""
+        return sum(self.stages.get(s, 0.0) for s in stages)
+
+
+class Uplink:
+    """The device's uplink: a FIFO of bytes leaving at the schedule's delivery opportunities."""
+
+    def __init__(
+        self, schedule: Schedule, horizon_ms: float, rtt_ms: float, window_ms: float = 1000.0
+    ) -> None:
+        self.schedule, self.rtt_ms, self.window_ms = schedule, rtt_ms, window_ms
+        self.cum = np.array(
+            [schedule.opportunities_until(t) for t in range(int(horizon_ms) + 2)], np.int64
+        )
+        self.used = 0  # opportunities taken so far
+
+    def _at(self, t_ms: float) -> int:
+        return int(self.cum[min(int(t_ms), len(self.cum) - 1)])
+
+    def state(self, t_ms: float, snr_db: float | None) -> ChannelState:
+        """What the link reports at ``t_ms``: capacity over the last window, round trip, queue."""
+        start = t_ms - self.window_ms
+        n = self._at(t_ms) - self._at(start)
+        bw = n * BITS_PER_PACKET / max(t_ms - start, 1.0) * 1000.0
+        queued = max(0, self.used - self._at(t_ms)) * PACKET_BYTES
+        return ChannelState(bw, self.rtt_ms, snr_db, float(queued))
+
+    def arrival(self, t_ms: float, nbytes: float, commit: bool = True) -> float:
+        """When ``nbytes`` sent at ``t_ms`` have crossed (behind the queue), at the far end."""
+        first = max(self.used, self._at(t_ms))
+        last = first + max(1, math.ceil(nbytes / PACKET_BYTES))
+        if commit:
+            self.used = last
+        idx = int(np.searchsorted(self.cum, last, side="left"))
+        if idx >= len(self.cum):  # beyond the horizon: at the schedule's average rate
+            extra = (
+                (last - int(self.cum[-1]))
+                * BITS_PER_PACKET
+                / max(self.schedule.average_bps(), 1.0)
+                * 1000.0
+            )
+            done = len(self.cum) - 1 + extra
+        else:
+            done = float(idx)
+        return max(done, t_ms) + self.rtt_ms / 2.0
+
+
+@dataclass
+class Run:
+    """Every frame of one controller's run."""
+
+    name: str
+    frame: np.ndarray  # (F,) index into the outcome table
+    option: list[str]  # the option taken ("late", "dropped" where none)
+    answered: np.ndarray  # (F,) bool: computed and answered (not late, not dropped)
+    correct: np.ndarray  # (F,) bool: the answer is right (False when not answered)
+    on_time: np.ndarray  # (F,) bool: right within the deadline
+    latency_ms: np.ndarray  # (F,) arrival to answer
+    bytes_up: np.ndarray  # (F,) on the wire towards the server
+    device_ms: np.ndarray  # (F,) the device's compute on the frame
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, deadline_ms: float) -> dict[str, float]:
+        """On-time accuracy, accuracy of answered frames, share within the deadline, latency,
+        bytes and device time per frame."""
+        lat = self.latency_ms[self.answered]
+        return {
+            "on_time": float(self.on_time.mean()),
+            "n": int(len(self.on_time)),
+            "answered_accuracy": float(self.correct[self.answered].mean())
+            if self.answered.any()
+            else 0.0,
+            "within_deadline": float(((self.latency_ms <= deadline_ms) & self.answered).mean()),
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p95_ms": float(np.percentile(lat, 95)) if len(lat) else float("nan"),
+            "bytes_up": float(self.bytes_up.mean()),
+            "device_cpu_ms": float(self.device_ms.mean()),
+        }
+
+
+def frame_order(n_frames: int, length: int, seed: int) -> np.ndarray:
+    """The outcome-table frames a stream shows, in order: a seeded shuffle, repeated as needed."""
+    rng = np.random.default_rng(seed)
+    reps = -(-length // n_frames)
+    return np.concatenate([rng.permutation(n_frames) for _ in range(reps)])[:length]
+
+
+class Simulator:
+    """Replays one stream (see the module docstring) for any controller, or the oracle."""
+
+    def __init__(
+        self,
+        outcomes: Outcomes,
+        stages_of: Callable[[Option], list[str]],
+        costs: DeviceCosts,
+        schedule: Schedule,
+        stream: Stream,
+        seed: int = 0,
+    ) -> None:
+        self.outcomes, self.stages_of, self.costs, self.stream = outcomes, stages_of, costs, stream
+        self.schedule = schedule
+        self.index = {o: i for i, o in enumerate(outcomes.options)}
+        self.order = frame_order(len(outcomes.labels), stream.frames, seed)
+        below = [
+            i for i, s in enumerate(outcomes.snrs) if stream.snr_db is None or s <= stream.snr_db
+        ]
+        self.snr_index = below[-1] if below else 0
+        self.horizon_ms = stream.seconds * 1000.0 + 10 * stream.deadline_ms + 5000.0
+
+    def server_ms(self, option: Option) -> float:
+        """The server's measured time for ``option``'s kind of work."""
+        return self.costs.server_ms.get(Predictor.server_key(option), 0.0)
+
+    def run(self, name: str, chooser: Chooser | None) -> Run:
+        """The stream under ``chooser`` (None: the oracle in hindsight)."""
+        s, out = self.stream, self.outcomes
+        uplink = Uplink(self.schedule, self.horizon_ms, s.rtt_ms)
+        n = len(self.order)
+        arrivals = np.arange(n) * 1000.0 / s.fps
+        res = Run(
+            name,
+            self.order.copy(),
+            [""] * n,
+            answered=np.zeros(n, bool),
+            correct=np.zeros(n, bool),
+            on_time=np.zeros(n, bool),
+            latency_ms=np.zeros(n),
+            bytes_up=np.zeros(n),
+            device_ms=np.zeros(n),
+        )
+        free = 0.0  # when the device is next free
+        starts = np.full(n, np.inf)  # when each frame's work began (FIFO: never decreasing)
+        for i, f in enumerate(self.order):
+            arrived = arrivals[i]
+            start = max(arrived, free)
+            ahead = i - int(np.searchsorted(starts[:i], arrived, side="right"))
+            if ahead >= s.max_waiting:
+                starts[i] = arrived  # never queued
+                res.option[i], res.latency_ms[i] = DROPPED, 0.0
+                continue
+            waiting = int(np.searchsorted(arrivals, start, side="right")) - i - 1
+            starts[i] = start
+            start += self.costs.front_ms
+            if start - arrived >= s.deadline_ms:
+                free = max(free, arrived + self.costs.front_ms)
+                res.option[i], res.latency_ms[i] = LATE, s.deadline_ms
+                continue
+            frame = FrameState(
+                {},
+                uplink.state(start, s.snr_db),
+                s.deadline_ms,
+                start - arrived,
+                max(waiting, 0),
+                1000.0 / s.fps,
+            )
+            option, t = (
+                self._oracle(f, frame, start, uplink)
+                if chooser is None
+                else self._walk(chooser, f, frame, start)
+            )
+            free = t
+            answer_at = t
+            sent = 0.0
+            if option.offloads:
+                sent = float(out.bytes[f, self.index[option]]) + WIRE_OVERHEAD_BYTES
+                answer_at = uplink.arrival(t, sent) + self.server_ms(option) + s.rtt_ms / 2.0
+            right = bool(out.correct[self.snr_index, f, self.index[option]])
+            latency = answer_at - arrived
+            res.option[i] = option.name
+            res.answered[i], res.correct[i] = True, right
+            res.on_time[i] = right and latency <= s.deadline_ms
+            res.latency_ms[i], res.bytes_up[i], res.device_ms[i] = (
+                latency,
+                sent,
+                t - start + self.costs.front_ms,
+            )
+            if chooser is not None:
+                chooser.observe(
+                    Outcome(
+                        option,
+                        bytes_up=int(sent),
+                        latency_ms=latency,
+                        device_ms=res.device_ms[i],
+                        extra={
+                            "interval_ms": 1000.0 / s.fps,
+                            "bandwidth_bps": frame.channel.bandwidth_bps,
+                        },
+                    )
+                )
+        return res
+
+    def _walk(
+        self, chooser: Chooser, f: int, frame: FrameState, start: float
+    ) -> tuple[Option, float]:
+        """The controller's plan, revised at each exit on the way: the option and when the
+        device is done with the frame."""
+        option = chooser.decide(frame)
+        t, k = start, 0
+        prev = None
+        while True:
+            stages = self.stages_of(option)
+            stretches = [x for x in stages if x.startswith("stretch")]
+            if k >= len(stretches):
+                break
+            t += self.costs.stages.get(stretches[k], 0.0)
+            conf = (
+                float(self.outcomes.confidence[f, k])
+                if k < self.outcomes.confidence.shape[1]
+                else None
+            )
+            if conf is not None:
+                state = ExitState(
+                    k,
+                    self.outcomes.confidence.shape[1],
+                    k + 1,
+                    conf,
+                    prev,
+                    t - start + frame.elapsed_ms,
+                    frame.deadline_ms,
+                )
+                option = chooser.at_exit(state, frame, option)
+                prev = conf
+            k += 1
+        pack = [x for x in self.stages_of(option) if not x.startswith("stretch")]
+        return option, t + self.costs.device_ms(pack)
+
+    def _oracle(
+        self, f: int, frame: FrameState, start: float, uplink: Uplink
+    ) -> tuple[Option, float]:
+        """The cheapest option right on time for this frame (device time, then bytes), given the
+        device and the link as they are; else the quickest."""
+        best: tuple[float, float, Option, float] | None = None
+        quickest: tuple[float, Option, float] | None = None
+        arrived = start - frame.elapsed_ms
+        for option in self.outcomes.options:
+            done = start + self.costs.device_ms(self.stages_of(option))
+            answer_at, sent = done, 0.0
+            if option.offloads:
+                sent = float(self.outcomes.bytes[f, self.index[option]]) + WIRE_OVERHEAD_BYTES
+                answer_at = (
+                    uplink.arrival(done, sent, commit=False)
+                    + self.server_ms(option)
+                    + self.stream.rtt_ms / 2.0
+                )
+            if quickest is None or answer_at < quickest[0]:
+                quickest = (answer_at, option, done)
+            right = self.outcomes.correct[self.snr_index, f, self.index[option]]
+            if right and answer_at - arrived <= frame.deadline_ms:
+                key = (done - start, sent)
+                if best is None or key < best[:2]:
+                    best = (*key, option, done)
+        if best is not None:
+            return best[2], best[3]
+        assert quickest is not None
+        return quickest[1], quickest[2]
+
+
+__all__ = ["DeviceCosts", "DROPPED", "LATE", "Run", "Simulator", "Stream", "Uplink", "frame_order"]

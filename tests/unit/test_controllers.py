@@ -1,0 +1,206 @@
+"""Each controller's choice on hand-built states (deadline tight or loose, link good or bad, device
+idle or busy), and the stream simulator's queue and on-time scoring, on the shipped digits-split
+fixture's tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semlink.device.controller import (
+    ChannelState,
+    ExitState,
+    FrameState,
+    LyapunovController,
+    PlannerController,
+    load_table,
+    make_controller,
+)
+from semlink.device.controller.lyapunov import Constraint
+from semlink.device.settings import DeviceSettings
+from semlink.models.option_table import Outcomes
+from semlink.models.stream_sim import DROPPED, LATE, DeviceCosts, Simulator, Stream
+from semlink.runtime.costs import Link, Predictor, StageTimes
+from semlink.runtime.pipelines import Option, make_pipeline
+from semlink.runtime.pipelines.base import EXIT, OFFLOAD, UPLOAD
+from semlink.runtime.repository import resolve, scan
+from tests.conftest import ZOO
+
+# a slow device: each block 20 ms, packing 5 ms, a JPEG 8 ms; the server quick
+STAGES = {
+    "stretch0": 20.0,
+    "stretch1": 20.0,
+    "select1": 5.0,
+    "select2": 5.0,
+    "encode1": 6.0,
+    "encode2": 6.0,
+    "jpeg": 8.0,
+}
+SERVER = {"tail_1": 1.0, "tail_2": 1.0, "jscc_1": 1.0, "jscc_2": 1.0, "full": 2.0}
+GOOD = ChannelState(bandwidth_bps=20e6, rtt_ms=10.0, snr_db=20.0, queued_bytes=0.0)
+BAD = ChannelState(bandwidth_bps=50e3, rtt_ms=200.0, snr_db=0.0, queued_bytes=20_000.0)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return make_pipeline(resolve(scan(ZOO), "digits-split"))
+
+
+def predictor(pipe, stages=STAGES):
+    table = load_table(pipe)
+    p = Predictor(
+        pipe.stages, lambda o: float(table.bytes[table.index(o)]), StageTimes(dict(stages))
+    )
+    for key, ms in SERVER.items():
+        p.server.observe(key, ms)
+    return p
+
+
+def frame(channel, deadline_ms, elapsed_ms=0.0, waiting=0, interval_ms=None):
+    return FrameState({}, channel, deadline_ms, elapsed_ms, waiting, interval_ms)
+
+
+def test_the_predictor_adds_the_device_the_wire_and_the_server(pipe):
+    p = predictor(pipe)
+    off = Option.parse("s1:a0.5")
+    pred = p.predict(off, Link(1e6, 20.0, 1000.0), elapsed_ms=3.0)
+    nbytes = load_table(pipe).bytes[load_table(pipe).index(off)]
+    assert pred.device_ms == 25.0 and pred.server_ms == 1.0
+    assert pred.wire_ms == pytest.approx(8000.0 * (1000.0 + nbytes + 250) / 1e6 + 20.0)
+    assert pred.latency_ms == pytest.approx(3.0 + 25.0 + pred.wire_ms + 1.0)
+    exit2 = p.predict(Option(EXIT, 2), Link(), 0.0, done=1)  # the first block has run already
+    assert exit2.latency_ms == 20.0 and exit2.bytes_up == 0
+
+
+def test_planner_offloads_on_a_good_link_and_stays_home_on_a_bad_one(pipe):
+    ctl = PlannerController(load_table(pipe), predictor(pipe))
+    good = ctl.decide(frame(GOOD, 200.0))
+    assert good.offloads  # the device's exits are less accurate than its server's tail
+    bad = ctl.decide(frame(BAD, 200.0))
+    assert bad.action == EXIT  # 20 kB queued at 50 kbit/s: seconds; an exit answers in time
+
+
+def test_planner_answers_at_the_first_exit_when_the_deadline_is_tight(pipe):
+    ctl = PlannerController(load_table(pipe), predictor(pipe))
+    far = ChannelState(bandwidth_bps=20e6, rtt_ms=40.0, snr_db=20.0, queued_bytes=0.0)
+    assert ctl.decide(frame(far, 30.0)) == Option(EXIT, 1)  # only one block fits, no round trip
+    assert ctl.decide(frame(far, 100.0)).offloads  # with time for the round trip: the server
+    busy = ctl.decide(frame(far, 100.0, elapsed_ms=75.0))  # ... unless the frame waited 75 ms
+    assert busy == Option(EXIT, 1)
+    assert ctl.decide(frame(far, 10.0)) == Option(EXIT, 1)  # none fits: the quickest
+
+
+def test_planner_changes_course_at_an_exit_by_its_confidence(pipe):
+    ctl = PlannerController(load_table(pipe), predictor(pipe))
+    f = frame(GOOD, 200.0)
+    plan = ctl.decide(f)
+    unsure = ctl.at_exit(ExitState(0, 2, 1, 0.55, None, 20.0, 200.0), f, plan)
+    assert unsure != Option(EXIT, 1)  # an unsure first exit is often wrong: go on, or the server
+    sure = ctl.at_exit(ExitState(0, 2, 1, 0.93, None, 20.0, 200.0), f, plan)
+    expected_sure = ctl.state()["expected_accuracy"]
+    assert expected_sure > 0.95  # that confident, the first exit is rarely wrong ...
+    b = frame(BAD, 200.0)
+    assert ctl.at_exit(ExitState(0, 2, 1, 0.93, None, 20.0, 200.0), b, ctl.decide(b)).action == EXIT
+    assert sure.split >= 1  # ... and a bad link leaves the device's own answer
+
+
+def test_lyapunov_trades_accuracy_for_the_link_it_has(pipe):
+    """One configuration: on a fast link with frames far apart it sends tokens; at the same
+    rate and a frame every 10 ms over a slow link, the link's queue grows and it sends less."""
+    table = load_table(pipe)
+
+    def run(channel, interval_ms):
+        ctl = LyapunovController(
+            table,
+            [Constraint("link", 0.8, 1.0), Constraint("device", 0.9, 1.0)],
+            V=10.0,
+            predictor=predictor(pipe),
+        )
+        f = frame(channel, 1000.0, interval_ms=interval_ms)
+        sent = []
+        for _ in range(200):
+            option = ctl.decide(f)
+            nbytes = float(table.bytes[table.index(option)])
+            sent.append(nbytes)
+            from semlink.runtime.frames import Outcome
+
+            ctl.observe(
+                Outcome(
+                    option,
+                    bytes_up=int(nbytes),
+                    device_ms=40.0,
+                    extra={"interval_ms": interval_ms, "bandwidth_bps": channel.bandwidth_bps},
+                )
+            )
+        return np.mean(sent[-100:]), ctl
+
+    fast_bytes, _ = run(GOOD, 200.0)
+    slow = ChannelState(bandwidth_bps=50e3, rtt_ms=10.0, snr_db=20.0, queued_bytes=0.0)
+    slow_bytes, ctl = run(slow, 100.0)  # the link carries 625 B a frame: 500 B at 80 %
+    assert fast_bytes > 600 and slow_bytes < 560
+    assert ctl.state()["avg_link"] < 0.9  # the average utilisation held near its budget (0.8)
+
+
+def test_every_controller_the_pipeline_names_is_built_from_the_settings(pipe):
+    p = predictor(pipe)
+    for name in pipe.controllers:
+        if name == "rl" and not (pipe.model.path / "policy.onnx").is_file():
+            continue
+        ctl = make_controller(DeviceSettings(model_name="digits-split", controller=name), pipe, p)
+        option = pipe.check_option(ctl.decide(frame(GOOD, 500.0)))
+        assert option in pipe.options()
+    with pytest.raises(ValueError, match="does not fit model 'digits-vit'"):
+        make_controller(
+            DeviceSettings(controller="planner"), make_pipeline(resolve(scan(ZOO), "digits-vit")), p
+        )
+
+
+def _sim(pipe, fps, deadline_ms, stages=STAGES, link="10mbit", seconds=4.0, max_waiting=32):
+    from semlink.bench.policy import schedule_of
+
+    out = Outcomes.load(pipe.model.path / "outcomes_test.npz")
+    costs = DeviceCosts(dict(stages), 1.0, dict(SERVER))
+    return Simulator(
+        out,
+        pipe.stages,
+        costs,
+        schedule_of(link, seconds, 0),
+        Stream(fps, deadline_ms, seconds, max_waiting=max_waiting),
+    )
+
+
+def test_a_stream_faster_than_the_device_fills_its_queue_and_is_answered_late_or_dropped(pipe):
+    """Exit 2 takes 41 ms of device a frame; at 100 frames/s the queue fills: frames past its
+    bound are dropped at once, frames that cannot start in time answered late; none is lost."""
+    from semlink.device.controller import FixedController
+
+    sim = _sim(pipe, fps=100.0, deadline_ms=150.0, max_waiting=3)
+    run = sim.run("exit2", FixedController(pipe, Option(EXIT, 2)))
+    options = np.array(run.option)
+    assert (options == DROPPED).sum() > 0 and (options == LATE).sum() > 0
+    assert len(options) == 400 and all(o in (DROPPED, LATE, "exit2") for o in options)
+    assert not run.on_time[options != "exit2"].any()  # late and dropped count as wrong
+    assert run.summary(150.0)["on_time"] < 0.5
+
+
+def test_on_time_means_right_and_within_the_deadline(pipe):
+    from semlink.device.controller import FixedController
+
+    slow = _sim(pipe, fps=5.0, deadline_ms=30.0)  # exit 2 takes 41 ms: right but late
+    run = slow.run("exit2", FixedController(pipe, Option(EXIT, 2)))
+    assert run.correct.mean() > 0.8 and run.on_time.sum() == 0
+    easy = _sim(pipe, fps=5.0, deadline_ms=100.0)
+    run = easy.run("exit2", FixedController(pipe, Option(EXIT, 2)))
+    np.testing.assert_array_equal(run.on_time, run.correct)
+
+
+def test_the_oracle_is_never_below_a_fixed_option_and_strategies_pair_frame_by_frame(pipe):
+    from semlink.device.controller import FixedController
+
+    sim = _sim(pipe, fps=10.0, deadline_ms=100.0, link="1mbit")
+    oracle = sim.run("oracle", None)
+    for option in (Option(EXIT, 1), Option.parse("s1:a0.25"), Option(UPLOAD, quality=75)):
+        fixed = sim.run(option.name, FixedController(pipe, option))
+        np.testing.assert_array_equal(fixed.frame, oracle.frame)
+        assert oracle.on_time.mean() >= fixed.on_time.mean()
+    assert {Option.parse(n).action for n in oracle.option} <= {EXIT, OFFLOAD, UPLOAD}
