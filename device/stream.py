@@ -107,11 +107,10 @@ def install_stream(app: FastAPI, service: DeviceService) -> None:
         ws: WebSocket, data: bytes, arrived: float, cpu0: float, lock: asyncio.Lock
     ) -> None:
         """Answers one frame message (exactly once, whatever happens)."""
-        frame_id: Any = None
+        frame_id: Any = peek_id(data[: 4 + MAX_HEADER_BYTES])  # for an answer to a bad frame
         try:
             c0 = time.thread_time()
             header, frame = parse_frame(data, manifest.image_shape)
-            frame_id = header.get("id")
             if isinstance(frame, np.ndarray):  # raw pixels: normalising is all the decoding
                 image = manifest.normalisation.apply(frame[0].astype(np.float32) / 255.0)
             else:

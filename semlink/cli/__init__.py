@@ -19,6 +19,7 @@ from semlink.cli import (
     evaluate,
     export,
     processes,
+    stream,
     train,
     zoo,
 )
@@ -30,7 +31,7 @@ DESCRIPTION = """The ``semlink`` command line: train, eval, export, zoo, and the
 Training and evaluation import torch lazily, so the serving subcommands run on a torch-free
 install.
 """
-VERBS = (train, evaluate, export, calibrate, data, zoo, bench, processes, demo)
+VERBS = (train, evaluate, export, calibrate, data, zoo, bench, processes, stream, demo)
 """The modules that add the subcommands, in the order the help lists them."""
 
 
