@@ -154,6 +154,19 @@ class Run:
         }
 
 
+@dataclass
+class Episode:
+    """One run of the stream in progress."""
+
+    run: Run
+    uplink: Uplink
+    arrivals: np.ndarray  # (F,) ms
+    starts: np.ndarray  # (F,) when each frame's work began (FIFO: never decreasing)
+    i: int = 0  # the next frame
+    free: float = 0.0  # when the device is next free
+    start_ms: float = 0.0  # the frame at hand's start (after its front)
+
+
 def frame_order(n_frames: int, length: int, seed: int) -> np.ndarray:
     """The outcome-table frames a stream shows, in order: a seeded shuffle, repeated as needed."""
     rng = np.random.default_rng(seed)
@@ -189,11 +202,22 @@ class Simulator:
 
     def run(self, name: str, chooser: Chooser | None) -> Run:
         """The stream under ``chooser`` (None: the oracle in hindsight)."""
-        s, out = self.stream, self.outcomes
-        uplink = Uplink(self.schedule, self.horizon_ms, s.rtt_ms)
+        ep = self.start(name)
+        while (at := self.next_frame(ep)) is not None:
+            f, frame, start = at
+            if chooser is None:
+                option, done = self._oracle(f, frame, start, ep.uplink)
+            else:
+                option, done = self._walk(chooser, f, frame, start)
+            outcome = self.finish(ep, option, done)
+            if chooser is not None:
+                chooser.observe(outcome)
+        return ep.run
+
+    def start(self, name: str) -> Episode:
+        """A fresh run of the stream: the link and the device idle, no frame sent yet."""
         n = len(self.order)
-        arrivals = np.arange(n) * 1000.0 / s.fps
-        res = Run(
+        run = Run(
             name,
             self.order.copy(),
             [""] * n,
@@ -204,66 +228,82 @@ class Simulator:
             bytes_up=np.zeros(n),
             device_ms=np.zeros(n),
         )
-        free = 0.0  # when the device is next free
-        starts = np.full(n, np.inf)  # when each frame's work began (FIFO: never decreasing)
-        for i, f in enumerate(self.order):
-            arrived = arrivals[i]
-            start = max(arrived, free)
-            ahead = i - int(np.searchsorted(starts[:i], arrived, side="right"))
+        arrivals = np.arange(n) * 1000.0 / self.stream.fps
+        return Episode(
+            run,
+            Uplink(self.schedule, self.horizon_ms, self.stream.rtt_ms),
+            arrivals,
+            np.full(n, np.inf),
+        )
+
+    def next_frame(self, ep: Episode) -> tuple[int, FrameState, float] | None:
+        """The next frame the device starts on: its table index, what the device knows then and
+        when its work starts (after its front); frames dropped or late on the way are recorded.
+        None when the stream is over."""
+        s = self.stream
+        while ep.i < len(self.order):
+            i = ep.i
+            arrived = ep.arrivals[i]
+            start = max(arrived, ep.free)
+            ahead = i - int(np.searchsorted(ep.starts[:i], arrived, side="right"))
             if ahead >= s.max_waiting:
-                starts[i] = arrived  # never queued
-                res.option[i], res.latency_ms[i] = DROPPED, 0.0
+                ep.starts[i] = arrived  # never queued
+                ep.run.option[i] = DROPPED
+                ep.i += 1
                 continue
-            waiting = int(np.searchsorted(arrivals, start, side="right")) - i - 1
-            starts[i] = start
+            waiting = int(np.searchsorted(ep.arrivals, start, side="right")) - i - 1
+            ep.starts[i] = start
             start += self.costs.front_ms
             if start - arrived >= s.deadline_ms:
-                free = max(free, arrived + self.costs.front_ms)
-                res.option[i], res.latency_ms[i] = LATE, s.deadline_ms
+                ep.free = max(ep.free, arrived + self.costs.front_ms)
+                ep.run.option[i], ep.run.latency_ms[i] = LATE, s.deadline_ms
+                ep.i += 1
                 continue
+            channel = ep.uplink.state(start, s.snr_db)
             frame = FrameState(
-                {},
-                uplink.state(start, s.snr_db),
-                s.deadline_ms,
-                start - arrived,
-                max(waiting, 0),
-                1000.0 / s.fps,
+                {}, channel, s.deadline_ms, start - arrived, max(waiting, 0), 1000.0 / s.fps
             )
-            option, t = (
-                self._oracle(f, frame, start, uplink)
-                if chooser is None
-                else self._walk(chooser, f, frame, start)
-            )
-            free = t
-            answer_at = t
-            sent = 0.0
-            if option.offloads:
-                sent = float(out.bytes[f, self.index[option]]) + WIRE_OVERHEAD_BYTES
-                answer_at = uplink.arrival(t, sent) + self.server_ms(option) + s.rtt_ms / 2.0
-            right = bool(out.correct[self.snr_index, f, self.index[option]])
-            latency = answer_at - arrived
-            res.option[i] = option.name
-            res.answered[i], res.correct[i] = True, right
-            res.on_time[i] = right and latency <= s.deadline_ms
-            res.latency_ms[i], res.bytes_up[i], res.device_ms[i] = (
-                latency,
-                sent,
-                t - start + self.costs.front_ms,
-            )
-            if chooser is not None:
-                chooser.observe(
-                    Outcome(
-                        option,
-                        bytes_up=int(sent),
-                        latency_ms=latency,
-                        device_ms=res.device_ms[i],
-                        extra={
-                            "interval_ms": 1000.0 / s.fps,
-                            "bandwidth_bps": frame.channel.bandwidth_bps,
-                        },
-                    )
-                )
-        return res
+            ep.start_ms = start
+            return int(self.order[i]), frame, start
+        return None
+
+    def finish(self, ep: Episode, option: Option, done: float) -> Outcome:
+        """Takes ``option`` for the frame :meth:`next_frame` returned, the device done with it
+        at ``done``; records what came of it and returns what the frame cost."""
+        s, out, i = self.stream, self.outcomes, ep.i
+        f = int(self.order[i])
+        arrived = ep.arrivals[i]
+        ep.free = done
+        answer_at, sent = done, 0.0
+        if option.offloads:
+            sent = float(out.bytes[f, self.index[option]]) + WIRE_OVERHEAD_BYTES
+            answer_at = ep.uplink.arrival(done, sent) + self.server_ms(option) + s.rtt_ms / 2.0
+        right = bool(out.correct[self.snr_index, f, self.index[option]])
+        latency = answer_at - arrived
+        r = ep.run
+        r.option[i] = option.name
+        r.answered[i], r.correct[i] = True, right
+        r.on_time[i] = right and latency <= s.deadline_ms
+        r.latency_ms[i], r.bytes_up[i] = latency, sent
+        r.device_ms[i] = done - ep.start_ms + self.costs.front_ms
+        ep.i += 1
+        bandwidth = ep.uplink.state(ep.start_ms, s.snr_db).bandwidth_bps
+        return Outcome(
+            option,
+            bytes_up=int(sent),
+            latency_ms=latency,
+            device_ms=r.device_ms[i],
+            extra={
+                "interval_ms": 1000.0 / s.fps,
+                "bandwidth_bps": bandwidth,
+                "on_time": r.on_time[i],
+            },
+        )
+
+    def device_done(self, option: Option, start: float) -> float:
+        """When the device is done with a frame started at ``start`` under ``option`` (no
+        change of course on the way)."""
+        return start + self.costs.device_ms(self.stages_of(option))
 
     def _walk(
         self, chooser: Chooser, f: int, frame: FrameState, start: float
@@ -331,4 +371,14 @@ class Simulator:
         return quickest[1], quickest[2]
 
 
-__all__ = ["DeviceCosts", "DROPPED", "LATE", "Run", "Simulator", "Stream", "Uplink", "frame_order"]
+__all__ = [
+    "DeviceCosts",
+    "DROPPED",
+    "Episode",
+    "LATE",
+    "Run",
+    "Simulator",
+    "Stream",
+    "Uplink",
+    "frame_order",
+]

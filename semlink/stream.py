@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from semlink.models.stats import wilson
+from semlink.protocol.stream import frame_message
 
 
 @dataclass
@@ -53,12 +53,6 @@ def frames_of(model: str, seed: int) -> tuple[np.ndarray, np.ndarray, Any]:
     return pixels, test.labels[order], mv.manifest
 
 
-def message(frame_id: int, pixels: np.ndarray, params: dict[str, Any]) -> bytes:
-    """One frame message: header length, JSON header, raw pixels."""
-    header = json.dumps({"id": frame_id, "format": "raw", **params}, separators=(",", ":")).encode()
-    return struct.pack("<I", len(header)) + header + pixels.tobytes()
-
-
 async def run(cfg: StreamConfig, pixels: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Sends the stream and collects an answer to every frame (waiting at most the deadline
     plus 5 s after the last one left)."""
@@ -84,7 +78,7 @@ async def run(cfg: StreamConfig, pixels: np.ndarray, labels: np.ndarray) -> dict
             await asyncio.sleep(max(0.0, t0 + i / cfg.fps - time.perf_counter()))
             j = i % len(labels)
             sent[i] = time.perf_counter()
-            await ws.send(message(i, pixels[j], {**params, "label": int(labels[j])}))
+            await ws.send(frame_message(i, pixels[j], {**params, "label": int(labels[j])}))
         try:
             await asyncio.wait_for(reader, cfg.deadline_ms / 1000.0 + 5.0)
         except TimeoutError:
@@ -100,8 +94,13 @@ def summarise(
     labels: np.ndarray,
 ) -> dict[str, Any]:
     """On-time accuracy and the rest of the summary, from the camera's clock."""
-    right, on_time, latency, outcomes, options = [], [], [], Counter(), Counter()
-    bytes_up, cpu = [], []
+    right: list[bool] = []
+    on_time: list[bool] = []
+    latency: list[float] = []
+    bytes_up: list[float] = []
+    cpu: list[float] = []
+    outcomes: Counter[str] = Counter()
+    options: Counter[str] = Counter()
     for i in range(n):
         doc, at = answers.get(i, ({"outcome": "lost"}, float("inf")))
         outcomes[doc["outcome"]] += 1
@@ -154,4 +153,4 @@ def format_summary(cfg: StreamConfig, r: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["StreamConfig", "format_summary", "frames_of", "message", "run", "summarise"]
+__all__ = ["StreamConfig", "format_summary", "frames_of", "run", "summarise"]

@@ -25,12 +25,10 @@ def write_figures(path: str | None, figures: Any) -> None:
 
 def model_and_test_split(model: str) -> tuple[Any, Any]:
     """The zoo's ``model`` (its newest version) and the test split of the dataset it was trained
-    on, which its manifest names."""
-    from semlink.models.datasets import load_dataset
-    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
+    on (:func:`models.stream_costs.model_and_test_split`)."""
+    from semlink.models.stream_costs import model_and_test_split as split
 
-    mv = resolve(scan(DEFAULT_REPOSITORY), model)
-    return mv, load_dataset(mv.manifest.normalisation.dataset, "test")
+    return split(model)
 
 
 def run_and_report(

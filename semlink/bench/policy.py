@@ -2,7 +2,7 @@
 the planner and the oracle in hindsight, under streams (docs/methods.md#one-decision).
 
 The device's stage times are measured under the device profile's CPU quota and the server's at
-the machine's speed (:mod:`semlink.bench.costs`); each stream (a frame rate on a link, for
+the machine's speed (:mod:`models.stream_costs`); each stream (a frame rate on a link, for
 ``seconds``) is then replayed on the *test* split's recorded outcomes of every option
 (:mod:`models.stream_sim`), frame by frame, for each controller: the device's own controllers,
 configured once (the device's defaults; the tables they read come from the validation split),
@@ -142,7 +142,7 @@ def summarise(runs: dict[str, Run], deadline_ms: float) -> dict[str, Any]:
 
 def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
     """Measures the costs once, then replays every stream for every strategy."""
-    from semlink.bench import costs as measured
+    from semlink.models import stream_costs as measured
     from semlink.models.option_table import Outcomes
     from semlink.runtime.cpu_quota import profile_share
     from semlink.runtime.pipelines import make_pipeline

@@ -14,7 +14,8 @@ import pytest
 import websockets
 
 from semlink.procs import Processes, Stack
-from semlink.stream import StreamConfig, frames_of, message, run
+from semlink.protocol.stream import frame_message as message
+from semlink.stream import StreamConfig, frames_of, run
 from tests.conftest import ZOO
 
 pytestmark = pytest.mark.slow

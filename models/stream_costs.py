@@ -1,4 +1,4 @@
-"""What a frame costs where, measured: every device stage of a pipeline under a CPU quota (a child
+"""What a frame costs where, measured (for the stream simulator, the RL environment, the benchmarks): every device stage of a pipeline under a CPU quota (a child
 process in a cgroup of its own), the device's front per frame, and the server's time per kind of
 work at the machine's speed. The stream simulator and the regime map predict from these.
 
@@ -20,6 +20,17 @@ import numpy as np
 
 from semlink.models.stream_sim import DeviceCosts
 
+
+def model_and_test_split(model: str) -> tuple[Any, Any]:
+    """The zoo's ``model`` (its newest version) and the test split of the dataset it was trained
+    on, which its manifest names."""
+    from semlink.models.datasets import load_dataset
+    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
+
+    mv = resolve(scan(DEFAULT_REPOSITORY), model)
+    return mv, load_dataset(mv.manifest.normalisation.dataset, "test")
+
+
 WARM_UP = 3
 
 
@@ -28,8 +39,7 @@ def _stage_times(
 ) -> dict[str, Any]:
     """In this process (under the quota when given): the sustained ms of every device stage of
     ``model``'s pipeline, and of the stream's front per frame."""
-    from semlink.bench import model_and_test_split
-    from semlink.device.stream import parse_frame
+    from semlink.protocol.stream import parse_frame
     from semlink.runtime.pipelines import WireOptions, make_pipeline
 
     mv, test = model_and_test_split(model)
@@ -81,7 +91,6 @@ def _stage_times(
 
 def _server_times(model: str, repeats: int) -> dict[str, float]:
     """At the machine's speed, one thread: the median ms of each kind of server work."""
-    from semlink.bench import model_and_test_split
     from semlink.protocol.codec import datatype_of
     from semlink.runtime.costs import Predictor
     from semlink.runtime.pipelines import WireOptions, make_pipeline
