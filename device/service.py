@@ -455,9 +455,12 @@ class DeviceService:
                 None,
             )
         t_local = time.perf_counter()
-        logits = await self.run(
-            self._timed, walk, "local", self.pipeline.answer_locally, walk.stretch, offload
-        )
+        if walk.option.action == "exit":  # the exit's own log p: nothing to compute
+            logits = self.pipeline.answer_locally(walk.stretch, offload)
+        else:
+            logits = await self._stage(
+                walk, "local", self.pipeline.answer_locally, walk.stretch, offload
+            )
         walk.timing["device_tail_ms"] = 1000.0 * (time.perf_counter() - t_local)
         if not np.isfinite(logits).all():  # an answer is never NaN
             raise TensorError(

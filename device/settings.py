@@ -119,7 +119,11 @@ class DeviceSettings(BaseSettings):
     max_concurrent_per_client: int = Field(
         64, ge=0, description="HTTP requests in flight per client address (0 = no limit); 429 above"
     )
-    state_poll_ms: float = Field(200.0, gt=0.0)
+    state_poll_ms: float = Field(
+        500.0,
+        gt=0.0,
+        description="how often the device reads the link's state (each read costs CPU)",
+    )
     server_probe_s: float = Field(
         1.0,
         gt=0.0,

@@ -7,8 +7,9 @@ each frame is one binary message::
     [4 bytes: n, little-endian][n bytes: a JSON header][the frame]
 
 The header: ``id`` (echoed in the answer), ``format`` (``raw``: the frame is the model's input
-size in 8-bit pixels, H x W x C, row-major; ``png`` or ``jpeg``: a file, decoded and resized), and
-any request parameter (``deadline_ms``, ``label``, ``option``, ``snr_db``, ...). Each frame gets
+size in 8-bit pixels, H x W x C, row-major; ``png`` or ``jpeg``: a file, decoded and resized),
+``answer: true`` for the whole answer (as ``/v1/classify`` gives it) besides the brief, and any
+request parameter (``deadline_ms``, ``label``, ``option``, ``snr_db``, ...). Each frame gets
 exactly one answer, a JSON text message, in the order answers are ready::
 
     {"id": ..., "outcome": "server" | "device" | "degraded" | "late" | "dropped" | "error",
@@ -54,12 +55,13 @@ def install_stream(app: FastAPI, service: DeviceService) -> None:
             c0 = time.thread_time()
             header, frame = parse_frame(data, manifest.image_shape)
             if isinstance(frame, np.ndarray):  # raw pixels: normalising is all the decoding
-                image = manifest.normalisation.apply(frame[0].astype(np.float32) / 255.0)
+                image = manifest.normalisation.apply_uint8(frame[0])
             else:
                 image = await service.run(
                     decode_image, frame, manifest, service.settings.max_image_pixels
                 )
-            params = {k: v for k, v in header.items() if k not in ("id", "format")}
+            full = header.get("answer") is True  # the whole answer, not the brief
+            params = {k: v for k, v in header.items() if k not in ("id", "format", "answer")}
             if frame_id is not None:
                 params.setdefault("request_id", str(frame_id)[:128])
             cpu = cpu0 + 1000.0 * (time.thread_time() - c0)
@@ -75,6 +77,7 @@ def install_stream(app: FastAPI, service: DeviceService) -> None:
                 bytes_down=a.reply_bytes,
                 device_cpu_ms=round(a.device_cpu_ms, 3),
                 queued_ms=round(a.queued_ms, 3),
+                **({"answer": a.as_dict()} if full else {}),
             )
         except Late as exc:
             message = brief(frame_id, "late", on_time=False, error=str(exc))

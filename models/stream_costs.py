@@ -83,7 +83,7 @@ def _stage_times(
 
     def front() -> None:
         _, frame = parse_frame(message, mv.image_shape)
-        norm.apply(np.asarray(frame)[0].astype(np.float32) / 255.0)
+        norm.apply_uint8(np.asarray(frame)[0])
 
     sustained("front", front)
     return times

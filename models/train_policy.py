@@ -41,7 +41,8 @@ POLICY_FILE = "policy.onnx"
 @dataclass
 class TrainPolicyConfig:
     model_dir: str
-    """Exported early-exit pipeline (manifest, graphs, traces/val.npz)."""
+    """Exported early-exit pipeline (manifest, graphs, traces/val.npz), or an any-split network
+    (options.json, outcomes_val.npz): its options policy trains on streams."""
     out: str | None = None
     """Folder for policy.onnx, policy.json and the PPO checkpoint (default: model_dir)."""
     total_timesteps: int = 400_000
@@ -102,7 +103,7 @@ class PolicyLogits(nn.Module):
         return self.action_net(self.extractor(obs))
 
 
-def export_policy(policy: Any, path: str | Path) -> None:
+def export_policy(policy: Any, path: str | Path, obs_dim: int = OBS_DIM) -> None:
     """Writes the policy's logits graph to ONNX and checks it against PyTorch."""
     import onnx
     import onnxruntime as ort
@@ -110,7 +111,7 @@ def export_policy(policy: Any, path: str | Path) -> None:
     from semlink.models.export import export_graph
 
     module = PolicyLogits(policy).eval()
-    obs = torch.rand(4, OBS_DIM)
+    obs = torch.rand(4, obs_dim)
     B = torch.export.Dim("B", min=1, max=4096)
     export_graph(module, (obs,), Path(path), ["obs"], ["logits"], ({0: B},))
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
@@ -141,6 +142,11 @@ def train_policy(cfg: TrainPolicyConfig) -> dict[str, Any]:
 
     if cfg.seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {cfg.seeds}")
+    manifest = json.loads((Path(cfg.model_dir) / "manifest.json").read_text())
+    if manifest.get("kind") == "any-split":  # one option per frame, on streams
+        from semlink.models.train_option_policy import train_option_policy
+
+        return train_option_policy(cfg)
     register()
     torch.set_num_threads(1)  # a 2x64 MLP: more threads only add overhead
     model_dir = Path(cfg.model_dir)

@@ -11,8 +11,11 @@ device's controllers and the stream simulator of the benchmarks share it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from semlink.runtime.pipelines.base import Option
 
@@ -53,8 +56,9 @@ class Link:
     rtt_ms: float | None = None
     queued_bytes: float | None = None
 
-    def wire_ms(self, nbytes: float) -> float:
-        """Time for ``nbytes`` to cross (behind what is queued) and the answer to come back."""
+    def wire_ms(self, nbytes: Any) -> Any:
+        """Time (ms) for ``nbytes`` (a number or an array) to cross, behind what is queued, and
+        the answer to come back."""
         bw = (
             self.bandwidth_bps
             if self.bandwidth_bps and self.bandwidth_bps > 0
@@ -76,6 +80,19 @@ class Prediction:
     bytes_up: float  # payload towards the server
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A set of options as arrays: the stages each runs, what each sends, its server work."""
+
+    stages: list[str]
+    uses: np.ndarray  # (A, S) 1 where option a runs stage s
+    after: np.ndarray  # (D+1, S) 0 for the stretches already run
+    offloads: np.ndarray  # (A,) bool
+    bytes: np.ndarray  # (A,)
+    server_keys: list[str]
+    server_of: np.ndarray  # (A,) index into server_keys
+
+
 class Predictor:
     """Predicts every option's costs for a frame from measured stage times, the link's state and
     the servers' reported times.
@@ -94,6 +111,7 @@ class Predictor:
     ) -> None:
         self.stages, self.bytes_of, self.times = stages, bytes_of, times
         self.server = StageTimes(unknown_ms=2.0)  # per kind of server work
+        self._cached: tuple[tuple[Option, ...], _Plan] | None = None
 
     @staticmethod
     def server_key(option: Option) -> str:
@@ -115,6 +133,55 @@ class Predictor:
         wire = link.wire_ms(nbytes)
         server = self.server.total([self.server_key(option)])
         return Prediction(device, wire, server, elapsed_ms + device + wire + server, nbytes)
+
+    def latencies(
+        self, options: Sequence[Option], link: Link, elapsed_ms: float = 0.0, done: int = 0
+    ) -> np.ndarray:
+        """(A,) the predicted latency of every option at once, as :meth:`predict` gives each
+        (a controller weighs every option on every frame: this is one matrix product)."""
+        return self.predict_all(options, link, elapsed_ms, done)[1]
+
+    def predict_all(
+        self, options: Sequence[Option], link: Link, elapsed_ms: float = 0.0, done: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(A,) device compute and (A,) latency of every option at once."""
+        plan = self._plan(tuple(options))
+        times = np.array([self.times.ms.get(st, self.times.unknown_ms) for st in plan.stages])
+        used = plan.uses if done == 0 else plan.uses * plan.after[min(done, len(plan.after) - 1)]
+        device = used @ times
+        server = np.array([self.server.ms.get(k, self.server.unknown_ms) for k in plan.server_keys])
+        wire = np.where(plan.offloads, link.wire_ms(plan.bytes) + server[plan.server_of], 0.0)
+        return device, elapsed_ms + device + wire
+
+    def _plan(self, options: tuple[Option, ...]) -> _Plan:
+        """Which stages each option runs, what it sends and to which server work (made once)."""
+        if self._cached is not None and self._cached[0] == options:
+            return self._cached[1]
+        per = [self.stages(o) for o in options]
+        stages = sorted({st for ss in per for st in ss})
+        col = {st: j for j, st in enumerate(stages)}
+        uses = np.zeros((len(options), len(stages)))
+        for i, ss in enumerate(per):
+            for st in ss:
+                uses[i, col[st]] = 1.0
+        depth = 1 + max((int(st[7:]) for st in stages if st.startswith("stretch")), default=-1)
+        after = np.ones((depth + 1, len(stages)))  # after[d]: 0 for the first d stretches
+        for d in range(depth + 1):
+            for k in range(d):
+                if f"stretch{k}" in col:
+                    after[d, col[f"stretch{k}"]] = 0.0
+        keys = sorted({self.server_key(o) for o in options})
+        plan = _Plan(
+            stages,
+            uses,
+            after,
+            np.array([o.offloads for o in options]),
+            np.array([self.bytes_of(o) if o.offloads else 0.0 for o in options]),
+            keys,
+            np.array([keys.index(self.server_key(o)) for o in options]),
+        )
+        self._cached = (options, plan)
+        return plan
 
     def observe_server(self, option: Option, server_ms: float) -> None:
         """Takes one reply's reported server time for ``option``'s kind of work."""

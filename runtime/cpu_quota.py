@@ -30,6 +30,13 @@ class QuotaError(ValueError):
     """The CPU quota could not be set; the message says why and what to do instead."""
 
 
+def quota_available() -> bool:
+    """Whether this process may set a CPU quota here (a writable cgroup CPU controller)."""
+    v2 = (CGROUP_ROOT / "cgroup.controllers").is_file()
+    base = CGROUP_ROOT if v2 else CGROUP_ROOT / "cpu"
+    return (base / "cgroup.procs").is_file() and os.access(base, os.W_OK)
+
+
 def profile_share(name: str) -> float | None:
     """The CPU share of a named profile; raises ``ValueError`` naming the profiles."""
     if name not in PROFILES:

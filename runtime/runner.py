@@ -90,6 +90,9 @@ def uvicorn_server(
         access_log=False,
         lifespan="off",
         http=_protocol(header_timeout_s),
+        # a camera's frames are pixels, which deflate costs CPU on both ends to compress a little
+        ws_per_message_deflate=False,
+        ws_max_size=16 * 1024 * 1024,
     )
     return _Server(config)
 

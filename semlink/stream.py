@@ -55,17 +55,28 @@ def frames_of(model: str, seed: int) -> tuple[np.ndarray, np.ndarray, Any]:
 
 async def run(cfg: StreamConfig, pixels: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Sends the stream and collects an answer to every frame (waiting at most the deadline
-    plus 5 s after the last one left)."""
+    plus 5 s after the last one left); returns the summary."""
+    return summarise(cfg, *await send(cfg, pixels, labels))
+
+
+async def send(
+    cfg: StreamConfig, pixels: np.ndarray, labels: np.ndarray, extra: dict[str, Any] | None = None
+) -> tuple[int, dict[int, float], dict[int, tuple[dict[str, Any], float]], np.ndarray]:
+    """Sends the stream (``extra``: more header fields for every frame); returns the frame count,
+    when each frame left and each answer with when it came (camera clock, s), and the labels in
+    the order sent."""
     import websockets
 
     n = max(1, int(cfg.fps * cfg.seconds))
     sent: dict[int, float] = {}
     answers: dict[int, tuple[dict[str, Any], float]] = {}
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
-    params: dict[str, Any] = {"deadline_ms": cfg.deadline_ms}
+    params: dict[str, Any] = {"deadline_ms": cfg.deadline_ms, **(extra or {})}
     if cfg.option:
         params["option"] = cfg.option
-    async with websockets.connect(cfg.url, additional_headers=headers, max_size=2**20) as ws:
+    async with websockets.connect(
+        cfg.url, additional_headers=headers, max_size=2**20, compression=None
+    ) as ws:
 
         async def receive() -> None:
             while len(answers) < n:
@@ -83,7 +94,7 @@ async def run(cfg: StreamConfig, pixels: np.ndarray, labels: np.ndarray) -> dict
             await asyncio.wait_for(reader, cfg.deadline_ms / 1000.0 + 5.0)
         except TimeoutError:
             reader.cancel()
-    return summarise(cfg, n, sent, answers, labels)
+    return n, sent, answers, labels
 
 
 def summarise(
@@ -153,4 +164,4 @@ def format_summary(cfg: StreamConfig, r: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["StreamConfig", "format_summary", "frames_of", "run", "summarise"]
+__all__ = ["StreamConfig", "format_summary", "frames_of", "run", "send", "summarise"]

@@ -109,9 +109,7 @@ class LyapunovController(Controller):
         if self.predictor is not None:
             link = Link(channel.bandwidth_bps, channel.rtt_ms, channel.queued_bytes)
             elapsed = frame.elapsed_ms if frame is not None else 0.0
-            preds = [self.predictor.predict(o, link, elapsed) for o in self.table.options]
-            out["latency"] = np.array([p.latency_ms for p in preds])
-            device = np.array([p.device_ms for p in preds])
+            device, out["latency"] = self.predictor.predict_all(self.table.options, link, elapsed)
         else:
             wire = bits / bw * 1000.0 if bw > 0 else np.full(len(bits), np.inf)
             out["latency"] = wire + (channel.rtt_ms or 0.0)

@@ -69,12 +69,7 @@ class PlannerController(Controller):
     ) -> Option:
         """The most accurate candidate predicted in time (ties: the quickest); else the quickest."""
         link = Link(frame.channel.bandwidth_bps, frame.channel.rtt_ms, frame.channel.queued_bytes)
-        latency = np.array(
-            [
-                self.predictor.predict(self.table.options[i], link, elapsed_ms, done).latency_ms
-                for i in candidates
-            ]
-        )
+        latency = self.predictor.latencies(self.table.options, link, elapsed_ms, done)[candidates]
         a = acc[candidates]
         fits = latency + self.margin_ms <= frame.deadline_ms
         if fits.any():

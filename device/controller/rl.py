@@ -93,9 +93,7 @@ class RLController(Controller):
         t0 = time.perf_counter()
         c = frame.channel
         link = Link(c.bandwidth_bps, c.rtt_ms, c.queued_bytes)
-        latency = np.array(
-            [self.predictor.predict(o, link, frame.elapsed_ms).latency_ms for o in self.options]
-        )
+        latency = self.predictor.latencies(self.options, link, frame.elapsed_ms)
         table_acc = self.table.accuracy_at(frame.request.get(P.SNR_DB, c.snr_db))
         acc = np.array([table_acc[self.table.index(o)] for o in self.options])
         obs = frame_observation(

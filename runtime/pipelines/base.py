@@ -176,6 +176,7 @@ class Pipeline(abc.ABC):
         self.model = model
         self.manifest: Manifest = model.manifest
         self.sessions: dict[str, ort.InferenceSession] = {}
+        self._offered: frozenset[Option] | None = None
 
     def open(self, graphs: list[str], threads: int = 1) -> None:
         """Opens an ONNX Runtime session for each named graph (``threads`` intra-op each)."""
@@ -196,9 +197,11 @@ class Pipeline(abc.ABC):
 
     def check_option(self, option: Option) -> Option:
         """``option`` if this pipeline offers it; raises :class:`ParameterError` naming them."""
-        offered = self.options()
-        if option in offered:
+        if self._offered is None:  # the options never change: a set, made once
+            self._offered = frozenset(self.options())
+        if option in self._offered:
             return option
+        offered = self.options()
         names = ", ".join(o.name for o in offered[:12])
         more = f" and {len(offered) - 12} more" if len(offered) > 12 else ""
         raise ParameterError(

@@ -76,7 +76,7 @@ def _train_policy(args: argparse.Namespace) -> int:
         f"{metrics['train_seconds']:.0f} s, validation reward {metrics['val_reward']:.4f}, "
         f"seed {metrics['seed']})"
     )
-    if len(metrics["seeds"]) > 1:
+    if len(metrics.get("seeds", {})) > 1:
         print("validation reward per seed:", json.dumps(metrics["seeds"]))
     return 0
 

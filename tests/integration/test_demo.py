@@ -14,10 +14,13 @@ def test_demo_runs_end_to_end(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "accuracy" in proc.stdout and "p50" in proc.stdout
+    assert "on time" in proc.stdout and "p50" in proc.stdout and "options taken" in proc.stdout
+    assert "no quota, a real" not in proc.stdout  # the profile line says one thing
     summary = json.loads((out / "summary.json").read_text())["summary"]
-    assert summary["requests"] == 8 and summary["offloaded"] + summary["degraded"] == 8
-    assert summary["mean_bytes_per_request"] > 0
+    assert summary["requests"] == 8 and summary["model"] == "scene-split"
+    assert summary["controller"] == "planner" and summary["device_profile"] in ("camera", "none")
+    assert 0.0 <= summary["on_time"] <= summary["within_deadline"] + 1e-9
+    assert sum(summary["decisions"].values()) + summary["late"] + summary["dropped"] == 8
     assert (out / "timeline.png").stat().st_size > 1000
 
 
@@ -29,6 +32,12 @@ def test_demo_with_the_lyapunov_controller(tmp_path):
             "-m",
             "semlink.cli",
             "demo",
+            "--model",
+            "scene-vit-jscc",
+            "--device-profile",
+            "none",
+            "--deadline-ms",
+            "2000",
             "--controller",
             "lyapunov",
             "--channel-budget",
@@ -44,5 +53,5 @@ def test_demo_with_the_lyapunov_controller(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())["summary"]
-    assert summary["model"] == "scene-vit-jscc" and summary["channel_budget"] == 0.02
+    assert summary["model"] == "scene-vit-jscc" and summary["device_profile"] == "none"
     assert summary["avg_channel_uses"] > 0 and "channel uses" in proc.stdout
