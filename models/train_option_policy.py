@@ -52,7 +52,7 @@ def train_option_policy(cfg: Any) -> dict[str, Any]:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
-    from semlink.models.train_policy import export_policy
+    from semlink.models.policy_export import export_policy
     from semlink.runtime.pipelines import make_pipeline
     from semlink.runtime.repository import resolve, scan
 

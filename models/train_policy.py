@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from semlink.models.exit_traces import ExitTraces
 from semlink.models.offload_env import CostModel, OffloadEnv, RewardWeights, register
+from semlink.models.policy_export import export_policy
 from semlink.models.progress import progress_bar
-from semlink.runtime.offload_policy import ACTIONS, OBS_DIM, OBS_NAMES
+from semlink.runtime.offload_policy import ACTIONS, OBS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -89,35 +89,6 @@ class _ProgressBar:
                 self.bar.close()
 
         return Bar()
-
-
-class PolicyLogits(nn.Module):
-    """The deterministic part of an SB3 actor-critic policy: observation -> action logits."""
-
-    def __init__(self, policy: Any) -> None:
-        super().__init__()
-        self.extractor = policy.mlp_extractor.policy_net
-        self.action_net = policy.action_net
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.action_net(self.extractor(obs))
-
-
-def export_policy(policy: Any, path: str | Path, obs_dim: int = OBS_DIM) -> None:
-    """Writes the policy's logits graph to ONNX and checks it against PyTorch."""
-    import onnx
-    import onnxruntime as ort
-
-    from semlink.models.export import export_graph
-
-    module = PolicyLogits(policy).eval()
-    obs = torch.rand(4, obs_dim)
-    B = torch.export.Dim("B", min=1, max=4096)
-    export_graph(module, (obs,), Path(path), ["obs"], ["logits"], ({0: B},))
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    got = ort.InferenceSession(str(path)).run(None, {"obs": obs.numpy()})[0]
-    with torch.no_grad():
-        np.testing.assert_allclose(got, module(obs).numpy(), atol=1e-5)
 
 
 def evaluate_model(model: Any, env: OffloadEnv, episodes: int, seed: int) -> float:
