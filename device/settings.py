@@ -132,10 +132,12 @@ class DeviceSettings(BaseSettings):
         "network time)",
     )
 
-    device_profile: Literal["none", "phone", "camera"] = Field(
+    device_profile: Literal["none", "phone", "pi4", "pi-zero-2", "sensor", "camera"] = Field(
         "none",
-        description="run this process under a CPU quota, a real slower device: phone = 0.5 of "
-        "a core, camera = 0.1 (needs root for cgroups; in containers use the CPU limit instead)",
+        description="run this process under a CPU quota, a real slower device of a class "
+        "calibrated to published figures (phone 0.66 of a core, pi4 0.22, pi-zero-2 0.083, "
+        "sensor 0.0195; camera 0.1), with the smallest quota period the kernel accepts (needs "
+        "root for cgroups; in containers use the CPU limit instead)",
     )
     cpu_quota: float | None = Field(
         None,

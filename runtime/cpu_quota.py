@@ -13,17 +13,63 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# profile name -> share of one CPU (None: no limit)
-PROFILES: dict[str, float | None] = {
-    "none": None,  # the machine's own speed
-    "phone": 0.5,  # half a core
-    "camera": 0.1,  # a tenth of a core: the edge camera of the demo, compose and benchmarks
+CALIBRATION_MS = 13.5
+"""MobileNetV1 at 224x224, fp32, on one core of the development machine (ONNX Runtime, one
+thread; ``semlink bench profile`` measures it again): the basis of the device classes below."""
+NCNN = "nihui/ncnn-small-board (ncnn benchmark table): MobileNetV1, fp32, all big cores"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A device class: a real CPU quota, the share of one core this machine's core gives a
+    device of the class (its published MobileNetV1 time against this core's)."""
+
+    name: str
+    share: float | None  # of one core; None: no quota
+    device_class: str
+    published_ms: float | None = None  # the class's MobileNetV1 time
+    source: str = ""
+
+    @property
+    def period_us(self) -> int | None:
+        """The quota period: the smallest the kernel accepts for the share."""
+        return None if self.share is None else smallest_period(self.share)
+
+
+def _calibrated(name: str, device_class: str, published_ms: float, source: str = NCNN) -> Profile:
+    return Profile(
+        name, round(CALIBRATION_MS / published_ms, 4), device_class, published_ms, source
+    )
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("none", None, "this machine at full speed"),
+        _calibrated(
+            "phone", "a mid-range phone CPU (Unisoc Tiger T710: 4x A75 1.8 GHz + 4x A55)", 20.31
+        ),
+        _calibrated("pi4", "a Raspberry Pi 4B-class board (4x Cortex-A72 1.5 GHz)", 60.74),
+        _calibrated(
+            "pi-zero-2", "a Raspberry Pi Zero 2 W-class board (4x Cortex-A53 1.0 GHz)", 162.60
+        ),
+        _calibrated(
+            "sensor", "a single-core sensor SoC (Allwinner D1: 1x RISC-V C906 1.0 GHz)", 691.47
+        ),
+        Profile(
+            "camera",
+            0.1,
+            "the benchmarks' camera: a tenth of a core (between pi-zero-2 and sensor)",
+        ),
+    )
 }
+"""The device profiles by name (``--device-profile``), calibrated in ``semlink bench profile``."""
 
 
 class QuotaError(ValueError):
@@ -41,7 +87,7 @@ def profile_share(name: str) -> float | None:
     """The CPU share of a named profile; raises ``ValueError`` naming the profiles."""
     if name not in PROFILES:
         raise ValueError(f"device profile must be one of {sorted(PROFILES)}, got {name!r}")
-    return PROFILES[name]
+    return PROFILES[name].share
 
 
 MIN_QUOTA_US = 1000  # the kernel refuses a quota below 1 ms

@@ -25,11 +25,15 @@ from semlink.runtime.repository import shipped_pipeline
 
 log = logging.getLogger(__name__)
 
-PROFILE_SHARES = {
-    "none": "this machine's full speed, no quota",
-    "phone": "a real CPU quota of 0.5 of a core",
-    "camera": "a real CPU quota of 0.1 of a core",
-}
+
+def profile_line(name: str) -> str:
+    """What a device profile is, in words."""
+    from semlink.runtime.cpu_quota import PROFILES
+
+    p = PROFILES[name]
+    if p.share is None:
+        return "this machine's full speed, no quota"
+    return f"{p.device_class}: a real CPU quota of {p.share:g} of a core, {p.period_us} us period"
 
 
 def default_model(dataset: str, controller: str) -> str:
@@ -77,7 +81,7 @@ class DemoConfig:
     out: str = "runs/demo"
     """Folder for the summary JSON and the timeline PNG."""
     seed: int = 0
-    device_profile: Literal["none", "phone", "camera"] = "camera"
+    device_profile: Literal["none", "phone", "pi4", "pi-zero-2", "sensor", "camera"] = "camera"
     """Run the device under a CPU quota (camera: a tenth of a core, the default; phone: half;
     none: this machine's speed). Needs write access to cgroups (root); without it the demo says
     so and runs without one."""
@@ -307,7 +311,7 @@ def print_summary(s: dict[str, Any], out: Path) -> None:
         print(
             f"  channel uses      {s['avg_channel_uses']:.4f} per pixel on average (JSCC offloads)"
         )
-    print(f"  device profile    {s['device_profile']} ({PROFILE_SHARES[s['device_profile']]})")
+    print(f"  device profile    {s['device_profile']} ({profile_line(s['device_profile'])})")
     print(f"  written           {out / 'summary.json'}, {out / 'timeline.png'}")
 
 
