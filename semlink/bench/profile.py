@@ -1,103 +1,196 @@
-"""``semlink bench profile``: how much slower the device profile makes the device than the server.
+"""``semlink bench profile``: what each device class is, and what a frame costs there, stage by stage.
 
-The device answers by itself with its whole model (its head, then the tail it also holds): that
-is timed in a child process under the profile's CPU quota (cgroups; see
-:mod:`semlink.runtime.cpu_quota`), the server's whole model (the same head and tail) in a process
-without one. Both run the same ONNX Runtime graphs at batch 1 on one thread, ``repeats`` times
-back to back, and each costs the total time over ``repeats``: a quota is a budget per period, so
-only sustained work shows the device's speed. Target: the device at least 8× the server.
+Per device profile (a real CPU quota with the smallest period the kernel accepts; see
+:mod:`semlink.runtime.cpu_quota`):
+
+- **calibration**: MobileNetV1 (224x224, fp32, ONNX Runtime, one thread) under the quota against
+  the published time of the class the profile stands for (the ncnn benchmark figures), and this
+  machine's core without a quota (the basis of every share);
+- **effective GFLOP/s** on the project's own graphs: the device blocks' FLOPs (the manifest's
+  ``segment_flops``) over their sustained time under the quota;
+- **every device stage** (each block with its exit, the selector, the coder, the JPEG encoder, the
+  stream's front), each run back to back under the quota in a child process: sustained mean,
+  p50 and p95 per call;
+- **a real device** under the profile (a device process, a link emulator at 10 Mbit/s, a server)
+  answering a camera's stream at a rate it keeps up with, once at its first exit and once
+  offloading tokens: p50/p95 of the timings its answers report (the front and decode, the
+  stretches, the pack, serialising and the gRPC round trip) and the device process's CPU per
+  frame, read from ``/proc``, whose part beyond the stages is the per-frame overhead the
+  simulator charges (``front_ms``).
+
+The JSON (``--json``) is what ``semlink bench regimes`` predicts from.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import asyncio
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semlink.bench import run_and_report
+from semlink.models.progress import progress_bar
 
-TARGET_RATIO = 8.0
+STREAM_OPTIONS = ("exit1", "s1:a0.25")  # the device's cheapest answer, and an offload
 
 
 @dataclass
 class ProfileBenchConfig:
-    model: str = "scene-vit"
-    """A pipeline of the shipped zoo."""
-    profile: str = "camera"
-    """none | phone | camera (the device's CPU quota)."""
-    repeats: int = 200
+    model: str = "scene-xl"
+    """An any-split network of the zoo."""
+    profiles: list[str] = field(
+        default_factory=lambda: ["phone", "pi4", "pi-zero-2", "sensor", "camera"]
+    )
+    """Device profiles to measure (see ``semlink device --help``)."""
+    repeats: int = 20
+    """Runs of each stage (and of MobileNetV1) back to back under the quota."""
+    frames: int = 24
+    """Frames of the real device's stream, per option."""
     out: str = "runs/bench-profile"
 
 
-def full_model_ms(model: str, share: float | None, repeats: int) -> float:
-    """Sustained time of one whole-model answer (head, then the local tail) in ms, in this
-    process, under the CPU quota ``share`` when given (the process stays under it)."""
-    from semlink.bench import model_and_test_split
-    from semlink.runtime.pipelines import make_pipeline
+def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dict[str, Any]:
+    """A real device under ``profile`` answering a stream (see the module docstring): per option,
+    p50/p95 of its answers' timings and its process's CPU per frame."""
+    from semlink.procs import Processes, Stack
+    from semlink.stream import StreamConfig, frames_of, send
 
-    # the frames are drawn before the quota: composing them is not the device's work
-    mv, test = model_and_test_split(model)
-    images = test.images[:16]
-    if share is not None:
-        from semlink.runtime.cpu_quota import limit_cpu
+    procs = Processes(Path(tempfile.mkdtemp(prefix="semlink-profile-")))
+    stack = Stack(procs, model=model)
+    out: dict[str, Any] = {}
+    try:
+        stack.start_all(
+            link_args=("--rate", "10mbit", "--delay-ms", "5"),
+            device_args=("--device-profile", profile, "--controller", "fixed", "--option", "exit1"),
+        )
+        pixels, labels, _ = frames_of(model, 0)
+        fps = max(0.5, min(5.0, 1000.0 / (3.0 * budget_ms)))  # a rate it keeps up with
+        url = f"ws://127.0.0.1:{stack.ports['device']}/v1/stream"
+        for option in STREAM_OPTIONS:
+            cfg = StreamConfig(url, fps, frames / fps, 60_000.0, model, option=option)
+            c0 = procs.cpu_seconds("device")
+            n, _, answers, _ = asyncio.run(send(cfg, pixels, labels, {"answer": True}))
+            cpu = 1000.0 * (procs.cpu_seconds("device") - c0) / n
+            timings: dict[str, list[float]] = {}
+            for doc, _ in answers.values():
+                for k, v in (doc.get("answer") or {}).get("timing_ms", {}).items():
+                    timings.setdefault(k, []).append(float(v))
+            out[option] = {
+                "cpu_ms_per_frame": cpu,
+                "stage_cpu_ms": float(
+                    np.mean([d.get("device_cpu_ms", 0.0) for d, _ in answers.values()])
+                ),
+                "timings": {
+                    k: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))}
+                    for k, v in timings.items()
+                },
+            }
+    finally:
+        procs.stop()
+    return out
 
-        limit_cpu(share, "profile")
-    pipe = make_pipeline(mv)
-    pipe.open(pipe.device_graphs(), threads=1)
 
-    local = pipe.local_option()
+def measure_profile(cfg: ProfileBenchConfig, name: str, flops: dict[str, Any]) -> dict[str, Any]:
+    """One profile's calibration, stage times and real device (see the module docstring)."""
+    from semlink.models.stream_costs import in_child, mobilenet_ms, stage_times
+    from semlink.runtime.cpu_quota import PROFILES
 
-    def answer(image: np.ndarray) -> None:
-        stretch, off = pipe.run_device(image, local)  # every stretch the device holds
-        assert stretch is not None
-        pipe.answer_locally(stretch, off)
-
-    for i in range(10):
-        answer(images[i % len(images)][None])
-    t0 = time.perf_counter()
-    for i in range(repeats):
-        answer(images[i % len(images)][None])
-    return 1000.0 * (time.perf_counter() - t0) / repeats
+    p = PROFILES[name]
+    mobilenet = in_child(mobilenet_ms, p.share, p.period_us, max(5, cfg.repeats // 2))
+    stages = in_child(stage_times, cfg.model, p.share, p.period_us, cfg.repeats)
+    blocks = [k for k in stages if k.startswith("stretch")]
+    block_flops = sum(flops["steps"][int(k[7:])] for k in blocks)
+    gflops = block_flops / sum(stages[k].mean for k in blocks) / 1e6
+    real = stream_costs(cfg.model, name, cfg.frames, stages["stretch0"].mean)
+    share = p.share or 1.0
+    # what a frame costs the device beyond its stages, as wall time under the quota
+    front_ms = max(0.0, real["exit1"]["cpu_ms_per_frame"] / share - stages["stretch0"].mean)
+    send_ms = max(
+        0.0,
+        (real["s1:a0.25"]["cpu_ms_per_frame"] - real["exit1"]["cpu_ms_per_frame"]) / share
+        - stages.get("select1", stages["stretch0"]).mean,
+    )
+    return {
+        "cpu_share": p.share,
+        "period_us": p.period_us,
+        "device_class": p.device_class,
+        "source": p.source,
+        "published_mobilenet_ms": p.published_ms,
+        "mobilenet_ms": asdict(mobilenet),
+        "gflops": gflops,
+        "stages_ms": {k: asdict(v) for k, v in stages.items()},
+        "front_ms": front_ms,
+        "send_ms": send_ms,
+        "real": real,
+    }
 
 
 def bench(cfg: ProfileBenchConfig) -> dict[str, Any]:
-    """The whole model under the profile (a child process) and without it (another)."""
-    from semlink.runtime.cpu_quota import profile_share
+    """This machine's core, then every profile."""
+    from semlink.models.stream_costs import in_child, mobilenet_ms, server_times
+    from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
-    share = profile_share(cfg.profile)
-    ctx = multiprocessing.get_context("spawn")  # fresh processes: the quota is the child's own
-    with ctx.Pool(1) as pool:
-        server_ms = pool.apply(full_model_ms, (cfg.model, None, cfg.repeats))
-    with ctx.Pool(1) as pool:
-        device_ms = pool.apply(full_model_ms, (cfg.model, share, cfg.repeats))
+    t0 = time.perf_counter()
+    mv = resolve(scan(DEFAULT_REPOSITORY), cfg.model)
+    flops = mv.manifest.doc["segment_flops"]
+    core = in_child(mobilenet_ms, None, None, cfg.repeats)
+    server = in_child(server_times, cfg.model, cfg.repeats)
+    profiles = {}
+    for name in progress_bar(cfg.profiles, desc="bench profile", unit="profile"):
+        profiles[name] = measure_profile(cfg, name, flops)
     return {
         "config": asdict(cfg),
-        "cpu_share": share,
-        "device_ms": device_ms,
-        "server_ms": server_ms,
-        "ratio": device_ms / server_ms,
+        "core_mobilenet_ms": asdict(core),
+        "server_ms": server,
+        "segment_flops": flops,
+        "profiles": profiles,
+        "seconds": time.perf_counter() - t0,
     }
 
 
 def format_table(r: dict[str, Any]) -> str:
-    """The two timings and their ratio as text."""
-    cfg = r["config"]
-    share = "no quota" if r["cpu_share"] is None else f"{r['cpu_share']:g} of a core"
-    target = "met" if r["ratio"] >= TARGET_RATIO else "MISSED"
-    return "\n".join(
-        [
-            f"{cfg['model']}, whole model (head and tail) at batch 1, one thread, "
-            f"{cfg['repeats']} answers back to back",
-            f"  device, profile {cfg['profile']} ({share}, cgroups)  {r['device_ms']:8.2f} ms",
-            f"  server, no quota                         {r['server_ms']:8.2f} ms",
-            f"  the device is {r['ratio']:.1f}x slower (target >= {TARGET_RATIO:g}x: {target})",
-        ]
-    )
+    """Per profile: its class, quota, calibration, effective GFLOP/s and where a frame's time goes."""
+    cfg, core = r["config"], r["core_mobilenet_ms"]
+    lines = [
+        f"{cfg['model']}: device classes as real CPU quotas. This machine's core: MobileNetV1 "
+        f"{core['mean']:.1f} ms (ONNX Runtime, one thread).",
+        f"{'profile':<10} {'share':>7} {'period':>8} {'MobileNetV1 ms':>15} {'published':>10} {'GFLOP/s':>8}  class",
+    ]
+    for name, p in r["profiles"].items():
+        pub = "-" if p["published_mobilenet_ms"] is None else f"{p['published_mobilenet_ms']:.1f}"
+        lines.append(
+            f"{name:<10} {p['cpu_share']:>7.4f} {p['period_us'] / 1000:>6.1f}ms {p['mobilenet_ms']['mean']:>15.1f} "
+            f"{pub:>10} {p['gflops']:>8.2f}  {p['device_class']}"
+        )
+    for name, p in r["profiles"].items():
+        stages = "  ".join(f"{k} {v['p50']:.1f}/{v['p95']:.1f}" for k, v in p["stages_ms"].items())
+        lines.append(f"\n{name}: stage p50/p95 ms under the quota: {stages}")
+        for option, real in p["real"].items():
+            t = real["timings"]
+            shown = "  ".join(
+                f"{k.removesuffix('_ms')} {v['p50']:.1f}/{v['p95']:.1f}"
+                for k, v in t.items()
+                if k != "total_ms"
+            )
+            total = t.get("total_ms", {"p50": float("nan"), "p95": float("nan")})
+            lines.append(
+                f"  a real device, {option}: total {total['p50']:.1f}/{total['p95']:.1f} ms, "
+                f"{real['cpu_ms_per_frame']:.1f} ms of CPU a frame; {shown}"
+            )
+        lines.append(
+            f"  per-frame overhead beyond the stages: {p['front_ms']:.1f} ms; an offload's send: {p['send_ms']:.1f} ms"
+        )
+    lines.append(f"\n({r['seconds']:.0f} s)")
+    return "\n".join(lines)
 
 
 def main(cfg: ProfileBenchConfig, json_path: str | None = None) -> int:
     """Runs the benchmark, prints its table, writes the JSON when asked."""
     return run_and_report(bench, format_table, cfg, json_path)
+
+
+__all__ = ["ProfileBenchConfig", "bench", "format_table", "main"]
