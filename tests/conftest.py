@@ -154,8 +154,8 @@ SERIAL_MODULES = {
     "test_hostile.py",  # the device's probe latency while uploads stream in
     "test_reliability.py",  # the same probe under load, and latency figures
     "test_bench_report.py",  # runs `bench link`, which judges the emulated link's rate
-    # these two build a wheel in the checkout's build/ folder: side by side they break each
-    # other's build
+    # these two build a wheel in the checkout's build/ folder (setuptools builds there): side by
+    # side one would build from, or delete, the other's half-written tree
     "test_install.py",
     "test_tritonclient.py",
 }
