@@ -153,6 +153,11 @@ SERIAL_MODULES = {
     "test_bench_front.py",  # pins the server and the load generator to cores of their own
     "test_hostile.py",  # the device's probe latency while uploads stream in
     "test_reliability.py",  # the same probe under load, and latency figures
+    "test_bench_report.py",  # runs `bench link`, which judges the emulated link's rate
+    # these two build a wheel in the checkout's build/ folder (setuptools builds there): side by
+    # side one would build from, or delete, the other's half-written tree
+    "test_install.py",
+    "test_tritonclient.py",
 }
 
 

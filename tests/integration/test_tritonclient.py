@@ -8,6 +8,7 @@ the test runs in CI (CI=true) or with SEMLINK_SYSTEM_TESTS=1, and skips elsewher
 
 from __future__ import annotations
 
+import shutil
 import site
 import subprocess
 import sys
@@ -59,16 +60,19 @@ def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path):
         timeout=300,
     )
     assert build.returncode == 0, build.stderr[-2000:]
-    subprocess.run(["rm", "-rf", str(ROOT / "build")], check=False)
+    for made in ROOT.glob("build/[lb]*"):  # setuptools' build/lib and build/bdist.*, not the rest
+        shutil.rmtree(made, ignore_errors=True)
     wheel = next(wheels.glob("semlink-*.whl"))
     old = _env(tmp_path, "oldest", wheel, [f"protobuf=={OLDEST_PROTOBUF}"])
     triton = _env(tmp_path, "triton", wheel, [*TRITON, "python-rapidjson"])
 
     version = "import google.protobuf as p; print(p.__version__)"
-    assert subprocess.check_output([str(old), "-c", version], text=True).strip() == OLDEST_PROTOBUF
+    # every child runs outside the checkout: its semlink/ folder would shadow the installed wheel
+    outside = {"cwd": tmp_path, "text": True}
+    assert subprocess.check_output([str(old), "-c", version], **outside).strip() == OLDEST_PROTOBUF
     # semlink and tritonclient in one environment: both import
     both = "import semlink.server.main, semlink.device.main, tritonclient.grpc; " + version
-    assert subprocess.check_output([str(triton), "-c", both], text=True).strip() == "6.33.5"
+    assert subprocess.check_output([str(triton), "-c", both], **outside).strip() == "6.33.5"
 
     grpc_port, http_port = reserve_port(), reserve_port()
     log = (tmp_path / "server.log").open("w")
@@ -78,6 +82,7 @@ def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path):
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        cwd=tmp_path,
     )
     try:
         from semlink.runtime.pipelines import make_pipeline
@@ -121,7 +126,7 @@ def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path):
             """
         )
         done = subprocess.run(
-            [str(triton), "-c", client], capture_output=True, text=True, timeout=120
+            [str(triton), "-c", client], capture_output=True, text=True, timeout=120, cwd=tmp_path
         )
         assert done.returncode == 0, (
             done.stderr[-3000:] + (tmp_path / "server.log").read_text()[-2000:]
