@@ -32,6 +32,7 @@ from semlink.models.option_table import Outcomes
 from semlink.models.stream_sim import DeviceCosts, Episode, Simulator, Stream
 from semlink.runtime.calibration import CalibrationTable
 from semlink.runtime.costs import Link, Predictor, StageTimes
+from semlink.runtime.cpu_quota import smallest_period
 from semlink.runtime.offload_policy import frame_observation
 from semlink.runtime.pipelines.base import Option
 
@@ -43,7 +44,7 @@ RTTS = (10.0, 20.0, 40.0, 80.0)
 class StreamDraw:
     """The range episodes are drawn from."""
 
-    share_range: tuple[float, float] = (0.02, 1.0)
+    share_range: tuple[float, float] = (0.015, 1.0)
     fps_range: tuple[float, float] = (1.0, 60.0)
     rate_range_bps: tuple[float, float] = (0.1e6, 20e6)
     deadlines: tuple[float, ...] = DEADLINES
@@ -67,9 +68,7 @@ class Drawn:
 def draw(rng: np.random.Generator, base: DeviceCosts, d: StreamDraw) -> Drawn:
     """A stream at random from ``d``'s ranges; ``base`` the stage times at full speed."""
     share = float(np.exp(rng.uniform(*np.log(d.share_range))))
-    costs = DeviceCosts(
-        {k: v / share for k, v in base.stages.items()}, base.front_ms / share, dict(base.server_ms)
-    )
+    costs = base.under(share, smallest_period(share) / 1000.0)
     fps = float(np.exp(rng.uniform(*np.log(d.fps_range))))
     seconds = d.frames / fps
     kind = rng.choice(["constant", "gilbert-elliott", "random-walk"])
@@ -129,7 +128,7 @@ class OptionEnv(gym.Env):
         self.predictor = Predictor(
             self.stages_of,
             lambda o: float(self.table.bytes[self.table.index(o)]),
-            StageTimes(dict(drawn.costs.stages)),
+            StageTimes(drawn.costs.sustained()),
         )
         for key, ms in drawn.costs.server_ms.items():
             self.predictor.server.observe(key, ms)
@@ -178,7 +177,7 @@ class OptionEnv(gym.Env):
         assert self.sim is not None and self.ep is not None and self.at is not None
         option = self.options[int(action)]
         _, _, start = self.at
-        outcome = self.sim.finish(self.ep, option, self.sim.device_done(option, start))
+        outcome = self.sim.finish(self.ep, option, self.sim.device_done(self.ep, option, start))
         reward = float(outcome.extra["on_time"]) - self.byte_cost * outcome.bytes_up / 1000.0
         obs = self._advance()
         return obs, reward, self.at is None, False, {"option": option.name}

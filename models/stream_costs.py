@@ -236,12 +236,11 @@ def in_child(fn: Any, *args: Any) -> Any:
         return pool.apply(fn, args)
 
 
-def measure(
-    model: str, share: float | None, period_us: int | None = None, repeats: int = 20
-) -> DeviceCosts:
-    """The device's stage times under ``share`` of a core (``period_us`` its quota period; the
-    sustained means), its front per frame, and the server's times, each in a fresh process."""
-    stages = in_child(stage_times, model, share, period_us, repeats)
+def measure(model: str, repeats: int = 20) -> DeviceCosts:
+    """The device's stages and front in CPU at the machine's speed, and the server's times, each
+    in a fresh process (without a device process's own overhead per frame: ``semlink bench
+    profile`` adds it)."""
+    stages = in_child(stage_times, model, None, None, repeats)
     server = in_child(server_times, model, repeats)
     front = stages.pop("front")
     return DeviceCosts({k: v.mean for k, v in stages.items()}, front.mean, server)

@@ -66,16 +66,76 @@ class Stream:
 
 @dataclass
 class DeviceCosts:
-    """What one frame costs, as measured: the device's stages under its CPU quota, its front per
-    frame, and the server's time per kind of work (ms)."""
+    """What one frame costs the device and the server, as measured. Device costs are CPU time at
+    the machine's full speed (ms): each stage's, the front before a frame's stages (receiving
+    and normalising it), the overhead after its answer (the event loop, metrics, logs), and an
+    offload's send (serialising, the gRPC call); the device's CPU quota turns them into time
+    (:class:`Cpu`). The server's time per kind of work is wall time (ms)."""
 
     stages: dict[str, float]
     front_ms: float
     server_ms: dict[str, float]
+    after_ms: float = 0.0
+    send_ms: float = 0.0
+    share: float | None = None  # of one core; None: no quota
+    period_ms: float = 10.0  # the quota's period
 
     def device_ms(self, stages: list[str]) -> float:
-        """The device's time for ``stages`` one after another."""
+        """CPU time of ``stages`` one after another."""
         return sum(self.stages.get(s, 0.0) for s in stages)
+
+    def under(self, share: float | None, period_ms: float) -> DeviceCosts:
+        """The same costs on a device with ``share`` of a core and that quota period."""
+        return DeviceCosts(
+            dict(self.stages),
+            self.front_ms,
+            dict(self.server_ms),
+            self.after_ms,
+            self.send_ms,
+            share,
+            period_ms,
+        )
+
+    def sustained(self) -> dict[str, float]:
+        """Each stage's wall time when run back to back under the quota (CPU time over the
+        share): what a device's warm-up measures, and what its controller starts from."""
+        share = self.share or 1.0
+        return {k: v / share for k, v in self.stages.items()}
+
+
+class Cpu:
+    """CFS bandwidth control: ``share * period`` ms of CPU per period, periods at multiples of the
+    period; work that finds the period's budget spent waits for the next period."""
+
+    def __init__(self, share: float | None, period_ms: float) -> None:
+        self.share, self.period = share, period_ms
+        self.quota = (share or 1.0) * period_ms
+        self.k, self.used = -1, 0.0
+
+    def run(self, t: float, cpu_ms: float) -> float:
+        """When ``cpu_ms`` of work started at ``t`` ends."""
+        if self.share is None:
+            return t + cpu_ms
+        left = cpu_ms
+        while left > 1e-9:
+            k = int(t // self.period)
+            if k != self.k:
+                self.k, self.used = k, 0.0
+            budget = self.quota - self.used
+            if budget <= 1e-9:
+                t = (k + 1) * self.period
+                continue
+            step = min(left, budget, (k + 1) * self.period - t)
+            t += step
+            self.used += step
+            left -= step
+        return t
+
+    def copy(self) -> Cpu:
+        """The same state, to try work without doing it."""
+        c = Cpu(self.share, self.period)
+        c.k, c.used = self.k, self.used
+        return c
 
 
 class Uplink:
@@ -162,9 +222,11 @@ class Episode:
     uplink: Uplink
     arrivals: np.ndarray  # (F,) ms
     starts: np.ndarray  # (F,) when each frame's work began (FIFO: never decreasing)
+    cpu: Cpu = field(default_factory=lambda: Cpu(None, 10.0))
     i: int = 0  # the next frame
     free: float = 0.0  # when the device is next free
     start_ms: float = 0.0  # the frame at hand's start (after its front)
+    cpu_ms: float = 0.0  # the frame at hand's device CPU so far
 
 
 def frame_order(n_frames: int, length: int, seed: int) -> np.ndarray:
@@ -206,9 +268,10 @@ class Simulator:
         while (at := self.next_frame(ep)) is not None:
             f, frame, start = at
             if chooser is None:
-                option, done = self._oracle(f, frame, start, ep.uplink)
+                option = self._oracle(f, frame, start, ep)
+                done = self.device_done(ep, option, start)
             else:
-                option, done = self._walk(chooser, f, frame, start)
+                option, done = self._walk(chooser, f, frame, start, ep)
             outcome = self.finish(ep, option, done)
             if chooser is not None:
                 chooser.observe(outcome)
@@ -234,6 +297,7 @@ class Simulator:
             Uplink(self.schedule, self.horizon_ms, self.stream.rtt_ms),
             arrivals,
             np.full(n, np.inf),
+            Cpu(self.costs.share, self.costs.period_ms),
         )
 
     def next_frame(self, ep: Episode) -> tuple[int, FrameState, float] | None:
@@ -253,12 +317,12 @@ class Simulator:
                 continue
             waiting = int(np.searchsorted(ep.arrivals, start, side="right")) - i - 1
             ep.starts[i] = start
-            start += self.costs.front_ms
-            if start - arrived >= s.deadline_ms:
-                ep.free = max(ep.free, arrived + self.costs.front_ms)
+            if start - arrived >= s.deadline_ms:  # answered late at once: nothing computed
                 ep.run.option[i], ep.run.latency_ms[i] = LATE, s.deadline_ms
                 ep.i += 1
                 continue
+            start = ep.cpu.run(start, self.costs.front_ms)
+            ep.cpu_ms = self.costs.front_ms
             channel = ep.uplink.state(start, s.snr_db)
             frame = FrameState(
                 {}, channel, s.deadline_ms, start - arrived, max(waiting, 0), 1000.0 / s.fps
@@ -273,11 +337,16 @@ class Simulator:
         s, out, i = self.stream, self.outcomes, ep.i
         f = int(self.order[i])
         arrived = ep.arrivals[i]
-        ep.free = done
         answer_at, sent = done, 0.0
         if option.offloads:
+            done = ep.cpu.run(done, self.costs.send_ms)
+            ep.cpu_ms += self.costs.send_ms
             sent = float(out.bytes[f, self.index[option]]) + WIRE_OVERHEAD_BYTES
             answer_at = ep.uplink.arrival(done, sent) + self.server_ms(option) + s.rtt_ms / 2.0
+        ep.free = ep.cpu.run(
+            done, self.costs.after_ms
+        )  # the answer's bookkeeping, then the next frame
+        ep.cpu_ms += self.costs.after_ms
         right = bool(out.correct[self.snr_index, f, self.index[option]])
         latency = answer_at - arrived
         r = ep.run
@@ -285,7 +354,7 @@ class Simulator:
         r.answered[i], r.correct[i] = True, right
         r.on_time[i] = right and latency <= s.deadline_ms
         r.latency_ms[i], r.bytes_up[i] = latency, sent
-        r.device_ms[i] = done - ep.start_ms + self.costs.front_ms
+        r.device_ms[i] = ep.cpu_ms
         ep.i += 1
         bandwidth = ep.uplink.state(ep.start_ms, s.snr_db).bandwidth_bps
         return Outcome(
@@ -300,13 +369,15 @@ class Simulator:
             },
         )
 
-    def device_done(self, option: Option, start: float) -> float:
+    def device_done(self, ep: Episode, option: Option, start: float) -> float:
         """When the device is done with a frame started at ``start`` under ``option`` (no
         change of course on the way)."""
-        return start + self.costs.device_ms(self.stages_of(option))
+        cpu = self.costs.device_ms(self.stages_of(option))
+        ep.cpu_ms += cpu
+        return ep.cpu.run(start, cpu)
 
     def _walk(
-        self, chooser: Chooser, f: int, frame: FrameState, start: float
+        self, chooser: Chooser, f: int, frame: FrameState, start: float, ep: Episode
     ) -> tuple[Option, float]:
         """The controller's plan, revised at each exit on the way: the option and when the
         device is done with the frame."""
@@ -318,7 +389,7 @@ class Simulator:
             stretches = [x for x in stages if x.startswith("stretch")]
             if k >= len(stretches):
                 break
-            t += self.costs.stages.get(stretches[k], 0.0)
+            t = self._stage(ep, chooser, stretches[k], t)
             conf = (
                 float(self.outcomes.confidence[f, k])
                 if k < self.outcomes.confidence.shape[1]
@@ -337,41 +408,56 @@ class Simulator:
                 option = chooser.at_exit(state, frame, option)
                 prev = conf
             k += 1
-        pack = [x for x in self.stages_of(option) if not x.startswith("stretch")]
-        return option, t + self.costs.device_ms(pack)
+        for stage in self.stages_of(option)[k:]:
+            t = self._stage(ep, chooser, stage, t)
+        return option, t
 
-    def _oracle(
-        self, f: int, frame: FrameState, start: float, uplink: Uplink
-    ) -> tuple[Option, float]:
-        """The cheapest option right on time for this frame (device time, then bytes), given the
+    def _stage(self, ep: Episode, chooser: Chooser, stage: str, t: float) -> float:
+        """Runs one device stage from ``t`` under the quota; the controller's predictor (if it
+        has one) learns its time, as the device's does."""
+        cpu = self.costs.stages.get(stage, 0.0)
+        ep.cpu_ms += cpu
+        end = ep.cpu.run(t, cpu)
+        predictor = getattr(chooser, "predictor", None)
+        if predictor is not None:
+            predictor.times.observe(stage, end - t)
+        return end
+
+    def _oracle(self, f: int, frame: FrameState, start: float, ep: Episode) -> Option:
+        """The cheapest option right on time for this frame (device CPU, then bytes), given the
         device and the link as they are; else the quickest."""
-        best: tuple[float, float, Option, float] | None = None
-        quickest: tuple[float, Option, float] | None = None
+        best: tuple[float, float, Option] | None = None
+        quickest: tuple[float, Option] | None = None
         arrived = start - frame.elapsed_ms
         for option in self.outcomes.options:
-            done = start + self.costs.device_ms(self.stages_of(option))
-            answer_at, sent = done, 0.0
+            cpu = self.costs.device_ms(self.stages_of(option))
+            answer_at, sent = ep.cpu.copy().run(start, cpu), 0.0
             if option.offloads:
+                cpu += self.costs.send_ms
                 sent = float(self.outcomes.bytes[f, self.index[option]]) + WIRE_OVERHEAD_BYTES
+                leaves = ep.cpu.copy().run(start, cpu)
                 answer_at = (
-                    uplink.arrival(done, sent, commit=False)
+                    ep.uplink.arrival(leaves, sent, commit=False)
                     + self.server_ms(option)
                     + self.stream.rtt_ms / 2.0
                 )
             if quickest is None or answer_at < quickest[0]:
-                quickest = (answer_at, option, done)
+                quickest = (answer_at, option)
             right = self.outcomes.correct[self.snr_index, f, self.index[option]]
-            if right and answer_at - arrived <= frame.deadline_ms:
-                key = (done - start, sent)
-                if best is None or key < best[:2]:
-                    best = (*key, option, done)
+            if (
+                right
+                and answer_at - arrived <= frame.deadline_ms
+                and (best is None or (cpu, sent) < best[:2])
+            ):
+                best = (cpu, sent, option)
         if best is not None:
-            return best[2], best[3]
+            return best[2]
         assert quickest is not None
-        return quickest[1], quickest[2]
+        return quickest[1]
 
 
 __all__ = [
+    "Cpu",
     "DeviceCosts",
     "DROPPED",
     "Episode",

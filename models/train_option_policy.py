@@ -35,14 +35,16 @@ EVAL_SEED = 7_000_001  # the validation streams' seed (training draws from the e
 
 
 def measured_costs(model_dir: Path, path: str | None) -> DeviceCosts:
-    """The device's stage times at the machine's speed: from ``path`` (a costs.json this command
-    wrote), else measured now."""
+    """What a frame costs the device in CPU at the machine's speed: from ``path`` (a costs.json
+    this command wrote, or ``semlink bench profile --json``'s, whose ``costs`` add the device
+    process's overhead per frame), else its stages measured now (without that overhead)."""
     if path is not None:
         doc = json.loads(Path(path).read_text())
-        return DeviceCosts(doc["stages_ms"], doc["front_ms"], doc["server_ms"])
+        return DeviceCosts(**doc.get("costs", doc))
     from semlink.models.stream_costs import measure
 
-    return measure(model_dir.parent.name, None)
+    log.info("costs: the stages alone (pass --costs a bench profile JSON for a device's overhead)")
+    return measure(model_dir.parent.name)
 
 
 def train_option_policy(cfg: Any) -> dict[str, Any]:
@@ -128,13 +130,7 @@ def train_option_policy(cfg: Any) -> dict[str, Any]:
     model = PPO.load(out / "ppo_best.zip", device="cpu")
     obs_dim = eval_env.obs_dim
     export_policy(model.policy, out / POLICY_FILE, obs_dim)
-    (out / "costs.json").write_text(
-        json.dumps(
-            {"stages_ms": base.stages, "front_ms": base.front_ms, "server_ms": base.server_ms},
-            indent=1,
-        )
-        + "\n"
-    )
+    (out / "costs.json").write_text(json.dumps(asdict(base), indent=1) + "\n")
     metrics = {
         "algorithm": "PPO",
         "seed": cfg.seed,

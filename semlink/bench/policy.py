@@ -2,7 +2,7 @@
 the planner and the oracle in hindsight, under streams (docs/methods.md#one-decision).
 
 The device's stage times are measured under the device profile's CPU quota and the server's at
-the machine's speed (:mod:`models.stream_costs`); each stream (a frame rate on a link, for
+the machine's speed (:func:`semlink.bench.profile.device_costs`, a device class's quota over them); each stream (a frame rate on a link, for
 ``seconds``) is then replayed on the *test* split's recorded outcomes of every option
 (:mod:`models.stream_sim`), frame by frame, for each controller: the device's own controllers,
 configured once (the device's defaults; the tables they read come from the validation split),
@@ -51,24 +51,29 @@ class PolicyBenchConfig:
     out: str = "runs/bench-policy"
 
 
-def schedule_of(link: str, seconds: float, seed: int) -> Any:
-    """A link spec's delivery schedule: ``1mbit``, ``gilbert-elliott`` or ``trace:FILE``."""
-    from semlink.link.traces import (
-        ConstantSchedule,
-        TraceSchedule,
-        load_trace,
-        parse_rate,
-        rates_to_timestamps,
-        synthetic_rates,
+SYNTHETIC_RANGE = (0.3e6, 4e6)  # the synthetic traces' low and high rates (bit/s)
+
+
+def synthetic_timestamps(kind: str, seconds: float, seed: int) -> Any:
+    """A synthetic uplink trace (``gilbert-elliott``: 0.3 / 4 Mbit/s, 2 s a state on average;
+    ``random-walk``: its log-rate walk between them) as Mahimahi timestamps (ms)."""
+    from semlink.link.traces import rates_to_timestamps, synthetic_rates
+
+    low, high = SYNTHETIC_RANGE
+    return rates_to_timestamps(
+        synthetic_rates(kind, seconds + 30.0, seed, low_bps=low, high_bps=high), 100
     )
+
+
+def schedule_of(link: str, seconds: float, seed: int) -> Any:
+    """A link spec's delivery schedule: ``1mbit``, ``gilbert-elliott``, ``random-walk`` or
+    ``trace:FILE``."""
+    from semlink.link.traces import ConstantSchedule, TraceSchedule, load_trace, parse_rate
 
     if link.startswith("trace:"):
         return load_trace(link.split(":", 1)[1])
-    if link == "gilbert-elliott":
-        rates = synthetic_rates(
-            "gilbert-elliott", seconds + 10.0, seed, low_bps=0.3e6, high_bps=4e6
-        )
-        return TraceSchedule(rates_to_timestamps(rates, 100), "gilbert-elliott")
+    if link in ("gilbert-elliott", "random-walk"):
+        return TraceSchedule(synthetic_timestamps(link, seconds, seed), link)
     return ConstantSchedule(parse_rate(link))
 
 
@@ -90,7 +95,7 @@ def controllers(model: str, costs: DeviceCosts) -> dict[str, Any]:
         predictor = Predictor(
             pipe.stages,
             lambda o: float(table.bytes[table.index(o)]),
-            StageTimes(dict(costs.stages)),
+            StageTimes(costs.sustained()),
         )
         for key, ms in costs.server_ms.items():
             predictor.server.observe(key, ms)
@@ -142,16 +147,19 @@ def summarise(runs: dict[str, Run], deadline_ms: float) -> dict[str, Any]:
 
 def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
     """Measures the costs once, then replays every stream for every strategy."""
-    from semlink.models import stream_costs as measured
+    from semlink.bench.profile import device_costs
     from semlink.models.option_table import Outcomes
-    from semlink.runtime.cpu_quota import profile_share
+    from semlink.runtime.cpu_quota import PROFILES
     from semlink.runtime.pipelines import make_pipeline
     from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
     t0 = time.perf_counter()
     mv = resolve(scan(DEFAULT_REPOSITORY), cfg.model)
     pipe = make_pipeline(mv)
-    costs = measured.measure(cfg.model, profile_share(cfg.profile), None, cfg.repeats)
+    p = PROFILES[cfg.profile]
+    costs = device_costs(cfg.model, repeats=cfg.repeats).under(
+        p.share, (p.period_us or 10_000) / 1000.0
+    )
     outcomes = Outcomes.load(mv.path / "outcomes_test.npz")
     makers: dict[str, Any] = {"_model": cfg.model, **controllers(cfg.model, costs)}
     cells = []
@@ -165,11 +173,7 @@ def bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
         cells.append({"link": link, "fps": fps, **summarise(runs, cfg.deadline_ms)})
     return {
         "config": asdict(cfg),
-        "costs": {
-            "stages_ms": costs.stages,
-            "front_ms": costs.front_ms,
-            "server_ms": costs.server_ms,
-        },
+        "costs": asdict(costs),
         "cells": cells,
         "seconds": time.perf_counter() - t0,
     }

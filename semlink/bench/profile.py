@@ -34,6 +34,7 @@ import numpy as np
 
 from semlink.bench import run_and_report
 from semlink.models.progress import progress_bar
+from semlink.models.stream_sim import DeviceCosts
 
 STREAM_OPTIONS = ("exit1", "s1:a0.25")  # the device's cheapest answer, and an offload
 
@@ -94,6 +95,24 @@ def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dic
     return out
 
 
+def device_costs(model: str, frames: int = 24, repeats: int = 20) -> DeviceCosts:
+    """What a frame costs the device in CPU at the machine's speed (each stage, the front, the
+    overhead after an answer and an offload's send: the last two from a real device process's
+    CPU per frame, beyond its stages) and the server's times: the simulator's costs, which a
+    device class's quota then stretches (:class:`models.stream_sim.Cpu`)."""
+    from semlink.models.stream_costs import in_child, server_times, stage_times
+
+    stages = in_child(stage_times, model, None, None, repeats)
+    server = in_child(server_times, model, repeats)
+    real = stream_costs(model, "none", frames, stages["stretch0"].mean)
+    front = stages.pop("front").mean
+    cpu = {k: v.mean for k, v in stages.items()}
+    exit1, offload = real["exit1"]["cpu_ms_per_frame"], real["s1:a0.25"]["cpu_ms_per_frame"]
+    after = max(0.0, exit1 - front - cpu["stretch0"])
+    send = max(0.0, offload - exit1 - cpu.get("select1", 0.0))
+    return DeviceCosts(cpu, front, server, after, send)
+
+
 def measure_profile(cfg: ProfileBenchConfig, name: str, flops: dict[str, Any]) -> dict[str, Any]:
     """One profile's calibration, stage times and real device (see the module docstring)."""
     from semlink.models.stream_costs import in_child, mobilenet_ms, stage_times
@@ -106,14 +125,6 @@ def measure_profile(cfg: ProfileBenchConfig, name: str, flops: dict[str, Any]) -
     block_flops = sum(flops["steps"][int(k[7:])] for k in blocks)
     gflops = block_flops / sum(stages[k].mean for k in blocks) / 1e6
     real = stream_costs(cfg.model, name, cfg.frames, stages["stretch0"].mean)
-    share = p.share or 1.0
-    # what a frame costs the device beyond its stages, as wall time under the quota
-    front_ms = max(0.0, real["exit1"]["cpu_ms_per_frame"] / share - stages["stretch0"].mean)
-    send_ms = max(
-        0.0,
-        (real["s1:a0.25"]["cpu_ms_per_frame"] - real["exit1"]["cpu_ms_per_frame"]) / share
-        - stages.get("select1", stages["stretch0"]).mean,
-    )
     return {
         "cpu_share": p.share,
         "period_us": p.period_us,
@@ -123,29 +134,27 @@ def measure_profile(cfg: ProfileBenchConfig, name: str, flops: dict[str, Any]) -
         "mobilenet_ms": asdict(mobilenet),
         "gflops": gflops,
         "stages_ms": {k: asdict(v) for k, v in stages.items()},
-        "front_ms": front_ms,
-        "send_ms": send_ms,
         "real": real,
     }
 
 
 def bench(cfg: ProfileBenchConfig) -> dict[str, Any]:
     """This machine's core, then every profile."""
-    from semlink.models.stream_costs import in_child, mobilenet_ms, server_times
+    from semlink.models.stream_costs import in_child, mobilenet_ms
     from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
     t0 = time.perf_counter()
     mv = resolve(scan(DEFAULT_REPOSITORY), cfg.model)
     flops = mv.manifest.doc["segment_flops"]
     core = in_child(mobilenet_ms, None, None, cfg.repeats)
-    server = in_child(server_times, cfg.model, cfg.repeats)
+    costs = device_costs(cfg.model, cfg.frames, cfg.repeats)
     profiles = {}
     for name in progress_bar(cfg.profiles, desc="bench profile", unit="profile"):
         profiles[name] = measure_profile(cfg, name, flops)
     return {
         "config": asdict(cfg),
         "core_mobilenet_ms": asdict(core),
-        "server_ms": server,
+        "costs": asdict(costs),
         "segment_flops": flops,
         "profiles": profiles,
         "seconds": time.perf_counter() - t0,
@@ -166,6 +175,11 @@ def format_table(r: dict[str, Any]) -> str:
             f"{name:<10} {p['cpu_share']:>7.4f} {p['period_us'] / 1000:>6.1f}ms {p['mobilenet_ms']['mean']:>15.1f} "
             f"{pub:>10} {p['gflops']:>8.2f}  {p['device_class']}"
         )
+    c = r["costs"]
+    lines.append(
+        f"\nCPU a frame at full speed beyond the stages: front {c['front_ms']:.2f} ms, after the answer "
+        f"{c['after_ms']:.2f} ms, an offload's send {c['send_ms']:.2f} ms (a real device process, from /proc)"
+    )
     for name, p in r["profiles"].items():
         stages = "  ".join(f"{k} {v['p50']:.1f}/{v['p95']:.1f}" for k, v in p["stages_ms"].items())
         lines.append(f"\n{name}: stage p50/p95 ms under the quota: {stages}")

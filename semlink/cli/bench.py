@@ -32,6 +32,11 @@ BENCHMARKS = {
         "PolicyBenchConfig",
         "every controller of the any-split network, the planner and the oracle, under streams",
     ),
+    "regimes": (
+        "regimes",
+        "RegimesBenchConfig",
+        "the regime map: device classes x links x frame rates x deadlines, predicted and measured",
+    ),
     "exit-policy": (
         "exit_policy",
         "ExitPolicyBenchConfig",

@@ -204,3 +204,17 @@ def test_the_oracle_is_never_below_a_fixed_option_and_strategies_pair_frame_by_f
         np.testing.assert_array_equal(fixed.frame, oracle.frame)
         assert oracle.on_time.mean() >= fixed.on_time.mean()
     assert {Option.parse(n).action for n in oracle.option} <= {EXIT, OFFLOAD, UPLOAD}
+
+
+def test_the_quota_hands_out_cpu_in_slices_per_period():
+    """CFS bandwidth control as the simulator models it: a fiftieth of a core with a 50 ms
+    period gives 1 ms of CPU a period; work past it waits for the next period."""
+    from semlink.models.stream_sim import Cpu
+
+    cpu = Cpu(0.02, 50.0)
+    assert cpu.run(0.0, 0.4) == pytest.approx(0.4)  # inside the slice: full speed
+    assert cpu.run(0.4, 1.1) == pytest.approx(50.5)  # 0.6 ms left, then the next period
+    assert cpu.run(60.0, 3.0) == pytest.approx(200.5)  # 0.5 left of this period, 1, 1, then 0.5
+    assert Cpu(None, 10.0).run(5.0, 3.0) == 8.0
+    costs = DeviceCosts({"stretch0": 2.0}, 0.5, {}).under(0.1, 10.0)
+    assert costs.sustained() == {"stretch0": pytest.approx(20.0)} and costs.share == 0.1

@@ -96,5 +96,8 @@ def test_profiles_are_device_classes_with_the_smallest_period_the_kernel_accepts
             assert "ncnn" in p.source
     shares = [PROFILES[n].share for n in ("phone", "pi4", "pi-zero-2", "sensor")]
     assert shares == sorted(shares, reverse=True)
-    assert smallest_period(0.1) == 10_000 and smallest_period(0.02) == 50_000 and smallest_period(1.0) == 1000
-
+    assert (
+        smallest_period(0.1) == 10_000
+        and smallest_period(0.02) == 50_000
+        and smallest_period(1.0) == 1000
+    )
