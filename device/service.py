@@ -103,6 +103,13 @@ class DeviceQueue:
                 f"{self.waiting} frames are waiting for the device already (max_waiting "
                 f"{self.max_waiting}): this one is refused; send fewer frames per second"
             )
+        if not self.lock.locked():  # a free device starts at once, whatever the deadline left
+            await self.lock.acquire()
+            try:
+                yield 0
+            finally:
+                self.lock.release()
+            return
         self.waiting += 1
         try:
             await asyncio.wait_for(self.lock.acquire(), max(left_s, 0.0))
