@@ -84,7 +84,10 @@ def parse_state(doc: Any) -> ChannelState:
         try:
             v = float(value)
         except OverflowError:
-            raise ValueError(f"link state field {key!r} is out of range") from None
+            raise ValueError(
+                f"link state field {key!r} must be in [{low:g}, {high:g}], got a "
+                f"{len(str(value))}-digit integer"
+            ) from None
         if not (math.isfinite(v) and low <= v <= high):
             raise ValueError(f"link state field {key!r} must be in [{low:g}, {high:g}], got {v}")
         values[key] = v

@@ -47,15 +47,16 @@ class Range:
             v = float(value)
         except OverflowError:  # an integer beyond any float
             raise ParameterError(
-                f"parameter {name!r} must be in [{self.low:g}, {self.high:g}], got a {len(str(value))}-digit integer"
+                f"parameter {name!r} must be in {self}, got a {len(str(value))}-digit integer"
             ) from None
         below = v <= self.low if self.low_open else v < self.low
         if math.isnan(v) or below or v > self.high:
-            bracket = "(" if self.low_open else "["
-            raise ParameterError(
-                f"parameter {name!r} must be in {bracket}{self.low:g}, {self.high:g}], got {shown(value)}"
-            )
+            raise ParameterError(f"parameter {name!r} must be in {self}, got {shown(value)}")
         return v
+
+    def __str__(self) -> str:
+        """The range as every message writes it: ``(0, 1]`` or ``[-50, 100]``, as checked."""
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
 
 RANGES = {
