@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 
 from semlink.device import dashboard
 from semlink.device.service import Answer, DeviceService
+from semlink.protocol import params as P
 from semlink.protocol.codec import TensorError
 from semlink.protocol.http_codec import (
     HEADER_LENGTH,
@@ -193,8 +194,8 @@ def infer_routes(service: DeviceService) -> APIRouter:
 def oip_input(
     service: DeviceService, doc: dict[str, Any], tensors: dict[str, tuple[str, np.ndarray]]
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The ``image`` tensor and the semlink parameters of an OIP request; raises
-    :class:`TensorError`."""
+    """The ``image`` tensor and the semlink parameters of an OIP request, the request's ids
+    checked (whole, never cut); raises :class:`TensorError` or ``ParameterError``."""
     if "image" not in tensors:
         c, h, w = service.model.image_shape
         raise TensorError(
@@ -204,8 +205,9 @@ def oip_input(
     if dtype != "FP32":
         raise TensorError(f"input 'image' must be FP32, got {dtype}")
     params = dict(doc.get("parameters") or {})
+    P.check_ids(doc.get("id"), params)
     if doc.get("id"):
-        params.setdefault("request_id", str(doc["id"]))
+        params.setdefault(P.REQUEST_ID, doc["id"])
     return image, params
 
 

@@ -15,6 +15,7 @@ SPLIT = "split"  # split point s: blocks 0..s-1 on the device
 SNR_DB = "snr_db"  # channel SNR the receiver simulates, dB in [-50, 100]
 DEADLINE_MS = "deadline_ms"  # end-to-end deadline the device must answer within
 REQUEST_ID = "request_id"  # also the OIP `id` field; shared across device, link and server logs
+MAX_REQUEST_ID = 128  # characters of a request id: echoed whole in the answer, never cut
 TOKEN_FORMAT = "token_format"  # fp16 | int8 | fp32
 CHANNEL = "channel"  # awgn | rayleigh | none: the channel the receiver simulates (JSCC pipelines)
 CHANNELS = ("awgn", "rayleigh", "none")
@@ -77,6 +78,31 @@ def shown(value: Any, limit: int = 40) -> str:
     a client's megabyte."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_request_id(value: Any, name: str = REQUEST_ID) -> str:
+    """A request id (the OIP ``id``, or the ``request_id`` parameter): a string of at most
+    :data:`MAX_REQUEST_ID` characters, returned whole (a client matches answers by it, so it is
+    never cut); raises :class:`ParameterError`."""
+    if not isinstance(value, str):
+        raise ParameterError(
+            f"{name!r} must be a string of at most {MAX_REQUEST_ID} characters, got {shown(value)}"
+        )
+    if len(value) > MAX_REQUEST_ID:
+        raise ParameterError(
+            f"{name!r} must be at most {MAX_REQUEST_ID} characters, got {len(value)}: send a "
+            "shorter id (answers and logs carry it whole)"
+        )
+    return value
+
+
+def check_ids(request_id: Any, parameters: dict[str, Any]) -> None:
+    """Checks a request's OIP ``id`` (when given) and its ``request_id`` parameter (when
+    given) with :func:`check_request_id`, before any work is done on the request."""
+    if request_id is not None and request_id != "":
+        check_request_id(request_id, "id")
+    if parameters.get(REQUEST_ID) is not None:
+        check_request_id(parameters[REQUEST_ID])
 
 
 def check_channel(value: Any) -> str:

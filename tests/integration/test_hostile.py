@@ -207,3 +207,42 @@ def test_semlink_parameters_that_cannot_apply_are_refused(stack, params, fragmen
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(build_request("tiny-vit", "", "x", tokens, params), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- second round (issue: hardening, second round) ------------------------------------------
+
+
+def test_request_ids_over_128_characters_are_refused_on_every_entry_point(stack):
+    """The OIP ``id`` and the ``request_id`` parameter: 128 characters are echoed whole, 129 are
+    a 400 / INVALID_ARGUMENT (on 7473c99: a 200 echoing the first 128) on the device's OIP
+    front, the server's HTTP front and its gRPC ModelInfer and ModelStreamInfer."""
+    image = {"image": np.zeros((1, 1, 48, 48), np.float32)}
+    tokens = {"tokens": np.zeros((1, 4, 32), np.float16)}
+    for rid, ok in (("i" * 128, True), ("i" * 129, False)):
+        for url, inputs in (
+            (stack.infer_url(), image),
+            (f"{stack.server_url}/v2/models/tiny-vit/infer", tokens),
+        ):
+            for as_id in (True, False):
+                body, headers = build_infer_request(
+                    inputs, {} if as_id else {"request_id": rid}, request_id=rid if as_id else ""
+                )
+                r = httpx.post(url, content=body, headers=headers, timeout=30)
+                assert (r.status_code == 200) == ok, (url, len(rid), r.text[:200])
+                if not ok:
+                    assert "at most 128 characters, got 129" in r.json()["error"]
+                elif as_id or url == stack.infer_url():  # the device answers under either
+                    assert r.json()["id"] == rid
+        with grpc.insecure_channel(f"127.0.0.1:{stack.ports['grpc']}") as channel:
+            from semlink.device.client import build_request
+
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = build_request("tiny-vit", "", rid, tokens, {})
+            if ok:
+                assert stub.ModelInfer(request, timeout=10).id == rid
+            else:
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.ModelInfer(request, timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            (reply,) = stub.ModelStreamInfer(iter([request]), timeout=10)
+            assert reply.infer_response.id == rid and bool(reply.error_message) == (not ok)

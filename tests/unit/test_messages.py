@@ -109,3 +109,11 @@ def test_the_trace_size_limit_is_stated_in_the_unit_it_is_set_in(tmp_path):
     assert f"{MAX_TRACE_BYTES + 1} bytes is over the {MAX_TRACE_BYTES} bytes (64 MiB)" in str(
         err.value
     )
+
+
+@pytest.mark.parametrize("length", [P.MAX_REQUEST_ID, P.MAX_REQUEST_ID + 1])
+def test_the_request_id_limit_is_stated_as_checked(length):
+    message = refused(P.check_request_id, "x" * length)
+    assert (message is None) == (length <= P.MAX_REQUEST_ID)
+    if message:
+        assert f"at most {P.MAX_REQUEST_ID} characters, got {length}" in message
