@@ -3,7 +3,6 @@ the live ``/dashboard``, one router per resource."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import fields
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFil
 from fastapi.responses import HTMLResponse
 
 from semlink.device import dashboard
+from semlink.device.decoding import DecodePool
 from semlink.device.service import Answer, DeviceService
 from semlink.protocol import params as P
 from semlink.protocol.codec import TensorError
@@ -23,7 +23,7 @@ from semlink.protocol.http_codec import (
 )
 from semlink.runtime import errors as http_errors
 from semlink.runtime import metrics
-from semlink.runtime.errors import ClientError
+from semlink.runtime.errors import ClientError, Late
 from semlink.runtime.images import decode_image
 
 INLINE_JSON_BYTES = 16 * 1024
@@ -58,15 +58,17 @@ def answer_parameters(a: Answer) -> dict[str, Any]:
 
 def create_app(service: DeviceService) -> FastAPI:
     """The device's HTTP front: OIP v2 (``/v2/...``), ``/v1/classify`` uploads, ``/metrics``,
-    the dashboard; failures follow the error table."""
+    the dashboard; failures follow the error table. Uploads decode on a pool of their own,
+    ``app.state.decoder`` (its owner closes it with the service)."""
     settings = service.settings
     app = FastAPI(title="semlink device", version="0.1.0")
     http_errors.install(app, settings.max_body_bytes, settings.max_concurrent_per_client)
     metrics.mount(app, service.metrics.registry)
+    app.state.decoder = decoder = DecodePool(settings.decode_workers)
     app.include_router(health_routes(service))
     app.include_router(model_routes(service))
-    app.include_router(infer_routes(service))
-    app.include_router(upload_routes(service))
+    app.include_router(infer_routes(service, decoder))
+    app.include_router(upload_routes(service, decoder))
     app.include_router(dashboard_routes(service))
     return app
 
@@ -150,7 +152,7 @@ def model_routes(service: DeviceService) -> APIRouter:
     return router
 
 
-def infer_routes(service: DeviceService) -> APIRouter:
+def infer_routes(service: DeviceService, decoder: DecodePool) -> APIRouter:
     """OIP inference: a normalised ``image`` tensor in, label and probabilities out."""
     router = APIRouter()
     settings = service.settings
@@ -159,7 +161,7 @@ def infer_routes(service: DeviceService) -> APIRouter:
     @router.post("/v2/models/{model_name}/versions/{version}/infer")
     async def infer(model_name: str, request: Request, version: str = "") -> Response:
         """OIP inference: a normalised ``image`` tensor in, label and probabilities out."""
-        started = time.perf_counter()
+        started = http_errors.arrived(request)
         check_model(service, model_name, version)
         body = await http_errors.read_body(request, settings.max_body_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
@@ -171,7 +173,7 @@ def infer_routes(service: DeviceService) -> APIRouter:
         if json_bytes <= INLINE_JSON_BYTES:  # binary tensors: a header of a few hundred bytes
             doc, tensors = parse_infer_body(body, header_length)
         else:  # tensors as JSON lists: parsing takes milliseconds, off the event loop
-            doc, tensors = await service.run(parse_infer_body, body, header_length)
+            doc, tensors = await decoder.run(parse_infer_body, body, header_length)
         image, params = oip_input(service, doc, tensors)
         answer = await service.classify(image, params, started=started)
         outputs = {
@@ -211,28 +213,40 @@ def oip_input(
     return image, params
 
 
-def upload_routes(service: DeviceService) -> APIRouter:
+def upload_routes(service: DeviceService, decoder: DecodePool) -> APIRouter:
     """``POST /v1/classify``: a PNG or JPEG upload in, the answer and what it cost out."""
     router = APIRouter()
     settings = service.settings
+    limits = settings.image_limits()
 
     @router.post("/v1/classify")
     async def classify(
+        request: Request,
         image: Annotated[UploadFile, File(description="PNG or JPEG")],
         budget: Annotated[float | None, Form()] = None,
         deadline_ms: Annotated[float | None, Form()] = None,
         label: Annotated[int | None, Form(description="true class, for the dashboard")] = None,
     ) -> dict:
-        """A PNG or JPEG upload in, the answer and what it cost out. Decoding runs off the
-        event loop and counts against the request's deadline and ``total_ms``."""
-        started = time.perf_counter()
+        """A PNG or JPEG upload in, the answer and what it cost out. The parameters are checked
+        first; decoding runs on the decode pool, and waiting for it and decoding count against
+        the request's deadline and ``total_ms``: an upload that cannot start decoding before
+        its deadline is answered 503 at once. The deadline counts from the request's arrival,
+        reading the upload included."""
+        started = http_errors.arrived(request)
+        params = service.request_params(
+            {"budget": budget, "deadline_ms": deadline_ms, "label": label}
+        )
         data = await image.read(settings.max_body_bytes + 1)
         if len(data) > settings.max_body_bytes:
             raise ClientError(413, f"image exceeds the limit of {settings.max_body_bytes} bytes")
-        arr = await service.run(
-            decode_image, data, service.model.manifest, settings.max_image_pixels
-        )
-        params = {"budget": budget, "deadline_ms": deadline_ms, "label": label}
+        deadline = params.get(P.DEADLINE_MS, settings.deadline_ms)
+        try:
+            arr = await decoder.run_by(
+                started, deadline, decode_image, data, service.model.manifest, limits
+            )
+        except Late:
+            service.metrics.requests.labels(service.model.name, "late").inc()
+            raise
         return (await service.classify(arr, params, started=started)).as_dict()
 
     return router

@@ -7,7 +7,11 @@ attacker or a faulty client tried before (issue: hardening), each reporting what
 - bad input: requests that once reached a 500 (deep JSON, numbers beyond any float, shapes whose
   product overflows, a decompression bomb's header, INT8 values that overflow, a chunked body
   over the limit), counted by status;
-- NaN answers: finite but extreme images, answers with non-finite probabilities.
+- NaN answers: finite but extreme images, answers with non-finite probabilities;
+- geometry bombs (issue: hardening, second round): uploads of a few kB announcing a strip of
+  16,777,216 x 1 pixels, a side or an aspect ratio past the limits, or exactly the pixel limit;
+- decoding queued against deadlines: an ordinary upload with a deadline behind uploads that
+  take a CPU a while each to decode, when and how it is answered.
 """
 
 from __future__ import annotations
@@ -173,3 +177,93 @@ def nan_answers(device_url: str, model: str, shape: tuple[int, ...], headers: di
             probs = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")
             bad += not np.isfinite(probs["data"]).all()
     return {"requests": 3, "nan_answers": bad}
+
+
+# --- second round ---------------------------------------------------------------------------
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A real, decodable PNG of ``width`` x ``height`` black pixels: kB however many pixels."""
+    buf = io.BytesIO()
+    Image.new("L", (width, height)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# name -> (width, height): each reaches one limit of the device's defaults (pixels < 4096^2,
+# sides < 8192, aspect < 16) and no other, except the strips, which reach them all
+GEOMETRY_BOMBS = {
+    "16777216x1 strip": (16_777_216, 1),
+    "1x16777216 strip": (1, 16_777_216),
+    "8192x1024 side": (8192, 1024),
+    "4096x256 aspect 16": (4096, 256),
+    "4096x4096 at the pixel limit": (4096, 4096),
+}
+
+
+def geometry_bombs(device_url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """Each of :data:`GEOMETRY_BOMBS` uploaded as a real PNG: its size, the status and how long
+    the answer took (should be 400 in milliseconds: refused from the header)."""
+    results = {}
+    for name, (width, height) in GEOMETRY_BOMBS.items():
+        png = blank_png(width, height)
+        t0 = time.perf_counter()
+        r = httpx.post(
+            f"{device_url}/v1/classify",
+            files={"image": ("bomb.png", png)},
+            headers=headers,
+            timeout=120,
+        )
+        ms = 1000 * (time.perf_counter() - t0)
+        results[name] = {"bytes": len(png), "status": r.status_code, "ms": ms}
+    return {
+        "cases": len(results),
+        "refused": sum(r["status"] == 400 for r in results.values()),
+        "max_ms": max(r["ms"] for r in results.values()),
+        "results": results,
+    }
+
+
+def decode_queue(
+    device_url: str, headers: dict[str, str], uploads: int = 16, deadline_ms: float = 500.0
+) -> dict[str, Any]:
+    """An ordinary upload with ``deadline_ms`` sent while ``uploads`` heavy ones (16 M pixels,
+    inside every limit: ~0.15 s of a CPU each to decode) are in flight: its status and when it
+    was answered (by its deadline and a little, never after the queue), and how the heavy ones
+    fared (200, or 503 once they could not start before their own deadline)."""
+    heavy, light = wide_png(), blank_png(64, 64)
+    statuses: list[int] = []
+
+    def send_heavy() -> None:
+        r = httpx.post(
+            f"{device_url}/v1/classify",
+            files={"image": ("w.png", heavy)},
+            headers=headers,
+            timeout=120,
+        )
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=send_heavy) for _ in range(uploads)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # the heavy uploads are in and queued
+    sent = time.perf_counter()
+    r = httpx.post(
+        f"{device_url}/v1/classify",
+        files={"image": ("s.png", light)},
+        data={"deadline_ms": str(deadline_ms)},
+        headers=headers,
+        timeout=120,
+    )
+    answered_ms = 1000 * (time.perf_counter() - sent)
+    for t in threads:
+        t.join()
+    return {
+        "uploads": uploads,
+        "deadline_ms": deadline_ms,
+        "status": r.status_code,
+        "answered_ms": answered_ms,
+        "heavy_s": time.perf_counter() - t0,
+        "heavy_ok": statuses.count(200),
+        "heavy_late": statuses.count(503),
+    }

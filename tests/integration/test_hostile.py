@@ -13,7 +13,14 @@ import httpx
 import numpy as np
 import pytest
 
-from semlink.bench.hostile import loop_stall, png_header, wide_png
+from semlink.bench.hostile import (
+    GEOMETRY_BOMBS,
+    decode_queue,
+    geometry_bombs,
+    loop_stall,
+    png_header,
+    wide_png,
+)
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.protocol.http_codec import build_infer_request
@@ -210,6 +217,23 @@ def test_semlink_parameters_that_cannot_apply_are_refused(stack, params, fragmen
 
 
 # --- second round (issue: hardening, second round) ------------------------------------------
+
+
+def test_geometry_bombs_are_refused_from_their_header(stack):
+    """Real PNGs of a few kB announcing a strip of 4096^2 pixels in one row or column (~620 ms of
+    resizing with the GIL held, once a 200), a side or an aspect ratio past the limit, or
+    exactly the pixel limit (once a 200: the limit was a "more than" test)."""
+    r = geometry_bombs(stack.device_url, {})
+    assert r["refused"] == r["cases"] == len(GEOMETRY_BOMBS), r["results"]
+
+
+def test_waiting_to_decode_counts_against_the_deadline(stack):
+    """An ordinary upload with deadline_ms=300 behind 32 heavy ones: answered when its deadline
+    passes (503, naming the deadline), not after the queue (on 7473c99: a 200 after all 32)."""
+    r = decode_queue(stack.device_url, {}, uploads=32, deadline_ms=300.0)
+    assert r["status"] == 503, r
+    assert r["answered_ms"] < 500 * r["heavy_s"], r  # well before the queue drained
+    assert r["heavy_ok"] + r["heavy_late"] == 32, r  # every heavy one answered, late or not
 
 
 def test_request_ids_over_128_characters_are_refused_on_every_entry_point(stack):
