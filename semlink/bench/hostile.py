@@ -11,7 +11,9 @@ attacker or a faulty client tried before (issue: hardening), each reporting what
 - geometry bombs (issue: hardening, second round): uploads of a few kB announcing a strip of
   16,777,216 x 1 pixels, a side or an aspect ratio past the limits, or exactly the pixel limit;
 - decoding queued against deadlines: an ordinary upload with a deadline behind uploads that
-  take a CPU a while each to decode, when and how it is answered.
+  take a CPU a while each to decode, when and how it is answered;
+- an oversized link state: a state endpoint streaming hundreds of MB, the device's memory and
+  its health probe meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import struct
 import threading
 import time
 import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -266,4 +270,76 @@ def decode_queue(
         "heavy_s": time.perf_counter() - t0,
         "heavy_ok": statuses.count(200),
         "heavy_late": statuses.count(503),
+    }
+
+
+class StateBomb:
+    """A link state endpoint gone bad: every ``GET`` is answered with ``size`` bytes of a JSON
+    array that never closes, streamed without a declared length, made as it is sent (so the
+    bench holds none of it). Counts the polls and the bytes the reader took."""
+
+    def __init__(self, size: int = 400 * 2**20) -> None:
+        self.size, self.polls, self.served = size, 0, 0
+        bomb = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                bomb.polls += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                chunk, sent = b"[" + b"0," * 32767, 0
+                with contextlib.suppress(OSError):  # the reader hung up: what it should do
+                    while sent < bomb.size:
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                        bomb.served += len(chunk)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/state"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """A process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in MB (Linux)."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
+
+
+def oversized_state(
+    device_url: str, pid: int, bomb: StateBomb, reference_pid: int, seconds: float = 5.0
+) -> dict[str, Any]:
+    """A device whose link state URL is ``bomb``: its peak memory after ``seconds`` of polls
+    beside a device polling an ordinary link (``reference_pid``), its health probe's latency
+    meanwhile, and how many bytes each poll took of the ``bomb.size`` offered."""
+    probes = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        p0 = time.perf_counter()
+        httpx.get(f"{device_url}/v2/health/live", timeout=30)
+        probes.append(time.perf_counter() - p0)
+        time.sleep(0.05)
+    polls = max(bomb.polls, 1)
+    return {
+        "offered_bytes": bomb.size,
+        "polls": bomb.polls,
+        "read_per_poll_bytes": bomb.served / polls,
+        "device_mb": memory_mb(pid),
+        "reference_mb": memory_mb(reference_pid),
+        "probe_max_ms": 1000 * max(probes),
+        "probe_p50_ms": 1000 * float(np.median(probes)),
+        "probes": len(probes),
     }

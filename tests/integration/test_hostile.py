@@ -15,9 +15,11 @@ import pytest
 
 from semlink.bench.hostile import (
     GEOMETRY_BOMBS,
+    StateBomb,
     decode_queue,
     geometry_bombs,
     loop_stall,
+    oversized_state,
     png_header,
     wide_png,
 )
@@ -270,3 +272,22 @@ def test_request_ids_over_128_characters_are_refused_on_every_entry_point(stack)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             (reply,) = stub.ModelStreamInfer(iter([request]), timeout=10)
             assert reply.infer_response.id == rid and bool(reply.error_message) == (not ok)
+
+
+def test_a_device_reads_no_more_of_its_link_state_than_the_cap(stack):
+    """A link state endpoint streaming 400 MB an answer (on 7473c99 the device grew to 1.76 GB
+    reading it): each poll stops at 64 kB, the device's memory stays as it was, its health
+    probe answers meanwhile."""
+    s = stack.sibling("-statebomb")
+    bomb = StateBomb()
+    try:
+        s.start_device("--link-state-url", bomb.url, through_link=False)
+        pid = stack.procs.children["device-statebomb"].pid
+        r = oversized_state(s.device_url, pid, bomb, stack.procs.children["device"].pid, 3.0)
+    finally:
+        stack.procs.stop("device-statebomb")
+        bomb.close()
+    assert r["polls"] >= 5, r
+    assert r["read_per_poll_bytes"] < 8 * 2**20, r  # the cap and what the sockets had buffered
+    assert r["device_mb"]["VmHWM"] < r["reference_mb"]["VmHWM"] + 100, r
+    assert r["probe_p50_ms"] < 500, r

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import threading
+import time
+import tracemalloc
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from semlink.device.channel_state import ChannelMonitor, parse_state
+from semlink.bench.hostile import StateBomb
+from semlink.device.channel_state import (
+    MAX_STATE_BYTES,
+    STATE_TIMEOUT_S,
+    ChannelMonitor,
+    parse_state,
+)
 from semlink.device.controller.base import ChannelState
 from semlink.link.shaper import SnrProcess
 from semlink.link.traces import MAX_TRACE_BYTES, TraceError, load_trace
@@ -37,24 +48,126 @@ def test_a_malformed_link_state_is_refused(doc, fragment):
         parse_state(doc)
 
 
-def test_the_monitor_keeps_the_last_good_state_and_goes_on(caplog):
-    answers = [GOOD, {"snr_db": "garbage"}, [], {**GOOD, "snr_db": 3.0}]
+class StateEndpoint:
+    """A real HTTP state endpoint on loopback answering ``answers`` in turn (each a body, or a
+    ``(body, headers, delay_s)`` triple: sent a byte at a time, ``delay_s`` apart), then GOOD."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=answers.pop(0) if answers else GOOD)
+    def __init__(self, answers: list) -> None:
+        self.answers = answers
+        endpoint = self
 
-    async def go() -> list[ChannelState]:
-        monitor = ChannelMonitor("http://link/state", poll_ms=1)
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                answer = endpoint.answers.pop(0) if endpoint.answers else json.dumps(GOOD)
+                body, headers, delay = answer if isinstance(answer, tuple) else (answer, {}, 0)
+                body = body.encode() if isinstance(body, str) else body
+                self.send_response(200)
+                for k, v in {"content-length": str(len(body)), **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    for i in range(0, len(body), 1 if delay else len(body) or 1):
+                        self.wfile.write(body[i : i + (1 if delay else len(body))])
+                        self.wfile.flush()
+                        time.sleep(delay)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/state"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def refresh_each(url: str, times: int) -> list[tuple[ChannelState, str]]:
+    """The monitor's state after each of ``times`` reads of ``url``, and the error of each."""
+
+    async def go() -> list[tuple[ChannelState, str]]:
+        monitor = ChannelMonitor(url, poll_ms=1)
         seen = []
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            for _ in range(4):
-                with contextlib.suppress(ValueError):
+        async with httpx.AsyncClient() as client:
+            for _ in range(times):
+                error = ""
+                try:
                     await monitor.refresh(client)
-                seen.append(monitor.current)
+                except ValueError as exc:
+                    error = str(exc)
+                seen.append((monitor.current, error))
         return seen
 
-    seen = asyncio.run(go())
-    assert [s.snr_db for s in seen] == [12.0, 12.0, 12.0, 3.0]
+    return asyncio.run(go())
+
+
+def test_the_monitor_keeps_the_last_good_state_and_goes_on():
+    endpoint = StateEndpoint(
+        [json.dumps(GOOD), '{"snr_db": "garbage"}', "[]", json.dumps({**GOOD, "snr_db": 3.0})]
+    )
+    try:
+        seen = refresh_each(endpoint.url, 4)
+    finally:
+        endpoint.close()
+    assert [s.snr_db for s, _ in seen] == [12.0, 12.0, 12.0, 3.0]
+
+
+def test_an_oversized_link_state_is_refused_as_it_streams():
+    """A state endpoint streaming 64 MB without a declared length (issue: 400 MB grew the device
+    to 1.76 GB): refused after 64 kB, in milliseconds, the last good state kept, and the reader
+    never holds more than the cap."""
+    bomb = StateBomb(size=64 * 2**20)
+    endpoint = StateEndpoint([json.dumps(GOOD)])
+    try:
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        ((good, _),) = refresh_each(endpoint.url, 1)
+
+        async def bad() -> str:
+            monitor = ChannelMonitor(bomb.url)
+            monitor.current = good
+            async with httpx.AsyncClient() as client:
+                with pytest.raises(ValueError) as err:
+                    await monitor.refresh(client)
+            assert monitor.current == good
+            return str(err.value)
+
+        message = asyncio.run(bad())
+        elapsed = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        bomb.close()
+        endpoint.close()
+    assert f"over the {MAX_STATE_BYTES} bytes" in message
+    assert elapsed < 1.0 and bomb.served < 16 * 2**20, (elapsed, bomb.served)
+    assert peak < 8 * 2**20, peak
+
+
+@pytest.mark.parametrize(
+    ("answer", "fragment"),
+    [
+        (("x", {"content-length": str(400 * 2**20)}, 0), "400 MB declared"),
+        (("{}", {"content-encoding": "gzip"}, 0), "must not be compressed"),
+        ((json.dumps(GOOD), {}, 0.2), "within 1 s"),  # a byte every 0.2 s: never whole in time
+        ("[" + "0," * 40_000 + "0]", "over the"),
+        ("[" * 30_000, "too deeply"),
+    ],
+    ids=["declared length", "compressed", "slow drip", "too long", "too deep"],
+)
+def test_a_state_answer_past_any_bound_is_refused(answer, fragment):
+    endpoint = StateEndpoint([answer])
+    try:
+        t0 = time.perf_counter()
+        ((state, error),) = refresh_each(endpoint.url, 1)
+        elapsed = time.perf_counter() - t0
+    finally:
+        endpoint.close()
+    fragment = fragment.replace("400 MB declared", f"{400 * 2**20} bytes")
+    assert fragment in error and state == ChannelState(), error
+    assert elapsed < STATE_TIMEOUT_S + 0.5
 
 
 def test_traces_refuse_what_is_not_a_plain_timestamp(tmp_path):
