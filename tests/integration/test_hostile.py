@@ -238,6 +238,26 @@ def test_waiting_to_decode_counts_against_the_deadline(stack):
     assert r["heavy_ok"] + r["heavy_late"] == 32, r  # every heavy one answered, late or not
 
 
+def test_an_input_overflowing_fp16_is_refused_before_anything_is_sent(stack):
+    """Values of 1e30 are finite, but the device's fp16 tokens for them are not: a 400 naming
+    the input, and not a byte through the link (on 7473c99: a 200 `degraded` blaming the
+    server's INVALID_ARGUMENT)."""
+    s = stack.sibling("-fp16")
+    s.start_link("--rate", "50mbit", "--delay-ms", "2")
+    s.start_device()  # the default token format: fp16
+    try:
+        before = s.link_state()["uplink"]["delivered_bytes"]
+        body, headers = build_infer_request({"image": np.full((1, 1, 48, 48), 1e30, np.float32)})
+        r = httpx.post(s.infer_url(), content=body, headers=headers, timeout=30)
+        assert r.status_code == 400, r.text[:300]
+        assert "input 'image'" in r.json()["error"] and "normalised" in r.json()["error"]
+        assert s.link_state()["uplink"]["delivered_bytes"] == before
+        ok, headers = build_infer_request({"image": np.zeros((1, 1, 48, 48), np.float32)})
+        assert httpx.post(s.infer_url(), content=ok, headers=headers, timeout=30).status_code == 200
+    finally:
+        stack.procs.stop("device-fp16", "link-fp16")
+
+
 def test_request_ids_over_128_characters_are_refused_on_every_entry_point(stack):
     """The OIP ``id`` and the ``request_id`` parameter: 128 characters are echoed whole, 129 are
     a 400 / INVALID_ARGUMENT (on 7473c99: a 200 echoing the first 128) on the device's OIP
