@@ -111,6 +111,8 @@ def read_lines(path: str | Path, what: str = "trace") -> Iterator[tuple[int, str
         )
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:  # the UTF-8 byte-order mark an editor may save the file with
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
                 line = raw.decode("ascii").strip()
             except UnicodeDecodeError:

@@ -13,11 +13,13 @@ attacker or a faulty client tried before (issue: hardening), each reporting what
 - decoding queued against deadlines: an ordinary upload with a deadline behind uploads that
   take a CPU a while each to decode, when and how it is answered;
 - an oversized link state: a state endpoint streaming hundreds of MB, the device's memory and
-  its health probe meanwhile.
+  its health probe meanwhile;
+- API key files saved with a byte-order mark: a first-line comment must stay a comment.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -342,4 +344,44 @@ def oversized_state(
         "probe_max_ms": 1000 * max(probes),
         "probe_p50_ms": 1000 * float(np.median(probes)),
         "probes": len(probes),
+    }
+
+
+BOM_COMMENT = "#keys-of-the-hostile-bench-do-not-use"
+"""The first line of a key file saved with a byte-order mark: a comment without spaces that
+became a valid key when the mark stuck to it."""
+
+
+def write_bom_keys(path: Path, key: str, comment: str = BOM_COMMENT) -> Path:
+    """A key file as an editor that adds a byte-order mark saves it: mark, comment, key."""
+    path.write_bytes(f"\ufeff{comment}\n{key}\n".encode())
+    return path
+
+
+def bom_keys(device_url: str, key: str, spaced: Path) -> dict[str, Any]:
+    """What a device started with :func:`write_bom_keys`'s file lets in (the key: 200; the
+    comment as a bearer token or a Basic password: 401), and whether a file whose first-line
+    comment holds spaces (``spaced``, once refused at start-up) loads."""
+    from semlink.runtime.security import load_api_keys
+
+    url = f"{device_url}/v2"
+    # the line as 7473c99 read it, mark included: a Basic password carries it (UTF-8)
+    basic = base64.b64encode(f"user:\ufeff{BOM_COMMENT}".encode()).decode()
+    statuses = {
+        "key": httpx.get(url, headers={"Authorization": f"Bearer {key}"}).status_code,
+        "comment as bearer": httpx.get(
+            url, headers={"Authorization": f"Bearer {BOM_COMMENT}"}
+        ).status_code,
+        "comment as Basic password": httpx.get(
+            url, headers={"Authorization": f"Basic {basic}"}
+        ).status_code,
+    }
+    try:
+        spaced_keys = len(load_api_keys(None, spaced))
+    except ValueError:
+        spaced_keys = -1
+    return {
+        "statuses": statuses,
+        "comment_admitted": sum(s == 200 for k, s in statuses.items() if k != "key"),
+        "spaced_comment_file_keys": spaced_keys,
     }

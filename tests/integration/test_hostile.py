@@ -16,12 +16,14 @@ import pytest
 from semlink.bench.hostile import (
     GEOMETRY_BOMBS,
     StateBomb,
+    bom_keys,
     decode_queue,
     geometry_bombs,
     loop_stall,
     oversized_state,
     png_header,
     wide_png,
+    write_bom_keys,
 )
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -311,3 +313,18 @@ def test_a_device_reads_no_more_of_its_link_state_than_the_cap(stack):
     assert r["read_per_poll_bytes"] < 8 * 2**20, r  # the cap and what the sockets had buffered
     assert r["device_mb"]["VmHWM"] < r["reference_mb"]["VmHWM"] + 100, r
     assert r["probe_p50_ms"] < 500, r
+
+
+def test_an_api_key_file_with_a_byte_order_mark_admits_its_keys_only(stack, tmp_path):
+    """On 7473c99 the first-line comment of such a file was a valid key (200 with it)."""
+    key = "bench-key-" + "0123abcd" * 3
+    path = write_bom_keys(tmp_path / "keys", key)
+    spaced = write_bom_keys(tmp_path / "spaced", key, "# a comment with spaces")
+    s = stack.sibling("-bom")
+    try:
+        s.start_device("--api-keys-file", str(path), through_link=False)
+        r = bom_keys(s.device_url, key, spaced)
+    finally:
+        stack.procs.stop("device-bom")
+    assert r["statuses"] == {"key": 200, "comment as bearer": 401, "comment as Basic password": 401}
+    assert r["spaced_comment_file_keys"] == 1

@@ -223,3 +223,46 @@ def test_text_logs_escape_control_characters():
     record = logging.LogRecord("x", logging.INFO, "f.py", 1, "request %s: ok", (forged,), None)
     line = TextFormatter().format(record)
     assert "\n" not in line and "\x1b" not in line and "\\n2026" in line
+
+
+def test_an_api_key_file_saved_with_a_byte_order_mark(tmp_path):
+    """The mark is stripped before the lines are parsed: a first-line comment without spaces
+    once became a valid key, one with spaces stopped the process ("an API key holds
+    whitespace"); a first-line key is read without it."""
+    path, key = tmp_path / "keys", "key-aaaaaaaaaaaaaaaa"
+    for first in ("#first-line-comment-without-spaces", "# a comment with spaces"):
+        path.write_bytes(f"\ufeff{first}\n{key}\n".encode())
+        assert load_api_keys(None, path) == [key]
+    path.write_bytes(f"\ufeff{key}\r\n".encode())
+    assert load_api_keys(None, path) == [key]
+    assert load_api_keys(f"\ufeff{key}", None) == [key]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "key-aaaa\u200baaaaaaaaaaaa",
+        "kéy-aaaaaaaaaaaaaaaa",
+        "key-aaaa\ufeffaaaaaaaaaaaa",
+        "key-\x07aaaaaaaaaaaaaaa",
+    ],
+    ids=["zero-width space", "non-ASCII", "a mark inside", "a control"],
+)
+def test_a_key_no_header_could_carry_is_refused_naming_the_line(tmp_path, key):
+    path = tmp_path / "keys"
+    path.write_bytes(f"# keys\n{key}\n".encode())
+    with pytest.raises(
+        ValueError, match=r"keys:2: an API key holds a character that is not printable ASCII"
+    ):
+        load_api_keys(None, path)
+
+
+def test_a_trace_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """The other file a person edits: its mark is not a 'not ASCII' first line."""
+    marked, plain = tmp_path / "marked.up", tmp_path / "plain.up"
+    marked.write_bytes(b"\xef\xbb\xbf1\n2\n3\n")
+    plain.write_bytes(b"1\n2\n3\n")
+    assert load_trace(marked).average_bps() == load_trace(plain).average_bps() > 0
+    marked.write_bytes(b"1\n\xef\xbb\xbf2\n")  # anywhere else it is refused, naming the line
+    with pytest.raises(TraceError, match=":2: not ASCII"):
+        load_trace(marked)
