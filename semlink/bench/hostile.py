@@ -14,7 +14,8 @@ attacker or a faulty client tried before (issue: hardening), each reporting what
   take a CPU a while each to decode, when and how it is answered;
 - an oversized link state: a state endpoint streaming hundreds of MB, the device's memory and
   its health probe meanwhile;
-- API key files saved with a byte-order mark: a first-line comment must stay a comment.
+- API key files saved with a byte-order mark: a first-line comment must stay a comment;
+- Unicode line breaks in request ids: lines forged in the text logs of device, server and link.
 """
 
 from __future__ import annotations
@@ -384,4 +385,51 @@ def bom_keys(device_url: str, key: str, spaced: Path) -> dict[str, Any]:
         "statuses": statuses,
         "comment_admitted": sum(s == 200 for k, s in statuses.items() if k != "key"),
         "spaced_comment_file_keys": spaced_keys,
+    }
+
+
+# what a common reader takes for a line break (Python's str.splitlines: every one of them)
+LINE_BREAKS = {
+    "U+2028": "\u2028",
+    "U+2029": "\u2029",
+    "U+0085": "\x85",
+    "U+001C": "\x1c",
+    "U+001D": "\x1d",
+    "U+001E": "\x1e",
+    "VT": "\x0b",
+    "FF": "\x0c",
+    "CR": "\r",
+    "LF": "\n",
+}
+FORGED = "1999-01-01 00:00:00,000 INFO semlink: forged"
+
+
+def line_breaks(
+    device_url: str, model: str, shape: tuple[int, ...], headers: dict[str, str]
+) -> dict[str, Any]:
+    """One request per :data:`LINE_BREAKS` character, its id holding the character followed by
+    a forged log line; :func:`forged_lines` then counts what got through."""
+    statuses = {}
+    for name, char in LINE_BREAKS.items():
+        body, h = build_infer_request(
+            {"image": np.zeros((1, *shape), np.float32)}, request_id=f"lb-{name}{char}{FORGED}"
+        )
+        r = httpx.post(
+            f"{device_url}/v2/models/{model}/infer",
+            content=body,
+            headers={**h, **headers},
+            timeout=30,
+        )
+        statuses[name] = r.status_code
+    return {"requests": len(statuses), "statuses": statuses}
+
+
+def forged_lines(logs: list[Path]) -> dict[str, Any]:
+    """Lines of ``logs`` (split as Python splits lines, at every break it knows) that begin
+    with :data:`FORGED`, and the lines read."""
+    lines = [line for path in logs for line in path.read_text(errors="replace").splitlines()]
+    return {
+        "logs": [p.name for p in logs],
+        "lines": len(lines),
+        "forged": sum(line.startswith(FORGED) for line in lines),
     }

@@ -18,7 +18,9 @@ from semlink.bench.hostile import (
     StateBomb,
     bom_keys,
     decode_queue,
+    forged_lines,
     geometry_bombs,
+    line_breaks,
     loop_stall,
     oversized_state,
     png_header,
@@ -294,6 +296,52 @@ def test_request_ids_over_128_characters_are_refused_on_every_entry_point(stack)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             (reply,) = stub.ModelStreamInfer(iter([request]), timeout=10)
             assert reply.infer_response.id == rid and bool(reply.error_message) == (not ok)
+
+
+def test_no_line_break_in_a_request_id_forges_a_log_line(stack):
+    """Request ids holding each character a common reader breaks lines at (U+2028, U+2029,
+    U+0085, the information separators, VT, FF, CR, LF), each followed by a forged line: the
+    text logs of device, server and link (which sniffs the ids off the plaintext stream) hold
+    none of the forged lines, split as Python splits them."""
+    r = line_breaks(stack.device_url, stack.model, (1, 48, 48), {})
+    assert set(r["statuses"].values()) == {200}, r
+    time.sleep(0.5)  # the link logs a request once its answer has crossed back
+    logs = [stack.procs.log_dir / f"{n}.log" for n in ("device", "server", "link")]
+    text = "".join(p.read_text() for p in logs)
+    assert "lb-U+2028" in text and "lb-LF" in text  # the ids were logged, escaped
+    assert forged_lines(logs)["forged"] == 0
+
+
+def test_json_logs_hold_json_lines_only(tiny_repository, tmp_path):
+    """``--log-format json`` on server, link and device, fed what once wrote raw lines (numpy's
+    "overflow encountered in cast" for an image of 1e30) and ids with line breaks: every line
+    of every log is a JSON object."""
+    from semlink.procs import Processes, Stack
+
+    s = Stack(
+        Processes(tmp_path),
+        repository=tiny_repository,
+        model="tiny-vit",
+        flags=("--log-format", "json"),
+    )
+    try:
+        s.start_all(link_args=("--rate", "50mbit", "--delay-ms", "2"))
+        for image, rid in ((1e30, "big"), (0.0, "id\u2028with\x85breaks"), (3e38, "huge")):
+            body, headers = build_infer_request(
+                {"image": np.full((1, 1, 48, 48), image, np.float32)}, request_id=rid
+            )
+            httpx.post(s.infer_url(), content=body, headers=headers, timeout=30)
+    finally:
+        s.procs.stop()
+    lines = [(p.name, line) for p in tmp_path.glob("*.log") for line in p.read_text().splitlines()]
+    assert len(lines) > 6
+    docs = []
+    for name, line in lines:
+        try:
+            docs.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"{name}: not JSON: {line[:200]!r}")
+    assert any(d["logger"] == "py.warnings" and "overflow" in d["msg"] for d in docs), docs
 
 
 def test_a_device_reads_no_more_of_its_link_state_than_the_cap(stack):

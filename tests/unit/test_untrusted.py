@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 import tracemalloc
@@ -266,3 +267,33 @@ def test_a_trace_saved_with_a_byte_order_mark_is_read(tmp_path):
     marked.write_bytes(b"1\n\xef\xbb\xbf2\n")  # anywhere else it is refused, naming the line
     with pytest.raises(TraceError, match=":2: not ASCII"):
         load_trace(marked)
+
+
+# every character Python's str.splitlines breaks a line at, the widest of the common readers
+# (JavaScript and editors break at \n, \r, U+2028 and U+2029; terminals act on C1 controls)
+LINE_BREAKING = [chr(c) for c in range(0x110000) if len(f"a{chr(c)}b".splitlines()) > 1]
+
+
+def test_text_logs_escape_every_character_a_reader_breaks_lines_at():
+    assert {"\n", "\r", "\x85", "\u2028", "\u2029", "\x1c"} <= set(LINE_BREAKING)
+    forged = "".join(
+        f"r{i}{c}2026-01-01 00:00:00 INFO semlink: forged" for i, c in enumerate(LINE_BREAKING)
+    )
+    record = logging.LogRecord("x", logging.INFO, "f.py", 1, "request %s: ok", (forged,), None)
+    line = TextFormatter().format(record)
+    assert line.splitlines() == [line]
+    assert not any(c in line for c in LINE_BREAKING)
+    assert "\\u2028" in line and "\\x85" in line and "\\n" in line
+
+
+def test_a_traceback_keeps_its_lines_but_no_other_break():
+    try:
+        raise ValueError("bad id 'r1\u20282026-01-01 00:00:00 INFO semlink: forged'")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, "f.py", 1, "failed", (), sys.exc_info())
+    text = TextFormatter().format(record)
+    assert "\u2028" not in text and "\\u2028" in text
+    assert (
+        text.splitlines()[0].endswith("failed")
+        and text.splitlines()[1] == "Traceback (most recent call last):"
+    )
