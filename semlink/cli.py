@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from semlink.data_root import add_data_root, check_export_data
 from semlink.flags import LazyParser, add_dataclass, dataclass_from
 from semlink.runtime import logs
 from semlink.runtime.repository import DEFAULT_REPOSITORY
@@ -27,6 +28,7 @@ ZOO_PREFIX = {"digits-scene": "scene", "digits-canvas": "digits"}
 """The shipped pipelines of each embedded dataset: ``zoo/<prefix>-vit``, ``-vit-jscc``, ``-ee``."""
 
 log = logging.getLogger("semlink")
+EXPORT_READS = "its validation split, on which the manifest's input check is fitted"
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -187,7 +189,7 @@ def _export_dataset(args: argparse.Namespace) -> str:
         raise ValueError(
             f"{args.checkpoint} does not record the dataset it was trained on: pass --dataset"
         )
-    return dataset
+    return check_export_data(dataset, args.data_root)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -195,7 +197,7 @@ def _export(args: argparse.Namespace) -> int:
     from semlink.models.export import export_jscc_pipeline, export_selector_pipeline
 
     exporter = export_jscc_pipeline if args.what == "jscc" else export_selector_pipeline
-    manifest = exporter(args.checkpoint, args.out, _export_dataset(args))
+    manifest = exporter(args.checkpoint, args.out, _export_dataset(args), args.data_root)
     print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
     return 0
 
@@ -210,7 +212,7 @@ def _export_early_exit(args: argparse.Namespace) -> int:
     from semlink.models.export_early_exit import export_early_exit_pipeline
 
     manifest = export_early_exit_pipeline(
-        args.checkpoint, args.out, _export_dataset(args), args.device_blocks
+        args.checkpoint, args.out, _export_dataset(args), args.device_blocks, args.data_root
     )
     for path in args.regimes:
         ckpt = checkpoint.load(path)
@@ -393,7 +395,7 @@ def _sample(args: argparse.Namespace) -> int:
     """``semlink sample``: test-split images of each model's dataset as PNG files, with labels."""
     from PIL import Image
 
-    from semlink.models.datasets import load_dataset
+    from semlink.data_root import sample_split
     from semlink.runtime.repository import resolve, scan
 
     models = scan(args.model_repository)
@@ -401,7 +403,7 @@ def _sample(args: argparse.Namespace) -> int:
         mv = resolve(models, name)
         norm = mv.manifest.normalisation
         try:
-            data = load_dataset(norm.dataset, "test")
+            data = sample_split(mv, args.data_root)
         except ValueError as exc:
             print(f"{name}: skipped ({exc})")
             continue
@@ -759,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the model was trained on: the manifest carries its normalisation "
         "(default: what the checkpoint records)",
     )
+    add_data_root(p, EXPORT_READS)
     p.set_defaults(func=_export)
 
     p = ex.add_parser("jscc", help="head with JSCC encoder, tail with JSCC decoder")
@@ -770,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the model was trained on: the manifest carries its normalisation "
         "(default: what the checkpoint records)",
     )
+    add_data_root(p, EXPORT_READS)
     p.set_defaults(func=_export)
 
     p = ev.add_parser(
@@ -814,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the model was trained on: the manifest carries its normalisation "
         "(default: what the checkpoint records)",
     )
+    add_data_root(p, EXPORT_READS)
     p.set_defaults(func=_export_early_exit)
 
     p = sub.add_parser("calibrate", help="accuracy / channel-use table on the validation split")
@@ -880,6 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=8, help="images per model")
     p.add_argument("--model", nargs="+", default=None, help="these models only (default: all)")
     p.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    add_data_root(p, "their test images")
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("zoo", help="rebuild the shipped pipelines (train, export, calibrate, eval)")
