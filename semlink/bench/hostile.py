@@ -15,7 +15,9 @@ attacker or a faulty client tried before (issue: hardening), each reporting what
 - an oversized link state: a state endpoint streaming hundreds of MB, the device's memory and
   its health probe meanwhile;
 - API key files saved with a byte-order mark: a first-line comment must stay a comment;
-- Unicode line breaks in request ids: lines forged in the text logs of device, server and link.
+- Unicode line breaks in request ids: lines forged in the text logs of device, server and link;
+- client errors that once passed as server failures or were cut: an input overflowing fp16 on
+  the device, a request id over 128 characters.
 """
 
 from __future__ import annotations
@@ -433,3 +435,21 @@ def forged_lines(logs: list[Path]) -> dict[str, Any]:
         "lines": len(lines),
         "forged": sum(line.startswith(FORGED) for line in lines),
     }
+
+
+def client_errors(
+    device_url: str, model: str, shape: tuple[int, ...], headers: dict[str, str]
+) -> dict[str, Any]:
+    """Statuses of two client errors: an image of 1e30 (finite, but the device's fp16 tokens
+    overflow: once a 200 ``degraded`` blaming the server) and an id of 129 characters (once
+    echoed cut); both should be 400 naming the fix."""
+    url = f"{device_url}/v2/models/{model}/infer"
+    out = {}
+    for name, image, rid in (
+        ("image of 1e30", np.full((1, *shape), 1e30, np.float32), ""),
+        ("id of 129 characters", np.zeros((1, *shape), np.float32), "x" * 129),
+    ):
+        body, h = build_infer_request({"image": image}, request_id=rid)
+        r = httpx.post(url, content=body, headers={**h, **headers}, timeout=30)
+        out[name] = {"status": r.status_code, "error": r.json().get("error", "")[:200]}
+    return out
