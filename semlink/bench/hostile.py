@@ -138,32 +138,34 @@ def bad_inputs(device_url: str, model: str, headers: dict[str, str]) -> dict:
 
     cases = {
         "deep JSON": lambda: httpx.post(
-            infer, content=b"[" * 50_000 + b"]" * 50_000, headers=headers
+            infer, content=b"[" * 50_000 + b"]" * 50_000, headers=headers, timeout=60
         ),
         "integer beyond float": lambda: httpx.post(
-            infer, content=oip("FP32", [1], [10**400]), headers=headers
+            infer, content=oip("FP32", [1], [10**400]), headers=headers, timeout=60
         ),
         "parameter beyond float": lambda: httpx.post(
-            infer, content=oip("FP32", [1], [0], {"budget": 10**400}), headers=headers
+            infer, content=oip("FP32", [1], [0], {"budget": 10**400}), headers=headers, timeout=60
         ),
         "overflowing shape": lambda: httpx.post(
-            infer, content=oip("FP32", [0, 2**62, 2**62], []), headers=headers
+            infer, content=oip("FP32", [0, 2**62, 2**62], []), headers=headers, timeout=60
         ),
         "INT8 overflow": lambda: httpx.post(
-            infer, content=oip("INT8", [1], [300]), headers=headers
+            infer, content=oip("INT8", [1], [300]), headers=headers, timeout=60
         ),
         "decompression bomb header": lambda: httpx.post(
             f"{device_url}/v1/classify",
             files={"image": ("b.png", png_header(100_000, 100_000))},
             headers=headers,
+            timeout=60,
         ),
         "chunked body over the limit": lambda: httpx.post(
-            infer, content=chunked(), headers=headers
+            infer, content=chunked(), headers=headers, timeout=60
         ),
         "GIF upload": lambda: httpx.post(
             f"{device_url}/v1/classify",
             files={"image": ("a.gif", b"GIF89a" + bytes(40))},
             headers=headers,
+            timeout=60,
         ),
     }
     statuses = {name: send().status_code for name, send in cases.items()}
@@ -180,7 +182,10 @@ def nan_answers(device_url: str, model: str, shape: tuple[int, ...], headers: di
     for value in (3e38, -3e38, 1e30):
         body, h = build_infer_request({"image": np.full((1, *shape), value, np.float32)})
         r = httpx.post(
-            f"{device_url}/v2/models/{model}/infer", content=body, headers={**h, **headers}
+            f"{device_url}/v2/models/{model}/infer",
+            content=body,
+            headers={**h, **headers},
+            timeout=60,
         )
         if r.status_code == 200:
             probs = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")
