@@ -445,9 +445,11 @@ def forged_lines(logs: list[Path]) -> dict[str, Any]:
 def client_errors(
     device_url: str, model: str, shape: tuple[int, ...], headers: dict[str, str]
 ) -> dict[str, Any]:
-    """Statuses of two client errors: an image of 1e30 (finite, but the device's fp16 tokens
-    overflow: once a 200 ``degraded`` blaming the server) and an id of 129 characters (once
-    echoed cut); both should be 400 naming the fix."""
+    """Two client errors: an image of 1e30 (finite; on a model whose fp16 tokens for it
+    overflow, once a 200 ``degraded`` blaming the server, now a 400 naming the input; a model
+    whose tokens stay finite answers it, with the input check's warning) and an id of 129
+    characters (once echoed cut, now a 400). Status, and for a 200 where it was answered,
+    whether degraded, and whether it carried a warning."""
     url = f"{device_url}/v2/models/{model}/infer"
     out = {}
     for name, image, rid in (
@@ -455,6 +457,14 @@ def client_errors(
         ("id of 129 characters", np.zeros((1, *shape), np.float32), "x" * 129),
     ):
         body, h = build_infer_request({"image": image}, request_id=rid)
-        r = httpx.post(url, content=body, headers={**h, **headers}, timeout=30)
-        out[name] = {"status": r.status_code, "error": r.json().get("error", "")[:200]}
+        r = httpx.post(url, content=body, headers={**h, **headers}, timeout=60)
+        doc = r.json()
+        p = doc.get("parameters", {})
+        out[name] = {
+            "status": r.status_code,
+            "error": doc.get("error", "")[:200],
+            "exit": p.get("exit"),
+            "degraded": p.get("degraded"),
+            "warned": bool(p.get("warning")),
+        }
     return out

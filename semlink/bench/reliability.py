@@ -607,8 +607,16 @@ def _hostile_second_round(ho: dict[str, Any]) -> list[str]:
         f"  line breaks in request ids: {breaks['requests']} requests "
         f"({', '.join(breaks['statuses'])}), {breaks['forged']} forged lines in "
         f"{breaks['lines']} lines of {', '.join(breaks['logs'])}",
-        "  client errors: " + ", ".join(f"{k} {v['status']}" for k, v in errors.items()),
+        "  client errors: " + ", ".join(f"{k} {_client_error(v)}" for k, v in errors.items()),
     ]
+
+
+def _client_error(v: dict[str, Any]) -> str:
+    """``400``, or ``200`` with where it was answered, degraded or not, warned or not."""
+    if v["status"] != 200:
+        return str(v["status"])
+    how = ["degraded" if v["degraded"] else "not degraded"] + (["warned"] if v["warned"] else [])
+    return f"200 ({v['exit']}, {', '.join(how)})"
 
 
 def main(cfg: ReliabilityBenchConfig, json_path: str | None = None) -> int:

@@ -65,7 +65,10 @@ def test_the_second_rounds_classes_hold(result):
     assert state["device_mb"]["VmHWM"] < state["reference_mb"]["VmHWM"] + 100, state
     assert h["bom"]["comment_admitted"] == 0 and h["bom"]["spaced_comment_file_keys"] == 1
     assert h["line_breaks"]["forged"] == 0, h["line_breaks"]
-    assert {v["status"] for v in h["client_errors"].values()} == {400}, h["client_errors"]
+    errors = h["client_errors"]
+    assert errors["id of 129 characters"]["status"] == 400, errors
+    big = errors["image of 1e30"]  # a 400 where the tokens overflow; never a degraded 200
+    assert big["status"] == 400 or (big["status"] == 200 and not big["degraded"]), errors
 
 
 def test_scenarios_can_be_chosen():
