@@ -334,7 +334,8 @@ def oversized_state(
 ) -> dict[str, Any]:
     """A device whose link state URL is ``bomb``: its peak memory after ``seconds`` of polls
     beside a device polling an ordinary link (``reference_pid``), its health probe's latency
-    meanwhile, and how many bytes each poll took of the ``bomb.size`` offered."""
+    meanwhile, and how many bytes the endpoint wrote a poll (of ``bomb.size``) before the
+    device hung up: the device stops reading past 64 kB; the rest is what the sockets buffered."""
     probes = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -346,7 +347,7 @@ def oversized_state(
     return {
         "offered_bytes": bomb.size,
         "polls": bomb.polls,
-        "read_per_poll_bytes": bomb.served / polls,
+        "written_per_poll_bytes": bomb.served / polls,
         "device_mb": memory_mb(pid),
         "reference_mb": memory_mb(reference_pid),
         "probe_max_ms": 1000 * max(probes),

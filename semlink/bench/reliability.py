@@ -593,10 +593,11 @@ def _hostile_second_round(ho: dict[str, Any]) -> list[str]:
         f"{queue['uploads']} heavy ones got {queue['status']} in {queue['answered_ms']:.0f} ms; "
         f"the heavy ones: {queue['heavy_ok']} answered, {queue['heavy_late']} refused late (503), "
         f"all in {queue['heavy_s']:.1f} s",
-        f"  link state of {state['offered_bytes'] // 2**20} MB a poll: {state['polls']} polls "
-        f"read {state['read_per_poll_bytes'] / 1024:.0f} kB each; device peak "
-        f"{state['device_mb']['VmHWM']:.0f} MB (beside an ordinary link "
-        f"{state['reference_mb']['VmHWM']:.0f} MB); health probe median "
+        f"  link state of {state['offered_bytes'] // 2**20} MB a poll: {state['polls']} polls, "
+        f"each hung up on after the endpoint had written "
+        f"{state['written_per_poll_bytes'] / 1024:.0f} kB (the device stops reading past 64 kB, the "
+        f"rest fills the sockets' buffers); device peak {state['device_mb']['VmHWM']:.0f} MB "
+        f"(beside an ordinary link {state['reference_mb']['VmHWM']:.0f} MB); health probe median "
         f"{state['probe_p50_ms']:.0f} ms, worst {state['probe_max_ms']:.0f} ms "
         f"({state['probes']} answered)",
         f"  API key file with a byte-order mark: the key "

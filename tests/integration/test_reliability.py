@@ -61,7 +61,7 @@ def test_the_second_rounds_classes_hold(result):
     queue = h["decode_queue"]
     assert queue["status"] in (200, 503) and queue["answered_ms"] < 1000 * queue["heavy_s"], queue
     state = h["state"]
-    assert state["read_per_poll_bytes"] < 8 * 2**20, state
+    assert state["written_per_poll_bytes"] < 8 * 2**20, state
     assert state["device_mb"]["VmHWM"] < state["reference_mb"]["VmHWM"] + 100, state
     assert h["bom"]["comment_admitted"] == 0 and h["bom"]["spaced_comment_file_keys"] == 1
     assert h["line_breaks"]["forged"] == 0, h["line_breaks"]
