@@ -99,15 +99,17 @@ class DeviceSettings(BaseSettings):
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(
-        4096 * 4096,
+        ImageLimits.pixels,
         ge=2,
         description="uploads must have fewer pixels (width x height) than this; 400 otherwise",
     )
     max_image_side: int = Field(
-        8192, ge=2, description="each side of an upload must be shorter than this (pixels)"
+        ImageLimits.side,
+        ge=2,
+        description="each side of an upload must be shorter than this (pixels)",
     )
     max_image_aspect: float = Field(
-        16.0,
+        ImageLimits.aspect,
         gt=1.0,
         le=1e6,
         description="an upload's long side must be less than this many times its short side",
