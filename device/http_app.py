@@ -23,7 +23,7 @@ from semlink.protocol.http_codec import (
 )
 from semlink.runtime import errors as http_errors
 from semlink.runtime import metrics
-from semlink.runtime.errors import ClientError, Late
+from semlink.runtime.errors import ClientError, Late, kind_of
 from semlink.runtime.images import decode_image
 
 INLINE_JSON_BYTES = 16 * 1024
@@ -244,8 +244,8 @@ def upload_routes(service: DeviceService, decoder: DecodePool) -> APIRouter:
             arr = await decoder.run_by(
                 started, deadline, decode_image, data, service.model.manifest, limits
             )
-        except Late:
-            service.metrics.requests.labels(service.model.name, "late").inc()
+        except Late as exc:  # answered, and counted, by the error table's outcome
+            service.metrics.requests.labels(service.model.name, kind_of(exc).label).inc()
             raise
         return (await service.classify(arr, params, started=started)).as_dict()
 
