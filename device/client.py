@@ -17,7 +17,14 @@ import numpy as np
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.protocol import reply as R
-from semlink.protocol.codec import datatype_of, from_bytes, param_value, set_param, to_bytes
+from semlink.protocol.codec import (
+    TensorError,
+    datatype_of,
+    from_bytes,
+    param_value,
+    set_param,
+    to_bytes,
+)
 from semlink.protocol.reply import Load
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,10 @@ def build_request(
     tensors: dict[str, np.ndarray],
     parameters: dict[str, Any],
 ) -> pb.ModelInferRequest:
-    """A ``ModelInferRequest`` carrying ``tensors`` as raw little-endian bytes."""
+    """A ``ModelInferRequest`` carrying ``tensors`` as raw little-endian bytes; raises
+    :class:`TensorError` for a floating-point tensor that is not finite (the server would refuse
+    it: the device finds it before anything is sent, see :func:`check_finite_payload`)."""
+    check_finite_payload(tensors)
     req = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
     for name, arr in tensors.items():
         req.inputs.add(name=name, datatype=datatype_of(arr), shape=list(arr.shape))
@@ -64,6 +74,21 @@ def build_request(
     for k, v in parameters.items():
         set_param(req.parameters, k, v)
     return req
+
+
+def check_finite_payload(tensors: dict[str, np.ndarray]) -> None:
+    """Raises :class:`TensorError` naming the client's input when a payload tensor, as it would
+    travel (fp16 tokens, say), holds NaN or infinity: an input far outside the range the model
+    was trained on (values of 1e30, say) drives the device's tokens past what the wire format
+    holds. That is the client's error, found here before anything is sent, not a server's
+    failure."""
+    for name, arr in tensors.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise TensorError(
+                f"input 'image' is out of range for this model: the device's {name!r} for it "
+                f"are not finite as {datatype_of(arr)}; send the image normalised as the model "
+                "expects (values of a few units, see the model's metadata)"
+            )
 
 
 class ServerClient:

@@ -53,6 +53,7 @@ async def serve(settings: DeviceSettings) -> None:
         http.should_exit = True  # uvicorn finishes in-flight requests before returning
         if task is not None:
             await task
+        app.state.decoder.close()
         await service.close()
 
     await serve_until_signal(start, stop)

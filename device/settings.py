@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -9,7 +10,15 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from semlink.device.replicas import Target, parse_targets
+from semlink.runtime.images import ImageLimits
 from semlink.runtime.repository import DEFAULT_REPOSITORY
+
+
+def default_decode_workers() -> int:
+    """Threads for decoding uploads: one per CPU this process may use beyond the one the event
+    loop and the model need, at least 1 and at most 4 (Pillow releases the GIL while it decodes,
+    so they run in parallel; more threads than CPUs would only take the event loop's)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
 
 
 class DeviceSettings(BaseSettings):
@@ -115,7 +124,30 @@ class DeviceSettings(BaseSettings):
         "(saves a thread hop); slower ones run on the worker thread; 0 = never",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest upload, in pixels")
+    max_image_pixels: int = Field(
+        ImageLimits.pixels,
+        ge=2,
+        description="uploads must have fewer pixels (width x height) than this; 400 otherwise",
+    )
+    max_image_side: int = Field(
+        ImageLimits.side,
+        ge=2,
+        description="each side of an upload must be shorter than this (pixels)",
+    )
+    max_image_aspect: float = Field(
+        ImageLimits.aspect,
+        gt=1.0,
+        le=1e6,
+        description="an upload's long side must be less than this many times its short side",
+    )
+    decode_workers: int = Field(
+        default_factory=default_decode_workers,
+        ge=1,
+        le=64,
+        description="uploads decoded at once, each on a thread of its own (default: the CPUs "
+        "this process may use less one, 1 to 4); more wait, and one that cannot start before "
+        "its deadline is answered 503 at once",
+    )
     max_concurrent_per_client: int = Field(
         64, ge=0, description="HTTP requests in flight per client address (0 = no limit); 429 above"
     )
@@ -175,6 +207,10 @@ class DeviceSettings(BaseSettings):
         None, description="comma-separated API keys required on HTTP (Authorization: Bearer)"
     )
     api_keys_file: Path | None = Field(None, description="file of API keys, one per line")
+
+    def image_limits(self) -> ImageLimits:
+        """The geometry an upload's header may announce."""
+        return ImageLimits(self.max_image_pixels, self.max_image_side, self.max_image_aspect)
 
     def check_transport(self) -> None:
         """Refuses plaintext gRPC unless ``insecure`` says so explicitly."""

@@ -105,11 +105,14 @@ def read_lines(path: str | Path, what: str = "trace") -> Iterator[tuple[int, str
     size = path.stat().st_size
     if size > MAX_TRACE_BYTES:
         raise TraceError(
-            f"{path}: {size / 1e6:.0f} MB is over the {MAX_TRACE_BYTES / 1e6:.0f} MB a {what} may be; "
-            "a trace wraps around, so one period of it is enough"
+            f"{path}: {size} bytes is over the {MAX_TRACE_BYTES} bytes "
+            f"({MAX_TRACE_BYTES // 2**20} MiB) a {what} may be; a trace wraps around, so one "
+            "period of it is enough"
         )
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:  # the UTF-8 byte-order mark an editor may save the file with
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
                 line = raw.decode("ascii").strip()
             except UnicodeDecodeError:

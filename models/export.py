@@ -149,13 +149,17 @@ def _append_budget_slice(path: Path, num_patches: int, first_output: str = "toke
 
 
 def export_selector_pipeline(
-    ckpt_path: str | Path, out_dir: str | Path, dataset: str = "digits-canvas"
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    dataset: str = "digits-canvas",
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """Exports head and tail of a trained selector checkpoint into ``out_dir`` with its manifest.
 
     ``out_dir`` is one version folder of a model repository, e.g. ``zoo/digits-vit/1``. Also
     writes a weights-only copy of the checkpoint (no optimizer or resume state). Returns the
-    manifest. ``dataset`` names the training data, whose normalisation the manifest carries.
+    manifest. ``dataset`` names the training data, whose normalisation the manifest carries and
+    whose validation split (from ``data_root`` for a dataset on local disk) fits its input check.
     """
     model, ckpt = checkpoint.load_selector_vit(ckpt_path)
     out = _export_pipeline(model, None, Path(out_dir))
@@ -165,11 +169,14 @@ def export_selector_pipeline(
         state_dict=model.state_dict(),
         metrics=ckpt.get("metrics", {}),
     )
-    return _write_manifest(model, None, out, dataset)
+    return _write_manifest(model, None, out, dataset, data_root)
 
 
 def export_jscc_pipeline(
-    ckpt_path: str | Path, out_dir: str | Path, dataset: str = "digits-canvas"
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    dataset: str = "digits-canvas",
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """The same for a JSCC checkpoint: the encoder joins the head, the decoder the tail."""
     from semlink.models import semcom
@@ -177,7 +184,7 @@ def export_jscc_pipeline(
     model, ckpt = semcom.load(ckpt_path)
     out = _export_pipeline(model.vit, model.coder, Path(out_dir))
     semcom.save(out / "checkpoint.pt", model, ckpt.get("metrics", {}))
-    return _write_manifest(model.vit, model.coder, out, dataset)
+    return _write_manifest(model.vit, model.coder, out, dataset, data_root)
 
 
 def _export_pipeline(model: SelectorViT, coder: JSCC | None, out: Path) -> Path:
@@ -212,28 +219,30 @@ def _export_pipeline(model: SelectorViT, coder: JSCC | None, out: Path) -> Path:
 
 
 def _write_manifest(
-    model: SelectorViT, coder: JSCC | None, out: Path, dataset: str
+    model: SelectorViT, coder: JSCC | None, out: Path, dataset: str, data_root: str | None
 ) -> dict[str, Any]:
-    manifest = build_manifest(model, out, coder, dataset)
+    manifest = build_manifest(model, out, coder, dataset, data_root)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("exported %s", out)
     return manifest
 
 
-def input_check(dataset: str, image_size: int) -> dict[str, Any] | None:
-    """The manifest's ``input_check`` fitted on the dataset's validation split, or ``None``
-    where that split is not at hand (datasets on local disk). Each image counts twice: as the
-    tensor a client sends over OIP, and as it arrives in an upload (8-bit, clipped to [0, 1]),
-    so both are in distribution."""
+def input_check(dataset: str, image_size: int, data_root: str | None = None) -> dict[str, Any]:
+    """The manifest's ``input_check`` fitted on the dataset's validation split (read from
+    ``data_root`` for a dataset on local disk: without it, ``ValueError`` naming
+    ``--data-root``, never a model that cannot tell its inputs from others). Each image counts
+    twice: as the tensor a client sends over OIP, and as it arrives in an upload (8-bit,
+    clipped to [0, 1]), so both are in distribution."""
     from semlink.models.datasets import load_dataset
     from semlink.runtime.input_check import fit
     from semlink.runtime.manifest import Normalisation
 
     try:
-        val = load_dataset(dataset, "val", image_size=image_size)
-    except (ValueError, FileNotFoundError) as exc:
-        log.info("no input check in the manifest: %s", exc)
-        return None
+        val = load_dataset(dataset, "val", root=data_root, image_size=image_size)
+    except ValueError as exc:  # a dataset on local disk, without its folder
+        raise ValueError(
+            f"{exc}: the manifest's input check is fitted on its validation split"
+        ) from None
     stats = normalisation(dataset)
     norm = Normalisation(dataset, tuple(stats["mean"]), tuple(stats["std"]))  # type: ignore[arg-type]
     uploads = np.concatenate([norm.apply(norm.invert(x) / 255.0) for x in val.images])
@@ -241,7 +250,11 @@ def input_check(dataset: str, image_size: int) -> dict[str, Any] | None:
 
 
 def build_manifest(
-    model: SelectorViT, out: Path, coder: JSCC | None = None, dataset: str = "digits-canvas"
+    model: SelectorViT,
+    out: Path,
+    coder: JSCC | None = None,
+    dataset: str = "digits-canvas",
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """What the server and device need to serve the pipeline without torch."""
     cfg = model.cfg
@@ -271,9 +284,8 @@ def build_manifest(
             "outputs": {"logits": "FP32"},
         },
         "normalization": normalisation(dataset),
+        "input_check": input_check(dataset, cfg.image_size, data_root),
     }
-    if (check := input_check(dataset, cfg.image_size)) is not None:
-        manifest["input_check"] = check
     if coder is not None:
         manifest["jscc"] = {"symbols": coder.cfg.symbols, "channels": ["awgn", "rayleigh", "none"]}
         if coder.cfg.snr_conditioned:

@@ -122,9 +122,12 @@ def export_any_split(
     dataset: str = "digits-canvas",
     grid: OptionGrid | None = None,
     fp16_weights: bool = False,
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """Exports every graph of an any-split checkpoint into ``out_dir`` with shared weights, the
-    manifest and a weights-only checkpoint (fp16 with ``fp16_weights``). Returns the manifest."""
+    manifest and a weights-only checkpoint (fp16 with ``fp16_weights``). Returns the manifest.
+    ``dataset``'s validation split (from ``data_root`` for one on local disk) fits its input
+    check."""
     model, ckpt = load_any_split(ckpt_path)
     grid = grid or OptionGrid()
     cfg = model.cfg
@@ -200,7 +203,7 @@ def export_any_split(
         state_dict=state,
         metrics=ckpt.get("metrics", {}),
     )
-    manifest = build_manifest(model, out, graphs, grid, dataset)
+    manifest = build_manifest(model, out, graphs, grid, dataset, data_root)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info(
         "exported %s (%d graphs, %s shared weights)",
@@ -271,6 +274,7 @@ def build_manifest(
     graphs: dict[str, dict[str, Any]],
     grid: OptionGrid,
     dataset: str = "digits-canvas",
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """What the device and the server need to serve every option without torch."""
     cfg = model.cfg
@@ -305,8 +309,7 @@ def build_manifest(
         "graphs": graphs,
         "normalization": normalisation(dataset),
     }
-    if (check := input_check(dataset, cfg.image_size)) is not None:
-        manifest["input_check"] = check
+    manifest["input_check"] = input_check(dataset, cfg.image_size, data_root)
     return manifest
 
 

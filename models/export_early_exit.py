@@ -91,10 +91,13 @@ def export_early_exit_pipeline(
     out_dir: str | Path,
     dataset: str = "digits-canvas",
     device_blocks: int | None = None,
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """Exports every device split's graphs into ``out_dir`` with the manifest and a weights-only
     checkpoint. ``device_blocks`` moves where the device's part ends (default: the checkpoint's;
-    training does not depend on it, every exit is trained alike). Returns the manifest."""
+    training does not depend on it, every exit is trained alike); ``data_root`` is the folder of
+    a dataset on local disk, whose validation split fits the input check. Returns the
+    manifest."""
     model, ckpt = load_early_exit(ckpt_path)
     if device_blocks is not None:
         model.cfg.device_blocks = device_blocks
@@ -134,7 +137,7 @@ def export_early_exit_pipeline(
         state_dict=model.state_dict(),
         metrics=ckpt.get("metrics", {}),
     )
-    manifest = build_manifest(model, out, graphs, ex, dataset)
+    manifest = build_manifest(model, out, graphs, ex, dataset, data_root)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -145,6 +148,7 @@ def build_manifest(
     graphs: dict[str, dict[str, Any]],
     ex: dict[str, Any],
     dataset: str = "digits-canvas",
+    data_root: str | None = None,
 ) -> dict[str, Any]:
     """What the device and the server need to run the splits without torch."""
     cfg = model.cfg
@@ -166,7 +170,6 @@ def build_manifest(
         "offload_bytes": activation_bytes(model),
         "graphs": graphs,
         "normalization": normalisation(dataset),
+        "input_check": input_check(dataset, cfg.image_size, data_root),
     }
-    if (check := input_check(dataset, cfg.image_size)) is not None:
-        manifest["input_check"] = check
     return manifest

@@ -162,7 +162,7 @@ def _outcome(
     if option.action == UPLOAD:
         assert option.quality is not None
         files = [encode_jpeg(x[i : i + 1], pipe.manifest, option.quality) for i in range(b)]
-        images = np.stack([decode_image(f, pipe.manifest, pipe.max_jpeg_pixels)[0] for f in files])
+        images = np.stack([decode_image(f, pipe.manifest, pipe.jpeg_limits)[0] for f in files])
         logits = pipe.run_batch("full", [{"image": im} for im in images])
         return logits, np.array([len(f) for f in files], np.int32)
     s = option.split

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from semlink.protocol.params import shown
+
 # OIP datatype names <-> numpy dtypes (little-endian on the wire).
 DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("bool"),
@@ -100,9 +102,18 @@ def check_shape(shape: Sequence[Any], name: str = "tensor") -> list[int]:
         raise TensorError(f"input {name!r}: shape {dims} has a negative dimension")
     if len(dims) > 8:
         raise TensorError(f"input {name!r}: shape {dims} has more than 8 dimensions")
+    # each dimension first: [2**40, 0] holds 0 elements, but no tensor has a side that long
+    if (longest := max(dims, default=0)) > MAX_ELEMENTS:
+        raise TensorError(
+            f"input {name!r}: shape {shown(dims)} has a dimension of {longest}; a tensor may "
+            f"hold at most {MAX_ELEMENTS} elements"
+        )
     count = math.prod(dims)  # Python integers: exact, whatever the client sent
-    if count > MAX_ELEMENTS or any(s > MAX_ELEMENTS for s in dims):  # [0, 2**62] holds 0 too
-        raise TensorError(f"input {name!r}: {count} elements exceed the limit of {MAX_ELEMENTS}")
+    if count > MAX_ELEMENTS:
+        raise TensorError(
+            f"input {name!r}: shape {shown(dims)} holds {count} elements; a tensor may hold at "
+            f"most {MAX_ELEMENTS}"
+        )
     return dims
 
 

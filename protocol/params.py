@@ -15,6 +15,7 @@ SPLIT = "split"  # split point s: blocks 0..s-1 on the device
 SNR_DB = "snr_db"  # channel SNR the receiver simulates, dB in [-50, 100]
 DEADLINE_MS = "deadline_ms"  # end-to-end deadline the device must answer within
 REQUEST_ID = "request_id"  # also the OIP `id` field; shared across device, link and server logs
+MAX_REQUEST_ID = 128  # characters of a request id: echoed whole in the answer, never cut
 TOKEN_FORMAT = "token_format"  # fp16 | int8 | fp32
 CHANNEL = "channel"  # awgn | rayleigh | none: the channel the receiver simulates (JSCC pipelines)
 CHANNELS = ("awgn", "rayleigh", "none")
@@ -73,15 +74,16 @@ class Range:
             v = float(value)
         except OverflowError:  # an integer beyond any float
             raise ParameterError(
-                f"parameter {name!r} must be in [{self.low:g}, {self.high:g}], got a {len(str(value))}-digit integer"
+                f"parameter {name!r} must be in {self}, got a {len(str(value))}-digit integer"
             ) from None
         below = v <= self.low if self.low_open else v < self.low
         if math.isnan(v) or below or v > self.high:
-            bracket = "(" if self.low_open else "["
-            raise ParameterError(
-                f"parameter {name!r} must be in {bracket}{self.low:g}, {self.high:g}], got {shown(value)}"
-            )
+            raise ParameterError(f"parameter {name!r} must be in {self}, got {shown(value)}")
         return v
+
+    def __str__(self) -> str:
+        """The range as every message writes it: ``(0, 1]`` or ``[-50, 100]``, as checked."""
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
 
 RANGES = {
@@ -114,6 +116,31 @@ def shown(value: Any, limit: int = 40) -> str:
     a client's megabyte."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_request_id(value: Any, name: str = REQUEST_ID) -> str:
+    """A request id (the OIP ``id``, or the ``request_id`` parameter): a string of at most
+    :data:`MAX_REQUEST_ID` characters, returned whole (a client matches answers by it, so it is
+    never cut); raises :class:`ParameterError`."""
+    if not isinstance(value, str):
+        raise ParameterError(
+            f"{name!r} must be a string of at most {MAX_REQUEST_ID} characters, got {shown(value)}"
+        )
+    if len(value) > MAX_REQUEST_ID:
+        raise ParameterError(
+            f"{name!r} must be at most {MAX_REQUEST_ID} characters, got {len(value)}: send a "
+            "shorter id (answers and logs carry it whole)"
+        )
+    return value
+
+
+def check_ids(request_id: Any, parameters: dict[str, Any]) -> None:
+    """Checks a request's OIP ``id`` (when given) and its ``request_id`` parameter (when
+    given) with :func:`check_request_id`, before any work is done on the request."""
+    if request_id is not None and request_id != "":
+        check_request_id(request_id, "id")
+    if parameters.get(REQUEST_ID) is not None:
+        check_request_id(parameters[REQUEST_ID])
 
 
 def check_channel(value: Any) -> str:

@@ -10,6 +10,7 @@ anything unexpected is logged with its traceback and becomes a generic 500 (gRPC
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from semlink.runtime.repository import ModelNotFound
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = {"Retry-After": "1"}
+ARRIVED = "semlink_arrived"  # the request's scope["state"] key of its arrival time
 UNKNOWN = "unknown"  # the metric label of a model name that is not in the repository
 
 
@@ -40,8 +42,8 @@ class QueueFull(RuntimeError):
 
 
 class Late(RuntimeError):
-    """A frame's deadline passed before the device could start on it: answered at once, never
-    held."""
+    """A frame could not start before its deadline (it waited for the device's compute slot or
+    for a decoder the whole time): answered at once, never held, never after the queue."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ ERRORS: dict[type[Exception], ErrorKind] = {
     ModelNotFound: ErrorKind(grpc.StatusCode.NOT_FOUND, 404, "not_found"),
     NotReady: ErrorKind(grpc.StatusCode.UNAVAILABLE, 503, "unavailable", retry=True),
     QueueFull: ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 503, "resource_exhausted", True),
-    Late: ErrorKind(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "late"),
+    Late: ErrorKind(grpc.StatusCode.DEADLINE_EXCEEDED, 503, "deadline_exceeded", retry=True),
 }
 
 
@@ -152,6 +154,8 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # when the request arrived, before its body: what deadlines and total_ms count from
+        scope.setdefault("state", {})[ARRIVED] = time.perf_counter()
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > self.max:
             await error(
@@ -219,6 +223,12 @@ class Guard:
             await error(500, "internal server error (logged on the server)")(
                 scope, receive, guarded_send
             )
+
+
+def arrived(request: Request) -> float:
+    """``time.perf_counter()`` when :class:`Guard` saw the request arrive (before its body was
+    read), or now for an app without the guard."""
+    return float(request.scope.get("state", {}).get(ARRIVED, time.perf_counter()))
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes:

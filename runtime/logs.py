@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,24 +30,44 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-# control characters (newline, carriage return, escape, ...) that would let a client's value
-# forge a line or a terminal sequence in a text log
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
-_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+# Characters that would let a client's value forge a line or a terminal sequence in a text log:
+# the C0 and C1 controls and DEL (newline, carriage return, escape, the C1 next line U+0085,
+# the information separators U+001C-U+001E that Python's str.splitlines breaks at, ...) and the
+# Unicode line and paragraph separators (U+2028, U+2029: line breaks to Python, JavaScript and
+# most editors). Every character any common reader treats as a line break is among them.
+LINE_BREAKING = (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+_ESCAPES = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in LINE_BREAKING}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+# a traceback keeps its own newlines, but nothing else that breaks a line
+_TRACEBACK_ESCAPES = {c: e for c, e in _ESCAPES.items() if c != ord("\n")}
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: every character of :data:`LINE_BREAKING` written as an escape."""
+    return text.translate(_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):
     """``time level logger: message``, one line per record whatever the message holds: control
-    characters in the message (a client's request id, say) are escaped; a traceback, which is
-    ours, follows on lines of its own."""
+    characters and line separators in the message (a client's request id, say) are escaped; a
+    traceback, which is ours, follows on lines of its own, broken at its newlines only."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        """The line with the message's control characters escaped."""
-        record.message = record.message.translate(_CONTROL)
+        """The line with the message's line-breaking characters escaped."""
+        record.message = escape(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        """The traceback, its lines broken at newlines only (an exception's message may quote
+        a client's value)."""
+        return super().formatException(ei).translate(_TRACEBACK_ESCAPES)
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        """The stack, broken at newlines only."""
+        return super().formatStack(stack_info).translate(_TRACEBACK_ESCAPES)
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
@@ -58,5 +79,8 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # warnings (numpy's "overflow encountered in cast", say) become records of the logger
+    # "py.warnings" in the chosen format, not raw lines on stderr
+    logging.captureWarnings(True)
     # httpx logs every request at INFO: the device's link-state polls, five a second
     logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))

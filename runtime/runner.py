@@ -87,6 +87,7 @@ def uvicorn_server(
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,  # uvicorn's records go to the root logger, in the process's log format
         access_log=False,
         lifespan="off",
         http=_protocol(header_timeout_s),

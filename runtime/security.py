@@ -198,26 +198,27 @@ def channel_credentials(ca: Path, cert: Path | None, key: Path | None):  # type:
 # --- API keys on HTTP -----------------------------------------------------------------------
 
 
+BOM = "\ufeff"  # the UTF-8 byte-order mark some editors (Notepad) put at the start of a file
+
+
 def load_api_keys(inline: str | None, path: Path | None) -> list[str]:
     """API keys from a comma-separated value (an environment variable) and/or a file of one key
-    per line (``#`` comments allowed, indented or not; blank lines ignored). Keys shorter than 16
-    characters or holding whitespace are refused, naming the line."""
-    keys = [k.strip() for k in (inline or "").split(",") if k.strip()]
+    per line (UTF-8, a leading byte-order mark ignored; ``#`` comments allowed, indented or not;
+    blank lines ignored). Keys shorter than 16 characters, holding whitespace or anything but
+    printable ASCII (what an HTTP header carries as is) are refused, naming the line."""
+    keys = [k.strip() for k in (inline or "").removeprefix(BOM).split(",") if k.strip()]
+    for key in keys:
+        _check_key(key, "the API keys value (SEMLINK_*_API_KEYS)")
     if path is not None:
         try:
             text = read_secret_file(path, "API key file").decode()
         except UnicodeDecodeError:
             raise ValueError(f"API key file {path} is not UTF-8 text") from None
-        for number, line in enumerate(text.splitlines(), 1):
+        # the mark is stripped before the lines are parsed, so a first-line comment stays one
+        for number, line in enumerate(text.removeprefix(BOM).splitlines(), 1):
             key = line.strip()
-            if not key or key.startswith("#"):
-                continue
-            if any(c.isspace() for c in key):
-                raise ValueError(
-                    f"{path}:{number}: an API key holds whitespace; one key per line, "
-                    "comments on lines of their own"
-                )
-            keys.append(key)
+            if key and not key.startswith("#"):
+                keys.append(_check_key(key, f"{path}:{number}"))
     short = [k for k in keys if len(k) < 16]
     if short:
         raise ValueError(
@@ -239,6 +240,21 @@ def authorised(header: str, keys: list[bytes]) -> bool:
     return scheme.lower() in ("bearer", "basic") and any(
         hmac.compare_digest(given, k) for k in keys
     )
+
+
+def _check_key(key: str, where: str) -> str:
+    """``key`` if it is printable ASCII without whitespace; else ``ValueError`` saying where."""
+    if any(c.isspace() for c in key):
+        raise ValueError(
+            f"{where}: an API key holds whitespace; one key per line, comments on lines of their own"
+        )
+    if not (key.isascii() and key.isprintable()):
+        raise ValueError(
+            f"{where}: an API key holds a character that is not printable ASCII (a client could "
+            "not send it in a header); use letters, digits and punctuation, e.g. "
+            "`openssl rand -hex 24`"
+        )
+    return key
 
 
 def install_api_keys(app, keys: list[str]) -> None:  # type: ignore[no-untyped-def]

@@ -188,11 +188,15 @@ class Stack:
     pki: dict[str, Path] = field(default_factory=dict)
     suffix: str = ""
     """Appended to the link's and device's process names: several stacks can share one server."""
+    flags: tuple[str, ...] = ()
+    """semlink's global flags for every process started (e.g. ``--log-format json``)."""
 
     def sibling(self, suffix: str) -> Stack:
         """Another link and device on fresh ports, sharing this stack's server and PKI."""
         ports = {**self.ports, **{k: reserve_port() for k in ("link", "state", "device")}}
-        return Stack(self.procs, self.repository, self.model, self.tls, ports, self.pki, suffix)
+        return Stack(
+            self.procs, self.repository, self.model, self.tls, ports, self.pki, suffix, self.flags
+        )
 
     def security_args(self, role: str) -> list[str]:
         """The TLS (or --insecure) flags of ``role`` ("server" or "device")."""
@@ -235,6 +239,7 @@ class Stack:
         repo = ["--model-repository", str(self.repository)] if self.repository else []
         self.procs.start(
             "server",
+            *self.flags,
             "server",
             *repo,
             "--grpc-port",
@@ -250,6 +255,7 @@ class Stack:
     def start_link(self, *extra: str, wait: bool = True) -> None:
         self.procs.start(
             f"link{self.suffix}",
+            *self.flags,
             "link",
             "--listen",
             f"127.0.0.1:{self.ports['link']}",
@@ -277,6 +283,7 @@ class Stack:
         state = ["--link-state-url", self.state_url] if through_link else []
         self.procs.start(
             f"device{self.suffix}",
+            *self.flags,
             "device",
             "--server",
             f"127.0.0.1:{target}",

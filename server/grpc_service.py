@@ -21,6 +21,7 @@ from semlink.protocol.codec import (
     set_param,
     to_bytes,
 )
+from semlink.protocol.params import check_ids
 from semlink.runtime.errors import INTERNAL, NotReady, kind_of, model_label
 from semlink.runtime.repository import ModelNotFound
 from semlink.server.core import InferenceCore
@@ -169,9 +170,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _answer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         """One request through the core; raises :class:`Failure` (kind and message)."""
         entered = time.perf_counter()
+        params = {k: param_value(v) for k, v in request.parameters.items()}
+        await self._guard(request.model_name, check_ids, request.id, params)
         inputs = await self._guard(request.model_name, decode_inputs, request)
         decoded = time.perf_counter()
-        params = {k: param_value(v) for k, v in request.parameters.items()}
         mv, outputs, extra = await self._guard(
             request.model_name,
             self.core.infer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
 
+from semlink.protocol import params as P
 from semlink.protocol.http_codec import (
     HEADER_LENGTH,
     build_infer_response,
@@ -86,9 +87,11 @@ def create_app(core: InferenceCore) -> FastAPI:
         core.model(name, version)
         body = await http_errors.read_body(request, core.settings.max_message_bytes)
         doc, tensors = parse_infer_body(body, request.headers.get(HEADER_LENGTH))
-        mv, outputs, extra = await core.infer(name, version, tensors, doc.get("parameters") or {})
+        parameters = doc.get("parameters") or {}
+        P.check_ids(doc.get("id"), parameters)  # echoed whole, so refused whole when too long
+        mv, outputs, extra = await core.infer(name, version, tensors, parameters)
         content, headers = build_infer_response(
-            mv.name, mv.version, str(doc.get("id", "")), outputs, extra, wants_binary(doc)
+            mv.name, mv.version, doc.get("id") or "", outputs, extra, wants_binary(doc)
         )
         return Response(content, headers=headers)
 

@@ -142,6 +142,7 @@ SLOW_MODULES = {
     "test_replica_churn.py",
     "test_torchrun.py",
     "test_bench_front.py",
+    "test_data_root.py",
 }
 
 

@@ -32,7 +32,7 @@ from PIL import Image
 from semlink.protocol import params as P
 from semlink.protocol import reply as R
 from semlink.protocol.codec import TensorError
-from semlink.runtime.images import decode_image
+from semlink.runtime.images import ImageLimits, decode_image
 from semlink.runtime.manifest import Manifest
 from semlink.runtime.pipelines.base import (
     EXIT,
@@ -127,7 +127,7 @@ class AnySplitPipeline(Pipeline):
         self.spec = AnySplitSpec.read(model.manifest)
         self.rng = np.random.default_rng()  # the receiver's channel noise
         c, h, w = model.manifest.image_shape
-        self.max_jpeg_pixels = MAX_JPEG_PIXELS_FACTOR * h * w
+        self.jpeg_limits = ImageLimits(pixels=MAX_JPEG_PIXELS_FACTOR * h * w + 1)
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -304,7 +304,7 @@ class AnySplitPipeline(Pipeline):
             raise TensorError(
                 f"input {JPEG_INPUT!r} must be UINT8 [1, L], got {dtype} {list(data.shape)}"
             )
-        image = decode_image(data.tobytes(), self.manifest, self.max_jpeg_pixels)
+        image = decode_image(data.tobytes(), self.manifest, self.jpeg_limits)
         return Work(
             FULL, [{"image": image[0]}], {R.SPLIT: 0}, {"split": 0, "bytes": int(data.shape[1])}
         )

@@ -21,13 +21,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from PIL import Image
 
-from semlink.runtime.images import decode_image
+from semlink.runtime.images import ImageLimits, decode_image
 from semlink.runtime.manifest import Normalisation
 from semlink.runtime.pipelines import make_pipeline
 from semlink.runtime.repository import resolve, scan
 
 JPEG_QUALITY = 90
-MAX_PIXELS = 4096 * 4096
+LIMITS = ImageLimits()  # the device's defaults: the baselines take what the device takes
 
 
 def to_jpeg(image: np.ndarray, norm: Normalisation, quality: int = JPEG_QUALITY) -> bytes:
@@ -53,7 +53,7 @@ class FullModel:
         """The label of one JPEG/PNG upload from the whole model: the pipeline's device half
         with every token kept (budget 1, fp32; an early-exit network through all its device
         blocks), then its server half, in this one process."""
-        image = decode_image(upload, self.model.manifest, MAX_PIXELS)
+        image = decode_image(upload, self.model.manifest, LIMITS)
         return int(self.pipeline.whole(image)[0].argmax())
 
 

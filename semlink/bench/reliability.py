@@ -14,8 +14,12 @@ API keys on, as deployed).
   in which no answer arrived at all.
 - **fuzz**: schemathesis cases against both HTTP APIs, random bytes on the gRPC port; crashes
   are processes that died, server errors 5xx answers other than load shedding.
+- **hostile**: one probe per class of defect a hostile client or a broken link tried
+  (:mod:`semlink.bench.hostile`), each reporting what it measured.
 - **security**: plaintext, certificate-less and wrong-CA gRPC clients refused; HTTP without or
   with a wrong key refused (401), health probes open; no secret in any log.
+
+``--scenarios`` runs some of them only (e.g. ``--scenarios hostile security``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from semlink.procs import Processes, Stack
 from semlink.protocol.http_codec import build_infer_request
 
 KEY = "bench-key-" + "5c0ffee1" * 3
+SCENARIOS = ("load", "faults", "fuzz", "hostile", "security")
 RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
@@ -53,7 +58,16 @@ class ReliabilityBenchConfig:
     fault_seconds: float = 24.0
     """Length of each fault scenario's request stream."""
     fuzz_examples: int = 25
+    scenarios: tuple[str, ...] = SCENARIOS
+    """Which to run, of load, faults, fuzz, hostile, security."""
     out: str = "runs/bench-reliability"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.scenarios) - set(SCENARIOS))
+        if unknown or not self.scenarios:
+            raise ValueError(
+                f"scenarios must be some of {', '.join(SCENARIOS)}; got {list(self.scenarios)}"
+            )
 
 
 @dataclass
@@ -335,16 +349,60 @@ def run_hostile(base: Stack, shape: tuple[int, ...]) -> dict[str, Any]:
         certificate_chain=pki["client_cert"].read_bytes(),
     )
     try:
-        return {
+        result = {
             "metrics": hostile.metrics_growth(
                 base.server_url, base.ports["grpc"], auth, credentials=credentials
             ),
             "loop": hostile.loop_stall(s.device_url, auth),
             "bad_inputs": hostile.bad_inputs(s.device_url, s.model, auth),
             "nan": hostile.nan_answers(s.device_url, s.model, shape, auth),
+            "geometry": hostile.geometry_bombs(s.device_url, auth),
+            "decode_queue": hostile.decode_queue(s.device_url, auth),
+            "client_errors": hostile.client_errors(s.device_url, s.model, shape, auth),
+            "line_breaks": hostile.line_breaks(s.device_url, s.model, shape, auth),
         }
+        logs = [
+            base.procs.log_dir / f"{n}.log" for n in ("device-hostile", "server", "link-hostile")
+        ]
+        result["line_breaks"].update(hostile.forged_lines(logs))
+        return result | run_hostile_files(base, s)
     finally:
         base.procs.stop("device-hostile", "link-hostile")
+
+
+def run_hostile_files(base: Stack, hostile_stack: Stack) -> dict[str, Any]:
+    """What a device reads besides requests: a link state endpoint streaming 400 MB (a device
+    polling it beside one polling an ordinary link), and an API key file saved with a
+    byte-order mark. Three devices, started together."""
+    from semlink.bench import hostile
+
+    logs, keys = base.procs.log_dir, str(base.procs.log_dir / "keys")
+    bomb = hostile.StateBomb()
+    bom = hostile.write_bom_keys(logs / "keys-bom", KEY)
+    spaced = hostile.write_bom_keys(logs / "keys-bom-spaced", KEY, "# keys of the bench")
+    devices = {
+        "-statebomb": ("--api-keys-file", keys, "--link-state-url", bomb.url),
+        "-stateok": ("--api-keys-file", keys, "--link-state-url", hostile_stack.state_url),
+        "-bom": ("--api-keys-file", str(bom)),
+    }
+    stacks = {suffix: base.sibling(suffix) for suffix in devices}
+    try:
+        for suffix, args in devices.items():
+            stacks[suffix].start_device(*args, through_link=False, wait=False)
+        for st in stacks.values():
+            st.wait_device()
+        pid = {suffix: base.procs.children[f"device{suffix}"].pid for suffix in devices}
+        return {
+            "state": hostile.oversized_state(
+                stacks["-statebomb"].device_url, pid["-statebomb"], bomb, pid["-stateok"]
+            ),
+            "bom": hostile.bom_keys(stacks["-bom"].device_url, KEY, spaced),
+        }
+    finally:
+        base.procs.stop(
+            *(f"device{suffix}" for suffix in devices if f"device{suffix}" in base.procs.children)
+        )
+        bomb.close()
 
 
 def run_security(base: Stack, tmp: Path) -> dict[str, Any]:
@@ -425,42 +483,87 @@ def bench(cfg: ReliabilityBenchConfig) -> dict[str, Any]:
             ("hostile", lambda: run_hostile(base, images.shape[1:])),
             ("security", lambda: run_security(base, out)),
         ]
-        faults = []
-        for name, step in progress_bar(steps, desc="bench reliability", unit="scenario"):
+        faults = ("freeze", "restart", "kill")
+        chosen = [
+            (name, step)
+            for name, step in steps
+            if (name if name not in faults else "faults") in cfg.scenarios
+        ]
+        if "faults" in cfg.scenarios:
+            result["faults"] = []
+        for name, step in progress_bar(chosen, desc="bench reliability", unit="scenario"):
             r = step()
-            if name in ("freeze", "restart", "kill"):
-                faults.append(r)
+            if name in faults:
+                result["faults"].append(r)
             else:
                 result[name] = r
-        result["faults"] = faults
     finally:
         procs.stop()
     return result
 
 
 def format_table(r: dict[str, Any]) -> str:
-    load = r["load"]
+    """The figures of each scenario run, as the README shows them."""
+    parts = [
+        f(r)
+        for key, f in (
+            ("load", _load_lines),
+            ("faults", _fault_lines),
+            ("fuzz", _fuzz_lines),
+            ("hostile", _hostile_lines),
+            ("security", _security_lines),
+        )
+        if key in r
+    ]
+    return "\n\n".join(parts)
+
+
+def _load_lines(r: dict[str, Any]) -> str:
+    load, cfg = r["load"], r["config"]
+    return "\n".join(
+        [
+            f"load ({cfg.get('model', 'digits-vit')}): {load['devices']} devices x "
+            f"{cfg['requests']} requests, {cfg['concurrency']} in flight each, mutual TLS + API keys",
+            f"  {FULL_SPEED}",
+            f"  answered {load['answered']}/{load['requests']}, lost {load['lost']}, duplicated "
+            f"{load['duplicated']}, errors {load['errors']}, degraded {load['degraded']}; "
+            f"p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
+            f"{load['throughput_rps']:.0f} req/s",
+        ]
+    )
+
+
+def _fault_lines(r: dict[str, Any]) -> str:
     lines = [
-        f"load ({r['config'].get('model', 'digits-vit')}): {load['devices']} devices x "
-        f"{r['config']['requests']} requests, "
-        f"{r['config']['concurrency']} in flight each, mutual TLS + API keys",
-        f"  {FULL_SPEED}",
-        f"  answered {load['answered']}/{load['requests']}, lost {load['lost']}, duplicated "
-        f"{load['duplicated']}, errors {load['errors']}, degraded {load['degraded']}; "
-        f"p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, {load['throughput_rps']:.0f} req/s",
-        "",
-        f"{'fault':<18} {'requests':>8} {'answered':>8} {'degraded':>8} {'lost':>5} {'dup':>4} {'recovery s':>10}",
+        f"{'fault':<18} {'requests':>8} {'answered':>8} {'degraded':>8} {'lost':>5} {'dup':>4} "
+        f"{'recovery s':>10}"
     ]
     for f in r["faults"]:
         lines.append(
             f"{f['fault']:<18} {f['requests']:>8} {f['answered']:>8} {f['degraded']:>8} "
             f"{f['lost']:>5} {f['duplicated']:>4} {f['recovery_s']:>10.2f}"
         )
-    fz, sec, ho = r["fuzz"], r["security"], r["hostile"]
+    return "\n".join(lines)
+
+
+def _fuzz_lines(r: dict[str, Any]) -> str:
+    fz = r["fuzz"]
+    return (
+        f"fuzz: {fz['cases']} cases, {fz['crashes']} crashes, {fz['server_errors']} server errors"
+    )
+
+
+def _security_lines(r: dict[str, Any]) -> str:
+    sec = r["security"]
+    lines = [f"security: {sec['checks'] - sec['failed']}/{sec['checks']} checks hold"]
+    lines += [f"  {'ok  ' if ok else 'FAIL'} {name}" for name, ok in sec["results"].items()]
+    return "\n".join(lines)
+
+
+def _hostile_lines(r: dict[str, Any]) -> str:
+    ho = r["hostile"]
     bad = ho["bad_inputs"]
-    lines += [
-        "",
-        f"fuzz: {fz['cases']} cases, {fz['crashes']} crashes, {fz['server_errors']} server errors",
+    lines = [
         "hostile clients:",
         f"  /metrics grew {ho['metrics']['metrics_growth_bytes']} B after {ho['metrics']['calls']} "
         "failed calls with 4 kB random model names",
@@ -470,10 +573,51 @@ def format_table(r: dict[str, Any]) -> str:
         f"  {bad['server_errors']} server errors from {bad['cases']} inputs that once reached a 500: "
         + ", ".join(f"{k} {v}" for k, v in bad["statuses"].items()),
         f"  {ho['nan']['nan_answers']} NaN answers to {ho['nan']['requests']} extreme images",
-        f"security: {sec['checks'] - sec['failed']}/{sec['checks']} checks hold",
     ]
-    lines += [f"  {'ok  ' if ok else 'FAIL'} {name}" for name, ok in sec["results"].items()]
+    if "geometry" in ho:  # the second round's classes
+        lines += _hostile_second_round(ho)
     return "\n".join(lines)
+
+
+def _hostile_second_round(ho: dict[str, Any]) -> list[str]:
+    geo, queue, state, bom = ho["geometry"], ho["decode_queue"], ho["state"], ho["bom"]
+    breaks, errors = ho["line_breaks"], ho["client_errors"]
+    return [
+        f"  geometry bombs: {geo['refused']}/{geo['cases']} refused (400), the slowest answer in "
+        f"{geo['max_ms']:.0f} ms: "
+        + ", ".join(
+            f"{k} ({v['bytes'] // 1024} kB) {v['status']} in {v['ms']:.0f} ms"
+            for k, v in geo["results"].items()
+        ),
+        f"  decoding queued: an upload with deadline_ms={queue['deadline_ms']:g} behind "
+        f"{queue['uploads']} heavy ones got {queue['status']} in {queue['answered_ms']:.0f} ms; "
+        f"the heavy ones: {queue['heavy_ok']} answered, {queue['heavy_late']} refused late (503), "
+        f"all in {queue['heavy_s']:.1f} s",
+        f"  link state of {state['offered_bytes'] // 2**20} MB a poll: {state['polls']} polls, "
+        f"each hung up on after the endpoint had written "
+        f"{state['written_per_poll_bytes'] / 1024:.0f} kB (the device stops reading past 64 kB, the "
+        f"rest fills the sockets' buffers); device peak {state['device_mb']['VmHWM']:.0f} MB "
+        f"(beside an ordinary link {state['reference_mb']['VmHWM']:.0f} MB); health probe median "
+        f"{state['probe_p50_ms']:.0f} ms, worst {state['probe_max_ms']:.0f} ms "
+        f"({state['probes']} answered)",
+        f"  API key file with a byte-order mark: the key "
+        f"{bom['statuses']['key']}, its first-line comment as a key "
+        f"{bom['statuses']['comment as bearer']} (bearer) / "
+        f"{bom['statuses']['comment as Basic password']} (Basic); a commented first line with "
+        f"spaces loads {bom['spaced_comment_file_keys']} key(s)",
+        f"  line breaks in request ids: {breaks['requests']} requests "
+        f"({', '.join(breaks['statuses'])}), {breaks['forged']} forged lines in "
+        f"{breaks['lines']} lines of {', '.join(breaks['logs'])}",
+        "  client errors: " + ", ".join(f"{k} {_client_error(v)}" for k, v in errors.items()),
+    ]
+
+
+def _client_error(v: dict[str, Any]) -> str:
+    """``400``, or ``200`` with where it was answered, degraded or not, warned or not."""
+    if v["status"] != 200:
+        return str(v["status"])
+    how = ["degraded" if v["degraded"] else "not degraded"] + (["warned"] if v["warned"] else [])
+    return f"200 ({v['exit']}, {', '.join(how)})"
 
 
 def main(cfg: ReliabilityBenchConfig, json_path: str | None = None) -> int:

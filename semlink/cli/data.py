@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from semlink.data_root import add_data_root
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
 # what digits-scene must be for the methods to have something to win (issue: a workload where
@@ -53,7 +54,7 @@ def _sample(args: argparse.Namespace) -> int:
     """``semlink sample``: test-split images of each model's dataset as PNG files, with labels."""
     from PIL import Image
 
-    from semlink.models.datasets import load_dataset
+    from semlink.data_root import sample_split
     from semlink.runtime.repository import resolve, scan
 
     models = scan(args.model_repository)
@@ -61,7 +62,7 @@ def _sample(args: argparse.Namespace) -> int:
         mv = resolve(models, name)
         norm = mv.manifest.normalisation
         try:
-            data = load_dataset(norm.dataset, "test")
+            data = sample_split(mv, args.data_root)
         except ValueError as exc:
             print(f"{name}: skipped ({exc})")
             continue
@@ -104,4 +105,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=8, help="images per model")
     p.add_argument("--model", nargs="+", default=None, help="these models only (default: all)")
     p.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    add_data_root(p, "their test images")
     p.set_defaults(func=_sample)

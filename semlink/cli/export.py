@@ -14,6 +14,9 @@ from semlink.cli.common import (
     recorded_dataset,
     regime_name,
 )
+from semlink.data_root import add_data_root, check_export_data
+
+EXPORT_READS = "its validation split, on which the manifest's input check is fitted"
 
 
 def _export_dataset(args: argparse.Namespace) -> str:
@@ -24,7 +27,7 @@ def _export_dataset(args: argparse.Namespace) -> str:
         raise ValueError(
             f"{args.checkpoint} does not record the dataset it was trained on: pass --dataset"
         )
-    return dataset
+    return check_export_data(dataset, args.data_root)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -32,7 +35,7 @@ def _export(args: argparse.Namespace) -> int:
     from semlink.models.export import export_jscc_pipeline, export_selector_pipeline
 
     exporter = export_jscc_pipeline if args.what == "jscc" else export_selector_pipeline
-    manifest = exporter(args.checkpoint, args.out, _export_dataset(args))
+    manifest = exporter(args.checkpoint, args.out, _export_dataset(args), args.data_root)
     print(f"exported {args.checkpoint} -> {args.out} (model hash {manifest['model_hash']})")
     return 0
 
@@ -42,7 +45,7 @@ def _export_early_exit(args: argparse.Namespace) -> int:
     from semlink.models.export_early_exit import export_early_exit_pipeline
 
     manifest = export_early_exit_pipeline(
-        args.checkpoint, args.out, _export_dataset(args), args.device_blocks
+        args.checkpoint, args.out, _export_dataset(args), args.device_blocks, args.data_root
     )
     for path in args.regimes:
         ckpt = checkpoint.load(path)
@@ -67,7 +70,7 @@ def _export_any_split(args: argparse.Namespace) -> int:
 
     grid = OptionGrid(tuple(args.budgets), tuple(args.rates), tuple(args.jpeg_qualities))
     manifest = export_any_split(
-        args.checkpoint, args.out, _export_dataset(args), grid, args.fp16_weights
+        args.checkpoint, args.out, _export_dataset(args), grid, args.fp16_weights, args.data_root
     )
     flops = manifest["segment_flops"]
     share = (flops["steps"][0] + flops["select"][0]) / flops["full"]
@@ -92,6 +95,7 @@ def _add_dataset(p: argparse.ArgumentParser) -> None:
         help="what the model was trained on: the manifest carries its normalisation "
         "(default: what the checkpoint records)",
     )
+    add_data_root(p, EXPORT_READS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

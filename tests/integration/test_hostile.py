@@ -13,7 +13,20 @@ import httpx
 import numpy as np
 import pytest
 
-from semlink.bench.hostile import loop_stall, png_header, wide_png
+from semlink.bench.hostile import (
+    GEOMETRY_BOMBS,
+    StateBomb,
+    bom_keys,
+    decode_queue,
+    forged_lines,
+    geometry_bombs,
+    line_breaks,
+    loop_stall,
+    oversized_state,
+    png_header,
+    wide_png,
+    write_bom_keys,
+)
 from semlink.protocol import grpc_service_pb2 as pb
 from semlink.protocol import grpc_service_pb2_grpc as pb_grpc
 from semlink.protocol.http_codec import build_infer_request
@@ -30,7 +43,9 @@ def test_client_supplied_names_never_grow_the_metrics(stack):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         names = [secrets.token_hex(2000) for _ in range(40)]
         for name in names:
-            request = pb.ModelInferRequest(model_name=name, id=name)
+            request = pb.ModelInferRequest(
+                model_name=name, id=name[:64]
+            )  # ids over 128 characters are refused first
             request.inputs.add(name="tokens", datatype="FP16", shape=[1, 1, 32])
             request.raw_input_contents.append(bytes(64))
             with pytest.raises(grpc.RpcError) as err:
@@ -80,7 +95,7 @@ def test_the_answer_covers_decoding(stack):
             json.dumps(
                 {"inputs": [{"name": "image", "datatype": "FP32", "shape": [0, 2**62], "data": []}]}
             ).encode(),
-            "exceed the limit",
+            "a tensor may hold at most",
         ),
         (
             None,
@@ -207,3 +222,159 @@ def test_semlink_parameters_that_cannot_apply_are_refused(stack, params, fragmen
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(build_request("tiny-vit", "", "x", tokens, params), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- second round (issue: hardening, second round) ------------------------------------------
+
+
+def test_geometry_bombs_are_refused_from_their_header(stack):
+    """Real PNGs of a few kB announcing a strip of 4096^2 pixels in one row or column (~620 ms of
+    resizing with the GIL held, once a 200), a side or an aspect ratio past the limit, or
+    exactly the pixel limit (once a 200: the limit was a "more than" test)."""
+    r = geometry_bombs(stack.device_url, {})
+    assert r["refused"] == r["cases"] == len(GEOMETRY_BOMBS), r["results"]
+
+
+def test_waiting_to_decode_counts_against_the_deadline(stack):
+    """An ordinary upload with deadline_ms=300 behind 32 heavy ones: answered when its deadline
+    passes (503, naming the deadline), not after the queue (on 7473c99: a 200 after all 32)."""
+    r = decode_queue(stack.device_url, {}, uploads=32, deadline_ms=300.0)
+    assert r["status"] == 503, r
+    assert r["answered_ms"] < 500 * r["heavy_s"], r  # well before the queue drained
+    assert r["heavy_ok"] + r["heavy_late"] == 32, r  # every heavy one answered, late or not
+
+
+def test_an_input_overflowing_fp16_is_refused_before_anything_is_sent(stack):
+    """Values of 1e30 are finite, but the device's fp16 tokens for them are not: a 400 naming
+    the input, and not a byte through the link (on 7473c99: a 200 `degraded` blaming the
+    server's INVALID_ARGUMENT)."""
+    s = stack.sibling("-fp16")
+    s.start_link("--rate", "50mbit", "--delay-ms", "2")
+    s.start_device()  # the default token format: fp16
+    try:
+        before = s.link_state()["uplink"]["delivered_bytes"]
+        body, headers = build_infer_request({"image": np.full((1, 1, 48, 48), 1e30, np.float32)})
+        r = httpx.post(s.infer_url(), content=body, headers=headers, timeout=30)
+        assert r.status_code == 400, r.text[:300]
+        assert "input 'image'" in r.json()["error"] and "normalised" in r.json()["error"]
+        assert s.link_state()["uplink"]["delivered_bytes"] == before
+        ok, headers = build_infer_request({"image": np.zeros((1, 1, 48, 48), np.float32)})
+        assert httpx.post(s.infer_url(), content=ok, headers=headers, timeout=30).status_code == 200
+    finally:
+        stack.procs.stop("device-fp16", "link-fp16")
+
+
+def test_request_ids_over_128_characters_are_refused_on_every_entry_point(stack):
+    """The OIP ``id`` and the ``request_id`` parameter: 128 characters are echoed whole, 129 are
+    a 400 / INVALID_ARGUMENT (on 7473c99: a 200 echoing the first 128) on the device's OIP
+    front, the server's HTTP front and its gRPC ModelInfer and ModelStreamInfer."""
+    image = {"image": np.zeros((1, 1, 48, 48), np.float32)}
+    tokens = {"tokens": np.zeros((1, 4, 32), np.float16)}
+    for rid, ok in (("i" * 128, True), ("i" * 129, False)):
+        for url, inputs in (
+            (stack.infer_url(), image),
+            (f"{stack.server_url}/v2/models/tiny-vit/infer", tokens),
+        ):
+            for as_id in (True, False):
+                body, headers = build_infer_request(
+                    inputs, {} if as_id else {"request_id": rid}, request_id=rid if as_id else ""
+                )
+                r = httpx.post(url, content=body, headers=headers, timeout=30)
+                assert (r.status_code == 200) == ok, (url, len(rid), r.text[:200])
+                if not ok:
+                    assert "at most 128 characters, got 129" in r.json()["error"]
+                elif as_id or url == stack.infer_url():  # the device answers under either
+                    assert r.json()["id"] == rid
+        with grpc.insecure_channel(f"127.0.0.1:{stack.ports['grpc']}") as channel:
+            from semlink.device.client import build_request
+
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = build_request("tiny-vit", "", rid, tokens, {})
+            if ok:
+                assert stub.ModelInfer(request, timeout=10).id == rid
+            else:
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.ModelInfer(request, timeout=10)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            (reply,) = stub.ModelStreamInfer(iter([request]), timeout=10)
+            assert reply.infer_response.id == rid and bool(reply.error_message) == (not ok)
+
+
+def test_no_line_break_in_a_request_id_forges_a_log_line(stack):
+    """Request ids holding each character a common reader breaks lines at (U+2028, U+2029,
+    U+0085, the information separators, VT, FF, CR, LF), each followed by a forged line: the
+    text logs of device, server and link (which sniffs the ids off the plaintext stream) hold
+    none of the forged lines, split as Python splits them."""
+    r = line_breaks(stack.device_url, stack.model, (1, 48, 48), {})
+    assert set(r["statuses"].values()) == {200}, r
+    time.sleep(0.5)  # the link logs a request once its answer has crossed back
+    logs = [stack.procs.log_dir / f"{n}.log" for n in ("device", "server", "link")]
+    text = "".join(p.read_text() for p in logs)
+    assert "lb-U+2028" in text and "lb-LF" in text  # the ids were logged, escaped
+    assert forged_lines(logs)["forged"] == 0
+
+
+def test_json_logs_hold_json_lines_only(tiny_repository, tmp_path):
+    """``--log-format json`` on server, link and device, fed what once wrote raw lines (numpy's
+    "overflow encountered in cast" for an image of 1e30) and ids with line breaks: every line
+    of every log is a JSON object."""
+    from semlink.procs import Processes, Stack
+
+    s = Stack(
+        Processes(tmp_path),
+        repository=tiny_repository,
+        model="tiny-vit",
+        flags=("--log-format", "json"),
+    )
+    try:
+        s.start_all(link_args=("--rate", "50mbit", "--delay-ms", "2"))
+        for image, rid in ((1e30, "big"), (0.0, "id\u2028with\x85breaks"), (3e38, "huge")):
+            body, headers = build_infer_request(
+                {"image": np.full((1, 1, 48, 48), image, np.float32)}, request_id=rid
+            )
+            httpx.post(s.infer_url(), content=body, headers=headers, timeout=30)
+    finally:
+        s.procs.stop()
+    lines = [(p.name, line) for p in tmp_path.glob("*.log") for line in p.read_text().splitlines()]
+    assert len(lines) > 6
+    docs = []
+    for name, line in lines:
+        try:
+            docs.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"{name}: not JSON: {line[:200]!r}")
+    assert any(d["logger"] == "py.warnings" and "overflow" in d["msg"] for d in docs), docs
+
+
+def test_a_device_reads_no_more_of_its_link_state_than_the_cap(stack):
+    """A link state endpoint streaming 400 MB an answer (on 7473c99 the device grew to 1.76 GB
+    reading it): each poll stops at 64 kB, the device's memory stays as it was, its health
+    probe answers meanwhile."""
+    s = stack.sibling("-statebomb")
+    bomb = StateBomb()
+    try:
+        s.start_device("--link-state-url", bomb.url, through_link=False)
+        pid = stack.procs.children["device-statebomb"].pid
+        r = oversized_state(s.device_url, pid, bomb, stack.procs.children["device"].pid, 3.0)
+    finally:
+        stack.procs.stop("device-statebomb")
+        bomb.close()
+    assert r["polls"] >= 5, r
+    assert r["written_per_poll_bytes"] < 8 * 2**20, r  # the cap and what the sockets had buffered
+    assert r["device_mb"]["VmHWM"] < r["reference_mb"]["VmHWM"] + 100, r
+    assert r["probe_p50_ms"] < 500, r
+
+
+def test_an_api_key_file_with_a_byte_order_mark_admits_its_keys_only(stack, tmp_path):
+    """On 7473c99 the first-line comment of such a file was a valid key (200 with it)."""
+    key = "bench-key-" + "0123abcd" * 3
+    path = write_bom_keys(tmp_path / "keys", key)
+    spaced = write_bom_keys(tmp_path / "spaced", key, "# a comment with spaces")
+    s = stack.sibling("-bom")
+    try:
+        s.start_device("--api-keys-file", str(path), through_link=False)
+        r = bom_keys(s.device_url, key, spaced)
+    finally:
+        stack.procs.stop("device-bom")
+    assert r["statuses"] == {"key": 200, "comment as bearer": 401, "comment as Basic password": 401}
+    assert r["spaced_comment_file_keys"] == 1

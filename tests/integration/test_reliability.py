@@ -50,3 +50,32 @@ def test_hostile_clients_hold(result):
     assert h["loop"]["probe_p50_ms"] < 1000 * h["loop"]["uploads_s"] / 5
     assert h["bad_inputs"]["server_errors"] == 0, h["bad_inputs"]["statuses"]
     assert h["nan"]["nan_answers"] == 0
+
+
+def test_the_second_rounds_classes_hold(result):
+    """Geometry bombs, decoding queued against a deadline, an oversized link state, a key file
+    with a byte-order mark, line breaks in request ids, client errors once passed as server
+    failures (issue: hardening, second round)."""
+    h = result["hostile"]
+    assert h["geometry"]["refused"] == h["geometry"]["cases"], h["geometry"]
+    queue = h["decode_queue"]
+    assert queue["status"] in (200, 503) and queue["answered_ms"] < 1000 * queue["heavy_s"], queue
+    state = h["state"]
+    assert state["written_per_poll_bytes"] < 8 * 2**20, state
+    assert state["device_mb"]["VmHWM"] < state["reference_mb"]["VmHWM"] + 100, state
+    assert h["bom"]["comment_admitted"] == 0 and h["bom"]["spaced_comment_file_keys"] == 1
+    assert h["line_breaks"]["forged"] == 0, h["line_breaks"]
+    errors = h["client_errors"]
+    assert errors["id of 129 characters"]["status"] == 400, errors
+    big = errors["image of 1e30"]  # a 400 where the tokens overflow; never a degraded 200
+    assert big["status"] == 400 or (big["status"] == 200 and not big["degraded"]), errors
+
+
+def test_scenarios_can_be_chosen():
+    from semlink.bench.reliability import format_table
+
+    with pytest.raises(ValueError, match="scenarios must be some of"):
+        ReliabilityBenchConfig(scenarios=("hostile", "chaos"))
+    assert format_table({"config": {}, "fuzz": {"cases": 3, "crashes": 0, "server_errors": 0}}) == (
+        "fuzz: 3 cases, 0 crashes, 0 server errors"
+    )

@@ -225,7 +225,7 @@ def test_the_pipeline_serves_every_option_as_torch_computes_it(exported):
         with torch.no_grad():
             if option.action == UPLOAD:
                 decoded = decode_image(
-                    encode_jpeg(image, mv.manifest, option.quality), mv.manifest, 10**6
+                    encode_jpeg(image, mv.manifest, option.quality), mv.manifest, pipe.jpeg_limits
                 )
                 expected = model.full(torch.from_numpy(decoded))
             else:

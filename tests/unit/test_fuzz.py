@@ -22,7 +22,7 @@ from semlink.protocol import params as P
 from semlink.protocol.codec import DTYPES, TensorError, from_bytes
 from semlink.protocol.http_codec import parse_infer_body
 from semlink.protocol.params import ParameterError
-from semlink.runtime.images import decode_image
+from semlink.runtime.images import ImageLimits, decode_image
 from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 from semlink.server.grpc_service import decode_inputs
 
@@ -202,7 +202,7 @@ MANIFEST = resolve(scan(DEFAULT_REPOSITORY), "digits-vit").manifest
 )
 def test_uploads_decode_or_name_the_problem(data, max_pixels):
     try:
-        image = decode_image(data, MANIFEST, max_pixels)
+        image = decode_image(data, MANIFEST, ImageLimits(pixels=max_pixels))
     except TensorError as exc:
         assert str(exc) and "object at" not in str(exc)  # no Python object's repr
     else:

@@ -16,7 +16,7 @@ from semlink.device.http_app import create_app
 from semlink.device.service import DeviceService
 from semlink.device.settings import DeviceSettings
 from semlink.models.data import load_digits_canvas
-from semlink.runtime.images import decode_image
+from semlink.runtime.images import ImageLimits, decode_image
 from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
 MODEL = resolve(scan(DEFAULT_REPOSITORY), "digits-vit")
@@ -42,7 +42,9 @@ def test_the_test_split_is_in_distribution_as_tensors_and_as_uploads():
     norm = MODEL.manifest.normalisation
     uploads = np.array(
         [
-            CHECK.distance(decode_image(png(norm.invert(x)[..., 0]), MODEL.manifest, 10**8)[0])
+            CHECK.distance(
+                decode_image(png(norm.invert(x)[..., 0]), MODEL.manifest, ImageLimits())[0]
+            )
             for x in test.images
         ]
     )
@@ -60,7 +62,9 @@ def test_the_test_split_is_in_distribution_as_tensors_and_as_uploads():
     ids=["full-frame digit", "photograph", "blank"],
 )
 def test_inputs_unlike_the_training_data_are_flagged(upload):
-    assert CHECK.distance(decode_image(upload, MODEL.manifest, 10**8)[0]) > 2 * CHECK.threshold
+    assert (
+        CHECK.distance(decode_image(upload, MODEL.manifest, ImageLimits())[0]) > 2 * CHECK.threshold
+    )
 
 
 def test_the_answer_carries_the_warning():
