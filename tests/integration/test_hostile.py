@@ -43,9 +43,8 @@ def test_client_supplied_names_never_grow_the_metrics(stack):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         names = [secrets.token_hex(2000) for _ in range(40)]
         for name in names:
-            request = pb.ModelInferRequest(
-                model_name=name, id=name[:64]
-            )  # ids over 128 characters are refused first
+            # (an id over 128 characters is refused before the model is looked up)
+            request = pb.ModelInferRequest(model_name=name, id=name[:64])
             request.inputs.add(name="tokens", datatype="FP16", shape=[1, 1, 32])
             request.raw_input_contents.append(bytes(64))
             with pytest.raises(grpc.RpcError) as err:
