@@ -339,9 +339,17 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+class Epochs(Protocol):
+    """Training frames by epoch: a train :class:`Dataset` or anything that serves its epochs."""
+
+    labels: np.ndarray
+
+    def epoch(self, epoch: int) -> np.ndarray: ...
+
+
 def train_to_convergence(
     arms: Sequence[Arm],
-    train: Dataset,
+    train: Epochs,
     val: Dataset,
     schedule: Schedule,
     *,

@@ -26,6 +26,8 @@ the accuracy × its median seconds per step from that pass.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -149,6 +151,29 @@ def _splits(cfg: SplitBenchConfig) -> tuple[Any, Any, Any]:
     return train, val, test
 
 
+class EpochFrames:
+    """The train split with each epoch's frames composed once for the whole bench and kept in
+    ``folder`` as ``epoch-N.npy``: every process and both stages train on the same files (the
+    frames are the same either way: composing them is seeded by the epoch)."""
+
+    def __init__(self, train: Any, folder: Path) -> None:
+        self.train, self.labels, self.folder = train, train.labels, folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def epoch(self, epoch: int) -> Any:
+        import numpy as np
+
+        path = self.folder / f"epoch-{epoch}.npy"
+        if path.is_file():
+            return np.load(path)
+        frames = self.train.epoch(epoch)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, frames)
+        os.replace(tmp, path)  # whole or absent: another process may read it any time
+        return frames
+
+
 def schedules(cfg: SplitBenchConfig) -> dict[str, Any]:
     """Each family's :class:`~models.train_split.Schedule`: the protocol's, one for all, or the
     quick schedule's fixed epochs."""
@@ -174,6 +199,7 @@ def train_group(specs: list[ArmSpec], cfg: SplitBenchConfig, tag: str) -> dict[s
     torch.manual_seed(0)
     torch.set_num_threads(cfg.threads)
     train, val, test = _splits(cfg)
+    frames = EpochFrames(train, Path(cfg.out) / "frames")
     arms = [build(s, cfg) for s in specs]
     sched = schedules(cfg)
     curves: dict[str, Any] = {}
@@ -185,7 +211,7 @@ def train_group(specs: list[ArmSpec], cfg: SplitBenchConfig, tag: str) -> dict[s
         if group:
             curves |= train_to_convergence(
                 group,
-                train,
+                frames,
                 val,
                 sched[family],
                 batch_size=cfg.batch_size,
@@ -298,6 +324,77 @@ def expected_seconds(cfg: SplitBenchConfig, arms: tuple[int, int]) -> float:
     return total
 
 
+def merge_quality(cfg: SplitBenchConfig, frames: int = 256) -> list[dict[str, Any]]:
+    """Why merging helps or hurts, measured on the first ``frames`` validation frames with the
+    pretrained model (no training): for each ξ of ``cfg.xis``, batch size 64 and 256, and each
+    way of forming ADC's groups (METHODS §6's k-means on class attention, k-means within each
+    label, random groups of the same sizes; and no merging, top-k), the label purity of a merged
+    sample (the share of its members with its majority label, member-weighted), the share of a
+    member's digit patches among the tokens its group sends, and the members a group holds.
+    Needs the digit masks of a digits-scene dataset; other datasets: []."""
+    import numpy as np
+    import torch
+
+    from semlink.models.datasets import load_dataset
+    from semlink.models.split_learning import SplitViT, class_groups, kmeans, sqrt_split
+
+    val = load_dataset(cfg.dataset, "val")
+    masks = getattr(val, "masks", None)
+    if masks is None:
+        return []
+    from semlink.models.checkpoint import load_selector_vit
+
+    vit, _ = load_selector_vit(cfg.pretrained)
+    model = SplitViT(vit).eval()
+    n = min(frames, len(val))
+    grid = int(round(vit.cfg.num_patches**0.5))
+    side = masks.shape[1] // grid
+    digit = masks[:n].reshape(n, grid, side, grid, side).any(axis=(2, 4)).reshape(n, -1)
+    with torch.no_grad():
+        attn = torch.cat(
+            [model.device(torch.from_numpy(val.images[i : i + 128]))[1] for i in range(0, n, 128)]
+        )
+    labels = torch.from_numpy(val.labels[:n])
+    out = []
+    for batch in (64, 256):
+        for xi in cfg.xis:
+            for how in ("attention", "class", "random", "none (top-k)"):
+                t, k = sqrt_split(xi, batch, attn.shape[1], 0.0 if how.startswith("none") else 0.5)
+                purity, coverage, sizes = [], [], []
+                for s in range(0, n - batch + 1, batch):
+                    a, y = attn[s : s + batch], labels[s : s + batch]
+                    if how == "attention":
+                        assign = kmeans(a, t)
+                    elif how == "class":
+                        assign = class_groups(a, y, t)
+                    elif how == "random":
+                        assign = (
+                            torch.randperm(batch, generator=torch.Generator().manual_seed(s)) % t
+                        )
+                    else:
+                        assign = torch.arange(batch)
+                    for g in assign.unique():
+                        members = (assign == g).nonzero().flatten()
+                        sent = a[members].mean(dim=0).topk(k).indices.numpy()
+                        purity.append(np.bincount(y[members].numpy()).max() / len(members))
+                        sizes.append(len(members))
+                        for i in members.tolist():
+                            d = digit[s + i]
+                            coverage.append(d[sent].sum() / max(1, d.sum()))
+                out.append(
+                    {
+                        "batch": batch,
+                        "xi": xi,
+                        "groups": how,
+                        "tokens_sent": k,
+                        "purity": float(np.average(purity, weights=sizes)),
+                        "digit_coverage": float(np.mean(coverage)),
+                        "members": float(np.mean(sizes)),
+                    }
+                )
+    return out
+
+
 def run(cfg: SplitBenchConfig) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -314,6 +411,8 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
         f"{2 * len(lrs)} + {n_methods} arms, {cfg.workers} worker(s); expected duration about "
         f"{expected / 60:.0f} min on this machine as busy as it is now"
     )
+
+    quality = merge_quality(cfg)
 
     # 1. the references, their learning rate chosen on validation
     ref_specs = {
@@ -422,9 +521,11 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
         "k": cfg.k,
         "xis": list(cfg.xis),
         "variants": list(cfg.variants),
+        "merge_quality": quality,
         "expected_seconds": expected,
     }
     result["targets"] = targets(result)
+    shutil.rmtree(Path(cfg.out) / "frames", ignore_errors=True)  # GBs of composed frames
     result["seconds"] = time.perf_counter() - t_start
     out = Path(cfg.out)
     plot_bytes(result, out / "split.png")
@@ -615,6 +716,21 @@ def format_report(r: dict[str, Any]) -> str:
             f"| {_cost(t and t['bytes'], 'bytes')} | {_cost(t and t['seconds'], 's')} "
             f"| {_cost(t and t['flops'], 'flops')} |"
         )
+    if r.get("merge_quality"):
+        lines += [
+            "",
+            "ADC's merging on validation frames, before training (the pretrained model's class "
+            "attention): label purity of a merged sample, share of each member's digit patches "
+            "among the tokens its group sends, members a group",
+            "",
+            "| batch | ξ | groups | tokens sent | purity | digit coverage | members |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for q in r["merge_quality"]:
+            lines.append(
+                f"| {q['batch']} | {q['xi']:g} | {q['groups']} | {q['tokens_sent']} "
+                f"| {q['purity']:.2f} | {q['digit_coverage']:.2f} | {q['members']:.1f} |"
+            )
     lines += ["", "targets:"]
     for t in r["targets"]:
         v = t["value"]
