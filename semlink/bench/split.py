@@ -142,13 +142,20 @@ def _head(data: Any, n: int) -> Any:
     return Dataset(data.name, data.split, data.images[:n], data.labels[:n], data.num_classes)
 
 
+_SPLITS: dict[tuple[str, int | None], tuple[Any, Any, Any]] = {}
+
+
 def _splits(cfg: SplitBenchConfig) -> tuple[Any, Any, Any]:
+    """The train, validation and test splits, composed once a process."""
     from semlink.models.datasets import load_dataset
 
-    train, val, test = (load_dataset(cfg.dataset, s) for s in ("train", "val", "test"))
-    if cfg.limit is not None:
-        val, test = _head(val, cfg.limit), _head(test, cfg.limit)
-    return train, val, test
+    key = (cfg.dataset, cfg.limit)
+    if key not in _SPLITS:
+        train, val, test = (load_dataset(cfg.dataset, s) for s in ("train", "val", "test"))
+        if cfg.limit is not None:
+            val, test = _head(val, cfg.limit), _head(test, cfg.limit)
+        _SPLITS[key] = (train, val, test)
+    return _SPLITS[key]
 
 
 class EpochFrames:
@@ -233,39 +240,46 @@ def train_group(specs: list[ArmSpec], cfg: SplitBenchConfig, tag: str) -> dict[s
 
 
 def run_groups(groups: list[list[ArmSpec]], cfg: SplitBenchConfig, stage: str) -> dict[str, Any]:
-    """:func:`train_group` on each group, ``cfg.workers`` processes at a time. Each group's
-    results are kept in ``out/groups/`` as it finishes, and a rerun with the same arms and
-    settings takes them from there instead of training again (an interrupted run resumes)."""
+    """:func:`train_group` on each group, ``cfg.workers`` processes at a time, in the order
+    given. Each group's results are kept in ``out/groups/`` as it finishes, and a rerun with the
+    same arms and settings takes them from there instead of training again (an interrupted run
+    resumes)."""
     groups = [g for g in groups if g]
-    tags = [f"{stage} [{i + 1}/{len(groups)}]" for i in range(len(groups))]
     keep = Path(cfg.out) / "groups"
     keep.mkdir(parents=True, exist_ok=True)
+
+    def path(g: list[ArmSpec]) -> Path:
+        slug = "+".join(s.name for s in g).replace(" ", "_").replace("=", "")
+        return keep / f"{stage}-{slug}.json"
+
+    def tag(i: int) -> str:
+        return f"{stage} [{i + 1}/{len(groups)}]"
+
     results: dict[int, dict[str, Any]] = {}
     todo = []
     for i, g in enumerate(groups):
-        sig = _signature(g, cfg)
-        path = keep / f"{stage}-{i + 1}.json"
-        if path.is_file() and json.loads(path.read_text()).get("signature") == sig:
-            results[i] = json.loads(path.read_text())["arms"]
-            _log(f"{tags[i]}: taken from {path} (same arms and settings)")
+        p = path(g)
+        if p.is_file() and json.loads(p.read_text()).get("signature") == _signature(g, cfg):
+            results[i] = json.loads(p.read_text())["arms"]
+            _log(f"{tag(i)}: taken from {p} (same arms and settings)")
         else:
             todo.append(i)
 
     def done(i: int, arms: dict[str, Any]) -> None:
         results[i] = arms
-        path = keep / f"{stage}-{i + 1}.json"
-        path.write_text(json.dumps({"signature": _signature(groups[i], cfg), "arms": arms}))
+        record = {"signature": _signature(groups[i], cfg), "arms": arms}
+        path(groups[i]).write_text(json.dumps(record))
 
     if cfg.workers <= 1 or len(todo) <= 1:
         for i in todo:
-            done(i, train_group(groups[i], cfg, tags[i]))
+            done(i, train_group(groups[i], cfg, tag(i)))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = multiprocessing.get_context("spawn")  # no torch state shared with the parent
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
-            futures = {pool.submit(train_group, groups[i], cfg, tags[i]): i for i in todo}
+            futures = {pool.submit(train_group, groups[i], cfg, tag(i)): i for i in todo}
             for f in as_completed(futures):
                 done(futures[f], f.result())
     merged: dict[str, Any] = {}
@@ -282,28 +296,31 @@ def _signature(group: list[ArmSpec], cfg: SplitBenchConfig) -> str:
     return json.dumps([[asdict(s) for s in group], settings], sort_keys=True, default=str)
 
 
-def deal(specs: list[ArmSpec], n: int) -> list[list[ArmSpec]]:
-    """``specs`` dealt round-robin into ``n`` groups (each group trains in lockstep)."""
-    return [specs[i::n] for i in range(max(1, n))]
+def one_each(specs: list[ArmSpec]) -> list[list[ArmSpec]]:
+    """One arm a group: each trains on its own and is kept as soon as it is done (every arm
+    trains on the same frames anyway: :class:`EpochFrames`)."""
+    return [[s] for s in specs]
 
 
-def expected_seconds(cfg: SplitBenchConfig, arms: tuple[int, int]) -> float:
-    """A duration estimate made before the run: (tuning arms, method arms), each run for
-    ``EXPECTED_EPOCHS`` epochs (the quick schedule: its own), an epoch's training and validation
-    timed just now on full fine-tuning, shared among the workers, plus loading and composing
-    the frames."""
+def expected_seconds(cfg: SplitBenchConfig, arms: int) -> float:
+    """A duration estimate made before the run: ``arms`` runs of ``EXPECTED_EPOCHS`` epochs
+    (the quick schedule: its own), shared among the workers, each epoch's training and
+    validation timed just now on full fine-tuning, plus loading the splits (once a worker) and
+    composing each epoch's frames once (the first epoch's now: the run uses it)."""
     import numpy as np
     import torch
 
     from semlink.models.train_split import accuracy, batches
 
     torch.set_num_threads(cfg.threads)
-    train, val, _ = _splits(cfg)
     t0 = time.perf_counter()
-    train.epoch(0)
+    train, val, _ = _splits(cfg)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frames = EpochFrames(train, Path(cfg.out) / "frames").epoch(0)
     frames_s = time.perf_counter() - t0
     arm = build(ArmSpec("probe", "finetune", "full"), cfg)
-    data = list(batches(train.images, train.labels, cfg.batch_size, np.random.default_rng(0), 3))
+    data = list(batches(frames, train.labels, cfg.batch_size, np.random.default_rng(0), 3))
     arm.step(*data[0])
     t0 = time.perf_counter()
     for x, y in data[1:]:
@@ -317,11 +334,8 @@ def expected_seconds(cfg: SplitBenchConfig, arms: tuple[int, int]) -> float:
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
     epochs = (QUICK_EPOCHS + QUICK_FINETUNE_EPOCHS) / 2 if cfg.quick else EXPECTED_EPOCHS
-    total = 0.0
-    for n in arms:
-        workers = max(1, min(cfg.workers, n))
-        total += epochs * (n * (steps * step_s + val_s) / workers + frames_s) + 60.0
-    return total
+    workers = max(1, min(cfg.workers, arms))
+    return epochs * (arms * (steps * step_s + val_s) / workers + frames_s) + 3 * load_s
 
 
 def merge_quality(cfg: SplitBenchConfig, frames: int = 256) -> list[dict[str, Any]]:
@@ -405,24 +419,19 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     lrs = (QUICK_LR,) if cfg.quick else cfg.lrs
     n_methods = len(method_specs(cfg, QUICK_LR, QUICK_LR))
-    expected = expected_seconds(cfg, (2 * len(lrs), n_methods))
+    expected = expected_seconds(cfg, 2 * len(lrs) + n_methods)
     _log(
         f"bench split ({'the quick schedule' if cfg.quick else 'the convergence protocol'}): "
         f"{2 * len(lrs)} + {n_methods} arms, {cfg.workers} worker(s); expected duration about "
         f"{expected / 60:.0f} min on this machine as busy as it is now"
     )
 
-    quality = merge_quality(cfg)
-
     # 1. the references, their learning rate chosen on validation
     ref_specs = {
         m: [ArmSpec(f"{m} lr={lr:g}", fam, m, lr=lr) for lr in lrs]
         for m, fam in (("full", "finetune"), ("uncompressed", "split"))
     }
-    groups = [ref_specs["full"], ref_specs["uncompressed"]]
-    if cfg.workers <= 1:
-        groups = [groups[0] + groups[1]]
-    ref = run_groups(groups, cfg, "tuning")
+    ref = run_groups(one_each(ref_specs["full"] + ref_specs["uncompressed"]), cfg, "tuning")
     tuning: dict[str, list[dict[str, Any]]] = {}
     for m, specs_m in ref_specs.items():
         tuning[m] = [
@@ -445,8 +454,10 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
 
     # 2. the methods and baselines, at their reference's learning rate
     m_specs = method_specs(cfg, chosen["full"], chosen["uncompressed"])
-    results |= run_groups(deal(m_specs, cfg.workers), cfg, "methods")
+    results |= run_groups(one_each(m_specs), cfg, "methods")
     specs |= {s.name: s for s in m_specs}
+
+    quality = merge_quality(cfg)
 
     # 3. seconds per step, every arm side by side in one process, on fresh copies (a step's time
     # does not depend on the weights' values; ALaST's does on its budgets: its final ones)
@@ -456,7 +467,8 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
     budgets = results["ALaST"]["budgets"]
     timed["ALaST"].trainer.alast.budgets = torch.tensor(budgets)
     rng = np.random.default_rng(1)
-    data = list(batches(train.epoch(0), train.labels, cfg.batch_size, rng, 4))
+    frames = EpochFrames(train, Path(cfg.out) / "frames").epoch(0)
+    data = list(batches(frames, train.labels, cfg.batch_size, rng, 4))
     step_s = step_seconds(list(timed.values()), data, cfg.timing_rounds)
     timed["ALaST"].trainer.alast.budgets = torch.tensor(budgets)
     memory = {
