@@ -32,7 +32,7 @@ from semlink.models import distributed
 from semlink.models.checkpoint import load_selector_vit
 from semlink.models.datasets import load_dataset
 from semlink.models.progress import progress_bar
-from semlink.models.train_split import Finetuning, accuracy, batches, correct_of
+from semlink.models.train_split import Finetuning, FlopMeter, accuracy, batches, correct_of
 from semlink.models.vit import SelectorViT
 
 BUDGET_RANGE = (0.5, 1.0)
@@ -129,12 +129,20 @@ class Trainer:
         self.alast = ALaST(model, cfg.k, cfg.eta, cfg.seed) if cfg.alast else None
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+    def plan(self) -> list[int] | None:
+        """ALaST: the blocks trainable in the next step, sampled now (None for full
+        fine-tuning)."""
+        return None if self.alast is None else self.alast.sample()
+
+    def step(
+        self, images: torch.Tensor, labels: torch.Tensor, trainable: list[int] | None = None
+    ) -> float:
+        """One step; ALaST trains ``trainable`` (default: sampled now)."""
         self.opt.zero_grad(set_to_none=True)
         if self.alast is None:
             logits = self.model(images)
         else:
-            trainable = self.alast.sample()
+            trainable = self.alast.sample() if trainable is None else trainable
             self.alast.freeze(trainable)
             logits = self.alast.forward(images, trainable)
         loss = F.cross_entropy(logits, labels)
@@ -142,6 +150,32 @@ class Trainer:
         distributed.current().average_gradients(self.model.parameters())
         self.opt.step()  # AdamW skips parameters without a gradient
         return float(loss.detach())
+
+
+class FinetuneArm:
+    """Full fine-tuning or ALaST as an :class:`~models.train_split.Arm` of the convergence
+    protocol (no boundary: no bytes)."""
+
+    bytes_up = bytes_down = 0
+
+    def __init__(self, name: str, cfg: FinetuneConfig, vit: SelectorViT) -> None:
+        self.name = name
+        self.model = PlainViT(vit)
+        self.trainer = Trainer(cfg, self.model)
+        self.optimisers = [self.trainer.opt]
+        self.meter = FlopMeter()
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One step. A step's FLOPs are set by the batch size and, for ALaST, by the blocks it
+        trains and the tokens each block keeps, which are known before it runs."""
+        trainable = self.trainer.plan()
+        key: tuple[Any, ...] = (len(labels),)
+        alast = self.trainer.alast
+        if alast is not None and trainable is not None:
+            n = alast.model.vit.cfg.num_patches
+            keeps = tuple(math.floor(float(b) * n) for b in alast.budgets)
+            key = (len(labels), tuple(trainable), keeps)
+        self.meter.run(key, lambda: self.trainer.step(images, labels, trainable))
 
 
 def saved_bytes(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> int:

@@ -77,12 +77,16 @@ def tensor_bytes(t: torch.Tensor, bits: int = 32) -> int:
     return math.ceil(t.numel() * bits / 8)
 
 
-def sqrt_split(xi: float, batch: int, tokens: int) -> tuple[int, int]:
-    """ADC's ``(T, k)`` for compression ``xi``: ``T/B = k/N = sqrt(xi)``, at least 2 each."""
+def sqrt_split(xi: float, batch: int, tokens: int, share: float = 0.5) -> tuple[int, int]:
+    """ADC's ``(T, k)`` for compression ``xi``: ``T/B = xi^share`` and ``k/N = xi^(1 - share)``,
+    at least 2 each. docs/methods.md#adc's split is ``share = 0.5``: ``T/B = k/N = sqrt(xi)``; ``share = 0``
+    puts all of it on the tokens (no merging), ``1`` all of it on the samples."""
     if not 0.0 < xi <= 1.0:
         raise ValueError(f"compression ratio xi must be in (0, 1], got {xi}")
-    r = math.sqrt(xi)
-    return max(2, min(batch, math.floor(r * batch))), max(2, min(tokens, math.floor(r * tokens)))
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share of the compression on the samples must be in [0, 1], got {share}")
+    rb, rn = xi**share, xi ** (1.0 - share)
+    return max(2, min(batch, math.floor(rb * batch))), max(2, min(tokens, math.floor(rn * tokens)))
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
@@ -119,6 +123,7 @@ class Compressor:
     """Maps the device's activations to the forward :class:`Message`."""
 
     name = "uncompressed"
+    shape_fixed = True  # the message's shape depends on the batch's size alone
 
     def __init__(self, xi: float = 1.0) -> None:
         self.xi = xi
@@ -131,22 +136,74 @@ class Compressor:
         return grad
 
 
+def class_groups(attn: torch.Tensor, labels: torch.Tensor, t: int) -> torch.Tensor:
+    """Group index (B,) of each sample when ``t`` groups are shared out among the classes of the
+    batch in proportion to their counts (at least one each; largest remainders first) and each
+    class is clustered by k-means on its attention: no group mixes two labels."""
+    classes, counts = labels.unique(return_counts=True)
+    if t < len(classes):
+        raise ValueError(
+            f"class-pure merging needs at least one group per class in the batch: {t} groups "
+            f"for {len(classes)} classes; raise xi or the batch size"
+        )
+    quota = counts.double() * (t - len(classes)) / counts.sum()
+    per = 1 + quota.floor().long()
+    for i in (quota - quota.floor()).argsort(descending=True)[: t - int(per.sum())]:
+        per[i] += 1
+    per = torch.minimum(per, counts)  # never more groups than members
+    assign = torch.empty(len(labels), dtype=torch.long)
+    start = 0
+    for c, n in zip(classes.tolist(), per.tolist(), strict=True):
+        members = (labels == c).nonzero().flatten()
+        sub = kmeans(attn[members], n) if n > 1 else torch.zeros(len(members), dtype=torch.long)
+        assign[members] = start + sub
+        start += n
+    return assign
+
+
 class ADC(Compressor):
-    """Batch merging by class-attention k-means, then token dropping by centroid attention."""
+    """Batch merging by class-attention k-means, then token dropping by centroid attention.
+
+    The defaults are docs/methods.md#adc's ADC. The variants that ``semlink bench split`` studies (why
+    top-k tokens alone beat it on camera frames) change one thing each:
+
+    - ``share``: the exponent of the samples' part, ``T/B = xi^share``, ``k/N = xi^(1-share)``
+      (0.5 is docs/methods.md#adc's square-root split);
+    - ``merge="class"``: the k-means runs within each label of the batch (the device holds the
+      labels: it sends them), so a merged sample never averages two digits and its label is pure;
+    - ``hard_labels``: each merged sample is sent with its majority label instead of the mean of
+      its members' one-hot labels.
+    """
 
     name = "adc"
 
+    def __init__(
+        self, xi: float, share: float = 0.5, merge: str = "attention", hard_labels: bool = False
+    ) -> None:
+        super().__init__(xi)
+        if merge not in ("attention", "class"):
+            raise ValueError(f"merge must be 'attention' or 'class', got {merge!r}")
+        self.share, self.merge, self.hard_labels = share, merge, hard_labels
+        self.shape_fixed = merge == "attention"  # class merging: groups depend on the labels
+
     def __call__(self, acts: torch.Tensor, attn: torch.Tensor, onehot: torch.Tensor) -> Message:
         B, T1, _ = acts.shape
-        t, k = sqrt_split(self.xi, B, T1)
-        assign = kmeans(attn, t)
+        t, k = sqrt_split(self.xi, B, T1, self.share)
+        if self.merge == "class":
+            assign = class_groups(attn.detach(), onehot.argmax(dim=1), t)
+            t = int(assign.max()) + 1  # fewer when a class has fewer members than its quota
+        else:
+            assign = kmeans(attn, t)
         groups = F.one_hot(assign, t).T.to(acts.dtype)  # (t, B)
         weights = groups / groups.sum(dim=1, keepdim=True)
         merged = torch.einsum("tb,bnd->tnd", weights, acts)
         centroid_attn = weights @ attn.detach()
         soft = weights @ onehot
+        if self.hard_labels:  # ties go to the lower label
+            soft = F.one_hot(soft.argmax(dim=1), onehot.shape[1]).to(soft.dtype)
         sent = keep_tokens(merged, centroid_attn, k)
-        return Message(sent, soft, tensor_bytes(sent) + tensor_bytes(soft))
+        label_bytes = len(soft) * LABEL_BYTES if self.hard_labels else tensor_bytes(soft)
+        return Message(sent, soft, tensor_bytes(sent) + label_bytes)
 
 
 class TopK(Compressor):
@@ -206,6 +263,11 @@ class Quantise(Compressor):
 COMPRESSORS = {
     "uncompressed": lambda xi: Compressor(),
     "adc": ADC,
+    # ADC variants (see :class:`ADC`): one change each
+    "adc-class": lambda xi: ADC(xi, merge="class"),
+    "adc-hard": lambda xi: ADC(xi, hard_labels=True),
+    "adc-tokens": lambda xi: ADC(xi, share=0.25),
+    "adc-class-tokens": lambda xi: ADC(xi, share=0.25, merge="class"),  # the two together
     "top-k": TopK,
     "random-k": lambda xi: TopK(xi, random=True),
     "quantise": Quantise,
