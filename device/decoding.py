@@ -59,10 +59,14 @@ class DecodePool:
         return await self._start(fn, args)
 
     async def _acquire(self, timeout_s: float | None) -> None:
-        """Takes a decoder; with ``timeout_s``, raises ``TimeoutError`` when none frees in time
-        (at once when ``timeout_s`` <= 0)."""
+        """Takes a decoder: a free one at once, whatever the deadline left; else, with
+        ``timeout_s``, raises ``TimeoutError`` when none frees in time (at once when
+        ``timeout_s`` <= 0)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers)
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
         if timeout_s is not None and timeout_s <= 0:
             raise TimeoutError
         self.waiting += 1

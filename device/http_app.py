@@ -40,7 +40,7 @@ def create_app(service: DeviceService) -> FastAPI:
     http_errors.install(app, settings.max_body_bytes, settings.max_concurrent_per_client)
     metrics.mount(app, service.metrics.registry)
     app.state.decoder = decoder = DecodePool(settings.decode_workers)
-    install_stream(app, service)
+    install_stream(app, service, decoder)
     app.include_router(health_routes(service))
     app.include_router(model_routes(service))
     app.include_router(infer_routes(service, decoder))

@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
+from semlink.device.decoding import DecodePool
 from semlink.device.service import DeviceService
+from semlink.protocol import params as P
 from semlink.protocol.codec import TensorError
 from semlink.protocol.params import ParameterError
 from semlink.protocol.stream import MAX_HEADER_BYTES, PATH, FrameError, brief, parse_frame, peek_id
@@ -42,51 +44,9 @@ from semlink.runtime.images import decode_image
 MAX_IN_FLIGHT = 256  # frames of one connection being answered at once
 
 
-def install_stream(app: FastAPI, service: DeviceService) -> None:
-    """Adds the stream route to the device's app."""
-    manifest = service.model.manifest
-
-    async def answer(
-        ws: WebSocket, data: bytes, arrived: float, cpu0: float, lock: asyncio.Lock
-    ) -> None:
-        """Answers one frame message (exactly once, whatever happens)."""
-        frame_id: Any = peek_id(data[: 4 + MAX_HEADER_BYTES])  # for an answer to a bad frame
-        try:
-            c0 = time.thread_time()
-            header, frame = parse_frame(data, manifest.image_shape)
-            if isinstance(frame, np.ndarray):  # raw pixels: normalising is all the decoding
-                image = manifest.normalisation.apply_uint8(frame[0])
-            else:
-                image = await service.run(
-                    decode_image, frame, manifest, service.settings.max_image_pixels
-                )
-            full = header.get("answer") is True  # the whole answer, not the brief
-            params = {k: v for k, v in header.items() if k not in ("id", "format", "answer")}
-            if frame_id is not None:
-                params.setdefault("request_id", str(frame_id)[:128])
-            cpu = cpu0 + 1000.0 * (time.thread_time() - c0)
-            a = await service.classify(image, params, started=arrived, cpu_ms=cpu)
-            message = brief(
-                frame_id,
-                a.outcome,
-                label=a.label,
-                on_time=a.on_time,
-                latency_ms=round(a.timing_ms["total_ms"], 3),
-                option=a.option,
-                bytes_up=a.request_bytes,
-                bytes_down=a.reply_bytes,
-                device_cpu_ms=round(a.device_cpu_ms, 3),
-                queued_ms=round(a.queued_ms, 3),
-                **({"answer": a.as_dict()} if full else {}),
-            )
-        except Late as exc:
-            message = brief(frame_id, "late", on_time=False, error=str(exc))
-        except QueueFull as exc:
-            message = brief(frame_id, "dropped", on_time=False, error=str(exc))
-        except (FrameError, TensorError, ParameterError) as exc:
-            message = brief(frame_id, "error", on_time=False, error=str(exc))
-        async with lock:  # one writer at a time on a WebSocket
-            await ws.send_text(message)
+def install_stream(app: FastAPI, service: DeviceService, decoder: DecodePool) -> None:
+    """Adds the stream route to the device's app; PNG and JPEG frames decode on ``decoder``
+    (the uploads' pool), waiting for it counted against the frame's deadline."""
 
     @app.websocket(PATH)
     async def stream(ws: WebSocket) -> None:
@@ -98,9 +58,16 @@ def install_stream(app: FastAPI, service: DeviceService) -> None:
             )
             return
         await ws.accept()
-        limit = service.settings.max_body_bytes
         lock = asyncio.Lock()
         pending: set[asyncio.Task] = set()
+
+        async def send(message: str) -> None:
+            async with lock:  # one writer at a time on a WebSocket
+                await ws.send_text(message)
+
+        async def answer(data: bytes, arrived: float, cpu_ms: float) -> None:
+            await send(await answer_frame(service, decoder, data, arrived, cpu_ms))
+
         try:
             while True:
                 message = await ws.receive()
@@ -108,30 +75,13 @@ def install_stream(app: FastAPI, service: DeviceService) -> None:
                     break
                 arrived, c0 = time.perf_counter(), time.thread_time()
                 data = message.get("bytes")
-                if data is None:
-                    await ws.send_text(
-                        brief(None, "error", on_time=False, error="send frames as binary messages")
-                    )
+                refused = refusal(data, service.settings.max_body_bytes, len(pending))
+                if refused is not None:
+                    await send(refused)
                     continue
-                if len(data) > limit or len(pending) >= MAX_IN_FLIGHT:
-                    why = (
-                        f"frame of {len(data)} bytes exceeds the limit of {limit}"
-                        if len(data) > limit
-                        else f"{MAX_IN_FLIGHT} frames of this stream are in flight already"
-                    )
-                    outcome = "error" if len(data) > limit else "dropped"
-                    async with lock:
-                        await ws.send_text(
-                            brief(
-                                peek_id(data[: 4 + MAX_HEADER_BYTES]),
-                                outcome,
-                                on_time=False,
-                                error=why,
-                            )
-                        )
-                    continue
+                assert data is not None
                 cpu = 1000.0 * (time.thread_time() - c0)
-                task = asyncio.ensure_future(answer(ws, data, arrived, cpu, lock))
+                task = asyncio.ensure_future(answer(data, arrived, cpu))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         except WebSocketDisconnect:
@@ -139,3 +89,62 @@ def install_stream(app: FastAPI, service: DeviceService) -> None:
         finally:
             for task in pending:  # the client is gone: nobody to answer
                 task.cancel()
+
+
+def refusal(data: bytes | None, limit: int, in_flight: int) -> str | None:
+    """The answer to a message refused before it is read (a text message, one over ``limit``
+    bytes, or one past :data:`MAX_IN_FLIGHT`), or None to go on."""
+    if data is None:
+        return brief(None, "error", on_time=False, error="send frames as binary messages")
+    frame_id = peek_id(data[: 4 + MAX_HEADER_BYTES])
+    if len(data) > limit:
+        why = f"frame of {len(data)} bytes exceeds the limit of {limit}"
+        return brief(frame_id, "error", on_time=False, error=why)
+    if in_flight >= MAX_IN_FLIGHT:
+        why = f"{MAX_IN_FLIGHT} frames of this stream are in flight already"
+        return brief(frame_id, "dropped", on_time=False, error=why)
+    return None
+
+
+async def answer_frame(
+    service: DeviceService, decoder: DecodePool, data: bytes, arrived: float, cpu_ms: float
+) -> str:
+    """The answer to one frame message, whatever happens (``cpu_ms``: the device's CPU on it
+    before this)."""
+    manifest = service.model.manifest
+    frame_id: Any = peek_id(data[: 4 + MAX_HEADER_BYTES])  # for an answer to a bad frame
+    try:
+        c0 = time.thread_time()
+        header, frame = parse_frame(data, manifest.image_shape)
+        params = service.pipeline.check_request(
+            {k: v for k, v in header.items() if k not in ("id", "format", "answer")}
+        )
+        if frame_id is not None:
+            params.setdefault("request_id", str(frame_id)[:128])
+        if isinstance(frame, np.ndarray):  # raw pixels: normalising is all the decoding
+            image = manifest.normalisation.apply_uint8(frame[0])
+        else:
+            deadline = params.get(P.DEADLINE_MS, service.settings.deadline_ms)
+            limits = service.settings.image_limits()
+            image = await decoder.run_by(arrived, deadline, decode_image, frame, manifest, limits)
+        cpu = cpu_ms + 1000.0 * (time.thread_time() - c0)
+        a = await service.classify(image, params, started=arrived, cpu_ms=cpu)
+    except Late as exc:
+        return brief(frame_id, "late", on_time=False, error=str(exc))
+    except QueueFull as exc:
+        return brief(frame_id, "dropped", on_time=False, error=str(exc))
+    except (FrameError, TensorError, ParameterError) as exc:
+        return brief(frame_id, "error", on_time=False, error=str(exc))
+    return brief(
+        frame_id,
+        a.outcome,
+        label=a.label,
+        on_time=a.on_time,
+        latency_ms=round(a.timing_ms["total_ms"], 3),
+        option=a.option,
+        bytes_up=a.request_bytes,
+        bytes_down=a.reply_bytes,
+        device_cpu_ms=round(a.device_cpu_ms, 3),
+        queued_ms=round(a.queued_ms, 3),
+        **({"answer": a.as_dict()} if header.get("answer") is True else {}),
+    )

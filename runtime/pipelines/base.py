@@ -245,7 +245,8 @@ class Pipeline(abc.ABC):
             if key == P.LABEL:
                 out[key] = P.check_label(value, self.manifest.num_classes)
             elif key == P.OPTION:
-                out[key] = self.check_option(Option.parse(str(value)))
+                option = value if isinstance(value, Option) else Option.parse(str(value))
+                out[key] = self.check_option(option)  # checked parameters pass again unchanged
             else:
                 out[key] = P.check_value(key, value)
         return out

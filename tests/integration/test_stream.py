@@ -74,20 +74,21 @@ def test_the_planner_streams_on_time(split_stack, frames):
 def test_a_stream_faster_than_the_device_is_answered_late_or_dropped_never_held(
     split_stack, frames
 ):
-    """At 400 frames/s with a 20 ms deadline the device falls behind: frames past its bound of
-    4 waiting are dropped at once, those that cannot start in time answered late; every frame
-    still gets exactly one answer, and none long after its deadline."""
+    """At 2,000 frames/s with a 20 ms deadline the device falls behind (a frame costs it more
+    than half a millisecond of CPU; at 400 frames/s a quiet machine kept up): frames past its
+    bound of 4 waiting are dropped at once, those that cannot start in time answered late;
+    every frame still gets exactly one answer, and none long after its deadline."""
     pixels, labels, _ = frames
     cfg = StreamConfig(
         url(split_stack),
-        fps=400.0,
-        seconds=1.0,
+        fps=2000.0,
+        seconds=0.5,
         deadline_ms=20.0,
         model="digits-split",
         option="exit2",
     )
     r = asyncio.run(run(cfg, pixels, labels))
-    assert sum(r["outcomes"].values()) == 400 and "lost" not in r["outcomes"]
+    assert sum(r["outcomes"].values()) == 1000 and "lost" not in r["outcomes"]
     assert r["outcomes"].get("late", 0) + r["outcomes"].get("dropped", 0) > 0
     assert r["on_time"] < 1.0
 
