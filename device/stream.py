@@ -62,10 +62,12 @@ def install_stream(app: FastAPI, service: DeviceService, decoder: DecodePool) ->
         pending: set[asyncio.Task] = set()
 
         async def send(message: str) -> None:
+            """Sends one answer."""
             async with lock:  # one writer at a time on a WebSocket
                 await ws.send_text(message)
 
         async def answer(data: bytes, arrived: float, cpu_ms: float) -> None:
+            """Answers one frame message, exactly once."""
             await send(await answer_frame(service, decoder, data, arrived, cpu_ms))
 
         try:

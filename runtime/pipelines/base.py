@@ -168,7 +168,7 @@ class Pipeline(abc.ABC):
     kind: ClassVar[str]
     """The manifest's ``kind`` this pipeline serves."""
     controllers: ClassVar[tuple[str, ...]]
-    """The controllers that can drive it (the first is the device's default for it)."""
+    """The controllers that can drive it (``make_controller`` refuses any other)."""
     parameters: ClassVar[frozenset[str]] = frozenset()
     """Request parameters a client may set on the device besides :data:`COMMON_PARAMETERS`."""
 
