@@ -18,6 +18,12 @@ class DeviceMetrics:
     def __init__(self, model: str) -> None:
         self.model = model
         self.registry = r = CollectorRegistry()
+        self._answers(r)
+        self._decisions(r)
+        self._wire_and_link(r)
+
+    def _answers(self, r: CollectorRegistry) -> None:
+        """What was answered, how fast, and what crossed the link."""
         self.requests = Counter(
             "semlink_device_requests",
             "Answers given, by where they came from",
@@ -43,6 +49,9 @@ class DeviceMetrics:
             ["model"],
             registry=r,
         )
+
+    def _decisions(self, r: CollectorRegistry) -> None:
+        """What the controller chose and what each frame cost the device."""
         self.exit_decisions = Counter(
             "semlink_device_exit_decisions",
             "Early-exit networks: where each request stopped (device blocks run) and what the "
@@ -98,6 +107,9 @@ class DeviceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _wire_and_link(self, r: CollectorRegistry) -> None:
+        """Replies, the controller's virtual queues and the link's reported state."""
         self.reply_bytes = Counter(
             "semlink_device_reply_bytes",
             "Serialised gRPC reply bytes received",

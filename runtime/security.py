@@ -38,80 +38,29 @@ def make_dev_pki(
     Returns the paths: ``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key``.
     For development and tests only: a production CA keeps its key offline.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        """An X.509 name with this common name."""
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "semlink dev"),
-                x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            ]
-        )
-
-    def cert(subject: str, key, issuer: str, issuer_key, *, ca: bool, usage=None, sans=()):  # type: ignore[no-untyped-def]
-        """A certificate for ``subject`` signed by ``issuer_key``."""
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(name(subject))
-            .issuer_name(name(issuer))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if usage is not None:
-            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-        return b.sign(issuer_key, hashes.SHA256())
-
-    def san(host: str) -> x509.GeneralName:
-        """A subject alternative name: an IP address or a DNS name."""
-        try:
-            return x509.IPAddress(ipaddress.ip_address(host))
-        except ValueError:
-            return x509.DNSName(host)
-
-    def write_key(path: Path, key) -> None:  # type: ignore[no-untyped-def]
-        """Writes a private key as unencrypted PKCS#8 PEM, readable by its owner only."""
-        data = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-
+    valid = (dt.datetime.now(dt.UTC), days)
+    issuer = "semlink dev CA"
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = cert("semlink dev CA", ca_key, "semlink dev CA", ca_key, ca=True)
+    ca = _dev_cert(issuer, ca_key, issuer, ca_key, valid, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server = cert(
+    server = _dev_cert(
         "semlink-server",
         server_key,
-        "semlink dev CA",
+        issuer,
         ca_key,
-        ca=False,
+        valid,
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        sans=[san(h) for h in hosts],
+        sans=[_san(h) for h in hosts],
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client = cert(
-        "semlink-device",
-        client_key,
-        "semlink dev CA",
-        ca_key,
-        ca=False,
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    client = _dev_cert(
+        "semlink-device", client_key, issuer, ca_key, valid, usage=ExtendedKeyUsageOID.CLIENT_AUTH
     )
     paths = {
         "ca": out / "ca.pem",
@@ -124,9 +73,70 @@ def make_dev_pki(
     paths["ca"].write_bytes(ca.public_bytes(pem))
     paths["server_cert"].write_bytes(server.public_bytes(pem))
     paths["client_cert"].write_bytes(client.public_bytes(pem))
-    write_key(paths["server_key"], server_key)
-    write_key(paths["client_key"], client_key)
+    _write_key(paths["server_key"], server_key)
+    _write_key(paths["client_key"], client_key)
     return paths
+
+
+def _dev_name(cn: str):  # type: ignore[no-untyped-def]
+    """An X.509 name with this common name."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "semlink dev"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _dev_cert(subject: str, key, issuer: str, issuer_key, valid, *, ca=False, usage=None, sans=()):  # type: ignore[no-untyped-def]
+    """A certificate for ``subject`` signed by ``issuer_key``, valid from ``valid[0]`` - 5 min
+    for ``valid[1]`` days."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    now, days = valid
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_dev_name(subject))
+        .issuer_name(_dev_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if usage is not None:
+        b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _san(host: str):  # type: ignore[no-untyped-def]
+    """A subject alternative name: an IP address or a DNS name."""
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _write_key(path: Path, key) -> None:  # type: ignore[no-untyped-def]
+    """Writes a private key as unencrypted PKCS#8 PEM, readable by its owner only."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 # --- gRPC credentials -----------------------------------------------------------------------
