@@ -175,3 +175,22 @@ def test_every_public_serving_api_has_a_docstring():
             if is_def and not node.name.startswith("_") and ast.get_docstring(node) is None:
                 missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert not missing, "public serving code without a docstring:\n" + "\n".join(missing)
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_serving_function_is_longer_than_a_screen():
+    """Every function of the serving code fits in 80 lines (a request's walk reads as named
+    steps, not as one long body)."""
+    long = []
+    for layer in SERVING:
+        for path in (ROOT / layer).rglob("*.py"):
+            if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert not long, long
