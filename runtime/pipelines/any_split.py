@@ -47,6 +47,7 @@ from semlink.runtime.pipelines.base import (
     Work,
     num_kept,
     split_param,
+    step_feeds,
 )
 from semlink.runtime.pipelines.jscc import JsccSpec, pack_symbols, receive_symbols
 from semlink.runtime.pipelines.tokens import pack_kept, pad, read_tokens
@@ -185,13 +186,7 @@ class AnySplitPipeline(Pipeline):
         snr_db: float | None = None,
     ) -> Stretch:
         """Runs block ``k`` (the stem first) and its exit."""
-        if k == 0:
-            feeds = {"image": image}
-        else:
-            assert prev is not None
-            feeds = {"activations": prev.outputs["activations"]}
-            if self.spec.recursive:
-                feeds["prev_logp"] = prev.outputs["logp"]
+        feeds = step_feeds(k, image, prev, self.spec.recursive)
         acts, logp = self.sessions[f"step_{k + 1}"].run(None, feeds)
         return Stretch(k, k + 1, float(np.exp(logp[0]).max()), {"activations": acts, "logp": logp})
 

@@ -395,3 +395,17 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def num_kept(budget: float, num_patches: int) -> int:
     """Patch tokens kept at budget ``alpha``: ``ceil(alpha N)``, at least one (as training)."""
     return max(1, math.ceil(budget * num_patches - 1e-6))
+
+
+def step_feeds(
+    k: int, image: np.ndarray, prev: Stretch | None, recursive: bool
+) -> dict[str, np.ndarray]:
+    """The feeds of a network's ``k``-th device step: the image first, then the activations
+    ``prev`` left (with its exit's log p where the exits are recursive)."""
+    if k == 0:
+        return {"image": image}
+    assert prev is not None
+    feeds = {"activations": prev.outputs["activations"]}
+    if recursive:
+        feeds["prev_logp"] = prev.outputs["logp"]
+    return feeds

@@ -31,6 +31,7 @@ from semlink.runtime.pipelines.base import (
     Work,
     float_input,
     split_param,
+    step_feeds,
 )
 from semlink.runtime.repository import ModelVersion
 
@@ -127,13 +128,7 @@ class EarlyExitPipeline(Pipeline):
         snr_db: float | None = None,
     ) -> Stretch:
         """Runs the blocks to the device's ``k``-th exit, from the image or from ``prev``."""
-        if k == 0:
-            feeds = {"image": image}
-        else:
-            assert prev is not None
-            feeds = {"activations": prev.outputs["activations"]}
-            if self.exits.recursive:
-                feeds["prev_logp"] = prev.outputs["logp"]
+        feeds = step_feeds(k, image, prev, self.exits.recursive)
         acts, logp = self.sessions[f"step_{self.exits.device_exits[k]}"].run(None, feeds)
         return Stretch(
             k,
