@@ -26,10 +26,21 @@ class ZooRecipe:
     warm_start: bool = False
     """Start the early-exit regimes' backbone from the selector ViT (``--init-from``; disjoint
     reuses mixed's backbone phase) instead of from scratch."""
+    split: tuple[str, ...] = ()
+    """Flags of ``semlink train any-split`` for the ``*-split`` network (every option of one
+    frame), grown from the shipped early-exit network."""
+    xl: tuple[str, ...] = ()
+    """The same for the server-class ``*-xl`` network (none: not built for this dataset)."""
 
 
 ZOO_RECIPES = {
-    "digits-canvas": ZooRecipe("."),
+    "digits-canvas": ZooRecipe(
+        ".",
+        split=(
+            *("--model.patch-size", "8", "--model.embed-dim", "64", "--model.depth", "6"),
+            *("--model.device-blocks", "2", "--epochs", "4", "--jscc-epochs", "6"),
+        ),
+    ),
     # 128x128 RGB, 64 tokens of 16x16; fresh frames each epoch, a curriculum from big uncluttered
     # digits to the full recipe (from scratch on the full recipe the ViT stayed at chance). On a
     # GPU add --device cuda --data-workers 12 to the training steps (the frames are the same).
@@ -56,6 +67,21 @@ ZOO_RECIPES = {
         # the device holds the selector pipeline's two blocks: exits after blocks 1 and 2
         export_early_exit=("--device-blocks", "2"),
         warm_start=True,
+        # scene-ee as it is (d 96, 6 blocks), coders at both device splits
+        split=(
+            *("--model.patch-size", "16", "--model.embed-dim", "96", "--model.depth", "6"),
+            *("--model.num-heads", "4", "--model.device-blocks", "2"),
+            *("--epochs", "4", "--jscc-epochs", "8", "--jscc-rec-epochs", "3"),
+            *("--train-placements", "4", "--data-workers", "1"),
+        ),
+        # scene-ee grown function-preservingly to d 192, 16 blocks, 8 heads (9x its FLOPs), the
+        # device holding 3 blocks; ~1.5 h of network and ~15 min of coders on 2 cores
+        xl=(
+            *("--model.patch-size", "16", "--model.embed-dim", "192", "--model.depth", "16"),
+            *("--model.num-heads", "8", "--model.device-blocks", "3"),
+            *("--epochs", "8", "--jscc-epochs", "3"),
+            *("--train-placements", "4", "--data-workers", "1"),
+        ),
     ),
 }
 
@@ -178,7 +204,28 @@ def zoo_steps(args: argparse.Namespace) -> list[list[str]]:
         ee_eval,
         ["train", "policy", "--model-dir", str(ee)],
     ]
+    for kind, flags in (("split", recipe.split), ("xl", recipe.xl)):
+        if flags:
+            ckpt = work / f"any-split-{kind}.pt"
+            steps += any_split_steps([*data, *resume], flags, ee, ckpt, version(kind))
     return steps
+
+
+def any_split_steps(
+    data: list[str], flags: tuple[str, ...], ee: Path, checkpoint: Path, out: Path
+) -> list[list[str]]:
+    """An any-split network grown from the early-exit network ``ee`` (``data``: the dataset's
+    flags, then ``--resume`` if given): trained, exported (fp16 weights), every option measured on every frame (options.json from validation, outcomes of
+    both splits), and its RL policy trained on validation."""
+    init = ["--init-from", str(ee / "checkpoint.pt")]
+    dataset = data[:2]
+    return [
+        ["train", "any-split", *data, *flags, *init, "--out", str(checkpoint)],
+        ["export", "any-split", *dataset, "--checkpoint", str(checkpoint), "--out", str(out)]
+        + ["--fp16-weights"],
+        ["eval", "options", *dataset, "--model-dir", str(out), "--json", str(out / "eval.json")],
+        ["train", "policy", "--model-dir", str(out)],
+    ]
 
 
 def register(sub: argparse._SubParsersAction, run: Callable[[list[str]], int]) -> None:

@@ -282,8 +282,12 @@ def test_every_zoo_step_is_a_valid_command(dataset, tmp_path):
             assert args.dataset == dataset
     outs = " ".join(a for argv in steps for a in argv)
     prefix = "scene" if dataset == "digits-scene" else "digits"
-    for name in ("vit", "vit-jscc", "ee"):
+    for name in ("vit", "vit-jscc", "ee", "split"):
         assert f"{prefix}-{name}" in outs
+    assert (f"{prefix}-xl" in outs) == (dataset == "digits-scene")  # the server-class network
+    for argv in steps:  # an any-split network grows from the shipped early-exit one
+        if argv[:2] == ["train", "any-split"]:
+            assert argv[argv.index("--init-from") + 1].endswith(f"{prefix}-ee/1/checkpoint.pt")
     # every regime of docs/methods.md#early-exits is trained and shipped for comparison, on both workloads
     trained = {
         Path(argv[argv.index("--out") + 1]).stem: argv
