@@ -3,7 +3,8 @@
 state, accuracy and latency so far, and the last requests with the patches each one sent.
 
 Accuracy counts only requests whose client passed the true class (parameter ``label``); the device
-cannot know it otherwise.
+cannot know it otherwise. On-time accuracy counts an answer right only if it also met its
+deadline; the share within the deadline counts frames refused late or dropped as missed.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Dashboard:
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)  # per request
         self.link: deque[dict[str, Any]] = deque(maxlen=HISTORY)  # link rate samples
         self.right = self.labelled = 0
+        self.right_on_time = self.on_time = self.answered = 0
 
     def record(self, answer: Answer, image: np.ndarray, truth: int | None) -> None:
         """Keeps one answered request (its image and, if the client sent it, the true label)."""
@@ -74,9 +76,12 @@ class Dashboard:
         self.sample_link(answer.channel.get("bandwidth_bps"))
         self.recent.append(Seen(answer, image, truth, now))
         self.latency_ms.append(answer.timing_ms["total_ms"])
+        self.answered += 1
+        self.on_time += int(answer.on_time)
         if truth is not None:
             self.labelled += 1
             self.right += int(answer.label == truth)
+            self.right_on_time += int(answer.label == truth and answer.on_time)
         self.history.append(
             {
                 "t": now - self.start,
@@ -109,6 +114,8 @@ class Dashboard:
             "controller": {"name": service.controller.name, **service.controller.state()},
             "counts": dict(service.counts),
             "accuracy": self.right / self.labelled if self.labelled else None,
+            "on_time_accuracy": self.right_on_time / self.labelled if self.labelled else None,
+            "within_deadline": self.on_time / asked if (asked := self.frames(service)) else None,
             "labelled": self.labelled,
             "latency_ms": {
                 "p50": float(np.percentile(lat, 50)) if lat is not None else None,
@@ -119,6 +126,10 @@ class Dashboard:
             "history": list(self.history),
             "recent": [self._describe(s) for s in reversed(self.recent)],
         }
+
+    def frames(self, service: DeviceService) -> int:
+        """Frames the device was asked for: answered, and refused late or dropped."""
+        return self.answered + service.counts["late"] + service.counts["dropped"]
 
     def _describe(self, s: Seen) -> dict[str, Any]:
         a = s.answer

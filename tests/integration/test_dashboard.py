@@ -105,6 +105,9 @@ def test_state_reports_requests_with_their_kept_patches(stack):
     assert all(0 <= k < state["grid"] ** 2 for k in last["kept"])
     assert last["truth"] == 2 and last["image_png"]
     assert state["labelled"] >= 3 and 0.0 <= state["accuracy"] <= 1.0
+    # on time: right and within the deadline; every frame so far answered in time
+    assert 0.0 <= state["on_time_accuracy"] <= state["accuracy"]
+    assert state["within_deadline"] == 1.0
     assert state["latency_ms"]["p50"] > 0
     assert state["link"] and state["link"][-1]["bandwidth_bps"] > 0
 
