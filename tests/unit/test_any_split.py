@@ -279,3 +279,44 @@ def test_the_shipped_fixture_tables_load_as_the_controllers_read_them():
     )
     with pytest.raises(ValueError, match="made for model"):
         CalibrationTable.load(mv.path / "options.json", "another")
+
+
+@pytest.mark.slow  # a 16-block network's every graph exported: about a minute
+def test_the_server_class_recipe_at_a_tiny_width(tmp_path):
+    """`semlink zoo`'s scene-xl recipe (16 blocks, the device holding 3, grown from a 2-block
+    early-exit network), only narrower and on the fixture's frames: it parses, grows from the
+    smaller network, trains a step, exports with fp16 weights, and the device's part up to its
+    first split stays within 15 % of the whole network's FLOPs."""
+    import json
+
+    from semlink.cli import build_parser
+    from semlink.cli.zoo import ZOO_RECIPES
+    from semlink.models import checkpoint
+    from semlink.models.early_exit import config_dict as ee_config
+
+    source = _source()
+    ee = tmp_path / "ee.pt"
+    checkpoint.save(
+        ee, kind="early-exit", config=ee_config(source.cfg), state_dict=source.state_dict()
+    )
+    flags = list(ZOO_RECIPES["digits-scene"].xl)
+    tiny = ["--model.embed-dim", "32", "--model.num-heads", "4", "--model.patch-size", "8"]
+    tiny += ["--model.image-size", "48", "--model.in-chans", "1", "--model.jscc-hidden", "16"]
+    tiny += ["--epochs", "1", "--jscc-epochs", "1", "--max-steps", "1", "--val-limit", "16"]
+    out, folder = tmp_path / "xl.pt", tmp_path / "repo" / "tiny-xl" / "1"
+    args = build_parser().parse_args(
+        ["train", "any-split", "--dataset", "digits-canvas", *flags, *tiny]
+        + ["--init-from", str(ee), "--out", str(out)]
+    )
+    assert args.func(args) == 0
+    args = build_parser().parse_args(
+        ["export", "any-split", "--dataset", "digits-canvas", "--checkpoint", str(out)]
+        + ["--out", str(folder), "--fp16-weights"]
+    )
+    assert args.func(args) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    flops = manifest["segment_flops"]
+    assert len(flops["steps"]) == 3 and len(flops["tails"]) == 3  # 3 device blocks, 3 splits
+    assert (flops["steps"][0] + flops["select"][0]) / flops["full"] <= 0.15
+    weights = sum(p.numel() for p in checkpoint.load(out)["state_dict"].values())
+    assert (folder / "weights.bin").stat().st_size <= 2.05 * weights  # fp16, one shared file
