@@ -65,7 +65,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             "camera",
             0.1,
-            "the benchmarks' camera: a tenth of a core (between pi-zero-2 and sensor)",
+            "the benchmarks' camera: a tenth of a core (between pi4 and pi-zero-2)",
         ),
     )
 }
