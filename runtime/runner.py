@@ -58,7 +58,10 @@ class _HeaderDeadline:
         waiting_after = self.cycle  # type: ignore[attr-defined]
 
         def check() -> None:
-            """Closes the connection if no request's headers completed since arming."""
+            """Closes the connection if no request's headers completed since arming (unless it
+            was upgraded to a WebSocket meanwhile: a stream's transport is its protocol's now)."""
+            if self.transport.get_protocol() is not self:  # type: ignore[attr-defined]
+                return
             cycle = self.cycle  # type: ignore[attr-defined]
             if cycle is waiting_after and (cycle is None or cycle.response_complete):
                 self.transport.close()  # type: ignore[attr-defined]
