@@ -37,8 +37,9 @@ def run_and_report(
     cfg: Any,
     json_path: str | None,
 ) -> int:
-    """The ``main`` of a benchmark: runs it, prints its table, writes its figures when asked."""
+    """The ``main`` of a benchmark: runs it, writes its figures when asked, prints its table
+    (figures first: a long run's results outlive a fault in its table)."""
     result = bench(cfg)
-    print(table(result))
     write_figures(json_path, result)
+    print(table(result))
     return 0

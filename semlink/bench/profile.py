@@ -195,9 +195,6 @@ def format_table(r: dict[str, Any]) -> str:
                 f"  a real device, {option}: total {total['p50']:.1f}/{total['p95']:.1f} ms, "
                 f"{real['cpu_ms_per_frame']:.1f} ms of CPU a frame; {shown}"
             )
-        lines.append(
-            f"  per-frame overhead beyond the stages: {p['front_ms']:.1f} ms; an offload's send: {p['send_ms']:.1f} ms"
-        )
     lines.append(f"\n({r['seconds']:.0f} s)")
     return "\n".join(lines)
 

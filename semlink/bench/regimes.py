@@ -640,6 +640,8 @@ def main(cfg: RegimesBenchConfig, json_path: str | None = None) -> int:
 
     def run(c: RegimesBenchConfig) -> dict[str, Any]:
         r = bench(c)
+        Path(c.out).mkdir(parents=True, exist_ok=True)
+        (Path(c.out) / "regimes.json").write_text(json.dumps(r, indent=1, default=str))
         r["plots"] = [str(p) for p in heatmaps(r, Path(c.out))]
         return r
 
