@@ -118,14 +118,17 @@ class Cpu:
             return t + cpu_ms
         left = cpu_ms
         while left > 1e-9:
-            k = int(t // self.period)
+            # a time within 1e-9 periods of a boundary belongs to the next period: floating
+            # point puts (k + 1) * period a hair below it, and the loop must move on
+            k = int(t / self.period + 1e-9)
             if k != self.k:
                 self.k, self.used = k, 0.0
-            budget = self.quota - self.used
-            if budget <= 1e-9:
-                t = (k + 1) * self.period
+            end = (k + 1) * self.period
+            budget, room = self.quota - self.used, end - t
+            if budget <= 1e-9 or room <= 1e-9:  # this period's slice is spent, or it is over
+                t = max(t, end)
                 continue
-            step = min(left, budget, (k + 1) * self.period - t)
+            step = min(left, budget, room)
             t += step
             self.used += step
             left -= step

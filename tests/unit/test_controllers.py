@@ -216,5 +216,12 @@ def test_the_quota_hands_out_cpu_in_slices_per_period():
     assert cpu.run(0.4, 1.1) == pytest.approx(50.5)  # 0.6 ms left, then the next period
     assert cpu.run(60.0, 3.0) == pytest.approx(200.5)  # 0.5 left of this period, 1, 1, then 0.5
     assert Cpu(None, 10.0).run(5.0, 3.0) == 8.0
+    # periods whose multiples floating point cannot hit (the sensor class's 52.63 ms): work
+    # that ends on a boundary moves on to the next period (once, the loop stalled there)
+    period = 1.026 / 0.0195
+    cpu, t = Cpu(0.0195, period), 0.0
+    for _ in range(2000):
+        t = cpu.run(t, 0.513)  # half a slice, again and again: two per period
+    assert t == pytest.approx(999 * period + 1.026)  # the last period: its slice, whole
     costs = DeviceCosts({"stretch0": 2.0}, 0.5, {}).under(0.1, 10.0)
     assert costs.sustained() == {"stretch0": pytest.approx(20.0)} and costs.share == 0.1
