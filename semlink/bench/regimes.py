@@ -70,8 +70,9 @@ class RegimesBenchConfig:
     """Cells run in real processes, as PROFILE/LINK/FPS/DEADLINE (default: every trace at the
     headline class, rate and deadline, and the cells the targets rely on)."""
     measured_seconds: float = 20.0
-    profile_json: str | None = None
-    """``semlink bench profile --json`` output to predict from (default: measure now)."""
+    profile_json: list[str] = field(default_factory=list)
+    """``semlink bench profile --json`` outputs to predict from, one per model at most (a model
+    none of them measured is measured now)."""
     quick: bool = False
     """A few-minute subset on the digits-canvas fixture (digits-split): CI runs it."""
     workers: int = 2
@@ -292,12 +293,9 @@ def costs_for(cfg: RegimesBenchConfig, model: str) -> dict[str, dict[str, Any]]:
     from semlink.runtime.cpu_quota import PROFILES
     from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
-    doc = json.loads(Path(cfg.profile_json).read_text()) if cfg.profile_json else None
-    if (
-        doc is not None
-        and doc["config"]["model"] == model
-        and set(cfg.profiles) <= set(doc["profiles"])
-    ):
+    docs = [json.loads(Path(path).read_text()) for path in cfg.profile_json]
+    doc = next((d for d in docs if d["config"]["model"] == model), None)
+    if doc is not None and set(cfg.profiles) <= set(doc["profiles"]):
         base, profiles = DeviceCosts(**doc["costs"]), doc["profiles"]
     else:
         frames, repeats = (8, 10) if cfg.quick else (24, 20)
