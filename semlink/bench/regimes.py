@@ -341,6 +341,14 @@ def default_measured(cfg: RegimesBenchConfig, links: list[str]) -> list[str]:
     return list(dict.fromkeys(cells))
 
 
+def parse_cell(spec: str) -> tuple[str, str, str, str]:
+    """``PROFILE/LINK/FPS/DEADLINE`` as its four parts; a trace's link (``trace:/path/f.up``)
+    holds slashes of its own."""
+    prof, rest = spec.split("/", 1)
+    link, fps, dl = rest.rsplit("/", 2)
+    return prof, link, fps, dl
+
+
 def bench(cfg: RegimesBenchConfig) -> dict[str, Any]:
     """Costs, then every predicted cell, then the measured ones; targets from the headline model."""
     t0 = time.perf_counter()
@@ -395,7 +403,7 @@ def bench(cfg: RegimesBenchConfig) -> dict[str, Any]:
     head = cfg.models[0]
     by_key = {(c["model"], c["profile"], c["link"], c["fps"], c["deadline_ms"]): c for c in cells}
     for spec in progress_bar(measured, desc="measured cells", unit="cell"):
-        prof, link, fps, dl = spec.split("/")
+        prof, link, fps, dl = parse_cell(spec)
         cell = by_key.get((head, prof, _link_name(link), float(fps), float(dl)))
         if cell is None:
             continue

@@ -225,3 +225,17 @@ def test_the_quota_hands_out_cpu_in_slices_per_period():
     assert t == pytest.approx(999 * period + 1.026)  # the last period: its slice, whole
     costs = DeviceCosts({"stretch0": 2.0}, 0.5, {}).under(0.1, 10.0)
     assert costs.sustained() == {"stretch0": pytest.approx(20.0)} and costs.share == 0.1
+
+
+def test_a_measured_cell_names_a_trace_by_its_path():
+    """Cells run in real processes are named PROFILE/LINK/FPS/DEADLINE, and a trace's link is a
+    path with slashes of its own (once, the map's run stopped at its first trace cell)."""
+    from semlink.bench.regimes import parse_cell
+
+    assert parse_cell("pi-zero-2/trace:/x/traces/ATT.up/15/100") == (
+        "pi-zero-2",
+        "trace:/x/traces/ATT.up",
+        "15",
+        "100",
+    )
+    assert parse_cell("sensor/1mbit/5/33") == ("sensor", "1mbit", "5", "33")
