@@ -6,7 +6,7 @@ Each episode is a stream drawn at random: a device speed (the measured stage tim
 CPU share between ``share_range`` would scale them), a frame rate, a link (a constant rate, or a
 Gilbert-Elliott or random-walk trace), a round trip, a deadline and an SNR. The observation is
 what the device's RL controller sees when a frame starts
-(:func:`semlink.runtime.offload_policy.frame_observation`): the deadline left, the frames waiting,
+(:func:`semlink.runtime.offload_policy.observe_frame`): the deadline left, the frames waiting,
 the time between frames, the link, and every option's predicted latency (from the device's
 measured stage times, as its predictor makes it) and expected accuracy (the validation table).
 The action is one option; the reward is 1 when the frame's answer is right within its deadline,
@@ -33,7 +33,7 @@ from semlink.models.stream_sim import DeviceCosts, Episode, Simulator, Stream
 from semlink.runtime.calibration import CalibrationTable
 from semlink.runtime.costs import Link, Predictor, StageTimes
 from semlink.runtime.cpu_quota import smallest_period
-from semlink.runtime.offload_policy import frame_observation
+from semlink.runtime.offload_policy import observe_frame
 from semlink.runtime.pipelines.base import Option
 
 DEADLINES = (33.0, 100.0, 250.0)
@@ -149,17 +149,7 @@ class OptionEnv(gym.Env):
         link = Link(c.bandwidth_bps, c.rtt_ms, c.queued_bytes)
         latency = self.predictor.latencies(self.options, link, frame.elapsed_ms)
         acc = self.table.accuracy_at(c.snr_db)[self.columns]
-        return frame_observation(
-            frame.left_ms,
-            frame.deadline_ms,
-            frame.waiting,
-            frame.interval_ms,
-            c.bandwidth_bps or 0.0,
-            c.snr_db if c.snr_db is not None else 0.0,
-            c.rtt_ms if c.rtt_ms is not None else 100.0,
-            latency - frame.elapsed_ms,
-            acc,
-        )
+        return observe_frame(frame, latency, acc)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from semlink.runtime.frames import FrameState
 
 EXIT, CONTINUE, OFFLOAD = 0, 1, 2
 ACTIONS = ("exit", "continue", "offload")
@@ -98,6 +102,24 @@ def frame_observation(
     ).ravel()
     return (
         np.concatenate([np.array(head), per_option]).astype(np.float32).clip(-OBS_BOUND, OBS_BOUND)
+    )
+
+
+def observe_frame(frame: FrameState, latency_ms: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """:func:`frame_observation` of a frame as a controller sees it (``latency_ms``: each
+    option's predicted latency from the frame's start; unknown SNR 0 dB, unknown RTT 100 ms),
+    the one place the device's policy and its training environment build it."""
+    c = frame.channel
+    return frame_observation(
+        frame.left_ms,
+        frame.deadline_ms,
+        frame.waiting,
+        frame.interval_ms,
+        c.bandwidth_bps or 0.0,
+        c.snr_db if c.snr_db is not None else 0.0,
+        c.rtt_ms if c.rtt_ms is not None else 100.0,
+        latency_ms - frame.elapsed_ms,
+        accuracy,
     )
 
 

@@ -30,8 +30,8 @@ from semlink.runtime.offload_policy import (
     CONTINUE,
     EXIT,
     OFFLOAD,
-    frame_observation,
     observation,
+    observe_frame,
 )
 from semlink.runtime.pipelines.base import EXIT as EXIT_ACTION
 from semlink.runtime.pipelines.base import OFFLOAD as OFFLOAD_ACTION
@@ -96,17 +96,7 @@ class RLController(Controller):
         latency = self.predictor.latencies(self.options, link, frame.elapsed_ms)
         table_acc = self.table.accuracy_at(frame.request.get(P.SNR_DB, c.snr_db))
         acc = np.array([table_acc[self.table.index(o)] for o in self.options])
-        obs = frame_observation(
-            frame.left_ms,
-            frame.deadline_ms,
-            frame.waiting,
-            frame.interval_ms,
-            c.bandwidth_bps or 0.0,
-            c.snr_db if c.snr_db is not None else 0.0,
-            c.rtt_ms if c.rtt_ms is not None else 100.0,
-            latency - frame.elapsed_ms,
-            acc,
-        )
+        obs = observe_frame(frame, latency, acc)
         option = self.options[self.act(obs)]
         self._timed(t0)
         return option
