@@ -96,14 +96,27 @@ def test_a_job_that_cannot_start_before_its_deadline_is_late_at_once():
     assert patient == "ran"
 
 
-def test_a_job_already_past_its_deadline_does_not_wait():
-    async def go() -> None:
-        pool = DecodePool(2)
+def test_a_job_already_past_its_deadline_does_not_wait_for_a_busy_decoder():
+    """A job whose deadline has passed is :class:`Late` at once when every decoder is busy (it
+    never joins the queue); a free decoder starts any job at once, as a free device does."""
+    release = threading.Event()
+
+    async def go() -> tuple[float, int]:
+        pool = DecodePool(1)
         try:
+            first = asyncio.ensure_future(pool.run(release.wait, 5.0))
+            await asyncio.sleep(0.05)
+            asked = time.perf_counter()
             with pytest.raises(Late):
-                await pool.run_by(time.perf_counter() - 1.0, 500.0, time.sleep, 0)
-            assert await pool.run_by(time.perf_counter(), 500.0, lambda: 7) == 7
+                await pool.run_by(asked - 1.0, 500.0, time.sleep, 0)
+            refused_s = time.perf_counter() - asked
+            release.set()
+            await first
+            return refused_s, await pool.run_by(time.perf_counter() - 1.0, 500.0, lambda: 7)
         finally:
+            release.set()
             pool.close()
 
-    asyncio.run(go())
+    refused_s, ran = asyncio.run(go())
+    assert refused_s < 0.1, refused_s
+    assert ran == 7
