@@ -5,12 +5,14 @@ Frames arrive every ``1 / fps`` seconds (open loop). The device works on one fra
 receiving it (``front_ms``), then the stages of the option its controller chooses (each device
 stage's time as measured under the device's CPU quota), revising the choice at each exit it
 reaches with that exit's recorded confidence. A frame that finds ``max_waiting`` frames waiting
-is dropped; one the device cannot start before its deadline is answered late. An offload's bytes
-(the option's recorded payload plus the wire's framing) join the uplink's queue and leave at the
-link's delivery opportunities (a Mahimahi trace or a constant rate, as the link emulator shapes
-them), cross the one-way delay, wait the server's measured time and come back. A frame counts as
-right on time when the option's recorded answer for it is right and it arrives within its
-deadline.
+is dropped; one the device cannot start before its deadline is answered late; either costs the
+device its front (it was received and read before it was refused). Besides frames, the device's
+background (polling the link's state, probing servers: ``idle_ms_per_s``) takes its part of
+the quota. An offload's bytes (the option's recorded payload plus the wire's framing) join the
+uplink's queue and leave at the link's delivery opportunities (a Mahimahi trace or a constant
+rate, as the link emulator shapes them), cross the one-way delay, wait the server's measured
+time and come back. A frame counts as right on time when the option's recorded answer for it
+is right and it arrives within its deadline.
 
 The controllers are the device's own (anything with ``decide``, ``at_exit`` and ``observe``); the
 oracle in hindsight sees every option's outcome and latency for the frame at hand and takes the
@@ -67,10 +69,12 @@ class Stream:
 @dataclass
 class DeviceCosts:
     """What one frame costs the device and the server, as measured. Device costs are CPU time at
-    the machine's full speed (ms): each stage's, the front before a frame's stages (receiving
-    and normalising it), the overhead after its answer (the event loop, metrics, logs), and an
-    offload's send (serialising, the gRPC call); the device's CPU quota turns them into time
-    (:class:`Cpu`). The server's time per kind of work is wall time (ms)."""
+    the machine's full speed (ms): each stage's, the front before a frame's stages (receiving,
+    parsing and normalising it), the overhead after its answer (sending it, metrics, logs), and
+    an offload's send (serialising, the gRPC call); besides frames, the device spends
+    ``idle_ms_per_s`` of CPU a second (polling the link's state, probing servers), which the
+    quota serves first. The device's CPU quota turns them into time (:class:`Cpu`). The
+    server's time per kind of work is wall time (ms)."""
 
     stages: dict[str, float]
     front_ms: float
@@ -79,6 +83,7 @@ class DeviceCosts:
     send_ms: float = 0.0
     share: float | None = None  # of one core; None: no quota
     period_ms: float = 10.0  # the quota's period
+    idle_ms_per_s: float = 0.0  # CPU a second the device spends with no frame
 
     def device_ms(self, stages: list[str]) -> float:
         """CPU time of ``stages`` one after another."""
@@ -94,22 +99,29 @@ class DeviceCosts:
             self.send_ms,
             share,
             period_ms,
+            self.idle_ms_per_s,
         )
 
     def sustained(self) -> dict[str, float]:
         """Each stage's wall time when run back to back under the quota (CPU time over the
         share): what a device's warm-up measures, and what its controller starts from."""
         share = self.share or 1.0
+        if self.share is not None:  # the background's part of a busy quota (see Cpu)
+            share -= min(self.idle_ms_per_s / 1000.0, share / 2.0)
         return {k: v / share for k, v in self.stages.items()}
 
 
 class Cpu:
     """CFS bandwidth control: ``share * period`` ms of CPU per period, periods at multiples of the
-    period; work that finds the period's budget spent waits for the next period."""
+    period; work that finds the period's budget spent waits for the next period. ``reserved``
+    (ms a second) is the device's own background (with no frame at all), taken from each
+    period's budget first, up to half of it (the scheduler shares a busy quota between the
+    background and a frame's work)."""
 
-    def __init__(self, share: float | None, period_ms: float) -> None:
-        self.share, self.period = share, period_ms
-        self.quota = (share or 1.0) * period_ms
+    def __init__(self, share: float | None, period_ms: float, reserved: float = 0.0) -> None:
+        self.share, self.period, self.reserved = share, period_ms, reserved
+        quota = (share or 1.0) * period_ms
+        self.quota = quota - min(reserved * period_ms / 1000.0, quota / 2.0)
         self.k, self.used = -1, 0.0
 
     def run(self, t: float, cpu_ms: float) -> float:
@@ -136,7 +148,7 @@ class Cpu:
 
     def copy(self) -> Cpu:
         """The same state, to try work without doing it."""
-        c = Cpu(self.share, self.period)
+        c = Cpu(self.share, self.period, self.reserved)
         c.k, c.used = self.k, self.used
         return c
 
@@ -300,7 +312,7 @@ class Simulator:
             Uplink(self.schedule, self.horizon_ms, self.stream.rtt_ms),
             arrivals,
             np.full(n, np.inf),
-            Cpu(self.costs.share, self.costs.period_ms),
+            Cpu(self.costs.share, self.costs.period_ms, self.costs.idle_ms_per_s),
         )
 
     def next_frame(self, ep: Episode) -> tuple[int, FrameState, float] | None:
@@ -316,12 +328,14 @@ class Simulator:
             if ahead >= s.max_waiting:
                 ep.starts[i] = arrived  # never queued
                 ep.run.option[i] = DROPPED
+                ep.free = ep.cpu.run(start, self.costs.front_ms)  # received, then refused
                 ep.i += 1
                 continue
             waiting = int(np.searchsorted(ep.arrivals, start, side="right")) - i - 1
             ep.starts[i] = start
             if start - arrived >= s.deadline_ms:  # answered late at once: nothing computed
                 ep.run.option[i], ep.run.latency_ms[i] = LATE, s.deadline_ms
+                ep.free = ep.cpu.run(start, self.costs.front_ms)  # received, then refused
                 ep.i += 1
                 continue
             start = ep.cpu.run(start, self.costs.front_ms)

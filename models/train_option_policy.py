@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from semlink.models.keep_best import learn_keeping_best
 from semlink.models.option_env import OptionEnv, StreamDraw, draw
 from semlink.models.option_table import Outcomes
 from semlink.models.stream_sim import DeviceCosts
@@ -51,7 +51,6 @@ def train_option_policy(cfg: Any) -> dict[str, Any]:
     """Trains, keeps the best validation policy, exports it (see the module docstring); ``cfg`` a
     :class:`models.train_policy.TrainPolicyConfig`. Returns its metrics."""
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
     from semlink.models.policy_export import export_policy
@@ -90,10 +89,8 @@ def train_option_policy(cfg: Any) -> dict[str, Any]:
         device="cpu",
         verbose=0,
     )
-    history: list[dict[str, float]] = []
-    best = {"reward": -np.inf}
 
-    def evaluate() -> float:
+    def evaluate(model: Any) -> float:
         """Mean reward per frame of the greedy policy over the validation streams."""
         total, frames = 0.0, 0
         for drawn in streams:
@@ -106,28 +103,15 @@ def train_option_policy(cfg: Any) -> dict[str, Any]:
             frames += drawn.stream.frames
         return total / max(frames, 1)
 
-    class KeepBest(BaseCallback):
-        def _on_step(self) -> bool:
-            if (
-                self.num_timesteps // cfg.eval_every
-                != (self.num_timesteps - venv.num_envs) // cfg.eval_every
-            ):
-                reward = evaluate()
-                history.append({"timesteps": self.num_timesteps, "val_reward": reward})
-                log.info("%d steps: validation on-time share %.4f", self.num_timesteps, reward)
-                if reward > best["reward"]:
-                    best["reward"] = reward
-                    model.save(out / "ppo_best.zip")
-            return True
-
-    t0 = time.perf_counter()
-    model.learn(cfg.total_timesteps, callback=KeepBest())
-    seconds = time.perf_counter() - t0
-    final = evaluate()
-    if final >= best["reward"]:
-        best["reward"] = final
-        model.save(out / "ppo_best.zip")
-    model = PPO.load(out / "ppo_best.zip", device="cpu")
+    kept = learn_keeping_best(
+        model,
+        cfg.total_timesteps,
+        evaluate,
+        cfg.eval_every,
+        out / "ppo_best.zip",
+        "validation on-time share",
+    )
+    model, seconds, history, best = kept.model, kept.seconds, kept.history, kept.reward
     obs_dim = eval_env.obs_dim
     export_policy(model.policy, out / POLICY_FILE, obs_dim)
     (out / "costs.json").write_text(json.dumps(asdict(base), indent=1) + "\n")
@@ -136,7 +120,7 @@ def train_option_policy(cfg: Any) -> dict[str, Any]:
         "seed": cfg.seed,
         "train_seconds": seconds,
         "timesteps": cfg.total_timesteps,
-        "val_reward": best["reward"],
+        "val_reward": best,
         "history": history,
         "actions": [o.name for o in eval_env.options],
         "observation": [*FRAME_GLOBALS, "per option: latency over deadline, accuracy"],

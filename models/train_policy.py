@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ import numpy as np
 import torch
 
 from semlink.models.exit_traces import ExitTraces
+from semlink.models.keep_best import learn_keeping_best
 from semlink.models.offload_env import CostModel, OffloadEnv, RewardWeights, register
 from semlink.models.policy_export import export_policy
-from semlink.models.progress import progress_bar
 from semlink.runtime.offload_policy import ACTIONS, OBS_NAMES
 
 log = logging.getLogger(__name__)
@@ -69,26 +68,6 @@ class TrainPolicyConfig:
     seeds: int = 1
     """Policies to train, with seeds ``seed .. seed + seeds - 1``; the best on validation ships."""
     weights: RewardWeights | None = None
-
-
-class _ProgressBar:
-    """A tqdm bar over timesteps, as a stable-baselines3 callback."""
-
-    def __new__(cls, total: int) -> Any:
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        class Bar(BaseCallback):
-            def _on_training_start(self) -> None:
-                self.bar = progress_bar(total=total, desc="train policy", unit="step")
-
-            def _on_step(self) -> bool:
-                self.bar.update(self.training_env.num_envs)
-                return True
-
-            def _on_training_end(self) -> None:
-                self.bar.close()
-
-        return Bar()
 
 
 def evaluate_model(model: Any, env: OffloadEnv, episodes: int, seed: int) -> float:
@@ -184,7 +163,6 @@ def _train_one(
     """One PPO run with ``seed``: keeps its best evaluated policy in ``out`` (``ppo_best.zip``,
     exported to ``policy.onnx``); returns its metrics."""
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
     out.mkdir(parents=True, exist_ok=True)
@@ -209,41 +187,21 @@ def _train_one(
         device="cpu",
         verbose=0,
     )
-    history: list[dict[str, float]] = []
-    best = {"reward": -np.inf}
-
-    class EvalAndKeepBest(BaseCallback):
-        def _on_step(self) -> bool:
-            if (
-                self.num_timesteps // cfg.eval_every
-                != (self.num_timesteps - venv.num_envs) // cfg.eval_every
-            ):
-                # every seed meets the same validation episodes: their rewards compare
-                reward = evaluate_model(model, eval_env, cfg.eval_episodes, cfg.seed)
-                history.append({"timesteps": self.num_timesteps, "val_reward": reward})
-                log.info("%d steps: validation reward %.4f", self.num_timesteps, reward)
-                if reward > best["reward"]:
-                    best["reward"] = reward
-                    model.save(out / "ppo_best.zip")
-            return True
-
-    t0 = time.perf_counter()
-    model.learn(
+    kept = learn_keeping_best(
+        model,
         cfg.total_timesteps,
-        callback=CallbackList([_ProgressBar(cfg.total_timesteps), EvalAndKeepBest()]),
+        # every seed meets the same validation episodes: their rewards compare
+        lambda m: evaluate_model(m, eval_env, cfg.eval_episodes, cfg.seed),
+        cfg.eval_every,
+        out / "ppo_best.zip",
     )
-    seconds = time.perf_counter() - t0
-    final = evaluate_model(model, eval_env, cfg.eval_episodes, cfg.seed)
-    if final >= best["reward"]:
-        best["reward"] = final
-        model.save(out / "ppo_best.zip")
-    model = PPO.load(out / "ppo_best.zip", device="cpu")
+    model, seconds, history = kept.model, kept.seconds, kept.history
     export_policy(model.policy, out / POLICY_FILE)
     return {
         "algorithm": "PPO",
         "seed": seed,
         "train_seconds": seconds,
         "timesteps": cfg.total_timesteps,
-        "val_reward": best["reward"],
+        "val_reward": kept.reward,
         "history": history,
     }

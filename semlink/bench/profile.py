@@ -15,8 +15,9 @@ Per device profile (a real CPU quota with the smallest period the kernel accepts
   answering a camera's stream at a rate it keeps up with, once at its first exit and once
   offloading tokens: p50/p95 of the timings its answers report (the front and decode, the
   stretches, the pack, serialising and the gRPC round trip) and the device process's CPU per
-  frame, read from ``/proc``, whose part beyond the stages is the per-frame overhead the
-  simulator charges (``front_ms``).
+  frame, read from ``/proc``, beyond what it spends a second with no frame at all (polling the
+  link's state, probing the servers): the per-frame overhead and the reserved CPU the simulator
+  charges (``front_ms``, ``after_ms``, ``idle_ms_per_s``).
 
 The JSON (``--json``) is what ``semlink bench regimes`` predicts from.
 """
@@ -54,34 +55,45 @@ class ProfileBenchConfig:
     out: str = "runs/bench-profile"
 
 
+IDLE_S = 6.0  # seconds a real device is watched doing no frame
+
+
 def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dict[str, Any]:
-    """A real device under ``profile`` answering a stream (see the module docstring): per option,
-    p50/p95 of its answers' timings and its process's CPU per frame."""
+    """A real device under ``profile`` (see the module docstring): its CPU per second with no
+    frame (``idle_ms_per_s``: polling the link's state, probing the servers), then per option
+    (``options``) the p50/p95 of its answers' timings on a stream it keeps up with, its process's
+    CPU per frame beyond the idle one, and the CPU each frame's own path reports (receiving,
+    parsing, the stages, packing)."""
     from semlink.procs import Processes, Stack
     from semlink.stream import StreamConfig, frames_of, send
 
     procs = Processes(Path(tempfile.mkdtemp(prefix="semlink-profile-")))
     stack = Stack(procs, model=model)
-    out: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     try:
         stack.start_all(
             link_args=("--rate", "10mbit", "--delay-ms", "5"),
             device_args=("--device-profile", profile, "--controller", "fixed", "--option", "exit1"),
         )
+        time.sleep(1.0)  # the start's own work done
+        c0 = procs.cpu_seconds("device")
+        time.sleep(IDLE_S)
+        idle = 1000.0 * (procs.cpu_seconds("device") - c0) / IDLE_S
         pixels, labels, _ = frames_of(model, 0)
         fps = max(0.5, min(5.0, 1000.0 / (3.0 * budget_ms)))  # a rate it keeps up with
         url = f"ws://127.0.0.1:{stack.ports['device']}/v1/stream"
         for option in STREAM_OPTIONS:
             cfg = StreamConfig(url, fps, frames / fps, 60_000.0, model, option=option)
-            c0 = procs.cpu_seconds("device")
+            c0, t0 = procs.cpu_seconds("device"), time.perf_counter()
             n, _, answers, _ = asyncio.run(send(cfg, pixels, labels, {"answer": True}))
-            cpu = 1000.0 * (procs.cpu_seconds("device") - c0) / n
+            busy_s = time.perf_counter() - t0
+            cpu = (1000.0 * (procs.cpu_seconds("device") - c0) - idle * busy_s) / n
             timings: dict[str, list[float]] = {}
             for doc, _ in answers.values():
                 for k, v in (doc.get("answer") or {}).get("timing_ms", {}).items():
                     timings.setdefault(k, []).append(float(v))
-            out[option] = {
-                "cpu_ms_per_frame": cpu,
+            options[option] = {
+                "cpu_ms_per_frame": max(cpu, 0.0),
                 "stage_cpu_ms": float(
                     np.mean([d.get("device_cpu_ms", 0.0) for d, _ in answers.values()])
                 ),
@@ -92,25 +104,30 @@ def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dic
             }
     finally:
         procs.stop()
-    return out
+    return {"idle_ms_per_s": idle, "fps": fps, "options": options}
 
 
 def device_costs(model: str, frames: int = 24, repeats: int = 20) -> DeviceCosts:
-    """What a frame costs the device in CPU at the machine's speed (each stage, the front, the
-    overhead after an answer and an offload's send: the last two from a real device process's
-    CPU per frame, beyond its stages) and the server's times: the simulator's costs, which a
-    device class's quota then stretches (:class:`models.stream_sim.Cpu`)."""
+    """What a frame costs the device in CPU at the machine's speed and the server's times: the
+    simulator's costs, which a device class's quota then stretches
+    (:class:`models.stream_sim.Cpu`). Each stage's CPU is measured alone; the rest comes from a
+    real device process (from ``/proc``): its CPU per second with no frame (reserved from every
+    quota), the CPU on a frame's path beyond its stages (receiving, parsing, packing: before
+    the answer), the CPU after the answer (sending it, metrics, logs) and an offload's send."""
     from semlink.models.stream_costs import in_child, server_times, stage_times
 
     stages = in_child(stage_times, model, None, None, repeats)
     server = in_child(server_times, model, repeats)
     real = stream_costs(model, "none", frames, stages["stretch0"].mean)
-    front = stages.pop("front").mean
+    normalise = stages.pop("front").mean
     cpu = {k: v.mean for k, v in stages.items()}
-    exit1, offload = real["exit1"]["cpu_ms_per_frame"], real["s1:a0.25"]["cpu_ms_per_frame"]
-    after = max(0.0, exit1 - front - cpu["stretch0"])
-    send = max(0.0, offload - exit1 - cpu.get("select1", 0.0))
-    return DeviceCosts(cpu, front, server, after, send)
+    exit1, offload = real["options"]["exit1"], real["options"]["s1:a0.25"]
+    front = max(normalise, exit1["stage_cpu_ms"] - cpu["stretch0"])
+    after = max(0.0, exit1["cpu_ms_per_frame"] - front - cpu["stretch0"])
+    send = max(
+        0.0, offload["cpu_ms_per_frame"] - exit1["cpu_ms_per_frame"] - cpu.get("select1", 0.0)
+    )
+    return DeviceCosts(cpu, front, server, after, send, idle_ms_per_s=real["idle_ms_per_s"])
 
 
 def measure_profile(cfg: ProfileBenchConfig, name: str, flops: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +151,8 @@ def measure_profile(cfg: ProfileBenchConfig, name: str, flops: dict[str, Any]) -
         "mobilenet_ms": asdict(mobilenet),
         "gflops": gflops,
         "stages_ms": {k: asdict(v) for k, v in stages.items()},
-        "real": real,
+        "idle_ms_per_s": real["idle_ms_per_s"],
+        "real": real["options"],
     }
 
 
@@ -178,11 +196,15 @@ def format_table(r: dict[str, Any]) -> str:
     c = r["costs"]
     lines.append(
         f"\nCPU a frame at full speed beyond the stages: front {c['front_ms']:.2f} ms, after the answer "
-        f"{c['after_ms']:.2f} ms, an offload's send {c['send_ms']:.2f} ms (a real device process, from /proc)"
+        f"{c['after_ms']:.2f} ms, an offload's send {c['send_ms']:.2f} ms; with no frame "
+        f"{c.get('idle_ms_per_s', 0.0):.1f} ms a second (a real device process, from /proc)"
     )
     for name, p in r["profiles"].items():
         stages = "  ".join(f"{k} {v['p50']:.1f}/{v['p95']:.1f}" for k, v in p["stages_ms"].items())
-        lines.append(f"\n{name}: stage p50/p95 ms under the quota: {stages}")
+        lines.append(
+            f"\n{name}: stage p50/p95 ms under the quota: {stages}; with no frame "
+            f"{p.get('idle_ms_per_s', float('nan')):.1f} ms of CPU a second"
+        )
         for option, real in p["real"].items():
             t = real["timings"]
             shown = "  ".join(

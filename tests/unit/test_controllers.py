@@ -19,7 +19,7 @@ from semlink.device.controller import (
 from semlink.device.controller.lyapunov import Constraint
 from semlink.device.settings import DeviceSettings
 from semlink.models.option_table import Outcomes
-from semlink.models.stream_sim import DROPPED, LATE, DeviceCosts, Simulator, Stream
+from semlink.models.stream_sim import DROPPED, LATE, Cpu, DeviceCosts, Simulator, Stream
 from semlink.runtime.costs import Link, Predictor, StageTimes
 from semlink.runtime.pipelines import Option, make_pipeline
 from semlink.runtime.pipelines.base import EXIT, OFFLOAD, UPLOAD
@@ -209,7 +209,6 @@ def test_the_oracle_is_never_below_a_fixed_option_and_strategies_pair_frame_by_f
 def test_the_quota_hands_out_cpu_in_slices_per_period():
     """CFS bandwidth control as the simulator models it: a fiftieth of a core with a 50 ms
     period gives 1 ms of CPU a period; work past it waits for the next period."""
-    from semlink.models.stream_sim import Cpu
 
     cpu = Cpu(0.02, 50.0)
     assert cpu.run(0.0, 0.4) == pytest.approx(0.4)  # inside the slice: full speed
@@ -225,6 +224,31 @@ def test_the_quota_hands_out_cpu_in_slices_per_period():
     assert t == pytest.approx(999 * period + 1.026)  # the last period: its slice, whole
     costs = DeviceCosts({"stretch0": 2.0}, 0.5, {}).under(0.1, 10.0)
     assert costs.sustained() == {"stretch0": pytest.approx(20.0)} and costs.share == 0.1
+
+
+def test_the_devices_background_takes_its_part_of_the_quota_first():
+    """A device polling its link and probing servers spends CPU with no frame at all: a tenth of
+    a core with 20 ms a second of background leaves 0.8 ms of each 10 ms period to a frame, and
+    never less than half the slice, however busy the background."""
+    cpu = Cpu(0.1, 10.0, reserved=20.0)
+    assert cpu.run(0.0, 1.6) == pytest.approx(10.8)  # 0.8 ms, then 0.8 more in the next period
+    assert Cpu(0.1, 10.0, reserved=500.0).run(0.0, 1.0) == pytest.approx(10.5)
+    assert Cpu(None, 10.0, reserved=500.0).run(0.0, 1.0) == 1.0  # no quota: another core
+    costs = DeviceCosts({"stretch0": 2.0}, 0.5, {}, idle_ms_per_s=20.0).under(0.1, 10.0)
+    assert costs.sustained() == {"stretch0": pytest.approx(25.0)}
+
+
+def test_a_refused_frame_costs_the_device_its_front(pipe):
+    """Late and dropped frames were received and read before they were refused: with a front
+    that costs something, an overloaded device answers fewer frames than with a free one."""
+    from semlink.device.controller import FixedController
+
+    def answered(front_ms: float) -> int:
+        sim = _sim(pipe, fps=100.0, deadline_ms=150.0, max_waiting=3)
+        sim.costs = DeviceCosts(dict(sim.costs.stages), front_ms, dict(SERVER))
+        return int(sim.run("exit2", FixedController(pipe, Option(EXIT, 2))).answered.sum())
+
+    assert answered(5.0) < answered(0.0)
 
 
 def test_a_measured_cell_names_a_trace_by_its_path():
