@@ -23,9 +23,7 @@ async def serve(settings: DeviceSettings) -> None:
         limit_cpu(share, "device")
     if settings.insecure:
         log.warning("INSECURE: plaintext gRPC to the server (--insecure)")
-    keys = security.load_api_keys(
-        settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
-    )
+    keys = settings.api_key_list()
     service = DeviceService(settings)
     app = create_app(service)
     security.install_api_keys(app, keys)

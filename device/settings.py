@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from semlink.device.replicas import Target, parse_targets
+from semlink.runtime.front_settings import HttpFrontSettings
 from semlink.runtime.images import ImageLimits
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
@@ -21,7 +22,7 @@ def default_decode_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
 
 
-class DeviceSettings(BaseSettings):
+class DeviceSettings(HttpFrontSettings):
     """Runtime configuration of a device; every field is also a ``semlink device`` flag."""
 
     model_config = SettingsConfigDict(env_prefix="SEMLINK_DEVICE_", protected_namespaces=())
@@ -188,12 +189,6 @@ class DeviceSettings(BaseSettings):
     breaker_reset_s: float = Field(
         2.0, gt=0.0, le=300.0, description="seconds the breaker stays open before a trial request"
     )
-    http_header_timeout_s: float = Field(
-        10.0,
-        gt=0.0,
-        le=600.0,
-        description="HTTP clients must send a request's headers within this many seconds",
-    )
     insecure: bool = Field(
         False, description="plaintext gRPC to the server: trusted networks and tests only"
     )
@@ -203,10 +198,6 @@ class DeviceSettings(BaseSettings):
     tls_server_name: str | None = Field(
         None, description="name to verify in the server's certificate, if not the address's host"
     )
-    api_keys: SecretStr | None = Field(
-        None, description="comma-separated API keys required on HTTP (Authorization: Bearer)"
-    )
-    api_keys_file: Path | None = Field(None, description="file of API keys, one per line")
 
     def image_limits(self) -> ImageLimits:
         """The geometry an upload's header may announce."""

@@ -34,9 +34,7 @@ async def serve(settings: ServerSettings) -> None:
             "certificate) are refused without a log line each (GRPC_VERBOSITY=INFO shows them)",
             " with client certificates (mutual TLS)" if settings.tls_client_ca else "",
         )
-    keys = security.load_api_keys(
-        settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
-    )
+    keys = settings.api_key_list()
     core = InferenceCore(settings)
     grpc_server, grpc_port = create_server(
         core, f"{settings.host}:{settings.grpc_port}", settings.max_message_bytes, credentials

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
+from semlink.runtime.front_settings import HttpFrontSettings
 from semlink.runtime.repository import DEFAULT_REPOSITORY
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(HttpFrontSettings):
     """Runtime configuration of the server; every field is also a ``semlink server`` flag."""
 
     model_config = SettingsConfigDict(env_prefix="SEMLINK_SERVER_", protected_namespaces=())
@@ -57,12 +58,6 @@ class ServerSettings(BaseSettings):
     drain_seconds: float = Field(
         10.0, ge=0.0, description="grace period for in-flight requests on shutdown"
     )
-    http_header_timeout_s: float = Field(
-        10.0,
-        gt=0.0,
-        le=600.0,
-        description="HTTP clients must send a request's headers within this many seconds",
-    )
     insecure: bool = Field(
         False, description="serve gRPC without TLS: trusted networks and tests only, logged loudly"
     )
@@ -71,10 +66,6 @@ class ServerSettings(BaseSettings):
     tls_client_ca: Path | None = Field(
         None, description="PEM CA: only clients with a certificate it signed (mutual TLS)"
     )
-    api_keys: SecretStr | None = Field(
-        None, description="comma-separated API keys required on HTTP (Authorization: Bearer)"
-    )
-    api_keys_file: Path | None = Field(None, description="file of API keys, one per line")
 
     def check_transport(self) -> None:
         """Refuses plaintext gRPC unless ``insecure`` says so explicitly."""

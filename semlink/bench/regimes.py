@@ -85,11 +85,11 @@ class RegimesBenchConfig:
     def __post_init__(self) -> None:
         if self.quick:
             self.models = ["digits-split"]
-            self.profiles = ["pi4", "sensor"]
+            self.profiles = ["pi4", "pi-zero-2"]  # the sensor's stages alone take minutes
             self.links = ["1mbit", "gilbert-elliott"]
             self.fps = [5.0, 30.0]
             self.deadlines = [100.0]
-            self.headline = "sensor,100,5"
+            self.headline = "pi-zero-2,100,30"
             self.seconds, self.min_frames, self.measured_seconds = 6.0, 40, 6.0
 
 
