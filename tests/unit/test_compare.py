@@ -180,3 +180,19 @@ def test_targets_judge_each_controller_on_paired_samples():
     report["targets"] = again
     text = format_report(report)
     assert "on the whole split +1.0 points" in text and "requests 3 at a time" in text
+
+
+def test_each_links_table_shows_on_time_accuracy_beside_accuracy():
+    """A right answer after the deadline counts in accuracy, not on time: both columns, each
+    with its interval (rows from a run before on-time accuracy was measured show '-')."""
+    from semlink.bench.compare.report import _link_tables
+
+    late = {**_row("JPEG q75 → FastAPI", "1 Mbit/s", [1] * 10, 60.0, 4000), "on_time": 0.5}
+    old = _row("JPEG q90 → FastAPI", "1 Mbit/s", [1] * 10, 90.0, 8000)
+    report = {"links": [{"name": "1 Mbit/s"}], "results": [late, old]}
+    rows = [line for line in _link_tables(report) if line.startswith("| JPEG")]
+    assert rows[0].split(" | ")[1:3] == [
+        "100.0 % [72.2, 100.0] (n=10)",
+        "50.0 % [23.7, 76.3] (n=10)",
+    ]
+    assert rows[1].split(" | ")[2] == "-"

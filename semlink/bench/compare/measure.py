@@ -48,8 +48,8 @@ class Cell:
 
 def measure(cell: Cell) -> dict[str, Any]:
     """``cell.n`` sequential requests (fewer when the cell runs past ``cell_seconds``):
-    accuracy, link bytes, latency percentiles, deadline share, offload share and the SNR the
-    link reported."""
+    accuracy, on-time accuracy (right and within the deadline), link bytes, latency
+    percentiles, deadline share, offload share and the SNR the link reported."""
     rows = []
     with httpx.Client(timeout=120, **tls_verify(cell.pki)) as http:
         for i in warm_up_images(len(cell.labels)):
@@ -75,10 +75,13 @@ def measure(cell: Cell) -> dict[str, Any]:
     after = link_state(cell.state_url)
     n = len(rows)
     correct, latency_ms, degraded, offloaded = (np.array(c) for c in zip(*rows, strict=True))
+    on_time = (correct == 1) & (latency_ms <= cell.deadline_ms)  # a late answer is no answer
     return {
         "requests": n,
         "accuracy": float(correct.mean()),
         "correct": correct.astype(int).tolist(),
+        "on_time": float(on_time.mean()),
+        "on_time_correct": on_time.astype(int).tolist(),
         "bytes_up": _delivered(before, after, "uplink") / n,
         "bytes_down": _delivered(before, after, "downlink") / n,
         "p50_ms": float(np.percentile(latency_ms, 50)),

@@ -78,13 +78,17 @@ def setup_lines(report: dict[str, Any]) -> list[str]:
 def _link_tables(report: dict[str, Any]) -> list[str]:
     """One table per link: every system's row measured on it (the device-alone rows in each)."""
     lines = []
-    head = "| system | accuracy (95 % CI) | bytes up / down | p50 / p95 / p99 ms | ≤ deadline | offloaded | degraded |"
+    head = (
+        "| system | accuracy (95 % CI) | on time (95 % CI) | bytes up / down "
+        "| p50 / p95 / p99 ms | ≤ deadline | offloaded | degraded |"
+    )
     for link in (lk["name"] for lk in report["links"]):
-        lines += [f"**{link}**", "", head, "|" + " --- |" * 7]
+        lines += [f"**{link}**", "", head, "|" + " --- |" * 8]
         for r in rows_on(report, link).values():
             offl = f"{100 * r['offloaded']:.0f} %" if r["link"] != "device alone" else "alone"
+            on_time = _ci(r["on_time"], r["requests"]) if "on_time" in r else "-"
             lines.append(
-                f"| {r['system']} | {_ci(r['accuracy'], r['requests'])} "
+                f"| {r['system']} | {_ci(r['accuracy'], r['requests'])} | {on_time} "
                 f"| {r['bytes_up']:.0f} / {r['bytes_down']:.0f} "
                 f"| {r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f} "
                 f"| {100 * r['within_deadline']:.0f} % | {offl} | {r['degraded']} |"
