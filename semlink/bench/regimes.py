@@ -142,6 +142,7 @@ def predict_cell(job: dict[str, Any]) -> dict[str, Any]:
     schedule = schedule_of(job["link"], seconds, job["seed"])
     sim = Simulator(outcomes, pipe.stages, costs, schedule, stream, job["seed"])
     runs = {o.name: sim.run(o.name, FixedController(pipe, o)) for o in pipe.options()}
+    fixed = set(runs)
     for name, make in controllers(job["model"], costs).items():
         runs[name] = sim.run(name, make())
     runs["oracle"] = sim.run("oracle", None)
@@ -154,9 +155,9 @@ def predict_cell(job: dict[str, Any]) -> dict[str, Any]:
             if name == "oracle"
             else "planner"
             if name == "planner"
-            else "adaptive"
-            if name in ADAPTIVE
             else _kind(name)
+            if name in fixed
+            else "adaptive"  # every controller the pipeline names (local, growth, ...)
         )
         s.update(
             kind=kind,

@@ -12,6 +12,7 @@ import os
 import sys
 
 from semlink.cli import (
+    advise,
     bench,
     calibrate,
     data,
@@ -31,7 +32,7 @@ DESCRIPTION = """The ``semlink`` command line: train, eval, export, zoo, and the
 Training and evaluation import torch lazily, so the serving subcommands run on a torch-free
 install.
 """
-VERBS = (train, evaluate, export, calibrate, data, zoo, bench, processes, stream, demo)
+VERBS = (train, evaluate, export, calibrate, data, zoo, bench, advise, processes, stream, demo)
 """The modules that add the subcommands, in the order the help lists them."""
 
 

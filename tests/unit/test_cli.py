@@ -360,7 +360,8 @@ def test_every_verb_registers_itself():
     top = _subcommands(parser)
     assert list(top) == [
         *("train", "eval", "export", "calibrate", "data", "sample", "zoo", "bench"),
-        *("baseline-server", "server", "device", "link", "certs", "trace", "stream", "demo"),
+        *("baseline-server", "advise", "server", "device", "link", "certs", "trace", "stream"),
+        "demo",
     ]
     leaves, todo = [], list(top.items())
     while todo:
