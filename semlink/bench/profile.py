@@ -55,6 +55,7 @@ class ProfileBenchConfig:
     out: str = "runs/bench-profile"
 
 
+FRAME_CPU_MS = 5.0  # about what a frame costs a device process here, all told (bench profile)
 IDLE_S = 6.0  # seconds a real device is watched doing no frame
 
 
@@ -65,6 +66,7 @@ def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dic
     CPU per frame beyond the idle one, and the CPU each frame's own path reports (receiving,
     parsing, the stages, packing)."""
     from semlink.procs import Processes, Stack
+    from semlink.runtime.cpu_quota import PROFILES
     from semlink.stream import StreamConfig, frames_of, send
 
     procs = Processes(Path(tempfile.mkdtemp(prefix="semlink-profile-")))
@@ -80,7 +82,11 @@ def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dic
         time.sleep(IDLE_S)
         idle = 1000.0 * (procs.cpu_seconds("device") - c0) / IDLE_S
         pixels, labels, _ = frames_of(model, 0)
-        fps = max(0.5, min(5.0, 1000.0 / (3.0 * budget_ms)))  # a rate it keeps up with
+        # a rate it keeps up with: a third of its stage's pace, and of what its quota's CPU
+        # leaves for frames of about FRAME_CPU_MS (the sensor's background takes most of it)
+        share = PROFILES[profile].share if profile in PROFILES else None
+        room = 1000.0 * (share or 1.0) / (4.0 * FRAME_CPU_MS)
+        fps = max(0.2, min(5.0, 1000.0 / (3.0 * budget_ms), room))
         url = f"ws://127.0.0.1:{stack.ports['device']}/v1/stream"
         for option in STREAM_OPTIONS:
             cfg = StreamConfig(url, fps, frames / fps, 60_000.0, model, option=option)
