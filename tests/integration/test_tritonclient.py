@@ -91,7 +91,8 @@ def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path):
         pipe = make_pipeline(resolve(scan(DEFAULT_REPOSITORY), "digits-vit"))
         pipe.open(pipe.device_graphs())
         image = np.random.default_rng(0).normal(size=(1, 1, 48, 48)).astype(np.float32)
-        tokens = pipe.run_stretch(0, image, 0.25, None).outputs["payload"].astype(np.float16)
+        budget = next(o for o in pipe.options() if o.name == "s2:a0.25")  # the split, a quarter
+        tokens = pipe.run_stretch(0, image, None, budget).outputs["tokens"].astype(np.float16)
         expected = pipe.run_batch("tail", [{"tokens": tokens[0].astype(np.float32)}])
         np.save(tmp_path / "tokens.npy", tokens)
         client = textwrap.dedent(
