@@ -11,11 +11,10 @@ the cell; the advice says which it rests on.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-FIXED = ("device", "offload", "jpeg")
 
 
 @dataclass
@@ -62,16 +61,12 @@ def find_cell(doc: dict[str, Any], cfg: AdviseConfig) -> dict[str, Any]:
         cells = [c for c in cells if c[key] == value]
 
     def distance(c: dict[str, Any]) -> tuple[float, float]:
-        ratio = lambda a, b: abs(_log(a) - _log(b))  # noqa: E731
-        return ratio(c["fps"], cfg.fps), ratio(c["deadline_ms"], cfg.deadline_ms)
+        return (
+            abs(math.log(c["fps"] / cfg.fps)),
+            abs(math.log(c["deadline_ms"] / cfg.deadline_ms)),
+        )
 
     return min(cells, key=distance)
-
-
-def _log(x: float) -> float:
-    import math
-
-    return math.log(max(float(x), 1e-9))
 
 
 def _figure(s: dict[str, Any]) -> tuple[float, list[float], int, bool]:
@@ -112,6 +107,11 @@ def advise(doc: dict[str, Any], cfg: AdviseConfig) -> dict[str, Any]:
                 "bytes_up": _bytes_up(s),
                 "energy_mj": s.get("energy_mj"),  # the map's energy model, from predicted CPU
             }
+        )
+    if not ranked:
+        raise ValueError(
+            f"the map's cell {cell['profile']}/{cell['link']}/{cell['fps']:g}/"
+            f"{cell['deadline_ms']:g} holds no strategy to rank: rerun `semlink bench regimes`"
         )
     ranked.sort(key=lambda r: -r["on_time"])
     oracle = next((s for s in cell["strategies"].values() if s["kind"] == "oracle"), None)

@@ -110,7 +110,7 @@ def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dic
             }
     finally:
         procs.stop()
-    return {"idle_ms_per_s": idle, "fps": fps, "options": options}
+    return {"idle_ms_per_s": idle, "options": options}
 
 
 def device_costs(model: str, frames: int = 24, repeats: int = 20) -> DeviceCosts:
