@@ -36,6 +36,11 @@ class Schedule:
         """The schedule's average rate in bit/s."""
         raise NotImplementedError
 
+    def cumulative(self, n_ms: int) -> np.ndarray:
+        """``opportunities_until(t)`` for every whole millisecond ``t`` in ``[0, n_ms)``, as one
+        int64 array (what a replay of the link reads at every step)."""
+        return np.array([self.opportunities_until(t) for t in range(n_ms)], np.int64)
+
     def capacity_bps(self, t_ms: float, window_ms: float = 1000.0) -> float:
         """Capacity over the window ending at ``t_ms`` (bits per second)."""
         start = max(0.0, t_ms - window_ms)
@@ -54,6 +59,11 @@ class ConstantSchedule(Schedule):
     def opportunities_until(self, t_ms: float) -> int:
         """Delivery opportunities (1500-byte packets) from time 0 up to ``t_ms``."""
         return int(t_ms * self.rate_bps / BITS_PER_PACKET / 1000.0)
+
+    def cumulative(self, n_ms: int) -> np.ndarray:
+        """``opportunities_until`` at every whole millisecond below ``n_ms``, vectorised."""
+        t = np.arange(n_ms, dtype=np.float64)
+        return (t * self.rate_bps / BITS_PER_PACKET / 1000.0).astype(np.int64)
 
     def average_bps(self) -> float:
         """The constant rate in bit/s."""
@@ -79,6 +89,12 @@ class TraceSchedule(Schedule):
         whole = int(t_ms) // self.period
         rest = int(t_ms) - whole * self.period
         return whole * self.per_period + int(np.searchsorted(self._ts, rest, side="left"))
+
+    def cumulative(self, n_ms: int) -> np.ndarray:
+        """``opportunities_until`` at every whole millisecond below ``n_ms``, vectorised."""
+        t = np.arange(n_ms, dtype=np.int64)
+        whole, rest = np.divmod(t, self.period)
+        return whole * self.per_period + np.searchsorted(self._ts, rest, side="left")
 
     def average_bps(self) -> float:
         """The trace's average rate over one period, in bit/s."""

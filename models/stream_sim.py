@@ -14,15 +14,18 @@ rate, as the link emulator shapes them), cross the one-way delay, wait the serve
 time and come back. A frame counts as right on time when the option's recorded answer for it
 is right and it arrives within its deadline.
 
-The controllers are the device's own (anything with ``decide``, ``at_exit`` and ``observe``); the
-oracle in hindsight sees every option's outcome and latency for the frame at hand and takes the
-cheapest that is right on time. Every controller of a run meets the same frames in the same order,
-so their results pair frame by frame.
+The controllers are the device's own (anything with ``decide``, ``at_exit`` and ``observe``);
+with ``charge_decisions`` the CPU each decision takes on this machine's thread is charged to the
+device under its quota, as a real device pays it (the regime map's replay). The oracle in
+hindsight sees every option's outcome and latency for the frame at hand and takes the cheapest
+that is right on time. Every controller of a run meets the same frames in the same order, so
+their results pair frame by frame.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -157,12 +160,16 @@ class Uplink:
     """The device's uplink: a FIFO of bytes leaving at the schedule's delivery opportunities."""
 
     def __init__(
-        self, schedule: Schedule, horizon_ms: float, rtt_ms: float, window_ms: float = 1000.0
+        self,
+        schedule: Schedule,
+        horizon_ms: float,
+        rtt_ms: float,
+        window_ms: float = 1000.0,
+        cum: np.ndarray | None = None,
     ) -> None:
         self.schedule, self.rtt_ms, self.window_ms = schedule, rtt_ms, window_ms
-        self.cum = np.array(
-            [schedule.opportunities_until(t) for t in range(int(horizon_ms) + 2)], np.int64
-        )
+        # opportunities up to each millisecond of the horizon (``cum``: the same, computed once)
+        self.cum = schedule.cumulative(int(horizon_ms) + 2) if cum is None else cum
         self.used = 0  # opportunities taken so far
 
     def _at(self, t_ms: float) -> int:
@@ -262,8 +269,13 @@ class Simulator:
         schedule: Schedule,
         stream: Stream,
         seed: int = 0,
+        charge_decisions: bool = False,
     ) -> None:
         self.outcomes, self.stages_of, self.costs, self.stream = outcomes, stages_of, costs, stream
+        # the controller's own CPU (decide, and each exit's revision), measured on this machine's
+        # thread as it runs, charged to the device under its quota as the real device pays it;
+        # off, the replay is deterministic (what training and the tests want)
+        self.charge_decisions = charge_decisions
         self.schedule = schedule
         self.index = {o: i for i, o in enumerate(outcomes.options)}
         self.order = frame_order(len(outcomes.labels), stream.frames, seed)
@@ -272,6 +284,7 @@ class Simulator:
         ]
         self.snr_index = below[-1] if below else 0
         self.horizon_ms = stream.seconds * 1000.0 + 10 * stream.deadline_ms + 5000.0
+        self.cum = schedule.cumulative(int(self.horizon_ms) + 2)  # shared by every run
 
     def server_ms(self, option: Option) -> float:
         """The server's measured time for ``option``'s kind of work."""
@@ -309,7 +322,7 @@ class Simulator:
         arrivals = np.arange(n) * 1000.0 / self.stream.fps
         return Episode(
             run,
-            Uplink(self.schedule, self.horizon_ms, self.stream.rtt_ms),
+            Uplink(self.schedule, self.horizon_ms, self.stream.rtt_ms, cum=self.cum),
             arrivals,
             np.full(n, np.inf),
             Cpu(self.costs.share, self.costs.period_ms, self.costs.idle_ms_per_s),
@@ -398,8 +411,9 @@ class Simulator:
     ) -> tuple[Option, float]:
         """The controller's plan, revised at each exit on the way: the option and when the
         device is done with the frame."""
+        c0 = time.thread_time()
         option = chooser.decide(frame)
-        t, k = start, 0
+        t, k = self._charge(ep, start, c0), 0
         prev = None
         while True:
             stages = self.stages_of(option)
@@ -422,12 +436,23 @@ class Simulator:
                     t - start + frame.elapsed_ms,
                     frame.deadline_ms,
                 )
+                c0 = time.thread_time()
                 option = chooser.at_exit(state, frame, option)
+                t = self._charge(ep, t, c0)
                 prev = conf
             k += 1
         for stage in self.stages_of(option)[k:]:
             t = self._stage(ep, chooser, stage, t)
         return option, t
+
+    def _charge(self, ep: Episode, t: float, c0: float) -> float:
+        """When the device is done with the decision that began at thread time ``c0``, started
+        at ``t`` (at once unless ``charge_decisions``)."""
+        if not self.charge_decisions:
+            return t
+        cpu = 1000.0 * (time.thread_time() - c0)
+        ep.cpu_ms += cpu
+        return ep.cpu.run(t, cpu)
 
     def _stage(self, ep: Episode, chooser: Chooser, stage: str, t: float) -> float:
         """Runs one device stage from ``t`` under the quota; the controller's predictor (if it

@@ -4,6 +4,8 @@ fixture's tables."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -249,6 +251,32 @@ def test_a_refused_frame_costs_the_device_its_front(pipe):
         return int(sim.run("exit2", FixedController(pipe, Option(EXIT, 2))).answered.sum())
 
     assert answered(5.0) < answered(0.0)
+
+
+def test_a_controllers_own_cpu_is_charged_to_the_device_when_asked(pipe):
+    """The device pays for its controller's decisions: a controller that spends 2 ms of CPU
+    deciding, on a tenth of a core, answers later when the replay charges it (the regime map's
+    replay), and exactly as a free one when it does not (training's, deterministic)."""
+    from semlink.device.controller import FixedController
+
+    class Slow(FixedController):
+        def decide(self, frame):
+            c0 = time.thread_time()
+            while time.thread_time() - c0 < 0.002:  # CPU, not sleep: thread time counts it
+                pass
+            return super().decide(frame)
+
+    def p50(charge: bool) -> tuple[float, float]:
+        sim = _sim(pipe, fps=2.0, deadline_ms=500.0)
+        sim.costs = sim.costs.under(0.1, 10.0)
+        sim.charge_decisions = charge
+        run = sim.run("exit1", Slow(pipe, Option(EXIT, 1)))
+        assert run.answered.all()
+        return float(np.median(run.latency_ms)), float(np.median(run.device_ms))
+
+    (free_ms, free_cpu), (paid_ms, paid_cpu) = p50(False), p50(True)
+    assert paid_cpu >= free_cpu + 2.0  # the decision's CPU, on the frame's bill
+    assert paid_ms >= free_ms + 15.0  # 2 ms of CPU at a tenth of a core: about 20 ms of wall
 
 
 def test_a_measured_cell_names_a_trace_by_its_path():

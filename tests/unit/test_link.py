@@ -38,6 +38,22 @@ def test_trace_schedule_wraps():
     assert s.average_bps() == pytest.approx(3 * 12000 / 0.010)
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ConstantSchedule(1e6),
+        ConstantSchedule(333_333.0),
+        TraceSchedule(np.array([1, 1, 2, 10])),
+        TraceSchedule(np.array([5, 5, 5])),
+        TraceSchedule(rates_to_timestamps(synthetic_rates("gilbert-elliott", 5, seed=2), 100)),
+    ],
+)
+def test_the_cumulative_table_is_opportunities_until_at_every_millisecond(schedule):
+    # the replay reads the vectorised table; the emulator asks opportunities_until: one answer
+    want = [schedule.opportunities_until(t) for t in range(7000)]
+    assert schedule.cumulative(7000).tolist() == want
+
+
 @pytest.mark.parametrize("kind", ["constant", "step", "gilbert-elliott", "random-walk"])
 def test_synthetic_traces_hit_their_rate(kind):
     rates = synthetic_rates(kind, 20, seed=1, low_bps=1e6, high_bps=4e6)
