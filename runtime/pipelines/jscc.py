@@ -32,13 +32,12 @@ from semlink.runtime.pipelines.base import (
     Inputs,
     Offload,
     Option,
-    Pipeline,
     Stretch,
     WireOptions,
     Work,
     float_input,
 )
-from semlink.runtime.pipelines.tokens import BUDGETS, TAIL, TokenGeometry, pad
+from semlink.runtime.pipelines.tokens import BUDGETS, TAIL, HeadPipeline, pad
 from semlink.runtime.repository import ModelVersion
 from semlink.runtime.symbols import channel_uses, normalise, symbols_kept
 
@@ -145,7 +144,7 @@ def receive_symbols(
     return full, snr, reply
 
 
-class JsccPipeline(Pipeline):
+class JsccPipeline(HeadPipeline):
     """A token pipeline whose payload is JSCC symbols at a rate chosen per request."""
 
     kind = "token-selection+jscc"
@@ -154,7 +153,6 @@ class JsccPipeline(Pipeline):
 
     def __init__(self, model: ModelVersion) -> None:
         super().__init__(model)
-        self.geometry = TokenGeometry.read(model.manifest)
         self.spec = JsccSpec.read(model.manifest)
         self.rng = np.random.default_rng()  # the receiver's channel noise
 
@@ -181,19 +179,6 @@ class JsccPipeline(Pipeline):
         return super().check_option(option)
 
     # -- device -------------------------------------------------------------------------------
-
-    def device_graphs(self) -> list[str]:
-        """The coding head, and the decoding tail for answering locally."""
-        return ["head", TAIL]
-
-    @property
-    def num_stretches(self) -> int:
-        """One: the head."""
-        return 1
-
-    def stretches_for(self, option: Option) -> int:
-        """The head, for every option."""
-        return 1
 
     def run_stretch(
         self,

@@ -123,16 +123,34 @@ def pad(items: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return tokens, mask
 
 
-class TokensPipeline(Pipeline):
+class HeadPipeline(Pipeline):
+    """A pipeline whose device runs one stretch, the head that keeps a budget of tokens, and
+    holds the tail to answer by itself: what the token and the JSCC pipelines share."""
+
+    def __init__(self, model: ModelVersion) -> None:
+        super().__init__(model)
+        self.geometry = TokenGeometry.read(model.manifest)
+
+    def device_graphs(self) -> list[str]:
+        """The head, and the tail for answering locally: the whole model fits on the device."""
+        return ["head", TAIL]
+
+    @property
+    def num_stretches(self) -> int:
+        """One: the head, after which the device answers or offloads."""
+        return 1
+
+    def stretches_for(self, option: Option) -> int:
+        """The head, for every option."""
+        return 1
+
+
+class TokensPipeline(HeadPipeline):
     """Head on the device (which also holds the tail, to answer by itself), tail on the server."""
 
     kind = "token-selection"
     controllers = ("fixed", "local")
     parameters = frozenset({P.BUDGET})
-
-    def __init__(self, model: ModelVersion) -> None:
-        super().__init__(model)
-        self.geometry = TokenGeometry.read(model.manifest)
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -156,19 +174,6 @@ class TokensPipeline(Pipeline):
         return super().check_option(option)
 
     # -- device -------------------------------------------------------------------------------
-
-    def device_graphs(self) -> list[str]:
-        """The head, and the tail for answering locally: the whole model fits on the device."""
-        return ["head", TAIL]
-
-    @property
-    def num_stretches(self) -> int:
-        """One: the head, after which the device answers or offloads."""
-        return 1
-
-    def stretches_for(self, option: Option) -> int:
-        """The head, for every option."""
-        return 1
 
     def run_stretch(
         self,

@@ -142,20 +142,32 @@ def _head(data: Any, n: int) -> Any:
     return Dataset(data.name, data.split, data.images[:n], data.labels[:n], data.num_classes)
 
 
-_SPLITS: dict[tuple[str, int | None], tuple[Any, Any, Any]] = {}
+_SPLITS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
 
 
 def _splits(cfg: SplitBenchConfig) -> tuple[Any, Any, Any]:
     """The train, validation and test splits, composed once a process."""
     from semlink.models.datasets import load_dataset
 
-    key = (cfg.dataset, cfg.limit)
+    key = (cfg.dataset, cfg.limit, cfg.max_steps, cfg.batch_size)
     if key not in _SPLITS:
         train, val, test = (load_dataset(cfg.dataset, s) for s in ("train", "val", "test"))
         if cfg.limit is not None:
             val, test = _head(val, cfg.limit), _head(test, cfg.limit)
+        if cfg.max_steps is not None:  # a smoke run composes only the frames it trains on
+            train = _first(train, cfg.max_steps * cfg.batch_size)
         _SPLITS[key] = (train, val, test)
     return _SPLITS[key]
+
+
+def _first(data: Any, n: int) -> Any:
+    """The first ``n`` training frames with the sources each epoch composes them from afresh."""
+    from dataclasses import replace
+
+    cut = ("images", "labels", "sources", "masks")
+    return replace(
+        data, **{k: getattr(data, k)[:n] for k in cut if getattr(data, k, None) is not None}
+    )
 
 
 class EpochFrames:

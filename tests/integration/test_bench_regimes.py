@@ -47,6 +47,7 @@ def test_the_quick_map_has_the_contracted_shape(tmp_path):
     for p in r["profiles"].values():
         assert {"cpu_share", "period_us", "gflops", "device_class", "source"} <= set(p)
         assert 0 < p["cpu_share"] <= 1 and p["period_us"] >= 1000
+        assert p["gflops"] > 0 and set(p["gflops_by_model"]) == {"digits-split"}
     assert len(r["cells"]) == 2 * 2 * 2  # profiles x links x frame rates, one deadline
     for cell in r["cells"]:
         assert {"model", "profile", "link", "fps", "deadline_ms", "measured"} <= set(cell)
