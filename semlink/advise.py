@@ -32,6 +32,15 @@ class AdviseConfig:
     top: int = 5
     """Strategies listed."""
 
+    def __post_init__(self) -> None:
+        for name in ("fps", "deadline_ms"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                flag = name.replace("_", "-")
+                raise ValueError(f"--{flag} must be a positive number, got {value!r}")
+        if self.top < 1:
+            raise ValueError(f"--top must be at least 1, got {self.top}")
+
 
 def load_map(path: str | Path) -> dict[str, Any]:
     """A regime map, checked for the keys advice reads."""
@@ -85,8 +94,6 @@ def _bytes_up(s: dict[str, Any]) -> float:
 
 def advise(doc: dict[str, Any], cfg: AdviseConfig) -> dict[str, Any]:
     """The cell, its strategies ranked (best first, the oracle apart) and the advice."""
-    if cfg.fps <= 0 or cfg.deadline_ms <= 0 or cfg.top < 1:
-        raise ValueError("fps and deadline_ms must be positive and top at least 1")
     cell = find_cell(doc, cfg)
     measured = bool(cell.get("measured"))
     ranked = []

@@ -137,9 +137,14 @@ def _log(line: str) -> None:
 
 
 def _head(data: Any, n: int) -> Any:
-    from semlink.models.data import Dataset
+    """The first ``n`` frames of a split, with the per-frame fields that come with them (the
+    sources a training split composes each epoch's frames from afresh, a scene's masks)."""
+    from dataclasses import replace
 
-    return Dataset(data.name, data.split, data.images[:n], data.labels[:n], data.num_classes)
+    cut = ("images", "labels", "sources", "masks")
+    return replace(
+        data, **{k: getattr(data, k)[:n] for k in cut if getattr(data, k, None) is not None}
+    )
 
 
 _SPLITS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
@@ -155,19 +160,9 @@ def _splits(cfg: SplitBenchConfig) -> tuple[Any, Any, Any]:
         if cfg.limit is not None:
             val, test = _head(val, cfg.limit), _head(test, cfg.limit)
         if cfg.max_steps is not None:  # a smoke run composes only the frames it trains on
-            train = _first(train, cfg.max_steps * cfg.batch_size)
+            train = _head(train, cfg.max_steps * cfg.batch_size)
         _SPLITS[key] = (train, val, test)
     return _SPLITS[key]
-
-
-def _first(data: Any, n: int) -> Any:
-    """The first ``n`` training frames with the sources each epoch composes them from afresh."""
-    from dataclasses import replace
-
-    cut = ("images", "labels", "sources", "masks")
-    return replace(
-        data, **{k: getattr(data, k)[:n] for k in cut if getattr(data, k, None) is not None}
-    )
 
 
 class EpochFrames:
