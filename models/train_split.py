@@ -175,8 +175,14 @@ class Schedule:
     decays: int = 1
     """Plateaus met by decaying the learning rate (by ``decay``) before one stops the run."""
     decay: float = 0.1
+    min_delta: float = 0.0
+    """How much a validation accuracy must beat the last one counted as an improvement for the
+    patience to start again (the best checkpoint is still the highest accuracy of any epoch): a
+    run creeping up by less than this over ``patience`` epochs has converged."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_delta < 1.0:
+            raise ValueError(f"min_delta must be in [0, 1), got {self.min_delta}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be at least 1 epoch (or None), got {self.patience}")
         if self.max_epochs < 1:
@@ -191,11 +197,13 @@ class Plateau:
     """The stopping rule of a :class:`Schedule`, fed one validation accuracy per epoch.
 
     A new best is strictly above every accuracy before it, the start's included (so the start
-    is the best checkpoint of a run that never improves on it)."""
+    is the best checkpoint of a run that never improves on it). An improvement, which starts
+    the patience again, is an accuracy more than ``min_delta`` above the last improvement's."""
 
     def __init__(self, schedule: Schedule, start: float) -> None:
         self.schedule = schedule
         self.best, self.best_epoch = start, 0
+        self.mark = start  # the accuracy of the last improvement
         self.since = 0  # epochs since the best (or since the last decay)
         self.decays_left = schedule.decays
         self.stopped: str | None = None  # "patience", "cap" or "schedule" once stopped
@@ -206,7 +214,9 @@ class Plateau:
         ``"stop"``."""
         s = self.schedule
         if accuracy > self.best:
-            self.best, self.best_epoch, self.since = accuracy, epoch, 0
+            self.best, self.best_epoch = accuracy, epoch
+        if accuracy > self.mark + s.min_delta:
+            self.mark, self.since = accuracy, 0
         else:
             self.since += 1
         verdict = "continue"

@@ -232,6 +232,16 @@ def test_plateau_decays_once_then_stops_after_the_patience():
     assert (rule.best, rule.best_epoch, rule.stopped) == (0.8, 2, "patience")
 
 
+def test_plateau_min_delta_stops_a_creep_but_keeps_its_best_checkpoint():
+    rule = Plateau(Schedule(patience=2, max_epochs=50, decays=0, min_delta=0.01), start=0.5)
+    accs = [0.6, 0.605, 0.608]  # new bests, none 1 point above 0.6
+    verdicts = [rule.update(e, a) for e, a in enumerate(accs, start=1)]
+    assert verdicts == ["continue", "continue", "stop"]  # the creep does not reset the patience
+    assert (rule.best, rule.best_epoch) == (0.608, 3)  # the checkpoint is still the best epoch
+    with pytest.raises(ValueError, match="min_delta"):
+        Schedule(min_delta=-0.1)
+
+
 def test_plateau_stops_at_the_cap_and_a_fixed_schedule_at_its_length():
     rule = Plateau(Schedule(patience=5, max_epochs=3), start=0.0)
     assert [rule.update(e, 0.1 * e) for e in (1, 2, 3)] == ["continue", "continue", "stop"]
@@ -453,8 +463,8 @@ def test_split_bench_runs_the_protocol_by_default_and_quick_on_request():
     p = argparse.ArgumentParser()
     add_dataclass(p, SplitBenchConfig)
     default = dataclass_from(p.parse_args([]), SplitBenchConfig)
-    assert not default.quick and default.patience == 6 and default.max_epochs == 100
-    assert len(default.lrs) == 3
+    assert not default.quick and default.patience == 5 and default.max_epochs == 100
+    assert default.min_delta == 0.005 and len(default.lrs) == 2 and default.val_frames == 1080
     quick = dataclass_from(
         p.parse_args(["--quick", "--variants", "adc-hard:0.05"]), SplitBenchConfig
     )
