@@ -7,7 +7,8 @@ from how much the block changes the class token, ``Δ_l = ‖cls_out − cls_in�
 patch tokens by the previous block's class attention (the others pass it unchanged), and each step
 only ``K`` blocks, sampled without replacement from ``softmax(b)``, are trainable: the others are
 frozen for that step and get no weight gradient. Blocks below the lowest trainable one run without
-autograd at all. The embedding stays frozen; the final norm and head always train. Inference uses
+autograd at all. The embedding stays frozen (``train_embedding``: it trains every step, and
+autograd then runs through every block); the final norm and head always train. Inference uses
 every token of every block.
 
 The model is the shipped digits-vit's plain path (embedding, class token, all blocks, head), and
@@ -52,8 +53,16 @@ class PlainViT(nn.Module):
 class ALaST:
     """Per-block budgets, token pruning by class attention, and the sampled trainable blocks."""
 
-    def __init__(self, model: PlainViT, k: int = 2, eta: float = 0.005, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: PlainViT,
+        k: int = 2,
+        eta: float = 0.005,
+        seed: int = 0,
+        train_embedding: bool = False,
+    ) -> None:
         self.model = model
+        self.train_embedding = train_embedding
         self.blocks = model.vit.blocks
         if not 1 <= k <= len(self.blocks):
             raise ValueError(f"K must be in [1, {len(self.blocks)}], got {k}")
@@ -68,10 +77,15 @@ class ALaST:
         return sorted(torch.multinomial(p, self.k, replacement=False, generator=self.g).tolist())
 
     def freeze(self, trainable: list[int]) -> None:
-        """Weight gradients only for the sampled blocks, the final norm and the head."""
+        """Weight gradients only for the sampled blocks, the final norm and the head (and the
+        embedding, class token and positions with ``train_embedding``)."""
         vit = self.model.vit
         for p in vit.parameters():
             p.requires_grad_(False)
+        if self.train_embedding:
+            vit.patch_embed.requires_grad_(True)
+            vit.cls_token.requires_grad_(True)
+            vit.pos_embed.requires_grad_(True)
         for i in trainable:
             self.blocks[i].requires_grad_(True)
         vit.norm.requires_grad_(True)
@@ -83,8 +97,8 @@ class ALaST:
         vit = self.model.vit
         n = vit.cfg.num_patches
         deltas = torch.zeros(len(self.blocks))
-        lowest = min(trainable)
-        with torch.no_grad():
+        lowest = 0 if self.train_embedding else min(trainable)
+        with contextlib.nullcontext() if self.train_embedding else torch.no_grad():
             x = vit.embed(images)
         attn: torch.Tensor | None = None
         for i, blk in enumerate(self.blocks):
@@ -119,6 +133,9 @@ class FinetuneConfig(Finetuning):
     alast: bool = False
     k: int = 2  # ALaST: trainable blocks per step
     eta: float = 0.005  # ALaST: budget step
+    train_embedding: bool = False
+    """ALaST: the embedding (patches, class token, positions) trains every step instead of
+    staying frozen (a variant: docs/methods.md#alast freezes it)"""
 
 
 class Trainer:
@@ -126,7 +143,9 @@ class Trainer:
 
     def __init__(self, cfg: FinetuneConfig, model: PlainViT) -> None:
         self.cfg, self.model = cfg, model
-        self.alast = ALaST(model, cfg.k, cfg.eta, cfg.seed) if cfg.alast else None
+        self.alast = (
+            ALaST(model, cfg.k, cfg.eta, cfg.seed, cfg.train_embedding) if cfg.alast else None
+        )
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
 
     def plan(self) -> list[int] | None:

@@ -45,6 +45,9 @@ VARIANTS = ("adc-class:0.1", "adc-hard:0.1", "adc-tokens:0.1")
 """ADC variants as ``method:ξ``, one change each (see :class:`~models.split_learning.ADC`): what
 merges (within a class), the labels (hard), the split of ξ (more on the tokens)."""
 VARIANT_METHODS = ("adc-class", "adc-hard", "adc-tokens", "adc-class-tokens")
+ALAST_VARIANTS = ("alast-embed", "alast-k3")
+"""ALaST variants, one change each (see :class:`~models.alast.ALaST`): the embedding trains every
+step (``alast-embed``), ``K`` blocks a step instead of the bench's ``k`` (``alast-kK``)."""
 TARGET_MARGIN = 0.01  # the cost to reach the reference's best validation accuracy - 1 point
 EXPECTED_EPOCHS = 40  # epochs an arm took on average in the README's run (the duration estimate)
 QUICK_EPOCHS = 4  # the old short schedule: split learning
@@ -75,6 +78,8 @@ class SplitBenchConfig:
     variants: tuple[str, ...] = VARIANTS
     """ADC variants run beside docs/methods.md#adc's ADC, as method:ξ (adc-class, adc-hard, adc-tokens,
     adc-class-tokens)"""
+    alast_variants: tuple[str, ...] = ALAST_VARIANTS
+    """ALaST variants run beside docs/methods.md#alast's ALaST (alast-embed, alast-kK)"""
     k: int = 2  # ALaST: trainable blocks per step
     dataset: str = "digits-scene-shifted"
     """the task every run adapts to (digits-shifted with --pretrained zoo/digits-vit/1/...)"""
@@ -110,6 +115,15 @@ def split_name(method: str, xi: float) -> str:
     return "uncompressed" if method == "uncompressed" else f"{method} ξ={xi:g}"
 
 
+def alast_name(method: str) -> str:
+    """An ALaST arm's name: ``ALaST``, ``ALaST +embedding``, ``ALaST K=3``."""
+    if method == "alast":
+        return "ALaST"
+    if method == "alast-embed":
+        return "ALaST +embedding"
+    return f"ALaST K={method[len('alast-k') :]}"
+
+
 def build(spec: ArmSpec, cfg: SplitBenchConfig) -> Any:
     """The :class:`~models.train_split.Arm` that ``spec`` names, from a fresh pretrained model."""
     from semlink.models.alast import FinetuneArm, FinetuneConfig
@@ -119,14 +133,26 @@ def build(spec: ArmSpec, cfg: SplitBenchConfig) -> Any:
 
     vit, _ = load_selector_vit(cfg.pretrained)
     if spec.family == "finetune":
-        ft = FinetuneConfig(alast=spec.method == "alast", k=cfg.k, lr=spec.lr, progress=False)
+        m = spec.method
+        ft = FinetuneConfig(
+            alast=m.startswith("alast"),
+            k=int(m[len("alast-k") :]) if m.startswith("alast-k") else cfg.k,
+            train_embedding=m == "alast-embed",
+            lr=spec.lr,
+            progress=False,
+        )
         return FinetuneArm(spec.name, ft, vit)
     return SplitArm(spec.name, vit, COMPRESSORS[spec.method](spec.xi), spec.lr)
 
 
 def method_specs(cfg: SplitBenchConfig, lr_full: float, lr_split: float) -> list[ArmSpec]:
-    """Every arm compared with a reference: ALaST, then ADC, its variants and baselines."""
+    """Every arm compared with a reference: ALaST and its variants, then ADC, its variants and
+    baselines."""
     specs = [ArmSpec("ALaST", "finetune", "alast", lr=lr_full)]
+    for v in cfg.alast_variants:
+        if not (v == "alast-embed" or (v.startswith("alast-k") and v[len("alast-k") :].isdigit())):
+            raise ValueError(f"an ALaST variant is alast-embed or alast-kK, got {v!r}")
+        specs.append(ArmSpec(alast_name(v), "finetune", v, lr=lr_full))
     for xi in cfg.xis:
         for m in ("adc", *BASELINES):
             specs.append(ArmSpec(split_name(m, xi), "split", m, xi, lr_split))
@@ -313,7 +339,7 @@ def _signature(group: list[ArmSpec], cfg: SplitBenchConfig) -> str:
     """What a group's training depends on: its arms and every setting but where it is written,
     how many processes share the work, the timing pass's and which arms the bench holds (its
     ratios, variants and learning rates: an arm's own are in its spec)."""
-    skip = {"out", "workers", "timing_rounds", "xis", "variants", "lrs"}
+    skip = {"out", "workers", "timing_rounds", "xis", "variants", "alast_variants", "lrs"}
     settings = {k: v for k, v in asdict(cfg).items() if k not in skip}
     return json.dumps([[asdict(s) for s in group], settings], sort_keys=True, default=str)
 
@@ -486,16 +512,22 @@ def run(cfg: SplitBenchConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     train, _, _ = _splits(cfg)
     timed = {name: build(spec, cfg) for name, spec in specs.items()}
-    budgets = results["ALaST"]["budgets"]
-    timed["ALaST"].trainer.alast.budgets = torch.tensor(budgets)
+    final = {name: r["budgets"] for name, r in results.items() if r["budgets"] is not None}
+
+    def final_budgets() -> None:
+        for name, budgets in final.items():
+            timed[name].trainer.alast.budgets = torch.tensor(budgets)
+
+    final_budgets()
     rng = np.random.default_rng(1)
     frames = EpochFrames(train, Path(cfg.out) / "frames").epoch(0)
     data = list(batches(frames, train.labels, cfg.batch_size, rng, 4))
     step_s = step_seconds(list(timed.values()), data, cfg.timing_rounds)
-    timed["ALaST"].trainer.alast.budgets = torch.tensor(budgets)
+    final_budgets()
     memory = {
         name: float(np.mean([saved_bytes(timed[name].trainer, x, y) for x, y in data[:2]]))
-        for name in ("full", "ALaST")
+        for name, spec in specs.items()
+        if spec.family == "finetune"
     }
 
     rows = {}
@@ -595,26 +627,32 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     test frames, costs to reach the reference's best validation accuracy − 1 point."""
     arms = r["arms"]
     out: list[dict[str, Any]] = []
-    full, al = arms["full"], arms["ALaST"]
-    d = paired_bootstrap(al["correct"], full["correct"])
-    out.append(
-        {
-            "target": "ALaST within 1 point of full fine-tuning",
-            "value": str(d),
-            "diff": d.as_dict(),
-            "met": d.diff >= -1.0,
-            "established": d.lo >= -1.0,
-        }
-    )
-    for key, label, need in (("seconds", "less wall time", 1.3), ("flops", "fewer FLOPs", 1.5)):
-        ratio = _ratio(full["to_target"], al["to_target"], key)
+    full = arms["full"]
+    alasts = [a for a in arms.values() if a["method"].startswith("alast")]
+    for al in sorted(alasts, key=lambda a: _order(a["method"])):
+        d = paired_bootstrap(al["correct"], full["correct"])
         out.append(
             {
-                "target": f"ALaST ≥ {need}× {label} to reach full fine-tuning's accuracy − 1",
-                "value": ratio,
-                "met": ratio is not None and ratio >= need,
+                "target": f"{al['name']} within 1 point of full fine-tuning",
+                "value": str(d),
+                "diff": d.as_dict(),
+                "met": d.diff >= -1.0,
+                "established": d.lo >= -1.0,
             }
         )
+        for key, label, need in (
+            ("seconds", "less wall time", 1.3),
+            ("flops", "fewer FLOPs", 1.5),
+        ):
+            ratio = _ratio(full["to_target"], al["to_target"], key)
+            out.append(
+                {
+                    "target": f"{al['name']} ≥ {need}× {label} to reach full fine-tuning's "
+                    "accuracy − 1",
+                    "value": ratio,
+                    "met": ratio is not None and ratio >= need,
+                }
+            )
     unc = arms["uncompressed"]
     methods = sorted(
         {a["method"] for a in arms.values() if a["method"].startswith("adc")}, key=_order
@@ -707,22 +745,20 @@ def format_report(r: dict[str, Any]) -> str:
             )
             lines.append(f"- {label}: {cells} → **{r['chosen_lr'][m]:g}**")
         lines.append("")
-    head = (
-        "| arm | test accuracy | epochs (best) | s / step | GFLOPs / step | to target: time "
-        "| FLOPs |"
-    )
     lines += [
-        f"fine-tuning: full vs ALaST (K = {r['k']}), target "
+        f"fine-tuning: full vs ALaST (K = {r['k']}) and its variants, target "
         f"{100 * full['target_val']:.1f} % on validation",
         "",
-        head + " MB saved for backward / step |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| arm | test accuracy | vs full | epochs (best) | s / step | GFLOPs / step "
+        "| to target: time | FLOPs | MB saved for backward / step |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name in ("full", "ALaST"):
-        a = arms[name]
+    tuned = [a for a in arms.values() if a["family"] == "finetune"]
+    for a in sorted(tuned, key=lambda a: _order(a["method"])):
         t = a["to_target"]
+        diff = "—" if a is full else str(paired_bootstrap(a["correct"], full["correct"]))
         lines.append(
-            f"| {name} | {pm(a['accuracy'], a['n'])} % | {_epochs(a)} "
+            f"| {a['name']} | {pm(a['accuracy'], a['n'])} % | {diff} | {_epochs(a)} "
             f"| {a['step_seconds']:.3f} | {a['step_flops'] / 1e9:.2f} "
             f"| {_cost(t and t['seconds'], 's')} | {_cost(t and t['flops'], 'flops')} "
             f"| {a.get('step_memory_bytes', 0) / 1e6:.1f} |"
@@ -794,7 +830,7 @@ def _epochs(a: dict[str, Any]) -> str:
 
 
 def _order(method: str) -> int:
-    names = ["uncompressed", "adc", *VARIANTS, *BASELINES]
+    names = ["full", "alast", *ALAST_VARIANTS, "uncompressed", "adc", *VARIANT_METHODS, *BASELINES]
     return names.index(method) if method in names else len(names)
 
 
@@ -809,6 +845,8 @@ STYLE = {
     "quantise": ("C3", "--"),
     "full": ("k", "-"),
     "alast": ("C0", "-"),
+    "alast-embed": ("C4", "-"),
+    "alast-k3": ("C5", "-"),
 }
 
 
@@ -865,7 +903,7 @@ def plot_curves(r: dict[str, Any], path: Path) -> None:
     arms = r["arms"]
     fig, axes = plt.subplots(2, 3, figsize=(14, 8))
     families = {
-        0: [arms["full"], arms["ALaST"]],
+        0: [a for a in arms.values() if a["family"] == "finetune"],
         1: [a for a in arms.values() if a["family"] == "split" and a["xi"] in (0.1, 1.0)],
     }
     xs = (  # (label, x of a point, log scale: the start, at 0, left out)

@@ -151,6 +151,17 @@ def test_alast_frozen_blocks_get_no_weight_gradients():
     assert all(p.grad is None for p in vit.patch_embed.parameters())
 
 
+def test_alast_with_train_embedding_trains_the_embedding_and_still_freezes_blocks():
+    vit = tiny_vit()
+    trainer = Trainer(FinetuneConfig(alast=True, k=1, train_embedding=True), PlainViT(vit))
+    assert trainer.alast is not None
+    trainer.step(torch.randn(8, 1, 16, 16), torch.arange(8) % 10, trainable=[2])
+    assert all(p.grad is not None for p in vit.patch_embed.parameters())
+    assert vit.cls_token.grad is not None and vit.pos_embed.grad is not None
+    assert all(p.grad is None for p in vit.blocks[0].parameters())  # frozen, though below it
+    assert all(p.grad is not None for p in vit.blocks[2].parameters())
+
+
 def test_alast_budgets_follow_the_class_token_change_and_stay_in_range():
     vit = tiny_vit()
     alast = ALaST(PlainViT(vit), k=2, eta=10.0)
@@ -473,6 +484,11 @@ def test_split_bench_runs_the_protocol_by_default_and_quick_on_request():
     assert names[0] == "ALaST" and "adc-hard ξ=0.05" in names and "random-k ξ=0.1" in names
     with pytest.raises(ValueError, match="method:xi"):
         method_specs(SplitBenchConfig(variants=("adc-hard",)), 1e-4, 3e-4)
+    assert [s.name for s in method_specs(default, 1e-4, 3e-4)][:3] == [
+        "ALaST", "ALaST +embedding", "ALaST K=3"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="alast-embed or alast-kK"):
+        method_specs(SplitBenchConfig(alast_variants=("alast-k",)), 1e-4, 3e-4)
 
 
 @pytest.mark.slow
@@ -480,11 +496,14 @@ def test_split_bench_quick_schedule_runs_end_to_end(tmp_path):
     from semlink.bench.split import SplitBenchConfig, format_report, run
 
     cfg = SplitBenchConfig(
-        quick=True, xis=(0.1,), variants=("adc-class:0.1",), max_steps=1, limit=64,
-        timing_rounds=1, workers=1, out=str(tmp_path),
+        quick=True, xis=(0.1,), variants=("adc-class:0.1",), alast_variants=("alast-embed",),
+        max_steps=1, limit=64, timing_rounds=1, workers=1, out=str(tmp_path),
     )  # fmt: skip
     r = run(cfg)
-    assert set(r["arms"]) >= {"full", "ALaST", "uncompressed", "adc ξ=0.1", "adc-class ξ=0.1"}
+    assert set(r["arms"]) >= {
+        "full", "ALaST", "ALaST +embedding", "uncompressed", "adc ξ=0.1", "adc-class ξ=0.1"
+    }  # fmt: skip
+    assert "| ALaST +embedding |" in format_report(r)
     assert r["arms"]["ALaST"]["epochs"] == 6 and r["arms"]["adc ξ=0.1"]["epochs"] == 4
     assert (tmp_path / "split.png").is_file() and (tmp_path / "curves.png").is_file()
     assert "targets:" in format_report(r)
