@@ -49,7 +49,7 @@ ALAST_VARIANTS = ("alast-embed", "alast-k3")
 """ALaST variants, one change each (see :class:`~models.alast.ALaST`): the embedding trains every
 step (``alast-embed``), ``K`` blocks a step instead of the bench's ``k`` (``alast-kK``)."""
 TARGET_MARGIN = 0.01  # the cost to reach the reference's best validation accuracy - 1 point
-EXPECTED_EPOCHS = 40  # epochs an arm took on average in the README's run (the duration estimate)
+EXPECTED_EPOCHS = 28  # epochs an arm took on average in the README's run (the duration estimate)
 QUICK_EPOCHS = 4  # the old short schedule: split learning
 QUICK_FINETUNE_EPOCHS = 6  # and fine-tuning
 QUICK_LR = 3e-4
@@ -150,7 +150,8 @@ def method_specs(cfg: SplitBenchConfig, lr_full: float, lr_split: float) -> list
     baselines."""
     specs = [ArmSpec("ALaST", "finetune", "alast", lr=lr_full)]
     for v in cfg.alast_variants:
-        if not (v == "alast-embed" or (v.startswith("alast-k") and v[len("alast-k") :].isdigit())):
+        k = v[len("alast-k") :]
+        if not (v == "alast-embed" or (v.startswith("alast-k") and k.isdigit() and int(k) >= 1)):
             raise ValueError(f"an ALaST variant is alast-embed or alast-kK, got {v!r}")
         specs.append(ArmSpec(alast_name(v), "finetune", v, lr=lr_full))
     for xi in cfg.xis:
