@@ -99,6 +99,10 @@ class SplitBenchConfig:
     limit: int | None = None  # validation and test frames scored (smoke runs)
     out: str = "runs/bench-split"
 
+    def __post_init__(self) -> None:
+        if self.val_frames < 1:
+            raise ValueError(f"--val-frames must be at least 1, got {self.val_frames}")
+
 
 @dataclass
 class ArmSpec:
@@ -115,13 +119,23 @@ def split_name(method: str, xi: float) -> str:
     return "uncompressed" if method == "uncompressed" else f"{method} ξ={xi:g}"
 
 
+def alast_k(method: str) -> int | None:
+    """The ``K`` an ALaST variant ``alast-kK`` names (None: ``alast``, ``alast-embed``)."""
+    if method in ("alast", "alast-embed"):
+        return None
+    k = method.removeprefix("alast-k")
+    if k == method or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"an ALaST variant is alast-embed or alast-kK (K >= 1), got {method!r}")
+    return int(k)
+
+
 def alast_name(method: str) -> str:
     """An ALaST arm's name: ``ALaST``, ``ALaST +embedding``, ``ALaST K=3``."""
     if method == "alast":
         return "ALaST"
     if method == "alast-embed":
         return "ALaST +embedding"
-    return f"ALaST K={method[len('alast-k') :]}"
+    return f"ALaST K={alast_k(method)}"
 
 
 def build(spec: ArmSpec, cfg: SplitBenchConfig) -> Any:
@@ -136,7 +150,7 @@ def build(spec: ArmSpec, cfg: SplitBenchConfig) -> Any:
         m = spec.method
         ft = FinetuneConfig(
             alast=m.startswith("alast"),
-            k=int(m[len("alast-k") :]) if m.startswith("alast-k") else cfg.k,
+            k=(alast_k(m) if m.startswith("alast") else None) or cfg.k,
             train_embedding=m == "alast-embed",
             lr=spec.lr,
             progress=False,
@@ -150,9 +164,6 @@ def method_specs(cfg: SplitBenchConfig, lr_full: float, lr_split: float) -> list
     baselines."""
     specs = [ArmSpec("ALaST", "finetune", "alast", lr=lr_full)]
     for v in cfg.alast_variants:
-        k = v[len("alast-k") :]
-        if not (v == "alast-embed" or (v.startswith("alast-k") and k.isdigit() and int(k) >= 1)):
-            raise ValueError(f"an ALaST variant is alast-embed or alast-kK, got {v!r}")
         specs.append(ArmSpec(alast_name(v), "finetune", v, lr=lr_full))
     for xi in cfg.xis:
         for m in ("adc", *BASELINES):
