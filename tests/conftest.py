@@ -155,11 +155,26 @@ SERIAL_MODULES = {
     "test_hostile.py",  # the device's probe latency while uploads stream in
     "test_reliability.py",  # the same probe under load, and latency figures
     "test_bench_report.py",  # runs `bench link`, which judges the emulated link's rate
-    # these two build a wheel in the checkout's build/ folder (setuptools builds there): side by
-    # side one would build from, or delete, the other's half-written tree
-    "test_install.py",
-    "test_tritonclient.py",
 }
+
+# The parallel pass's longest modules, longest first (from `--durations`): pytest-xdist hands each
+# worker whole modules in collection order, so these start first and the short ones fill in
+# around them instead of one worker running a long module alone at the end.
+LONGEST_FIRST = (
+    "test_compose.py",  # CI only: a Docker engine, three images, five scenarios
+    "test_bench_regimes.py",
+    "test_any_split.py",
+    "test_split_learning.py",
+    "test_bench_compare.py",
+    "test_torchrun.py",
+    "test_readme.py",
+    "test_demo.py",
+    "test_replica_churn.py",
+    "test_bench_controller.py",
+    "test_tritonclient.py",  # CI only: packages from the registry
+    "test_install.py",
+    "test_early_exit_serving.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -169,3 +184,5 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if path.name in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from semlink.procs import Processes, Stack
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -20,3 +28,52 @@ def stack(tiny_repository, tmp_path_factory):
         yield s
     finally:
         s.procs.stop()
+
+
+def _source_files(root: Path) -> list[str]:
+    """The checkout's files a build reads: tracked and untracked ones git does not ignore (or,
+    outside a git work tree, everything but environments, caches and build output)."""
+    listed = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        return [p for p in listed.stdout.decode().split("\0") if p and (root / p).is_file()]
+    skip = {".git", ".venv", "build", "runs", "__pycache__", ".mypy_cache", ".pytest_cache"}
+    return [
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not skip & set(p.relative_to(root).parts)
+    ]
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """semlink's wheel, built once per run and shared by every worker, from a copy of the
+    checkout: setuptools builds inside the source tree, so two builds in the checkout itself
+    would write (and delete) each other's build/ folder, and would leave one behind."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    # under pytest-xdist every worker's base sits in the run's own folder: one build a run
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with FileLock(str(shared / "wheel.lock")):
+        wheels = shared / "wheel"
+        built = sorted(wheels.glob("semlink-*.whl"))
+        if built:
+            return built[0]
+        source = shared / "wheel-source"
+        for name in _source_files(ROOT):
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check"]
+            + ["--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        shutil.rmtree(source, ignore_errors=True)
+        return next(wheels.glob("semlink-*.whl"))

@@ -8,7 +8,6 @@ the test runs in CI (CI=true) or with SEMLINK_SYSTEM_TESTS=1, and skips elsewher
 
 from __future__ import annotations
 
-import shutil
 import site
 import subprocess
 import sys
@@ -21,7 +20,6 @@ import pytest
 from semlink.procs import reserve_port
 from tests.conftest import may_change_machine, system_skip_reason
 
-ROOT = Path(__file__).resolve().parents[2]
 OLDEST_PROTOBUF = "5.26.1"  # pyproject.toml: protobuf>=5.26.1
 # tritonclient declares protobuf>=6.30 but its own stubs need 6.33.5: the oldest it runs on
 TRITON = ["tritonclient[grpc]==2.73.0", "protobuf==6.33.5"]
@@ -50,19 +48,7 @@ def _env(tmp: Path, name: str, wheel: Path, packages: list[str]) -> Path:
 
 
 @pytest.mark.skipif(not may_change_machine(), reason=system_skip_reason("packages from PyPI"))
-def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path):
-    wheels = tmp_path / "wheels"
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(wheels), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr[-2000:]
-    for made in ROOT.glob("build/[lb]*"):  # setuptools' build/lib and build/bdist.*, not the rest
-        shutil.rmtree(made, ignore_errors=True)
-    wheel = next(wheels.glob("semlink-*.whl"))
+def test_tritonclient_infers_against_a_server_on_the_oldest_protobuf(tmp_path, wheel):
     old = _env(tmp_path, "oldest", wheel, [f"protobuf=={OLDEST_PROTOBUF}"])
     triton = _env(tmp_path, "triton", wheel, [*TRITON, "python-rapidjson"])
 
