@@ -17,11 +17,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnxruntime as ort
+from typing import TYPE_CHECKING
 
 from semlink.protocol.params import shown
 from semlink.runtime.manifest import Manifest, ManifestError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class ModelVersion:
     def session(self, graph: str, threads: int = 1) -> ort.InferenceSession:
         """An ONNX Runtime session for one of the manifest's graphs (``head``, ``tail``,
         ``step_0``, ``server_s1``, ...), on ``threads`` intra-op threads."""
+        import onnxruntime as ort  # here: the processes that only read manifests skip it
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

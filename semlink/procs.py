@@ -128,15 +128,25 @@ class Processes:
                     f"{name} exited with code {proc.returncode}; its log ends with:\n{self.log_tail(name)}"
                 )
 
-    def wait_http(self, name: str, url: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        """Waits until ``url`` answers 200, failing fast (with the log) if the process dies."""
+    def wait_http(
+        self,
+        name: str,
+        url: str,
+        timeout_s: float = STARTUP_TIMEOUT_S,
+        client: httpx.Client | None = None,
+    ) -> None:
+        """Waits until ``url`` answers 200, failing fast (with the log) if the process dies.
+        One client polls (``client``, for a TLS server's CA: a client made per poll would load
+        the CA bundle each time, seconds of CPU over a run's polls)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.1)
+        with contextlib.ExitStack() as stack:
+            poll = client or stack.enter_context(httpx.Client())
+            while time.monotonic() < deadline:
+                self.check_alive()
+                with contextlib.suppress(httpx.HTTPError):
+                    if poll.get(url, timeout=1.0).status_code == 200:
+                        return
+                time.sleep(0.1)
         raise TimeoutError(
             f"{name} not ready at {url} after {timeout_s:g} s; its log ends with:\n{self.log_tail(name)}"
         )

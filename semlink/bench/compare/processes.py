@@ -3,8 +3,6 @@ system shares, and each system's link (and device) on each link."""
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,7 +40,8 @@ class Bench:
         return "https" if self.cfg.tls else "http"
 
     def start_baselines(self) -> None:
-        """One FastAPI or LitServe server per (kind, model) the JPEG systems need."""
+        """One FastAPI or LitServe server per (kind, model) the JPEG systems need, started
+        without waiting (:meth:`wait_baselines` waits)."""
         tls = self.base.security_args("server") if self.cfg.tls else []
         for s in SYSTEMS:
             key = (s.kind, s.model)
@@ -62,22 +61,13 @@ class Bench:
                 str(DEFAULT_REPOSITORY),
                 *tls,
             )
-        for (kind, model), port in self.baselines.items():
-            self.wait_baseline(f"baseline-{kind}-{model}", port)
 
-    def wait_baseline(self, name: str, port: int) -> None:
-        """Waits until the baseline server ``name`` answers its health check (90 s at most)."""
-        deadline = time.monotonic() + 90.0
+    def wait_baselines(self) -> None:
+        """Waits until every baseline server answers its health check."""
         with self.http() as client:
-            while time.monotonic() < deadline:
-                self.procs.check_alive()
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(f"{self.scheme}://127.0.0.1:{port}/health").status_code == 200:
-                        return
-                time.sleep(0.2)
-        raise TimeoutError(
-            f"{name} not ready after 90 s; its log ends with:\n{self.procs.log_tail(name)}"
-        )
+            for (kind, model), port in self.baselines.items():
+                url = f"{self.scheme}://127.0.0.1:{port}/health"
+                self.procs.wait_http(f"baseline-{kind}-{model}", url, client=client)
 
     def http(self) -> httpx.Client:
         """A client that presents the device certificate on HTTPS (the JPEG uploads)."""
