@@ -180,6 +180,12 @@ def test_targets_judge_each_controller_on_paired_samples():
     report["targets"] = again
     text = format_report(report)
     assert "on the whole split +1.0 points" in text and "requests 3 at a time" in text
+    assert "**Whole test split**" in text
+    # a smoke run's whole-split pass answers the split's first frames only, and says so
+    report["setup"] = setup(CompareBenchConfig(dataset="digits-canvas", whole_split_frames=30))
+    assert "**Test split's first 30 frames**" in format_report(report)
+    with pytest.raises(ValueError, match="whole_split_frames"):
+        CompareBenchConfig(whole_split_frames=0)
 
 
 def test_each_links_table_shows_on_time_accuracy_beside_accuracy():

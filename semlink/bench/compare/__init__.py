@@ -21,8 +21,9 @@ accuracy on the images sent (with n and a 95 % interval), bytes on the link both
 link counted them (TLS, HTTP/2 and gRPC framing included), p50/p95/p99 of sequential requests,
 the share within the deadline and, for semlink, the share offloaded. Accuracy on the whole test
 split (and throughput, ``in_flight`` at a time) is measured once per system on the fastest
-constant link. Sequential requests send the same images in the same order to every system, so
-differences are paired.
+constant link (on the split's first ``--whole-split-frames`` frames only, in a smoke run).
+Sequential requests send the same images in the same order to every system, so differences are
+paired.
 """
 
 from semlink.bench.compare.config import SYSTEMS, CompareBenchConfig, System, make_links

@@ -31,6 +31,9 @@ class CompareBenchConfig:
     """requests at a time in the whole-split pass (its throughput figure)"""
     full_split: bool = True
     """measure accuracy on the whole test split (off: the sequential requests only)"""
+    whole_split_frames: int | None = None
+    """the whole-split pass answers the split's first this many frames only (smoke runs; default:
+    every frame of the split)"""
     cell_seconds: float = 30.0
     """a slow system stops a link's sequential requests after this long (and 10 requests)"""
     deadline_ms: float = 500.0
@@ -53,6 +56,10 @@ class CompareBenchConfig:
         for name in ("requests", "other_requests", "in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.whole_split_frames is not None and self.whole_split_frames < 1:
+            raise ValueError(
+                f"whole_split_frames must be at least 1 (or unset), got {self.whole_split_frames}"
+            )
         if self.deadline_ms <= 0 or self.cell_seconds <= 0:
             raise ValueError("deadline_ms and cell_seconds must be positive")
         if any(r <= 0 for r in self.rates_mbit):

@@ -101,8 +101,10 @@ def _whole_split_table(report: dict[str, Any]) -> list[str]:
     """Each system's accuracy on the whole test split and its throughput, where measured."""
     if not report.get("whole_split"):
         return []
+    frames = report["setup"].get("whole_split_frames")
+    head = "Whole test split" if frames is None else f"Test split's first {frames} frames"
     lines = [
-        f"**Whole test split** (each system once, on the link named, requests "
+        f"**{head}** (each system once, on the link named, requests "
         f"{report['setup']['in_flight']} at a time)",
         "",
         "| system | link | device profile | accuracy (95 % CI) | req/s |",

@@ -20,7 +20,7 @@ from semlink.bench.compare.config import (
     System,
     make_links,
 )
-from semlink.bench.compare.measure import Cell, measure, measure_as_camera, whole_split
+from semlink.bench.compare.measure import CameraProcess, Cell, measure, whole_split
 from semlink.bench.compare.processes import Bench, Endpoint
 from semlink.bench.compare.report import format_report, plot
 from semlink.bench.compare.targets import targets
@@ -36,13 +36,14 @@ if TYPE_CHECKING:
 @dataclass
 class _Session:
     """What every system's measurement shares: the settings, the test split as the camera has
-    it, the links and the processes."""
+    it, the links and the processes (the camera process that sends the JPEG uploads too)."""
 
     cfg: CompareBenchConfig
     data: Dataset
     camera: Camera
     links: list[Link]
     bench: Bench
+    camera_process: CameraProcess
     results: list[dict[str, Any]] = field(default_factory=list)
     whole: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -52,23 +53,43 @@ class _Session:
         rated = (lk for lk in self.links if lk.rate_mbit is not None)
         return max(rated, key=lambda lk: lk.rate_mbit or 0)
 
-    def measure_system(self, si: int, system: System) -> None:
+    def measure_system(self, si: int, system: System, previous: tuple[str, ...]) -> tuple[str, ...]:
         """``system`` on every link (the device alone: once, without one), then on the whole
-        split; its processes stopped after."""
+        split. Stops the ``previous`` system's processes once this one's are starting (they
+        drain while these start up; none is left when the measurements begin) and returns
+        this one's, for the next system to stop the same way."""
         mine: list[Link | None] = [None] if system.kind == "local" else list(self.links)
-        # one link (and device) per link, started together: start-up overlaps
+        # one link (and device) per link, and the whole split's twin, started together:
+        # start-up overlaps
         endpoints = [
             self.bench.start_system(system, lk, f"{si}-{li}") for li, lk in enumerate(mine)
         ]
-        try:
-            for ready in endpoints:
-                ready.wait()
-            for lk, ready in zip(mine, endpoints, strict=True):
-                self.results.append(self._cell(system, lk, ready))
-            if self.cfg.full_split:
-                self._whole_split(si, system, mine, endpoints)
-        finally:
-            self.bench.procs.stop(*(name for ready in endpoints for name in ready.names))
+        twin = self._start_twin(si, system)
+        started = endpoints if twin is None else [*endpoints, twin]
+        if previous:  # (stop() with no names stops every process)
+            self.bench.procs.stop(*previous)
+        for ready in started:
+            ready.wait()
+        for lk, ready in zip(mine, endpoints, strict=True):
+            self.results.append(self._cell(system, lk, ready))
+        if self.cfg.full_split:
+            whole = self._whole_link(system)
+            self._whole_split(system, twin or endpoints[mine.index(whole)])
+        return tuple(name for ready in started for name in ready.names)
+
+    def _whole_link(self, system: System) -> Link | None:
+        """Where ``system`` answers the whole split: the fastest link (the device alone: none)."""
+        return None if system.kind == "local" else self.fastest
+
+    def _start_twin(self, si: int, system: System) -> Endpoint | None:
+        """A twin of ``system``'s device under the whole-split profile, on the whole split's
+        link, started without waiting; None when no twin answers the whole split (no whole
+        split, no device, or the whole-split profile is the device profile)."""
+        profile = self.cfg.whole_split_profile
+        has_device = system.kind in ("semlink", "local")
+        if not self.cfg.full_split or not has_device or profile == self.cfg.device_profile:
+            return None
+        return self.bench.start_system(system, self._whole_link(system), f"{si}-whole", profile)
 
     def _cell(self, system: System, lk: Link | None, ready: Endpoint) -> dict[str, Any]:
         """``system``'s sequential requests on ``lk`` (None: the device alone), measured."""
@@ -88,29 +109,18 @@ class _Session:
             f"{system.name} @ {where}",
         )
         # an upload's client is the camera's work: under the device profile too
-        if system.jpeg:
-            row = measure_as_camera(cell, profile_share(cfg.device_profile))
-        else:
-            row = measure(cell)
+        row = self.camera_process.measure(cell) if system.jpeg else measure(cell)
         return {"system": system.name, "link": where, **row}
 
-    def _whole_split(
-        self, si: int, system: System, mine: list[Link | None], endpoints: list[Endpoint]
-    ) -> None:
-        """``system`` on the whole split, on the fastest link, by a twin device under the
-        whole-split profile when that differs (the twin joins ``endpoints``, to be stopped)."""
-        lk = None if system.kind == "local" else self.fastest
-        ready = endpoints[mine.index(lk)]
-        profile = self.cfg.whole_split_profile
+    def _whole_split(self, system: System, ready: Endpoint) -> None:
+        """``system`` on the whole split (its first ``whole_split_frames``) through ``ready``:
+        its twin under the whole-split profile, or its endpoint on the whole split's link."""
+        lk = self._whole_link(system)
         has_device = system.kind in ("semlink", "local")
-        if has_device and profile != self.cfg.device_profile:
-            ready = self.bench.start_system(system, lk, f"{si}-whole", profile)
-            endpoints.append(ready)
-            ready.wait()
         client = make_client(system, ready.url, self.camera, self.cfg)
         self.whole[system.name] = {
             "link": "device alone" if lk is None else lk.name,
-            "device_profile": profile if has_device else None,
+            "device_profile": self.cfg.whole_split_profile if has_device else None,
             **whole_split(self.bench, client, self.data.labels),
         }
 
@@ -127,15 +137,21 @@ def run(cfg: CompareBenchConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     procs = Processes(out / "logs")
     bench = Bench(cfg, procs, Stack(procs, tls=cfg.tls))
-    session = _Session(cfg, data, Camera(data.images, norm), links, bench)
+    camera_process = CameraProcess(profile_share(cfg.device_profile))
+    session = _Session(cfg, data, Camera(data.images, norm), links, bench, camera_process)
     try:
-        bench.base.start_server()
+        # the camera process, the baseline servers and semlink's server start together
+        camera_process.start()
         bench.start_baselines()
+        bench.base.start_server()
+        bench.wait_baselines()
+        previous: tuple[str, ...] = ()
         for si, system in enumerate(
             progress_bar(SYSTEMS, desc="systems, each on every link", unit="system")
         ):
-            session.measure_system(si, system)
+            previous = session.measure_system(si, system, previous)
     finally:
+        camera_process.stop()
         procs.stop()
     report = {
         "machine": machine(),
@@ -163,10 +179,11 @@ def _controller(model: str) -> System:
 
 def setup(cfg: CompareBenchConfig) -> dict[str, Any]:
     """The settings the report states, as this run used them: the links' delay and trace
-    downlink, the whole split's requests at a time, and what each controller was given (the
-    device's flags in :data:`SYSTEMS`, else its settings: defaults and environment)."""
+    downlink, the whole split's requests at a time (and frames, when bounded), and what each
+    controller was given (the device's flags in :data:`SYSTEMS`, else its settings: defaults
+    and environment)."""
     from semlink.device.settings import DeviceSettings
-    from semlink.models.vit import num_kept
+    from semlink.runtime.pipelines.base import num_kept  # the device's: no torch to import
 
     device = DeviceSettings()  # type: ignore[call-arg]  # every field has a default
     repo = scan(DEFAULT_REPOSITORY)
@@ -184,6 +201,7 @@ def setup(cfg: CompareBenchConfig) -> dict[str, Any]:
         "delay_ms": DELAY_MS,
         "trace_downlink": TRACE_DOWNLINK,
         "in_flight": cfg.in_flight,
+        "whole_split_frames": cfg.whole_split_frames,
         "fixed": {
             "system": fixed.name,
             "budget": given(fixed, "budget"),
