@@ -193,19 +193,54 @@ def _head(data: Any, n: int) -> Any:
     )
 
 
+_LOADED: dict[tuple[str, str, int | None], Any] = {}
+
+
+def _load(dataset: str, split: str, frames: int | None = None) -> Any:
+    """One split of ``dataset``, loaded once a process; ``frames``: only its first that many are
+    read. A digits-scene validation or test split is then composed with only as many placements
+    of its digits as those frames need (one, to count them, then more if short): its first
+    frames are the same either way (each frame draws from the split's seeded generator in turn,
+    and each placement lists the digits in the same order), and composing frames is what loading
+    costs (seconds a thousand)."""
+    from semlink.models.datasets import load_dataset
+    from semlink.models.scene import PLACEMENTS
+
+    def load(placements: int | None) -> Any:
+        key = (dataset, split, placements)
+        if key not in _LOADED:
+            _LOADED[key] = load_dataset(dataset, split, placements=placements)
+        return _LOADED[key]
+
+    full = (dataset, split, None)
+    if (
+        full in _LOADED
+        or frames is None
+        or split == "train"
+        or not dataset.startswith("digits-scene")
+    ):
+        return load(None)
+    one = load(1)
+    if len(one) >= frames:
+        return one
+    placements = -(-frames // len(one))
+    return load(placements if placements < PLACEMENTS else None)
+
+
 _SPLITS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
 
 
 def _splits(cfg: SplitBenchConfig) -> tuple[Any, Any, Any]:
-    """The train, validation and test splits, composed once a process."""
-    from semlink.models.datasets import load_dataset
-
+    """The train, validation and test splits, composed once a process (validation and test only
+    as far as the bench reads them)."""
     key = (cfg.dataset, cfg.limit, cfg.val_frames, cfg.max_steps, cfg.batch_size)
     if key not in _SPLITS:
-        train, val, test = (load_dataset(cfg.dataset, s) for s in ("train", "val", "test"))
-        val = _head(val, cfg.val_frames)
+        val_n = cfg.val_frames if cfg.limit is None else min(cfg.val_frames, cfg.limit)
+        train = _load(cfg.dataset, "train")
+        val = _head(_load(cfg.dataset, "val", val_n), val_n)
+        test = _load(cfg.dataset, "test", cfg.limit)
         if cfg.limit is not None:
-            val, test = _head(val, cfg.limit), _head(test, cfg.limit)
+            test = _head(test, cfg.limit)
         if cfg.max_steps is not None:  # a smoke run composes only the frames it trains on
             train = _head(train, cfg.max_steps * cfg.batch_size)
         _SPLITS[key] = (train, val, test)
@@ -409,10 +444,9 @@ def merge_quality(cfg: SplitBenchConfig, frames: int = 256) -> list[dict[str, An
     import numpy as np
     import torch
 
-    from semlink.models.datasets import load_dataset
     from semlink.models.split_learning import SplitViT, class_groups, kmeans, sqrt_split
 
-    val = load_dataset(cfg.dataset, "val")
+    val = _load(cfg.dataset, "val", frames)
     masks = getattr(val, "masks", None)
     if masks is None:
         return []

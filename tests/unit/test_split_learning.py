@@ -496,19 +496,27 @@ def test_split_bench_runs_the_protocol_by_default_and_quick_on_request():
 
 
 @pytest.mark.slow
-def test_split_bench_quick_schedule_runs_end_to_end(tmp_path):
+def test_split_bench_quick_schedule_runs_end_to_end(tmp_path, monkeypatch):
+    from semlink.bench import split
     from semlink.bench.split import SplitBenchConfig, format_report, run
 
+    # the quick schedule's shape (a fixed length per family, fine-tuning's the longer), shortened:
+    # every epoch of every arm is a step and a validation pass, the same code each time
+    monkeypatch.setattr(split, "QUICK_FINETUNE_EPOCHS", 3)
+    monkeypatch.setattr(split, "QUICK_EPOCHS", 2)
+    # small batches (32: adc-class needs a group per class at ξ = 0.1) and few frames scored
     cfg = SplitBenchConfig(
         quick=True, xis=(0.1,), variants=("adc-class:0.1",), alast_variants=("alast-embed",),
-        max_steps=1, limit=64, timing_rounds=1, workers=1, out=str(tmp_path),
+        max_steps=1, batch_size=32, limit=32, timing_rounds=1, workers=1, out=str(tmp_path),
     )  # fmt: skip
     r = run(cfg)
     assert set(r["arms"]) >= {
         "full", "ALaST", "ALaST +embedding", "uncompressed", "adc ξ=0.1", "adc-class ξ=0.1"
     }  # fmt: skip
     assert "| ALaST +embedding |" in format_report(r)
-    assert r["arms"]["ALaST"]["epochs"] == 6 and r["arms"]["adc ξ=0.1"]["epochs"] == 4
+    assert r["arms"]["ALaST"]["epochs"] == 3 and r["arms"]["adc ξ=0.1"]["epochs"] == 2
+    assert r["arms"]["ALaST +embedding"]["steps"] == 3 and r["arms"]["full"]["steps"] == 3
+    assert "3 of fine-tuning" in format_report(r) and r["arms"]["full"]["n"] == 32
     assert (tmp_path / "split.png").is_file() and (tmp_path / "curves.png").is_file()
     assert "targets:" in format_report(r)
     again = run(cfg)  # every group taken from out/groups: the same figures
