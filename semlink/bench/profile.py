@@ -52,14 +52,17 @@ class ProfileBenchConfig:
     """Runs of each stage (and of MobileNetV1) back to back under the quota."""
     frames: int = 24
     """Frames of the real device's stream, per option."""
+    idle_seconds: float = 6.0
+    """How long the real device is watched doing no frame (its reserved CPU per second)."""
     out: str = "runs/bench-profile"
 
 
 FRAME_CPU_MS = 5.0  # about what a frame costs a device process here, all told (bench profile)
-IDLE_S = 6.0  # seconds a real device is watched doing no frame
 
 
-def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dict[str, Any]:
+def stream_costs(
+    model: str, profile: str, frames: int, budget_ms: float, idle_s: float = 6.0
+) -> dict[str, Any]:
     """A real device under ``profile`` (see the module docstring): its CPU per second with no
     frame (``idle_ms_per_s``: polling the link's state, probing the servers), then per option
     (``options``) the p50/p95 of its answers' timings on a stream it keeps up with, its process's
@@ -79,8 +82,8 @@ def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dic
         )
         time.sleep(1.0)  # the start's own work done
         c0 = procs.cpu_seconds("device")
-        time.sleep(IDLE_S)
-        idle = 1000.0 * (procs.cpu_seconds("device") - c0) / IDLE_S
+        time.sleep(idle_s)
+        idle = 1000.0 * (procs.cpu_seconds("device") - c0) / idle_s
         pixels, labels, _ = frames_of(model, 0)
         # a rate it keeps up with: a third of its stage's pace, and of what its quota's CPU
         # leaves for frames of about FRAME_CPU_MS (the sensor's background takes most of it)
@@ -113,7 +116,9 @@ def stream_costs(model: str, profile: str, frames: int, budget_ms: float) -> dic
     return {"idle_ms_per_s": idle, "options": options}
 
 
-def device_costs(model: str, frames: int = 24, repeats: int = 20) -> DeviceCosts:
+def device_costs(
+    model: str, frames: int = 24, repeats: int = 20, idle_s: float = 6.0
+) -> DeviceCosts:
     """What a frame costs the device in CPU at the machine's speed and the server's times: the
     simulator's costs, which a device class's quota then stretches
     (:class:`models.stream_sim.Cpu`). Each stage's CPU is measured alone; the rest comes from a
@@ -124,7 +129,7 @@ def device_costs(model: str, frames: int = 24, repeats: int = 20) -> DeviceCosts
 
     stages = in_child(stage_times, model, None, None, repeats)
     server = in_child(server_times, model, repeats)
-    real = stream_costs(model, "none", frames, stages["stretch0"].mean)
+    real = stream_costs(model, "none", frames, stages["stretch0"].mean, idle_s)
     normalise = stages.pop("front").mean
     cpu = {k: v.mean for k, v in stages.items()}
     exit1, offload = real["options"]["exit1"], real["options"]["s1:a0.25"]
@@ -147,7 +152,7 @@ def measure_profile(cfg: ProfileBenchConfig, name: str, flops: dict[str, Any]) -
     blocks = [k for k in stages if k.startswith("stretch")]
     block_flops = sum(flops["steps"][int(k[7:])] for k in blocks)
     gflops = block_flops / sum(stages[k].mean for k in blocks) / 1e6
-    real = stream_costs(cfg.model, name, cfg.frames, stages["stretch0"].mean)
+    real = stream_costs(cfg.model, name, cfg.frames, stages["stretch0"].mean, cfg.idle_seconds)
     return {
         "cpu_share": p.share,
         "period_us": p.period_us,
@@ -171,7 +176,7 @@ def bench(cfg: ProfileBenchConfig) -> dict[str, Any]:
     mv = resolve(scan(DEFAULT_REPOSITORY), cfg.model)
     flops = mv.manifest.doc["segment_flops"]
     core = in_child(mobilenet_ms, None, None, cfg.repeats)
-    costs = device_costs(cfg.model, cfg.frames, cfg.repeats)
+    costs = device_costs(cfg.model, cfg.frames, cfg.repeats, cfg.idle_seconds)
     profiles = {}
     for name in progress_bar(cfg.profiles, desc="bench profile", unit="profile"):
         profiles[name] = measure_profile(cfg, name, flops)

@@ -92,7 +92,7 @@ class RegimesBenchConfig:
             self.fps = [5.0, 30.0]
             self.deadlines = [100.0]
             self.headline = "pi-zero-2,100,30"
-            self.seconds, self.min_frames, self.measured_seconds = 6.0, 40, 6.0
+            self.seconds, self.min_frames, self.measured_seconds = 6.0, 40, 3.0
             # one measured cell, the headline's on the trace: the real processes cost most
             self.measured = self.measured or ["pi-zero-2/gilbert-elliott/30/100"]
 
@@ -316,12 +316,13 @@ def costs_for(cfg: RegimesBenchConfig, model: str) -> dict[str, dict[str, Any]]:
     if doc is not None and set(cfg.profiles) <= set(doc["profiles"]):
         base, profiles = DeviceCosts(**doc["costs"]), doc["profiles"]
     else:
-        frames, repeats = (8, 10) if cfg.quick else (24, 20)
+        # quick: fewer runs, and a shorter look at the idle device (its reserved CPU coarser)
+        frames, repeats, idle = (8, 10, 2.0) if cfg.quick else (24, 20, 6.0)
         pcfg = ProfileBenchConfig(
-            model=model, profiles=cfg.profiles, repeats=repeats, frames=frames
+            model=model, profiles=cfg.profiles, repeats=repeats, frames=frames, idle_seconds=idle
         )
         flops = resolve(scan(DEFAULT_REPOSITORY), model).manifest.doc["segment_flops"]
-        base = device_costs(model, frames, repeats)
+        base = device_costs(model, frames, repeats, idle)
         profiles = {
             p: measure_profile(pcfg, p, flops)
             for p in progress_bar(cfg.profiles, desc=f"profiles of {model}", unit="profile")
