@@ -27,9 +27,10 @@ lint: $(STAMP)
 	$(PY) tools/typecheck.py
 
 # Tests in two passes: first on every core (pytest-xdist, one worker per core, each test module
-# on one worker so its process stack starts once), then alone the few marked serial, which
-# measure time or CPU share (tests/conftest.py says which and why).
-PARALLEL := -n auto --dist loadfile
+# on one worker so its process stack starts once, in collection order: tests/conftest.py puts the
+# longest modules first, where xdist would start the modules with the most tests first), then
+# alone the few marked serial, which measure time or CPU share (tests/conftest.py says which).
+PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
 
 test: lint
 	$(VENV)/bin/pytest $(PARALLEL) -m "not serial"

@@ -158,7 +158,8 @@ SERIAL_MODULES = {
 }
 
 # The parallel pass's longest modules, longest first (from `--durations`): pytest-xdist hands each
-# worker whole modules in collection order, so these start first and the short ones fill in
+# worker whole modules in collection order (the Makefile's --no-loadscope-reorder; by default it
+# starts the modules with the most tests first), so these start first and the short ones fill in
 # around them instead of one worker running a long module alone at the end.
 LONGEST_FIRST = (
     "test_compose.py",  # CI only: a Docker engine, three images, five scenarios
