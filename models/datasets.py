@@ -66,17 +66,19 @@ def load_dataset(
     placements: int | None = None,
     curriculum_epochs: int = 0,
     workers: int = 0,
+    frames: int | None = None,
 ) -> Dataset:
     """One split of the dataset ``name`` (:data:`DATASETS`); ``root`` is required for the
     on-disk ones, ``image_size`` resizes ImageFolder trees, ``placements`` sets digits-scene's
     frames per source digit (training: fresh ones every epoch) and ``curriculum_epochs`` the
     epochs its training frames take to go from big uncluttered digits to the full recipe, and
-    ``workers`` how many processes compose them (the frames are the same for any number)."""
+    ``workers`` how many processes compose them (the frames are the same for any number);
+    ``frames`` composes only a digits-scene split's first that many (the others load whole)."""
     if name in ("digits-canvas", "digits-shifted"):
         return load_digits_canvas(split, seed, shifted=name == "digits-shifted")
     if name in ("digits-scene", "digits-scene-shifted"):
         recipe = SHIFTED_RECIPE if name == "digits-scene-shifted" else SceneRecipe()
-        scene = load_digits_scene(split, seed, placements, recipe, name)
+        scene = load_digits_scene(split, seed, placements, recipe, name, frames)
         scene.curriculum_epochs, scene.workers = curriculum_epochs, workers
         return scene
     if name in ("cifar10", "imagefolder") and root is None:

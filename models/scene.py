@@ -266,10 +266,13 @@ def load_digits_scene(
     placements: int | None = None,
     recipe: SceneRecipe = SceneRecipe(),
     name: str = "digits-scene",
+    frames: int | None = None,
 ) -> SceneDataset:
     """One split of digits-scene (or, with :data:`SHIFTED_RECIPE`, digits-scene-shifted),
     deterministic from ``seed``: ``placements`` frames per source digit (default 1 for train,
-    whose epochs draw fresh ones, :data:`PLACEMENTS` otherwise)."""
+    whose epochs draw fresh ones, :data:`PLACEMENTS` otherwise); ``frames``: only the first
+    that many, the same as the whole split's first ones (each frame draws from the split's
+    generator in turn), at that share of the cost."""
     from sklearn.datasets import load_digits
 
     if split not in SPLITS:
@@ -280,16 +283,15 @@ def load_digits_scene(
     labels = digits.target[idx].astype(np.int64)
     count = placements or (1 if split == "train" else PLACEMENTS)
     rng = np.random.default_rng((seed, SPLITS.index(split), 0))
-    frames, masks = compose(
-        np.tile(sources, (count, 1, 1)), sources, photographs(split), rng, recipe
-    )
+    shown = np.tile(sources, (count, 1, 1))[:frames]
+    composed, masks = compose(shown, sources, photographs(split), rng, recipe)
     return SceneDataset(
         name,
         split,
-        normalise(frames),
-        np.tile(labels, count),
+        normalise(composed),
+        np.tile(labels, count)[:frames],
         10,
-        sources=np.tile(sources, (count, 1, 1)),
+        sources=shown,
         seed=seed,
         masks=masks,
         pool=sources,

@@ -37,12 +37,13 @@ def check_export_data(dataset: str, data_root: str | None) -> str:
     return dataset
 
 
-def sample_split(model: Any, data_root: str | None) -> Any:
+def sample_split(model: Any, data_root: str | None, frames: int | None = None) -> Any:
     """The test split of the dataset ``model`` (a served model version) was trained on, as the
     model takes it (an ImageFolder tree resized to its input); ``data_root`` for a dataset on
-    local disk. Raises ``ValueError`` naming ``--data-root`` when it is needed and missing."""
+    local disk; ``frames``: at least its first that many (a composed split: only those).
+    Raises ``ValueError`` naming ``--data-root`` when it is needed and missing."""
     from semlink.models.datasets import load_dataset
 
     dataset = model.manifest.normalisation.dataset
     _, height, _ = model.image_shape
-    return load_dataset(dataset, "test", root=data_root, image_size=height)
+    return load_dataset(dataset, "test", root=data_root, image_size=height, frames=frames)

@@ -57,12 +57,14 @@ def _sample(args: argparse.Namespace) -> int:
     from semlink.data_root import sample_split
     from semlink.runtime.repository import resolve, scan
 
+    if args.count < 1:
+        raise SystemExit(f"error: --count must be at least 1, got {args.count}")
     models = scan(args.model_repository)
     for name in sorted(args.model or models):
         mv = resolve(models, name)
         norm = mv.manifest.normalisation
         try:
-            data = sample_split(mv, args.data_root)
+            data = sample_split(mv, args.data_root, args.count)
         except ValueError as exc:
             print(f"{name}: skipped ({exc})")
             continue

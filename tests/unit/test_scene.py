@@ -106,3 +106,16 @@ def test_epochs_ahead_gives_each_epoch_in_order():
     for epoch, images in zip([3, 4, 5], ahead, strict=True):
         assert np.array_equal(images, data.epoch(epoch))
     assert list(epochs_ahead(data, [])) == []
+
+
+def test_the_first_frames_of_a_split_are_composed_alone_the_same():
+    """``frames`` composes only a split's first frames, and they are the whole split's first
+    ones (what `semlink sample` and the split bench rely on)."""
+    from semlink.models.scene import load_digits_scene
+
+    whole = load_digits_scene("test", placements=2)
+    first = load_digits_scene("test", placements=2, frames=5)
+    assert len(first) == 5
+    np.testing.assert_array_equal(first.images, whole.images[:5])
+    np.testing.assert_array_equal(first.labels, whole.labels[:5])
+    np.testing.assert_array_equal(first.masks, whole.masks[:5])
