@@ -198,33 +198,14 @@ _LOADED: dict[tuple[str, str, int | None], Any] = {}
 
 def _load(dataset: str, split: str, frames: int | None = None) -> Any:
     """One split of ``dataset``, loaded once a process; ``frames``: only its first that many are
-    read. A digits-scene validation or test split is then composed with only as many placements
-    of its digits as those frames need (one, to count them, then more if short): its first
-    frames are the same either way (each frame draws from the split's seeded generator in turn,
-    and each placement lists the digits in the same order), and composing frames is what loading
-    costs (seconds a thousand)."""
+    read (a composed split composes only those, the same as its whole's first ones: composing
+    frames is what loading costs, seconds a thousand)."""
     from semlink.models.datasets import load_dataset
-    from semlink.models.scene import PLACEMENTS
 
-    def load(placements: int | None) -> Any:
-        key = (dataset, split, placements)
-        if key not in _LOADED:
-            _LOADED[key] = load_dataset(dataset, split, placements=placements)
-        return _LOADED[key]
-
-    full = (dataset, split, None)
-    if (
-        full in _LOADED
-        or frames is None
-        or split == "train"
-        or not dataset.startswith("digits-scene")
-    ):
-        return load(None)
-    one = load(1)
-    if len(one) >= frames:
-        return one
-    placements = -(-frames // len(one))
-    return load(placements if placements < PLACEMENTS else None)
+    key = (dataset, split, frames)
+    if key not in _LOADED:
+        _LOADED[key] = load_dataset(dataset, split, frames=frames)
+    return _LOADED[key]
 
 
 _SPLITS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
