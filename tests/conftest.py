@@ -163,18 +163,19 @@ SERIAL_MODULES = {
 # around them instead of one worker running a long module alone at the end.
 LONGEST_FIRST = (
     "test_compose.py",  # CI only: a Docker engine, three images, five scenarios
-    "test_bench_regimes.py",
     "test_any_split.py",
-    "test_split_learning.py",
-    "test_bench_compare.py",
     "test_torchrun.py",
-    "test_readme.py",
+    "test_bench_regimes.py",
     "test_demo.py",
-    "test_replica_churn.py",
     "test_bench_controller.py",
-    "test_tritonclient.py",  # CI only: packages from the registry
-    "test_install.py",
+    "test_bench_compare.py",
+    "test_split_learning.py",
+    "test_replica_churn.py",
     "test_early_exit_serving.py",
+    "test_install.py",
+    "test_early_exit.py",
+    "test_serving.py",
+    "test_tritonclient.py",  # CI only: packages from the registry
 )
 
 
