@@ -277,6 +277,8 @@ def load_digits_scene(
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if frames is not None and frames < 1:
+        raise ValueError(f"frames must be at least 1 (or None: every frame), got {frames}")
     digits = load_digits()
     idx = split_indices(len(digits.target), seed)[split]
     sources = (digits.images[idx] / 16.0).astype(np.float32)

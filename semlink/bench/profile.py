@@ -54,6 +54,11 @@ class ProfileBenchConfig:
     """Frames of the real device's stream, per option."""
     idle_seconds: float = 6.0
     """How long the real device is watched doing no frame (its reserved CPU per second)."""
+
+    def __post_init__(self) -> None:
+        if not self.idle_seconds > 0:
+            raise ValueError(f"--idle-seconds must be positive, got {self.idle_seconds}")
+
     out: str = "runs/bench-profile"
 
 

@@ -102,6 +102,8 @@ class SplitBenchConfig:
     def __post_init__(self) -> None:
         if self.val_frames < 1:
             raise ValueError(f"--val-frames must be at least 1, got {self.val_frames}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {self.limit}")
 
 
 @dataclass

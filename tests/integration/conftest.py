@@ -32,20 +32,31 @@ def stack(tiny_repository, tmp_path_factory):
 
 def _source_files(root: Path) -> list[str]:
     """The checkout's files a build reads: tracked and untracked ones git does not ignore (or,
-    outside a git work tree, everything but environments, caches and build output)."""
-    listed = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        check=False,
-    )
-    if listed.returncode == 0:
+    outside a git work tree, everything but environments, caches, build output and keys)."""
+    try:
+        listed = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(root),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            capture_output=True,
+            check=True,
+        )
         return [p for p in listed.stdout.decode().split("\0") if p and (root / p).is_file()]
-    skip = {".git", ".venv", "build", "runs", "__pycache__", ".mypy_cache", ".pytest_cache"}
-    return [
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and not skip & set(p.relative_to(root).parts)
-    ]
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    skip = {".git", ".venv", "build", "runs", "certs", "samples", "__pycache__"}
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip and not d.endswith((".egg-info", "_cache"))]
+        files += [str((Path(folder) / n).relative_to(root)) for n in names]
+    return files
 
 
 @pytest.fixture(scope="session")

@@ -119,3 +119,5 @@ def test_the_first_frames_of_a_split_are_composed_alone_the_same():
     np.testing.assert_array_equal(first.images, whole.images[:5])
     np.testing.assert_array_equal(first.labels, whole.labels[:5])
     np.testing.assert_array_equal(first.masks, whole.masks[:5])
+    with pytest.raises(ValueError, match="frames must be at least 1"):
+        load_digits_scene("test", frames=0)

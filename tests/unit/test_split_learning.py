@@ -493,6 +493,8 @@ def test_split_bench_runs_the_protocol_by_default_and_quick_on_request():
         method_specs(SplitBenchConfig(alast_variants=("alast-k0",)), 1e-4, 3e-4)
     with pytest.raises(ValueError, match="--val-frames"):
         SplitBenchConfig(val_frames=0)
+    with pytest.raises(ValueError, match="--limit"):
+        SplitBenchConfig(limit=-5)
 
 
 @pytest.mark.slow

@@ -57,7 +57,9 @@ class _Session:
         """``system`` on every link (the device alone: once, without one), then on the whole
         split. Stops the ``previous`` system's processes once this one's are starting (they
         drain while these start up; none is left when the measurements begin) and returns
-        this one's, for the next system to stop the same way."""
+        this one's, for the next system to stop the same way. The whole split's twin starts
+        with the rest, so it idles (polling its link's state, like the devices on the other
+        links) while the cells are measured."""
         mine: list[Link | None] = [None] if system.kind == "local" else list(self.links)
         # one link (and device) per link, and the whole split's twin, started together:
         # start-up overlaps
