@@ -54,19 +54,19 @@ class ProfileBenchConfig:
     """Frames of the real device's stream, per option."""
     idle_seconds: float = 6.0
     """How long the real device is watched doing no frame (its reserved CPU per second)."""
+    out: str = "runs/bench-profile"
 
     def __post_init__(self) -> None:
         if not self.idle_seconds > 0:
             raise ValueError(f"--idle-seconds must be positive, got {self.idle_seconds}")
 
-    out: str = "runs/bench-profile"
-
 
 FRAME_CPU_MS = 5.0  # about what a frame costs a device process here, all told (bench profile)
+IDLE_S = ProfileBenchConfig.idle_seconds  # seconds a real device is watched doing no frame
 
 
 def stream_costs(
-    model: str, profile: str, frames: int, budget_ms: float, idle_s: float = 6.0
+    model: str, profile: str, frames: int, budget_ms: float, idle_s: float = IDLE_S
 ) -> dict[str, Any]:
     """A real device under ``profile`` (see the module docstring): its CPU per second with no
     frame (``idle_ms_per_s``: polling the link's state, probing the servers), then per option
@@ -122,7 +122,7 @@ def stream_costs(
 
 
 def device_costs(
-    model: str, frames: int = 24, repeats: int = 20, idle_s: float = 6.0
+    model: str, frames: int = 24, repeats: int = 20, idle_s: float = IDLE_S
 ) -> DeviceCosts:
     """What a frame costs the device in CPU at the machine's speed and the server's times: the
     simulator's costs, which a device class's quota then stretches

@@ -306,7 +306,7 @@ def costs_for(cfg: RegimesBenchConfig, model: str) -> dict[str, dict[str, Any]]:
     quota) and what ``bench profile`` reports of the class: from ``--profile-json`` when it
     measured this model, else measured now (stage times under each quota are reported, not used
     by the simulator)."""
-    from semlink.bench.profile import ProfileBenchConfig, device_costs, measure_profile
+    from semlink.bench.profile import IDLE_S, ProfileBenchConfig, device_costs, measure_profile
     from semlink.models.stream_sim import DeviceCosts
     from semlink.runtime.cpu_quota import PROFILES
     from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
@@ -317,7 +317,7 @@ def costs_for(cfg: RegimesBenchConfig, model: str) -> dict[str, dict[str, Any]]:
         base, profiles = DeviceCosts(**doc["costs"]), doc["profiles"]
     else:
         # quick: fewer runs, and a shorter look at the idle device (its reserved CPU coarser)
-        frames, repeats, idle = (8, 10, 2.0) if cfg.quick else (24, 20, 6.0)
+        frames, repeats, idle = (8, 10, 2.0) if cfg.quick else (24, 20, IDLE_S)
         pcfg = ProfileBenchConfig(
             model=model, profiles=cfg.profiles, repeats=repeats, frames=frames, idle_seconds=idle
         )
