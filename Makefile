@@ -32,11 +32,14 @@ lint: $(STAMP)
 # alone the few marked serial, which measure time or CPU share (tests/conftest.py says which).
 PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
 
+# Both passes share one folder for the run (tests/conftest.py's SEMLINK_TEST_SHARED): what the
+# suite builds once a run (the tiny models' repository, the wheel) is built once.
+TWO_PASSES = shared=$$(mktemp -d) && trap 'rm -rf "$$shared"' EXIT && export SEMLINK_TEST_SHARED=$$shared &&
+
 test: lint
-	$(VENV)/bin/pytest $(PARALLEL) -m "not serial"
-	$(VENV)/bin/pytest -m serial
+	$(TWO_PASSES) $(VENV)/bin/pytest $(PARALLEL) -m "not serial" && $(VENV)/bin/pytest -m serial
 
 # the inner loop: lint and every test not marked slow
 check: lint
-	$(VENV)/bin/pytest $(PARALLEL) -m "not slow and not serial" -q
-	$(VENV)/bin/pytest -m "serial and not slow" -q
+	$(TWO_PASSES) $(VENV)/bin/pytest $(PARALLEL) -m "not slow and not serial" -q \
+		&& $(VENV)/bin/pytest -m "serial and not slow" -q

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,21 @@ def may_change_machine() -> bool:
 def system_skip_reason(what: str) -> str:
     """The one line a test skips with when it would have to change the machine."""
     return f"{what}: set {SYSTEM_OPT_IN}=1 to let the tests install and start it (CI=true does)"
+
+
+# The Makefile points both passes of a `make test` run (parallel, then serial) at one folder, so
+# what is built once a run is built once: the tiny models' repository, the wheel.
+SHARED_ENV = "SEMLINK_TEST_SHARED"
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """The folder this run's pytest processes share: ``SEMLINK_TEST_SHARED`` where the Makefile
+    set it, else the run's own (every pytest-xdist worker's base sits in it). Guard what is built
+    there with a :class:`filelock.FileLock` in it."""
+    if os.environ.get(SHARED_ENV):
+        return Path(os.environ[SHARED_ENV])
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 ZOO = ROOT / "zoo"
@@ -117,14 +133,34 @@ def tiny_jscc_checkpoint(tmp_path_factory, tiny_jscc):
     return path
 
 
+def _weights_digest(*models) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for model in models:
+        for name, tensor in model.state_dict().items():
+            h.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory, tiny_checkpoint, tiny_jscc_checkpoint):
-    """A model repository with the tiny model as tiny-vit/1 and its JSCC variant as tiny-jscc/1."""
+def tiny_repository(tmp_path_factory, tiny_model, tiny_checkpoint, tiny_jscc, tiny_jscc_checkpoint):
+    """A model repository with the tiny model as tiny-vit/1 and its JSCC variant as tiny-jscc/1,
+    exported once a run (:func:`shared_dir`) under the digest of the weights this process made:
+    a process whose tiny models differed would export its own."""
+    from filelock import FileLock
+
     from semlink.models.export import export_jscc_pipeline, export_selector_pipeline
 
-    root = tmp_path_factory.mktemp("repo")
-    export_selector_pipeline(tiny_checkpoint, root / "tiny-vit" / "1")
-    export_jscc_pipeline(tiny_jscc_checkpoint, root / "tiny-jscc" / "1")
+    shared = shared_dir(tmp_path_factory)
+    root = shared / f"tiny-repository-{_weights_digest(tiny_model, tiny_jscc)}"
+    done = root.with_name(root.name + ".done")
+    with FileLock(str(shared / "tiny-repository.lock")):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            export_selector_pipeline(tiny_checkpoint, root / "tiny-vit" / "1")
+            export_jscc_pipeline(tiny_jscc_checkpoint, root / "tiny-jscc" / "1")
+            done.touch()
     return root
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from semlink.procs import Processes, Stack
+from tests.conftest import shared_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,9 +67,7 @@ def wheel(tmp_path_factory) -> Path:
     would write (and delete) each other's build/ folder, and would leave one behind."""
     from filelock import FileLock
 
-    base = tmp_path_factory.getbasetemp()
-    # under pytest-xdist every worker's base sits in the run's own folder: one build a run
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = shared_dir(tmp_path_factory)
     with FileLock(str(shared / "wheel.lock")):
         wheels = shared / "wheel"
         built = sorted(wheels.glob("semlink-*.whl"))
