@@ -7,7 +7,8 @@ API keys on, as deployed).
   an HTTP 200 naming that id, *lost* ids without one, *duplicated* ids the devices' own logs show
   handling more than once.
 - **faults** (each on its own device and link): the server killed with SIGKILL mid-stream and
-  restarted; the link frozen (a trace with no delivery opportunity for 10 s); the device
+  restarted; the link frozen (a trace with no delivery opportunity for 10 s of the default
+  ``fault_seconds``, 5/12 of it); the device
   restarted (SIGTERM, graceful drain) under load, the client retrying refused connections with
   backoff and jitter (inference is idempotent). ``recovery_s``: from the fault's end to the first
   answer offloaded to the server again; for the device restart, the longest time after SIGTERM
@@ -63,6 +64,11 @@ class ReliabilityBenchConfig:
     out: str = "runs/bench-reliability"
 
     def __post_init__(self) -> None:
+        if self.fault_seconds < 8:
+            raise ValueError(
+                f"fault_seconds must be at least 8 (the link freeze needs seconds of traffic "
+                f"before, during and after it); got {self.fault_seconds}"
+            )
         unknown = sorted(set(self.scenarios) - set(SCENARIOS))
         if unknown or not self.scenarios:
             raise ValueError(
@@ -257,9 +263,12 @@ def fault_kill_server(
 def fault_freeze_link(
     base: Stack, cfg: ReliabilityBenchConfig, images: np.ndarray
 ) -> dict[str, Any]:
-    """A Mahimahi trace: 6 s at 12 Mbit/s, 10 s with no delivery opportunity, then 12 Mbit/s."""
+    """A Mahimahi trace: a quarter of ``fault_seconds`` at 12 Mbit/s, then five twelfths with no
+    delivery opportunity (whole seconds: 6 s and 10 s of the default 24), then 12 Mbit/s."""
     trace = base.procs.log_dir / "freeze.trace"
-    ms = list(range(1, 6001)) + list(range(16001, 60001))
+    frozen_from = round(cfg.fault_seconds / 4) * 1000
+    thaw_ms = frozen_from + round(cfg.fault_seconds * 5 / 12) * 1000
+    ms = list(range(1, frozen_from + 1)) + list(range(thaw_ms + 1, thaw_ms + 60_001))
     trace.write_text("\n".join(map(str, ms)) + "\n")
     s = base.sibling("-freeze")
     s.start_link("--uplink", str(trace), "--rate", "50mbit", "--delay-ms", "5")
@@ -267,12 +276,13 @@ def fault_freeze_link(
     s.start_device("--api-keys-file", str(base.procs.log_dir / "keys"), "--deadline-ms", "1000")
 
     def inject(t0: float) -> float:
-        thaw = started + 16.0  # the link's trace clock starts with the link
+        thaw = started + thaw_ms / 1000  # the link's trace clock starts with the link
         time.sleep(max(0.0, thaw - time.perf_counter()))
         return time.perf_counter() - t0
 
     outs, ended = fault_stream(s, cfg, images, "freeze", inject)
-    return finish_fault("link frozen 10 s", base, s, outs, recovery(outs, ended))
+    name = f"link frozen {(thaw_ms - frozen_from) // 1000} s"
+    return finish_fault(name, base, s, outs, recovery(outs, ended))
 
 
 def fault_restart_device(
