@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,20 @@ def system_skip_reason(what: str) -> str:
     """The one line a test skips with when it would have to change the machine."""
     return f"{what}: set {SYSTEM_OPT_IN}=1 to let the tests install and start it (CI=true does)"
 
+
+def _a_share_of_the_cores() -> None:
+    """Under pytest-xdist, every worker's torch, and every process a test starts, gets its share
+    of the cores instead of all of them: torch starts as many threads as there are cores in
+    each process, so N workers' threads fought over N cores (the unit tests on 2 workers, 2
+    cores: 263 s, and 220 s with one thread each)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_a_share_of_the_cores()
 
 # The Makefile points both passes of a `make test` run (parallel, then serial) at one folder, so
 # what is built once a run is built once: the tiny models' repository, the wheel.
@@ -199,18 +214,20 @@ SERIAL_MODULES = {
 # around them instead of one worker running a long module alone at the end.
 LONGEST_FIRST = (
     "test_compose.py",  # CI only: a Docker engine, three images, five scenarios
-    "test_any_split.py",
     "test_torchrun.py",
     "test_bench_regimes.py",
     "test_demo.py",
+    "test_replica_churn.py",
     "test_bench_controller.py",
     "test_bench_compare.py",
+    "test_any_split.py",
     "test_split_learning.py",
-    "test_replica_churn.py",
+    "test_cli.py",
+    "test_serving.py",
+    "test_early_exit.py",
+    "test_scene.py",
     "test_early_exit_serving.py",
     "test_install.py",
-    "test_early_exit.py",
-    "test_serving.py",
     "test_tritonclient.py",  # CI only: packages from the registry
 )
 
