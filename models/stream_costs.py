@@ -47,14 +47,15 @@ class StageStats:
         return cls(float(a.mean()), float(np.percentile(a, 50)), float(np.percentile(a, 95)))
 
 
-def model_and_test_split(model: str) -> tuple[Any, Any]:
+def model_and_test_split(model: str, frames: int | None = None) -> tuple[Any, Any]:
     """The zoo's ``model`` (its newest version) and the test split of the dataset it was trained
-    on, which its manifest names."""
+    on, which its manifest names; ``frames``: a digits-scene split composed only as far as its
+    first that many frames (:func:`~semlink.models.datasets.load_dataset`)."""
     from semlink.models.datasets import load_dataset
     from semlink.runtime.repository import DEFAULT_REPOSITORY, resolve, scan
 
     mv = resolve(scan(DEFAULT_REPOSITORY), model)
-    return mv, load_dataset(mv.manifest.normalisation.dataset, "test")
+    return mv, load_dataset(mv.manifest.normalisation.dataset, "test", frames=frames)
 
 
 def _quota(share: float | None, period_us: int | None, name: str) -> None:
@@ -84,7 +85,7 @@ def stage_times(
     from semlink.protocol.stream import parse_frame
     from semlink.runtime.pipelines import WireOptions, make_pipeline
 
-    mv, test = model_and_test_split(model)
+    mv, test = model_and_test_split(model, 1)
     image = test.images[:1]  # composed before the quota: the camera's work, not the device's
     _quota(share, period_us, "costs")
     pipe = make_pipeline(mv)
@@ -128,7 +129,7 @@ def server_times(model: str, repeats: int) -> dict[str, float]:
     from semlink.runtime.costs import Predictor
     from semlink.runtime.pipelines import WireOptions, make_pipeline
 
-    mv, test = model_and_test_split(model)
+    mv, test = model_and_test_split(model, 16)
     pipe = make_pipeline(mv)
     pipe.open(pipe.device_graphs() + pipe.server_graphs(), threads=1)
     out: dict[str, list[float]] = {}

@@ -49,7 +49,7 @@ class DemoConfig:
     dataset: Literal["digits-scene", "digits-canvas"] = "digits-scene"
     """Whose test frames, and whose pipelines (scene-… or digits-…)."""
     requests: int = 300
-    """How many frames the camera sends (test frames in a seeded order)."""
+    """How many frames the camera sends (the test split's first ones, in a seeded order)."""
     fps: float = 15.0
     """Frames per second the camera sends (open loop, on one WebSocket)."""
     deadline_ms: float = 100.0
@@ -205,7 +205,7 @@ def stream_frames(cfg: DemoConfig, model: str, port: int) -> list[dict[str, Any]
     scfg = StreamConfig(
         f"ws://127.0.0.1:{port}/v1/stream", cfg.fps, seconds, cfg.deadline_ms, model, seed=cfg.seed
     )
-    pixels, labels, _ = frames_of(model, cfg.seed)
+    pixels, labels, _ = frames_of(model, cfg.seed, cfg.requests)
     print(f"streaming {cfg.requests} frames at {cfg.fps:g}/s, deadline {cfg.deadline_ms:g} ms ...")
     n, sent, answers, labels = asyncio.run(send(scfg, pixels, labels, {"answer": True}))
     t0 = min(sent.values())

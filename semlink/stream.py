@@ -42,13 +42,20 @@ class StreamConfig:
     seed: int = 0
 
 
-def frames_of(model: str, seed: int) -> tuple[np.ndarray, np.ndarray, Any]:
-    """The test split's frames as 8-bit pixels (F, H, W, C), their labels, and the manifest."""
+def frames_of(
+    model: str, seed: int, count: int | None = None
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The test split's frames as 8-bit pixels (F, H, W, C) in an order drawn from ``seed``,
+    their labels, and the manifest; with ``count``, only the split's first ``count`` frames
+    (a digits-scene split composes no more than those: 13 s for scene-split's whole test split)."""
     from semlink.bench import model_and_test_split
 
-    mv, test = model_and_test_split(model)
+    if count is not None and count < 1:
+        raise ValueError(f"count must be at least 1 (or None: the whole split), got {count}")
+    mv, test = model_and_test_split(model, count)
     norm = mv.manifest.normalisation
-    order = np.random.default_rng(seed).permutation(len(test.labels))
+    n = len(test.labels) if count is None else min(count, len(test.labels))
+    order = np.random.default_rng(seed).permutation(n)
     pixels = np.stack([norm.invert(test.images[i]) for i in order])
     return pixels, test.labels[order], mv.manifest
 

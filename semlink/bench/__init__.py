@@ -23,12 +23,13 @@ def write_figures(path: str | None, figures: Any) -> None:
         Path(path).write_text(json.dumps(figures, indent=2, default=str) + "\n")
 
 
-def model_and_test_split(model: str) -> tuple[Any, Any]:
+def model_and_test_split(model: str, frames: int | None = None) -> tuple[Any, Any]:
     """The zoo's ``model`` (its newest version) and the test split of the dataset it was trained
-    on (:func:`models.stream_costs.model_and_test_split`)."""
+    on, composed as far as its first ``frames`` where it is composed
+    (:func:`models.stream_costs.model_and_test_split`)."""
     from semlink.models.stream_costs import model_and_test_split as split
 
-    return split(model)
+    return split(model, frames)
 
 
 def run_and_report(

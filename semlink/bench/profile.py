@@ -89,7 +89,7 @@ def stream_costs(
         c0 = procs.cpu_seconds("device")
         time.sleep(idle_s)
         idle = 1000.0 * (procs.cpu_seconds("device") - c0) / idle_s
-        pixels, labels, _ = frames_of(model, 0)
+        pixels, labels, _ = frames_of(model, 0, frames)
         # a rate it keeps up with: a third of its stage's pace, and of what its quota's CPU
         # leaves for frames of about FRAME_CPU_MS (the sensor's background takes most of it)
         share = PROFILES[profile].share if profile in PROFILES else None

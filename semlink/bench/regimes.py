@@ -248,7 +248,7 @@ def measure_cell(
         link_args += ["--uplink", str(path)]
     else:
         link_args += ["--rate", link]
-    pixels, labels, _ = frames_of(model, 0)
+    pixels, labels, _ = frames_of(model, 0, max(1, int(fps * seconds)))
     out: dict[str, dict[str, float]] = {}
     controllers = [s for s in strategies if s in ADAPTIVE] or ["planner"]
     for controller in controllers:

@@ -162,3 +162,18 @@ def test_the_stream_counts_in_the_metrics(split_stack):
         if line.startswith("semlink_device_frames_total")
     }
     assert sum(frames.values()) > 0 and np.isfinite(list(frames.values())).all()
+
+
+def test_a_count_of_frames_is_the_splits_first_ones_shuffled():
+    """`frames_of(..., count)` (the demo's and `semlink stream`'s camera): the test split's first
+    ``count`` frames in an order drawn from the seed, composed alone for digits-scene."""
+    from semlink.bench import model_and_test_split
+
+    _, test = model_and_test_split("scene-split", 12)
+    pixels, labels, _ = frames_of("scene-split", 3, 12)
+    assert pixels.shape[0] == len(labels) == 12 and len(test.labels) == 12
+    assert sorted(labels.tolist()) == sorted(test.labels.tolist())
+    again, _, _ = frames_of("scene-split", 3, 12)
+    np.testing.assert_array_equal(pixels, again)
+    with pytest.raises(ValueError, match="count must be at least 1"):
+        frames_of("scene-split", 0, 0)
