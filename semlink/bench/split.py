@@ -215,17 +215,19 @@ _SPLITS: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
 
 def _splits(cfg: SplitBenchConfig) -> tuple[Any, Any, Any]:
     """The train, validation and test splits, composed once a process (validation and test only
-    as far as the bench reads them)."""
+    as far as the bench reads them, and train as far as a smoke run's ``max_steps``)."""
     key = (cfg.dataset, cfg.limit, cfg.val_frames, cfg.max_steps, cfg.batch_size)
     if key not in _SPLITS:
         val_n = cfg.val_frames if cfg.limit is None else min(cfg.val_frames, cfg.limit)
-        train = _load(cfg.dataset, "train")
+        # a smoke run composes only the frames it trains on
+        train_n = None if cfg.max_steps is None else cfg.max_steps * cfg.batch_size
+        train = _load(cfg.dataset, "train", train_n)
         val = _head(_load(cfg.dataset, "val", val_n), val_n)
         test = _load(cfg.dataset, "test", cfg.limit)
         if cfg.limit is not None:
             test = _head(test, cfg.limit)
-        if cfg.max_steps is not None:  # a smoke run composes only the frames it trains on
-            train = _head(train, cfg.max_steps * cfg.batch_size)
+        if train_n is not None:  # a split that loads whole (not composed) is cut here
+            train = _head(train, train_n)
         _SPLITS[key] = (train, val, test)
     return _SPLITS[key]
 
