@@ -8,7 +8,9 @@ import pytest
 from semlink.models.data import split_indices
 from semlink.models.datasets import load_dataset, normalisation
 from semlink.models.scene import (
+    CHUNK,
     EASY_RECIPE,
+    PLACEMENTS,
     SCENE_MEAN,
     TEST_PHOTOS,
     TRAIN_PHOTOS,
@@ -22,8 +24,10 @@ from semlink.models.scene import (
 
 
 def small_train(n: int, **kw) -> SceneDataset:
-    """A training split of ``n`` held-out digits, small enough to redraw in a test."""
-    val = load_digits_scene("val", placements=1)
+    """A training split of ``n`` held-out digits (each shown up to :data:`PLACEMENTS` times),
+    small enough to redraw in a test."""
+    val = load_digits_scene("val", placements=PLACEMENTS, frames=n)
+    assert len(val) == n
     return SceneDataset(
         "digits-scene",
         "train",
@@ -63,8 +67,8 @@ def test_splits_hold_their_own_digits_and_train_epochs_are_fresh():
 @pytest.mark.slow
 def test_the_factory_and_the_manifest_normalisation_agree():
     assert normalisation("digits-scene")["mean"] == list(SCENE_MEAN)
-    val = load_dataset("digits-scene", "val")
-    assert len(val) >= 2000  # several placements of each held-out digit
+    assert len(split_indices(1797, 0)["val"]) * PLACEMENTS >= 2000  # placements of each digit
+    val = load_dataset("digits-scene", "val", frames=400)  # the split's first 400 frames
     assert abs(float(val.images.mean())) < 0.3 and 0.7 < float(val.images.std()) < 1.3
 
 
@@ -91,10 +95,14 @@ def test_the_curriculum_goes_from_easy_to_the_full_recipe():
 
 
 def test_an_epoch_is_the_same_composed_by_one_process_or_several():
-    # more than one chunk of CHUNK frames, so the per-chunk seeds are exercised
-    inline, pooled = small_train(600), small_train(600, workers=2)
-    assert np.array_equal(inline.epoch(40), pooled.epoch(40))
-    assert not np.array_equal(inline.epoch(40), inline.epoch(41))
+    from dataclasses import replace
+
+    inline = small_train(CHUNK + 8)  # two chunks of frames: the per-chunk seeds are exercised
+    pooled = replace(inline, workers=2)
+    first = inline.epoch(40)
+    assert len(first) == CHUNK + 8
+    assert np.array_equal(first, pooled.epoch(40))
+    assert not np.array_equal(first, inline.epoch(41))
 
 
 def test_epochs_ahead_gives_each_epoch_in_order():
