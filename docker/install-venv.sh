@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build stage of every image: a virtual environment at /opt/semlink with semlink's serving
 # dependencies (ONNX Runtime, no torch). `deps` installs the dependencies pyproject.toml names (a
-# layer that survives code changes), `semlink` the package itself from /src.
+# layer that survives code and README edits: the Dockerfiles copy those after it), `semlink` the
+# package itself from /src.
 set -eu
 cd /src
 if ls /tmp/extra-ca/*.crt >/dev/null 2>&1; then

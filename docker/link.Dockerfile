@@ -8,7 +8,7 @@ ARG BASE_IMAGE=python:3.11-slim
 # (the same in every semlink image, so one build's layers serve the others from the cache)
 FROM ${BASE_IMAGE} AS build
 COPY docker/ca-certificates/ /tmp/extra-ca/
-COPY docker/install-venv.sh pyproject.toml README.md /src/
+COPY docker/install-venv.sh pyproject.toml /src/
 RUN sh /src/install-venv.sh deps
 COPY semlink /src/semlink
 COPY models /src/models
@@ -17,6 +17,7 @@ COPY server /src/server
 COPY protocol /src/protocol
 COPY runtime /src/runtime
 COPY link /src/link
+COPY README.md /src/
 RUN sh /src/install-venv.sh semlink
 
 # ---- runtime ----------------------------------------------------------------------------------
