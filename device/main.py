@@ -9,7 +9,7 @@ from semlink.device.http_app import create_app
 from semlink.device.service import DeviceService
 from semlink.device.settings import DeviceSettings
 from semlink.runtime import security
-from semlink.runtime.cpu_quota import limit_cpu, profile_share
+from semlink.runtime.cpu_quota import limit_cpu, profile_share, release_cpu
 from semlink.runtime.runner import serve_until_signal, uvicorn_server
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,9 @@ async def serve(settings: DeviceSettings) -> None:
     """Runs the device until SIGINT/SIGTERM: checks transport and keys, loads the model, serves HTTP."""
     settings.check_transport()
     share = settings.cpu_quota or profile_share(settings.device_profile)
+    group = None
     if share is not None:  # before anything loads: the models' threads start under the quota
-        limit_cpu(share, "device")
+        group = limit_cpu(share, "device")
     if settings.insecure:
         log.warning("INSECURE: plaintext gRPC to the server (--insecure)")
     keys = settings.api_key_list()
@@ -54,7 +55,11 @@ async def serve(settings: DeviceSettings) -> None:
         app.state.decoder.close()
         await service.close()
 
-    await serve_until_signal(start, stop)
+    try:
+        await serve_until_signal(start, stop)
+    finally:
+        if group is not None:  # drained: tearing the process down is not the device's work
+            release_cpu(group)
 
 
 def main(settings: DeviceSettings) -> None:

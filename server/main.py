@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from semlink.runtime import security
-from semlink.runtime.cpu_quota import limit_cpu
+from semlink.runtime.cpu_quota import limit_cpu, release_cpu
 from semlink.runtime.runner import serve_until_signal, uvicorn_server
 from semlink.server.core import InferenceCore
 from semlink.server.grpc_service import create_server
@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 async def serve(settings: ServerSettings) -> None:
     """Runs the server until SIGINT/SIGTERM: gRPC (TLS unless insecure) and HTTP."""
     settings.check_transport()
+    group = None
     if settings.cpu_quota is not None:  # before the models load: their threads start under it
-        limit_cpu(settings.cpu_quota, "server")
+        group = limit_cpu(settings.cpu_quota, "server")
     credentials = None
     if settings.insecure:
         log.warning("INSECURE: gRPC without TLS (--insecure); anyone on the network can connect")
@@ -72,7 +73,11 @@ async def serve(settings: ServerSettings) -> None:
         await core.close()
         log.info("server stopped")
 
-    await serve_until_signal(start, stop)
+    try:
+        await serve_until_signal(start, stop)
+    finally:
+        if group is not None:  # drained: tearing the process down is not the emulated work
+            release_cpu(group)
 
 
 def main(settings: ServerSettings) -> None:

@@ -101,3 +101,26 @@ def test_profiles_are_device_classes_with_the_smallest_period_the_kernel_accepts
         and smallest_period(0.02) == 50_000
         and smallest_period(1.0) == 1000
     )
+
+
+RELEASE = """
+import os, time
+from semlink.runtime.cpu_quota import limit_cpu, release_cpu
+group = limit_cpu(0.1, "test")
+busy = lambda: sum(i * i for i in range(1_000_000))
+t0 = time.perf_counter(); busy(); limited = time.perf_counter() - t0
+release_cpu(group)
+t0 = time.perf_counter(); busy(); free = time.perf_counter() - t0
+print(group.exists(), limited / free)
+"""
+
+
+@needs_cgroups
+def test_a_released_process_leaves_its_group_and_runs_at_full_speed():
+    """The device's teardown after its drain: out of the quota, and its cgroup removed."""
+    out = subprocess.run(
+        [sys.executable, "-c", RELEASE], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    exists, slowdown = out.stdout.split()
+    assert exists == "False" and float(slowdown) > 4, out.stdout  # about 10x
