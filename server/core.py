@@ -88,8 +88,18 @@ class InferenceCore:
         return Load(self.in_flight, self.service_ms)
 
     async def load(self) -> None:
-        """Scans the repository; opens every version's server graphs, one batcher each."""
+        """Scans the repository; opens every version's server graphs (of the models
+        ``settings.models`` names, when it names any), one batcher each."""
         models = scan(self.settings.model_repository)
+        wanted = set(self.settings.models)
+        if wanted:
+            missing = sorted(wanted - set(models))
+            if missing:
+                raise ValueError(
+                    f"--models names {', '.join(missing)}, which {self.settings.model_repository} "
+                    f"does not hold (it holds {', '.join(sorted(models))})"
+                )
+            models = {name: versions for name, versions in models.items() if name in wanted}
         loop = asyncio.get_running_loop()
         for name, versions in models.items():
             for version, mv in versions.items():

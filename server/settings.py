@@ -19,6 +19,11 @@ class ServerSettings(HttpFrontSettings):
     model_repository: Path = Field(
         DEFAULT_REPOSITORY, description="folder of <model>/<version>/manifest.json"
     )
+    models: list[str] = Field(
+        default_factory=list,
+        description="serve only these models of the repository (all of them when none is named); "
+        "a name the repository does not hold stops the server",
+    )
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 inside containers")
     grpc_port: int = Field(8001, ge=0, le=65535)
     http_port: int = Field(8000, ge=0, le=65535)

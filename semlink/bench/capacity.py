@@ -83,14 +83,16 @@ def requests_for(model: str, n: int = 32) -> list[Any]:
 class Replicas:
     """R server replicas under CPU quotas on loopback, and a device-side chooser over them."""
 
-    def __init__(self, procs: Processes, quota: float) -> None:
-        self.procs, self.quota = procs, quota
+    def __init__(self, procs: Processes, quota: float, models: tuple[str, ...] = ()) -> None:
+        self.procs, self.quota, self.models = procs, quota, models
         self.ports: list[int] = []
 
     def start(self, count: int) -> None:
         for i in range(len(self.ports), count):
             grpc_port = reserve_port()
-            start_replica(self.procs, f"server-{i}", grpc_port, reserve_port(), self.quota)
+            start_replica(
+                self.procs, f"server-{i}", grpc_port, reserve_port(), self.quota, self.models
+            )
             self.ports.append(grpc_port)
 
     def replica_set(self, count: int) -> Any:
@@ -229,7 +231,7 @@ def bench(cfg: CapacityBenchConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"config": asdict(cfg), "pipelines": {}, "replicas": []}
     models = [m.strip() for m in cfg.models.split(",") if m.strip()]
     procs = Processes(Path(cfg.out) / "logs")
-    replicas = Replicas(procs, cfg.quota)
+    replicas = Replicas(procs, cfg.quota, tuple(models))
     try:
         replicas.start(1)
         reqs: dict[str, list[Any]] = {}

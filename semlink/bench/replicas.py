@@ -76,7 +76,9 @@ class Fleet:
         return ",".join(f"127.0.0.1:{p}" for p in self.grpc)
 
     def start_server(self, i: int, quota: float | None = None) -> None:
-        start_replica(self.procs, f"server-{i}", self.grpc[i], self.http[i], quota)
+        start_replica(
+            self.procs, f"server-{i}", self.grpc[i], self.http[i], quota, (self.cfg.model,)
+        )
 
     def start_links(self) -> None:
         for d, (port, state) in enumerate(self.links):

@@ -32,3 +32,20 @@ def test_missing_repository_names_the_layout(tmp_path):
     core = InferenceCore(ServerSettings(model_repository=tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="<model>/<version>/manifest.json"):
         asyncio.run(core.load())
+
+
+def test_models_serves_only_those_named_and_refuses_one_the_repository_lacks(tiny_repository):
+    import pytest
+
+    async def load(models: list[str]) -> InferenceCore:
+        core = InferenceCore(ServerSettings(model_repository=tiny_repository, models=models))
+        try:
+            await core.load()
+        finally:
+            await core.close()
+        return core
+
+    assert set(asyncio.run(load(["tiny-jscc"])).models) == {"tiny-jscc"}
+    assert set(asyncio.run(load([])).models) == {"tiny-vit", "tiny-jscc"}
+    with pytest.raises(ValueError, match="--models names nope, which .* holds tiny-jscc, tiny-vit"):
+        asyncio.run(load(["tiny-vit", "nope"]))
