@@ -41,6 +41,16 @@ class StreamConfig:
     """Sent as ``Authorization: Bearer`` when the device wants one (or SEMLINK_API_KEY)."""
     seed: int = 0
 
+    @property
+    def frames(self) -> int:
+        """How many frames the stream sends: ``fps`` for ``seconds``, at least one."""
+        return frame_count(self.fps, self.seconds)
+
+
+def frame_count(fps: float, seconds: float) -> int:
+    """Frames a camera sends at ``fps`` for ``seconds`` (at least one)."""
+    return max(1, int(fps * seconds))
+
 
 def frames_of(
     model: str, seed: int, count: int | None = None
@@ -74,7 +84,7 @@ async def send(
     the order sent."""
     import websockets
 
-    n = max(1, int(cfg.fps * cfg.seconds))
+    n = cfg.frames
     sent: dict[int, float] = {}
     answers: dict[int, tuple[dict[str, Any], float]] = {}
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
@@ -171,4 +181,4 @@ def format_summary(cfg: StreamConfig, r: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["StreamConfig", "format_summary", "frames_of", "run", "send", "summarise"]
+__all__ = ["StreamConfig", "format_summary", "frame_count", "frames_of", "run", "send", "summarise"]

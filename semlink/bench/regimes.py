@@ -234,7 +234,7 @@ def measure_cell(
     """One cell in real processes: per strategy (an adaptive controller, or a fixed option asked
     per frame of the planner's device) the camera's on-time accuracy and the rest."""
     from semlink.procs import Processes, Stack
-    from semlink.stream import StreamConfig, frames_of, run
+    from semlink.stream import StreamConfig, frame_count, frames_of, run
 
     link_args = ["--delay-ms", "10"]
     if link.startswith("trace:"):
@@ -248,7 +248,7 @@ def measure_cell(
         link_args += ["--uplink", str(path)]
     else:
         link_args += ["--rate", link]
-    pixels, labels, _ = frames_of(model, 0, max(1, int(fps * seconds)))
+    pixels, labels, _ = frames_of(model, 0, frame_count(fps, seconds))
     out: dict[str, dict[str, float]] = {}
     controllers = [s for s in strategies if s in ADAPTIVE] or ["planner"]
     for controller in controllers:

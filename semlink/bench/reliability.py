@@ -66,7 +66,7 @@ class ReliabilityBenchConfig:
     def __post_init__(self) -> None:
         if self.fault_seconds < 8:
             raise ValueError(
-                f"fault_seconds must be at least 8 (the link freeze needs seconds of traffic "
+                f"--fault-seconds must be at least 8 (the link freeze needs seconds of traffic "
                 f"before, during and after it); got {self.fault_seconds}"
             )
         unknown = sorted(set(self.scenarios) - set(SCENARIOS))

@@ -16,7 +16,7 @@ def _stream(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from(args, StreamConfig)
     cfg.api_key = cfg.api_key or os.environ.get("SEMLINK_API_KEY")
-    pixels, labels, _ = frames_of(cfg.model, cfg.seed, max(1, int(cfg.fps * cfg.seconds)))
+    pixels, labels, _ = frames_of(cfg.model, cfg.seed, cfg.frames)
     result = asyncio.run(run(cfg, pixels, labels))
     print(format_summary(cfg, result))
     write_figures(args.json, result)

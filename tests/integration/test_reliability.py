@@ -76,7 +76,7 @@ def test_scenarios_can_be_chosen():
 
     with pytest.raises(ValueError, match="scenarios must be some of"):
         ReliabilityBenchConfig(scenarios=("hostile", "chaos"))
-    with pytest.raises(ValueError, match="fault_seconds must be at least 8"):
+    with pytest.raises(ValueError, match="--fault-seconds must be at least 8"):
         ReliabilityBenchConfig(fault_seconds=5)
     assert format_table({"config": {}, "fuzz": {"cases": 3, "crashes": 0, "server_errors": 0}}) == (
         "fuzz: 3 cases, 0 crashes, 0 server errors"
